@@ -1,0 +1,1 @@
+"""The istio-cni CNI plugin: one process per CNI call, on the host; hot path, lean imports."""

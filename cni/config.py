@@ -1,0 +1,134 @@
+"""The plugin's configuration, decoded once from the network config on stdin.
+
+Reads upstream's keys of every generation (current, 1.8-1.23 and the archived standalone repo)
+and resolves them here, so nothing below looks at raw JSON. Bad types are refused with the field
+name and value (code 7) rather than silently defaulted: a typo must not turn into a pod started
+without redirection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cni.errors import InvalidNetworkConfig
+
+DEFAULT_RUN_DIR = "/var/run/istio-cni"
+KUBECONFIG_NAME = "istio-cni-kubeconfig"
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "none")
+BACKENDS = ("auto", "nft", "legacy", "python-iptables")
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """One network config entry for istio-cni, with every default applied."""
+
+    cni_version: str
+    name: str
+    log_level: str = "info"
+    """plugin_log_level (current) or log_level (<= 1.22)."""
+    cni_agent_run_dir: str = DEFAULT_RUN_DIR
+    """cni_agent_run_dir: kubeconfig, log.sock, istio-cni.log live here."""
+    kubeconfig: str = f"{DEFAULT_RUN_DIR}/{KUBECONFIG_NAME}"
+    """<cni_agent_run_dir>/istio-cni-kubeconfig; the legacy kubernetes.kubeconfig when the
+    config predates cni_agent_run_dir."""
+    exclude_namespaces: frozenset[str] = frozenset()
+    """exclude_namespaces (current) or kubernetes.exclude_namespaces (legacy); exact match."""
+    pod_namespace: str = ""
+    """pod_namespace: where the istio-cni-node pods run (their own sandboxes pass through)."""
+    log_uds_address: str = f"{DEFAULT_RUN_DIR}/log.sock"
+    """log_uds_address (1.11-1.23), else <cni_agent_run_dir>/log.sock."""
+    pod_lookup_attempts: int = 30
+    """Ours: how many times to GET the pod (upstream: 30)."""
+    pod_lookup_interval: float = 1.0
+    """Ours: seconds between pod GET attempts (upstream: 1)."""
+    pod_lookup_deadline: float = 45.0
+    """Ours: overall budget for the pod lookup, kept below the runtime's CNI timeout."""
+    iptables_backend: str = "auto"
+    """Ours: auto (upstream's nft/legacy detection), nft, legacy or python-iptables."""
+    native_nftables: bool = False
+    """Upstream's native nftables switch; we program the same rules through iptables-nft."""
+    prev_result: dict[str, Any] | None = None
+
+
+def _typed(conf: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+    value = conf.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise InvalidNetworkConfig(f"invalid plugin config: {key} must be a number", repr(value))
+    if not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else "number"
+        raise InvalidNetworkConfig(f"invalid plugin config: {key} must be a {name}", repr(value))
+    return value
+
+
+def _string_list(value: Any, key: str) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):  # tolerated: "a,b" as written by some hand-made configs
+        return frozenset(v for v in value.split(",") if v)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidNetworkConfig(
+            f"invalid plugin config: {key} must be a list of strings", repr(value)
+        )
+    return frozenset(value)
+
+
+def _positive(value: float, key: str) -> float:
+    if value <= 0:
+        raise InvalidNetworkConfig(f"invalid plugin config: {key} must be > 0", repr(value))
+    return value
+
+
+def parse_plugin_config(conf: dict[str, Any]) -> PluginConfig:
+    """Build the PluginConfig from a decoded, skel-validated network config."""
+    kube = _typed(conf, "kubernetes", dict, {})
+    level = _typed(conf, "plugin_log_level", str, "") or _typed(conf, "log_level", str, "info")
+    if level.lower() not in LOG_LEVELS:
+        raise InvalidNetworkConfig(
+            f"invalid plugin config: plugin_log_level must be one of {LOG_LEVELS}", repr(level)
+        )
+    run_dir = _typed(conf, "cni_agent_run_dir", str, "")
+    legacy_kubeconfig = _typed(kube, "kubeconfig", str, "")
+    kubeconfig = (
+        f"{run_dir}/{KUBECONFIG_NAME}" if run_dir
+        else legacy_kubeconfig or f"{DEFAULT_RUN_DIR}/{KUBECONFIG_NAME}"
+    )
+    run_dir = run_dir or DEFAULT_RUN_DIR
+    if "exclude_namespaces" in conf:
+        excluded = _string_list(conf["exclude_namespaces"], "exclude_namespaces")
+    else:
+        excluded = _string_list(kube.get("exclude_namespaces"), "kubernetes.exclude_namespaces")
+    intercept = _typed(kube, "intercept_type", str, "iptables")
+    if intercept not in ("", "iptables"):
+        raise InvalidNetworkConfig(
+            "invalid plugin config: kubernetes.intercept_type must be \"iptables\"", repr(intercept)
+        )
+    backend = _typed(conf, "iptables_backend", str, "auto")
+    if backend not in BACKENDS:
+        raise InvalidNetworkConfig(
+            f"invalid plugin config: iptables_backend must be one of {BACKENDS}", repr(backend)
+        )
+    prev = conf.get("prevResult")
+    if prev is not None and not isinstance(prev, dict):
+        raise InvalidNetworkConfig("invalid plugin config: prevResult must be an object", "")
+    return PluginConfig(
+        cni_version=str(conf.get("cniVersion") or "0.1.0"),
+        name=str(conf["name"]),
+        log_level=level.lower(),
+        cni_agent_run_dir=run_dir,
+        kubeconfig=kubeconfig,
+        exclude_namespaces=excluded,
+        pod_namespace=_typed(conf, "pod_namespace", str, ""),
+        log_uds_address=_typed(conf, "log_uds_address", str, "") or f"{run_dir}/log.sock",
+        pod_lookup_attempts=int(_positive(_typed(conf, "pod_lookup_attempts", int, 30),
+                                          "pod_lookup_attempts")),
+        pod_lookup_interval=float(_typed(conf, "pod_lookup_interval_seconds", (int, float), 1.0)),
+        pod_lookup_deadline=_positive(
+            float(_typed(conf, "pod_lookup_deadline_seconds", (int, float), 45.0)),
+            "pod_lookup_deadline_seconds"),
+        iptables_backend=backend,
+        native_nftables=_typed(conf, "native_nftables", bool, False),
+        prev_result=prev,
+    )

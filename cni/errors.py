@@ -1,0 +1,102 @@
+"""Errors that carry a CNI error code; `cni.protocol.dispatch` turns them into the spec's JSON.
+
+Every edge (API client, netns, backends) translates its low-level failures into one of these,
+raising `from` the cause, so the runtime (and the kubelet's pod events) see a precise code and a
+message that says what we were doing, on what, and why. Anything else that escapes becomes 999.
+Codes 1-51 are the CNI spec's (and libcni's 8); 100 and up are ours.
+"""
+
+from __future__ import annotations
+
+
+class CNIError(Exception):
+    """Base: code 999 (libcni's ErrInternal)."""
+
+    code = 999
+
+    def __init__(self, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.details = details
+
+
+class IncompatibleVersion(CNIError):
+    code = 1
+
+
+class UnsupportedField(CNIError):
+    code = 2
+
+
+class InvalidEnvironment(CNIError):
+    code = 4
+
+
+class IOFailure(CNIError):
+    code = 5
+
+
+class DecodingFailure(CNIError):
+    code = 6
+
+
+class InvalidNetworkConfig(CNIError):
+    code = 7
+
+
+class InvalidNetNS(CNIError):
+    """libcni's ErrInvalidNetNS: the netns path does not exist or is not a netns."""
+
+    code = 8
+
+
+class TryAgainLater(CNIError):
+    """Transient: API unreachable, 5xx, timeouts. The runtime retries the sandbox."""
+
+    code = 11
+
+
+class PluginNotAvailable(CNIError):
+    """STATUS / ADD: the plugin cannot serve pods (e.g. its kubeconfig is missing)."""
+
+    code = 50
+
+
+class LimitedConnectivity(CNIError):
+    code = 51
+
+
+class PodLookupFailed(CNIError):
+    """The pod could not be fetched for a non-transient reason (401/403, gone after retries)."""
+
+    code = 100
+
+
+class InvalidAnnotation(CNIError):
+    """A redirect annotation (or istio-proxy setting) has a value we refuse to program."""
+
+    code = 101
+
+
+class RulesApplyFailed(CNIError):
+    """iptables-restore / libiptc / route programming failed inside the pod netns."""
+
+    code = 102
+
+
+class RulesConflict(CNIError):
+    """The netns already holds ISTIO_* rules that differ from what this pod needs."""
+
+    code = 103
+
+
+class RulesMismatch(CNIError):
+    """CHECK: the live rules are not what the pod's current spec requires."""
+
+    code = 104
+
+
+class NoPodAddress(CNIError):
+    """No usable (non-loopback, non-link-local) address in the pod netns to pick IPv4/IPv6."""
+
+    code = 105

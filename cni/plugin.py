@@ -1,0 +1,168 @@
+"""ADD, DEL, CHECK, STATUS and GC for istio-cni: each a short list of stage calls.
+
+Stages, each in its own module: protocol (skel) → config → pre-lookup decision (no API, no
+kubeconfig) → pod lookup → decision → redirect spec → rule set → apply in the pod netns. Fail
+closed: once a pod may need redirection, every failure fails the ADD so the runtime retries; a
+skip only ever comes out of the decision functions. Heavy stages (API client, rule builder,
+backends) are imported only on the path that needs them, so skipped pods stay cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cni import plugin_log
+from cni.config import PluginConfig, parse_plugin_config
+from cni.decision import Decision, decide, decide_before_lookup
+from cni.errors import InvalidNetNS, PluginNotAvailable, RulesMismatch
+from cni.protocol import CmdArgs, parse_cni_args
+from cni.results import encode_result
+
+log = logging.getLogger("istio-cni")
+
+
+class PodSource(Protocol):
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+
+def api_pod_source(conf: PluginConfig) -> PodSource:
+    """The default pod source: one GET of the pod from the API, with bounded retries."""
+    from cni.kubeconfig import load_kubeconfig
+    from cni.podlookup import ApiPodSource, RetryPolicy
+
+    access = load_kubeconfig(conf.kubeconfig)
+    policy = RetryPolicy(
+        attempts=conf.pod_lookup_attempts,
+        interval=conf.pod_lookup_interval,
+        deadline=conf.pod_lookup_deadline,
+    )
+    return ApiPodSource(access, policy)
+
+
+@dataclass
+class Plugin:
+    """The CNI handlers. Collaborators are passed in; the defaults are the real ones."""
+
+    pod_source_factory: Callable[[PluginConfig], PodSource] = api_pod_source
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    # --- ADD ---------------------------------------------------------------------------------
+    def add(self, args: CmdArgs) -> dict[str, Any]:
+        conf, k8s = self._prepare(args)
+        result = encode_result(conf.prev_result, conf.cni_version)
+        plog = _pod_logger(args, k8s)
+        _refuse_own_netns(args)
+        decision = self._decide(conf, k8s)
+        if decision.redirect:
+            outcome = self._program(args, conf, decision.pod)  # type: ignore[attr-defined]
+            plog.info("redirected: %s (%s)", decision.reason, outcome)
+        else:
+            plog.info("skipped: %s", decision.reason)
+        return result
+
+    # --- CHECK -------------------------------------------------------------------------------
+    def check(self, args: CmdArgs) -> None:
+        conf, k8s = self._prepare(args)
+        decision = self._decide(conf, k8s)
+        if not decision.redirect:
+            return None
+        from cni import apply
+
+        ruleset = _ruleset_for(args.netns, decision.pod)  # type: ignore[attr-defined]
+        diff = apply.check(args.netns, ruleset, conf.iptables_backend)
+        if diff.missing or diff.extra:
+            details = "\n".join(
+                [f"missing: {r}" for r in diff.missing] + [f"extra: {r}" for r in diff.extra]
+            )
+            raise RulesMismatch(
+                f"pod rules in {args.netns} differ from what the pod's spec requires "
+                f"({len(diff.missing)} missing, {len(diff.extra)} unexpected)",
+                details,
+            )
+        return None
+
+    # --- DEL, STATUS, GC -----------------------------------------------------------------------
+    def delete(self, args: CmdArgs) -> None:
+        """Nothing to undo: the rules live and die with the pod netns. Never needs the API."""
+        return None
+
+    def status(self, args: CmdArgs) -> None:
+        conf = parse_plugin_config(args.conf)
+        from cni.kubeconfig import load_kubeconfig
+
+        try:
+            load_kubeconfig(conf.kubeconfig)
+        except PluginNotAvailable as exc:
+            raise PluginNotAvailable(f"istio-cni is not ready: {exc.msg}", exc.details) from exc
+        return None
+
+    def gc(self, args: CmdArgs) -> None:
+        """No per-attachment state outside the pod netns, so nothing to collect."""
+        return None
+
+    # --- stages ------------------------------------------------------------------------------
+    def _prepare(self, args: CmdArgs) -> tuple[PluginConfig, dict[str, str]]:
+        conf = parse_plugin_config(args.conf)
+        plugin_log.configure(conf.log_level, conf.cni_agent_run_dir)
+        self._socket = conf.log_uds_address
+        return conf, parse_cni_args(args.args)
+
+    def _decide(self, conf: PluginConfig, k8s: dict[str, str]) -> _PodDecision:
+        name, ns = k8s.get("K8S_POD_NAME", ""), k8s.get("K8S_POD_NAMESPACE", "")
+        early = decide_before_lookup(name, ns, conf.pod_namespace, conf.exclude_namespaces)
+        if early is not None:
+            return _PodDecision(early.redirect, early.reason, None)
+        from cni.podinfo import extract_pod_info
+
+        pod = extract_pod_info(self.pod_source_factory(conf).get_pod(ns, name))
+        d = decide(pod)
+        return _PodDecision(d.redirect, d.reason, pod)
+
+    def _program(self, args: CmdArgs, conf: PluginConfig, pod: Any) -> str:
+        from cni import apply
+
+        ruleset = _ruleset_for(args.netns, pod)
+        for note in ruleset.notes:
+            log.warning("%s", note)
+        return apply.program(args.netns, ruleset, conf.iptables_backend)
+
+
+@dataclass(frozen=True)
+class _PodDecision(Decision):
+    pod: Any = None
+
+
+def _ruleset_for(netns: str, pod: Any) -> Any:
+    """Redirect spec → (IPv6 detected in the pod netns) → rule set."""
+    from cni import apply
+    from cni.redirect import redirect_from_pod, to_iptables_config
+    from cni.rules import build_ruleset
+
+    redirect = redirect_from_pod(pod)
+    ipv6 = apply.detect_ipv6(netns, redirect.dual_stack)
+    return build_ruleset(to_iptables_config(redirect, enable_ipv6=ipv6))
+
+
+def _refuse_own_netns(args: CmdArgs) -> None:
+    """Never program our own (the host's) netns: libcni's check, done before touching it."""
+    if args.netns_override.lower() in ("1", "true"):
+        return
+    try:
+        ours, theirs = os.stat("/proc/self/ns/net"), os.stat(args.netns)
+    except FileNotFoundError as exc:
+        raise InvalidNetNS(f"pod netns {args.netns} does not exist", str(exc)) from exc
+    except OSError:
+        return  # let the netns stage report it precisely
+    if (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino):
+        raise InvalidNetNS("plugin's netns and netns from CNI_NETNS should not be the same")
+
+
+def _pod_logger(args: CmdArgs, k8s: dict[str, str]) -> logging.LoggerAdapter:
+    pod = f"{k8s.get('K8S_POD_NAMESPACE', '')}/{k8s.get('K8S_POD_NAME', '')}"
+    return plugin_log.PodContext(
+        log, {"pod": pod, "container_id": args.container_id, "netns": args.netns}
+    )

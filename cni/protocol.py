@@ -1,0 +1,238 @@
+"""The CNI protocol: environment, stdin, versions, results and errors, as libcni's skel does it.
+
+`dispatch(env, stdin, handlers)` is the whole protocol and touches no process state: the entry
+point hands it `os.environ` and the bytes of stdin and writes what it returns. It validates the
+environment and the network config, negotiates the version (CHECK needs 0.4.0+, STATUS and GC
+1.1.0+), calls one handler and encodes its result, or turns any `CNIError` into the spec's error
+object on stdout with exit status 1. Logs never go to stdout. Hot path: stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cni.errors import (
+    CNIError,
+    DecodingFailure,
+    IncompatibleVersion,
+    InvalidEnvironment,
+    InvalidNetworkConfig,
+)
+
+SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+LATEST_VERSION = "1.1.0"
+COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+
+# Which environment variables each command requires (libcni skel, plus GC/STATUS from spec 1.1).
+_REQUIRED_ENV: dict[str, tuple[str, ...]] = {
+    "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
+    "DEL": ("CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"),
+    "GC": ("CNI_PATH",),
+    "STATUS": (),
+    "VERSION": (),
+}
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+_MAX_IFNAME = 15
+
+
+@dataclass(frozen=True)
+class CmdArgs:
+    """One invocation: the CNI_* environment and the raw network config."""
+
+    command: str
+    container_id: str
+    netns: str
+    ifname: str
+    args: str
+    path: str
+    netns_override: str
+    conf: dict[str, Any]
+    """The network config from stdin, already decoded and validated (name, cniVersion)."""
+
+    @property
+    def version(self) -> str:
+        return str(self.conf.get("cniVersion") or "0.1.0")
+
+
+class Handlers(Protocol):
+    """What a plugin implements; each returns the result object to print (or None for none)."""
+
+    def add(self, args: CmdArgs) -> dict[str, Any]: ...
+    def delete(self, args: CmdArgs) -> None: ...
+    def check(self, args: CmdArgs) -> None: ...
+    def status(self, args: CmdArgs) -> None: ...
+    def gc(self, args: CmdArgs) -> None: ...
+
+
+def version_tuple(version: str) -> tuple[int, int, int]:
+    """Parse "X.Y.Z"; anything else is a decoding failure, as in libcni."""
+    parts = version.split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise DecodingFailure(f'invalid cniVersion "{version}": expected X.Y.Z')
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def error_json(err: CNIError, version: str = LATEST_VERSION) -> bytes:
+    """The spec's error object (with cniVersion, as required since spec 1.0)."""
+    obj: dict[str, Any] = {"cniVersion": version, "code": err.code, "msg": err.msg}
+    if err.details:
+        obj["details"] = err.details
+    return (json.dumps(obj) + "\n").encode()
+
+
+def version_json() -> bytes:
+    """VERSION's answer: the latest version we speak and every version we accept."""
+    obj = {"cniVersion": LATEST_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}
+    return (json.dumps(obj) + "\n").encode()
+
+
+def about_text(about: str) -> str:
+    return f"{about}\nCNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n"
+
+
+def _required_missing(env: Mapping[str, str], command: str) -> list[str]:
+    names = ("CNI_COMMAND",) + _REQUIRED_ENV.get(command, ())
+    return [n for n in names if not env.get(n)]
+
+
+def _decode_conf(stdin: bytes) -> dict[str, Any]:
+    try:
+        conf = json.loads(stdin)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DecodingFailure(f"error decoding network config from stdin: {exc}") from exc
+    if not isinstance(conf, dict):
+        raise DecodingFailure(
+            "error decoding network config from stdin: expected a JSON object, "
+            f"got {type(conf).__name__}"
+        )
+    return conf
+
+
+def _validate_conf(conf: dict[str, Any]) -> None:
+    name = conf.get("name")
+    if name is None or name == "":
+        raise InvalidNetworkConfig("missing network name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidNetworkConfig("invalid characters found in network name", repr(name))
+    version = conf.get("cniVersion", "0.1.0")
+    if not isinstance(version, str):
+        raise DecodingFailure(f"invalid cniVersion {version!r}: expected a string")
+    version_tuple(version or "0.1.0")
+    if (version or "0.1.0") not in SUPPORTED_VERSIONS:
+        raise IncompatibleVersion(
+            "incompatible CNI versions",
+            f'config is "{version}", plugin supports {list(SUPPORTED_VERSIONS)}',
+        )
+
+
+def _validate_ids(env: Mapping[str, str], command: str) -> None:
+    if command not in ("ADD", "DEL", "CHECK"):
+        return
+    container_id = env.get("CNI_CONTAINERID", "")
+    if not _NAME_RE.match(container_id):
+        raise InvalidEnvironment("invalid characters in containerID", container_id)
+    ifname = env.get("CNI_IFNAME", "")
+    if len(ifname) > _MAX_IFNAME or ifname in (".", "..") or any(
+        c in ifname for c in "/:" + " \t\n"
+    ):
+        raise InvalidEnvironment("invalid interface name", ifname)
+
+
+def _require_version(version: str, minimum: str, command: str) -> None:
+    if version_tuple(version) < version_tuple(minimum):
+        raise IncompatibleVersion(f"config version does not allow {command}", f"needs {minimum}+")
+
+
+def parse_request(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
+    """Validate env and stdin the way skel does, in skel's order; raise CNIError on failure."""
+    command = env.get("CNI_COMMAND", "")
+    if command and command not in COMMANDS:
+        raise InvalidEnvironment(f"unknown CNI_COMMAND: {command}")
+    missing = _required_missing(env, command)
+    if missing:
+        raise InvalidEnvironment(f"required env variables [{','.join(missing)}] missing")
+    conf: dict[str, Any] = {}
+    if command != "VERSION":
+        conf = _decode_conf(stdin)
+        _validate_conf(conf)
+        _validate_ids(env, command)
+    args = CmdArgs(
+        command=command,
+        container_id=env.get("CNI_CONTAINERID", ""),
+        netns=env.get("CNI_NETNS", ""),
+        ifname=env.get("CNI_IFNAME", ""),
+        args=env.get("CNI_ARGS", ""),
+        path=env.get("CNI_PATH", ""),
+        netns_override=env.get("CNI_NETNS_OVERRIDE", ""),
+        conf=conf,
+    )
+    if command == "CHECK":
+        _require_version(args.version, "0.4.0", "CHECK")
+    elif command in ("STATUS", "GC"):
+        _require_version(args.version, "1.1.0", command)
+    return args
+
+
+def _call(handlers: Handlers, args: CmdArgs) -> dict[str, Any] | None:
+    calls: dict[str, Callable[[CmdArgs], Any]] = {
+        "ADD": handlers.add,
+        "DEL": handlers.delete,
+        "CHECK": handlers.check,
+        "STATUS": handlers.status,
+        "GC": handlers.gc,
+    }
+    return calls[args.command](args)
+
+
+def dispatch(
+    env: Mapping[str, str],
+    stdin: bytes,
+    handlers: Handlers,
+    about: str = "CNI plugin istio-cni",
+    on_internal_error: Callable[[BaseException], None] | None = None,
+) -> tuple[bytes, bytes, int]:
+    """Run one CNI call. Returns (stdout, stderr, exit status); never raises."""
+    version = LATEST_VERSION
+    try:
+        if not env.get("CNI_COMMAND"):
+            return b"", about_text(about).encode(), 0
+        args = parse_request(env, stdin)
+        if args.command == "VERSION":
+            return version_json(), b"", 0
+        version = args.version
+        result = _call(handlers, args)
+        return (b"" if result is None else (json.dumps(result) + "\n").encode()), b"", 0
+    except CNIError as err:
+        return error_json(err, version), b"", 1
+    except Exception as exc:  # noqa: BLE001 - the boundary: anything else is ErrInternal
+        if on_internal_error is not None:
+            on_internal_error(exc)
+        err = CNIError(f"internal error: {type(exc).__name__}: {exc}")
+        return error_json(err, version), b"", 1
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """CNI_ARGS "K=V;K=V" as libcni's LoadArgs: every pair needs exactly one "=", and unknown
+    keys are refused unless IgnoreUnknown is true (containerd and CRI-O always send it)."""
+    known = {"IgnoreUnknown", "K8S_POD_NAME", "K8S_POD_NAMESPACE",
+             "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID"}
+    if raw == "":
+        return {}
+    pairs: dict[str, str] = {}
+    for item in raw.split(";"):
+        kv = item.split("=")
+        if len(kv) != 2:
+            raise InvalidEnvironment(f"CNI_ARGS: invalid pair {item!r}: expected KEY=VALUE", raw)
+        pairs[kv[0]] = kv[1]
+    ignore_unknown = pairs.get("IgnoreUnknown", "").lower() in ("1", "true", "t")
+    unknown = sorted(k for k in pairs if k not in known)
+    if unknown and not ignore_unknown:
+        raise InvalidEnvironment(
+            f"CNI_ARGS: unknown args {unknown} (set IgnoreUnknown=1 to allow them)", raw
+        )
+    return pairs

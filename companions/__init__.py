@@ -1,0 +1,1 @@
+"""Companions: istiod values, an injected example workload, Python stand-ins for proxy and probe."""

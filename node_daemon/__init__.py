@@ -1,0 +1,1 @@
+"""istio-cni-node: the DaemonSet process (installer loop, repair controller) and the admin CLI."""
