@@ -1,1 +1,1 @@
-"""install-cni: puts the plugin on the node (binaries, kubeconfig, conflist entry) and takes it off."""
+"""install-cni: puts the plugin on the node (binaries, kubeconfig, conflist entry); takes it off."""

@@ -1,0 +1,99 @@
+"""Why a pod is or is not redirected, and with which rules: pure formatting for `explain`.
+
+Uses the plugin's own decision, redirect and rule functions, so what `explain` prints is what
+the plugin would do for the same pod (the ADD path minus the netns).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cni.decision import Decision, decide
+from cni.errors import CNIError
+from cni.podinfo import PodInfo, extract_pod_info
+from cni.redirect import Redirect, redirect_from_pod, to_iptables_config
+from cni.rules import build_ruleset
+from cni.ruleset import RuleSet
+
+
+@dataclass(frozen=True)
+class Explanation:
+    pod: PodInfo
+    decision: Decision
+    redirect: Redirect | None = None
+    ruleset: RuleSet | None = None
+    error: str = ""
+
+
+def explain_pod(pod_json: dict[str, Any], ipv6: bool = False) -> Explanation:
+    """The decision, and for a redirected pod the redirect spec and rule set (or the error)."""
+    info = extract_pod_info(pod_json)
+    decision = decide(info)
+    if not decision.redirect:
+        return Explanation(info, decision)
+    try:
+        redirect = redirect_from_pod(info)
+        ruleset = build_ruleset(to_iptables_config(redirect, enable_ipv6=ipv6))
+    except CNIError as exc:
+        return Explanation(info, Decision(False, "ADD would fail"), error=exc.msg)
+    except ValueError as exc:
+        return Explanation(info, Decision(False, "ADD would fail"), error=str(exc))
+    return Explanation(info, decision, redirect, ruleset)
+
+
+def format_restore(ex: Explanation) -> str:
+    if ex.ruleset is None:
+        return ""
+    return "".join(f.restore_payload() for f in ex.ruleset.families())
+
+
+def format_text(ex: Explanation) -> str:
+    verdict = "REDIRECTED" if ex.decision.redirect else "NOT REDIRECTED"
+    lines = [f"pod {ex.pod.namespace}/{ex.pod.name}: {verdict}", f"reason: {ex.decision.reason}"]
+    if ex.error:
+        lines.append(f"error: {ex.error}")
+    if ex.redirect is not None:
+        r = ex.redirect
+        lines += [
+            f"mode: {r.mode}; proxy uid/gid: {r.proxy_uid}/{r.proxy_gid}",
+            f"inbound ports: include {_show(r.include_inbound_ports)}, "
+            f"exclude {_show(r.exclude_inbound_ports)}",
+            f"outbound ports: include {_show(r.include_outbound_ports)}, "
+            f"exclude {_show(r.exclude_outbound_ports)}",
+            f"outbound CIDRs: include {_show(r.include_cidrs)}, exclude {_show(r.exclude_cidrs)}",
+            f"DNS capture: {r.dns_capture}; drop invalid: {r.drop_invalid}; "
+            f"dual stack: {r.dual_stack}",
+        ]
+        if r.exclude_interfaces or r.reroute_interfaces:
+            lines.append(f"interfaces: exclude {_show(r.exclude_interfaces)}, "
+                         f"reroute {_show(r.reroute_interfaces)}")
+    if ex.ruleset is not None:
+        for fam in ex.ruleset.families():
+            lines.append(f"--- {'ip6tables' if fam.ipv6 else 'iptables'}-restore payload ---")
+            lines.append(fam.restore_payload().rstrip("\n"))
+        for note in ex.ruleset.notes:
+            lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def format_json(ex: Explanation) -> str:
+    obj: dict[str, Any] = {
+        "pod": f"{ex.pod.namespace}/{ex.pod.name}",
+        "redirected": ex.decision.redirect,
+        "reason": ex.decision.reason,
+    }
+    if ex.error:
+        obj["error"] = ex.error
+    if ex.ruleset is not None:
+        obj["payloads"] = {
+            ("v6" if f.ipv6 else "v4"): f.restore_payload() for f in ex.ruleset.families()
+        }
+    return json.dumps(obj, indent=2) + "\n"
+
+
+def _show(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value) or "(none)"
+    return str(value) or "(none)"

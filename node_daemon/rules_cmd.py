@@ -1,0 +1,165 @@
+"""`istio-cni-node rules`: print the iptables-restore payloads for istio-iptables-style flags.
+
+Why: admins have runbooks and diffs built on istio-iptables' output. This command takes the same
+flags (long names and short aliases as upstream's `tools/istio-iptables/pkg/cmd/root.go`) and
+prints exactly what our rule builder would feed to `iptables-restore --noflush` (and to
+`ip6tables-restore` with `--ipv6`), with no side effects: it reads nothing from the host and
+changes nothing. The plugin, the repair controller and `explain` use the same
+`cni.rules.build_ruleset`, so what this prints is what they program.
+
+Differences from istio-iptables, all because this command must not look at the host:
+- `--proxy-uid` defaults to 1337 (upstream looks up the `istio-proxy` user, falling back to
+  1337); `--proxy-gid` defaults to the UID, as upstream.
+- IPv6 is not detected from the pod's addresses: pass `--ipv6` (upstream: first usable address,
+  or any IPv6 address with `--dual-stack`). `--dual-stack` is accepted and recorded only.
+- DNS servers are not read from /etc/resolv.conf: pass `--dns-servers-v4/-v6`.
+- Settings upstream reads only from the environment are flags here: `--outbound-owner-groups`
+  (ISTIO_OUTBOUND_OWNER_GROUPS), `--outbound-owner-groups-exclude`
+  (ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE), `--host-ipv4-loopback-cidr`
+  (ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR). No environment variable is read.
+- Boolean flags are plain switches (no `--redirect-dns=false`).
+
+Output: the IPv4 payload; with `--ipv6`, then the line `# ip6tables-restore` and the IPv6
+payload. Build notes (e.g. DNS capture disabled) go to stderr. Invalid input: one line on
+stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import click
+
+from cni.iptables_config import IptablesConfig, split_list
+from cni.rules import build_ruleset
+from cni.ruleset import RuleSet
+
+V6_MARKER = "# ip6tables-restore\n"
+DEFAULT_PROXY_UID = "1337"
+INTERCEPTION_MODES = ("", "REDIRECT", "TPROXY")
+
+
+def config_from_flags(**flags: Any) -> IptablesConfig:
+    """Map the command's parameters (click names) to an `IptablesConfig`. Pure.
+
+    Raises ValueError on values upstream would misuse silently (interception mode, DNS server
+    addresses of the wrong family).
+    """
+    mode = flags.get("istio_inbound_interception_mode") or ""
+    if mode not in INTERCEPTION_MODES:
+        raise ValueError(
+            f"--istio-inbound-interception-mode: expected REDIRECT or TPROXY, got {mode!r}"
+        )
+    uid = flags.get("proxy_uid") or DEFAULT_PROXY_UID
+    gid = flags.get("proxy_gid") or uid  # upstream: "same default value as -u param"
+    return IptablesConfig(
+        proxy_port=flags.get("envoy_port", "15001"),
+        inbound_capture_port=flags.get("inbound_capture_port", "15006"),
+        inbound_tunnel_port=flags.get("inbound_tunnel_port", "15008"),
+        proxy_uid=split_list(uid),
+        proxy_gid=split_list(gid),
+        inbound_interception_mode=mode or "REDIRECT",
+        inbound_tproxy_mark=flags.get("istio_inbound_tproxy_mark", "1337"),
+        inbound_tproxy_route_table=flags.get("istio_inbound_tproxy_route_table", "133"),
+        inbound_ports_include=split_list(flags.get("istio_inbound_ports", "")),
+        inbound_ports_exclude=split_list(flags.get("istio_local_exclude_ports", "")),
+        outbound_ports_include=split_list(flags.get("istio_outbound_ports", "")),
+        outbound_ports_exclude=split_list(flags.get("istio_local_outbound_ports_exclude", "")),
+        outbound_ip_ranges_include=split_list(flags.get("istio_service_cidr", "")),
+        outbound_ip_ranges_exclude=split_list(flags.get("istio_service_exclude_cidr", "")),
+        reroute_virtual_interfaces=split_list(flags.get("kube_virt_interfaces", "")),
+        exclude_interfaces=split_list(flags.get("istio_exclude_interfaces", "")),
+        owner_groups_include=split_list(flags.get("outbound_owner_groups", "*")),
+        owner_groups_exclude=split_list(flags.get("outbound_owner_groups_exclude", "")),
+        host_ipv4_loopback_cidr=flags.get("host_ipv4_loopback_cidr", "127.0.0.1/32"),
+        redirect_dns=bool(flags.get("redirect_dns", False)),
+        capture_all_dns=bool(flags.get("capture_all_dns", False)),
+        dns_servers_v4=_dns_servers(flags.get("dns_servers_v4", ""), 4, "--dns-servers-v4"),
+        dns_servers_v6=_dns_servers(flags.get("dns_servers_v6", ""), 6, "--dns-servers-v6"),
+        drop_invalid=bool(flags.get("drop_invalid", False)),
+        dual_stack=bool(flags.get("dual_stack", False)),
+        enable_ipv6=bool(flags.get("ipv6", False)),
+    )
+
+
+def _dns_servers(value: str, version: int, flag: str) -> tuple[str, ...]:
+    """Upstream gets these per family from resolv.conf; a flag could mix them up, so check."""
+    servers = tuple(item.strip() for item in split_list(value) if item.strip())
+    for server in servers:
+        try:
+            ok = ipaddress.ip_address(server).version == version
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{flag}: {server!r} is not an IPv{version} address")
+    return servers
+
+
+def format_payloads(ruleset: RuleSet) -> str:
+    """The IPv4 payload, then (IPv6 on) the `# ip6tables-restore` line and the IPv6 payload.
+
+    Each payload is byte for byte what is fed to `iptables-restore --noflush`."""
+    text = ruleset.v4.restore_payload()
+    if ruleset.v6 is not None:
+        text += V6_MARKER + ruleset.v6.restore_payload()
+    return text
+
+
+def _text(long: str, short: str | None, default: str, help_text: str) -> Any:
+    names = (long, short) if short else (long,)
+    return click.option(*names, default=default, show_default=True, help=help_text)
+
+
+def _switch(long: str, help_text: str) -> Any:
+    return click.option(long, is_flag=True, default=False, help=help_text)
+
+
+_OPTIONS = (
+    _text("--envoy-port", "-p", "15001", "Outbound capture port (ISTIO_REDIRECT target)."),
+    _text("--inbound-capture-port", "-z", "15006", "Inbound capture port."),
+    _text("--inbound-tunnel-port", "-e", "15008", "HBONE tunnel port, never captured."),
+    _text("--proxy-uid", "-u", DEFAULT_PROXY_UID, "Proxy UIDs (comma list) not redirected."),
+    _text("--proxy-gid", "-g", "", "Proxy GIDs (comma list); default: the --proxy-uid value."),
+    _text("--istio-inbound-interception-mode", "-m", "", "REDIRECT (default) or TPROXY."),
+    _text("--istio-inbound-ports", "-b", "", "Inbound ports to capture; '*' all, '' none."),
+    _text("--istio-local-exclude-ports", "-d", "", "Inbound ports not captured (with '*')."),
+    _text("--istio-exclude-interfaces", "-c", "", "NICs left entirely alone."),
+    _text("--istio-service-cidr", "-i", "", "Outbound CIDRs to capture; '*' all, '' none."),
+    _text("--istio-service-exclude-cidr", "-x", "", "Outbound CIDRs never captured."),
+    _text("--istio-outbound-ports", "-q", "", "Outbound ports always captured."),
+    _text("--istio-local-outbound-ports-exclude", "-o", "", "Outbound ports never captured."),
+    _text("--kube-virt-interfaces", "-k", "", "NICs whose inbound traffic counts as outbound."),
+    _text("--istio-inbound-tproxy-mark", "-t", "1337", "TPROXY packet mark."),
+    _text("--istio-inbound-tproxy-route-table", "-r", "133", "TPROXY routing table."),
+    _switch("--redirect-dns", "Capture DNS to istio-agent (15053)."),
+    _switch("--capture-all-dns", "Capture all port-53 traffic, not only --dns-servers-*."),
+    _switch("--drop-invalid", "Drop conntrack-INVALID packets (mangle ISTIO_DROP)."),
+    _switch("--dual-stack", "Recorded only: IPv6 is given by --ipv6 here."),
+    _switch("--ipv6", "The pod has IPv6: also print the ip6tables payload."),
+    _text("--dns-servers-v4", None, "", "IPv4 DNS servers (upstream: from resolv.conf)."),
+    _text("--dns-servers-v6", None, "", "IPv6 DNS servers (upstream: from resolv.conf)."),
+    _text("--outbound-owner-groups", None, "*", "Groups whose outbound traffic is captured."),
+    _text("--outbound-owner-groups-exclude", None, "", "Groups not captured (with '*')."),
+    _text("--host-ipv4-loopback-cidr", None, "127.0.0.1/32", "IPv4 loopback CIDR."),
+)
+
+
+def _with_options(func: Any) -> Any:
+    for option in reversed(_OPTIONS):
+        func = option(func)
+    return func
+
+
+@click.command("rules")
+@_with_options
+def rules_command(**flags: Any) -> None:
+    """Print the iptables-restore payload(s) istio-iptables would apply for these flags."""
+    try:
+        ruleset = build_ruleset(config_from_flags(**flags))
+    except ValueError as err:
+        click.echo(f"istio-cni-node rules: error: {err}", err=True)
+        raise click.exceptions.Exit(2) from None
+    for note in ruleset.notes:
+        click.echo(f"istio-cni-node rules: warning: {note}", err=True)
+    click.echo(format_payloads(ruleset), nl=False)
