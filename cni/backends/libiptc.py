@@ -1,0 +1,310 @@
+"""The python-iptables backend: legacy tables programmed in-process through libiptc.
+
+For hosts with no iptables binaries. python-iptables is imported inside the methods only (it
+loads libxtables and its extensions, which the restore path never needs). libiptc opens its
+socket in the calling thread's netns, so the caller must already be inside the pod netns; table
+handles are re-initialised on every use because python-iptables caches them per table name
+(a handle from another netns would program the wrong pod).
+
+Rules come from the same parse as CHECK's normaliser (`cni.live_state.parse_rule`), so the
+kernel ends up with the same entries as `iptables-legacy-restore` would create, and
+`iptables-legacy-save` prints identical text. Per family: every table is built in memory,
+then committed one by one; if a later commit fails, what earlier commits created is removed.
+libiptc takes no xtables lock, so it never waits on the host's `/run/xtables.lock`.
+
+Every libiptc operation runs in a forked child (it inherits this thread's netns). libxtables
+registers an extension only for the family in use when its `.so` is first loaded, and
+python-iptables then aborts the whole process (`target "TPROXY" already registered`, exit 1)
+when the other family needs it. A child per operation keeps each process single-family, keeps
+the caller's process free of libxtables state, and turns a C-level abort into an error.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sysconfig
+from collections.abc import Callable
+from typing import Any
+
+from cni.errors import RulesApplyFailed
+from cni.live_state import ParsedRule, UnsupportedRule, parse_rule
+from cni.ruleset import BUILTIN_CHAINS, FamilyRules, Rule
+
+LIBDIR_CANDIDATES = ("/usr/lib/xtables", "/usr/lib64/xtables", "/lib/xtables",
+                     "/usr/local/lib/xtables", "/lib64/xtables")
+TABLE_NAMES = {False: "/proc/thread-self/net/ip_tables_names",
+               True: "/proc/thread-self/net/ip6_tables_names"}
+
+
+def find_xtables_libdir() -> str | None:
+    """The directory holding `libxt_*.so` (XTABLES_LIBDIR): env, multiarch, then common paths."""
+    candidates = [os.environ.get("XTABLES_LIBDIR", "")]
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    if multiarch:
+        candidates += [f"/usr/lib/{multiarch}/xtables", f"/lib/{multiarch}/xtables"]
+    candidates += [*LIBDIR_CANDIDATES, *sorted(glob.glob("/usr/lib/*/xtables"))]
+    for path in candidates:
+        if path and os.path.isfile(os.path.join(path, "libxt_standard.so")):
+            return path
+    return None
+
+
+def _iptc() -> Any:
+    """Import python-iptables, pointing it at the extensions first (else it runs ldconfig)."""
+    if "XTABLES_LIBDIR" not in os.environ:
+        libdir = find_xtables_libdir()
+        if libdir:
+            os.environ["XTABLES_LIBDIR"] = libdir
+    try:
+        import iptc
+    except Exception as exc:  # ImportError, XTablesError (no libxtables / extensions)
+        raise RulesApplyFailed(f"load python-iptables: {exc}") from exc
+    return iptc
+
+
+class LibiptcBackend:
+    """RuleApplier over libiptc (legacy tables only)."""
+
+    def __init__(self, where: str = "") -> None:
+        self.where = where or "current netns"
+
+    def apply(self, family: FamilyRules) -> None:
+        if family.rules:
+            _forked(self._apply_here, family)
+
+    def delete(self, family: FamilyRules) -> None:
+        """Best-effort undo of `family` (used to roll back a family applied moments ago)."""
+        _forked(self._delete_here, family)
+
+    def save(self, ipv6: bool) -> str:
+        """`iptables-legacy-save`-style text, rendered from libiptc (no binaries needed)."""
+        return _forked(self._save_here, ipv6)
+
+    def _apply_here(self, family: FamilyRules) -> str:
+        iptc = _iptc()
+        try:
+            built = [self._build_table(iptc, family, t) for t in family.tables()]
+        except (UnsupportedRule, ValueError, AttributeError, iptc.IPTCError,
+                iptc.XTablesError) as exc:
+            raise RulesApplyFailed(f"build rules (libiptc) in {self.where}: {exc}",
+                                   details=family.restore_payload()) from exc
+        done: list[str] = []
+        for name, table in built:
+            try:
+                table.commit()
+            except iptc.IPTCError as exc:
+                self._undo(iptc, family, done)
+                raise RulesApplyFailed(
+                    f"commit table {name} (libiptc) in {self.where}: {exc}",
+                    details=family.restore_payload()) from exc
+            finally:
+                table.close()
+            done.append(name)
+        return ""
+
+    def _table(self, iptc: Any, ipv6: bool, name: str) -> Any:
+        cls = iptc.Table6 if ipv6 else iptc.Table
+        table = cls(name, autocommit=False)
+        table.refresh()  # drop any cached handle: it may belong to another netns
+        return table
+
+    def _build_table(self, iptc: Any, family: FamilyRules, name: str) -> tuple[str, Any]:
+        table = self._table(iptc, family.ipv6, name)
+        for chain in family.chains(name):
+            if table.is_chain(chain):
+                table.close()
+                raise ValueError(f"chain {chain} already exists in table {name}")
+            table.create_chain(chain)
+        for rule in family.rules_in(name):
+            entry = _build_rule(iptc, table, rule, family.ipv6)
+            chain = iptc.Chain(table, rule.chain)
+            if rule.position is None:
+                chain.append_rule(entry)
+            else:
+                chain.insert_rule(entry, position=rule.position - 1)
+        return name, table
+
+    def _undo(self, iptc: Any, family: FamilyRules, tables: list[str]) -> None:
+        for name in tables:
+            try:
+                self._delete_table(iptc, family, name)
+            except (iptc.IPTCError, ValueError):
+                continue  # best effort: what remains shows up in CHECK
+
+    def _delete_table(self, iptc: Any, family: FamilyRules, name: str) -> None:
+        table = self._table(iptc, family.ipv6, name)
+        try:
+            for rule in reversed(family.rules_in(name)):
+                if rule.chain in BUILTIN_CHAINS:
+                    iptc.Chain(table, rule.chain).delete_rule(
+                        _build_rule(iptc, table, rule, family.ipv6))
+            for chain in family.chains(name):
+                if table.is_chain(chain):
+                    table.flush_entries(chain)
+            for chain in family.chains(name):
+                if table.is_chain(chain):
+                    table.delete_chain(chain)
+            table.commit()
+        finally:
+            table.close()
+
+    def _delete_here(self, family: FamilyRules) -> str:
+        self._undo(_iptc(), family, list(family.tables()))
+        return ""
+
+    def _save_here(self, ipv6: bool) -> str:
+        """Only tables that already exist in this netns are read: opening a legacy table
+        instantiates it, which would change what `iptables-legacy-save` shows.
+        """
+        try:
+            with open(TABLE_NAMES[ipv6]) as f:
+                names = f.read().split()
+        except FileNotFoundError:
+            return ""
+        if not names:
+            return ""
+        iptc = _iptc()
+        cls = iptc.Table6 if ipv6 else iptc.Table
+        # Decoding a jump makes python-iptables probe every table by opening it; tell it which
+        # exist so it opens no others (this runs in a throw-away child: the state dies with it).
+        cls.existing_table_names.update({n: n in names for n in cls.ALL})
+        # All tables stay open while rendering: decoding a jump makes python-iptables ask
+        # every table whether the target is a chain, and a closed handle would crash libiptc.
+        tables = [self._table(iptc, ipv6, name) for name in names]
+        try:
+            out = [line for table in tables for line in render_table(table)]
+        finally:
+            for table in tables:
+                table.close()
+        return "".join(line + "\n" for line in out)
+
+
+def _forked(fn: Callable[[Any], str], arg: Any) -> str:
+    """Run `fn(arg)` in a forked child (same netns); its str result or its error come back."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into the caller's stack
+        os.close(rfd)
+        try:
+            reply = {"ok": fn(arg)}
+        except RulesApplyFailed as exc:
+            reply = {"error": exc.msg, "details": exc.details}
+        except BaseException as exc:  # noqa: B036 - everything must reach the parent
+            reply = {"error": f"libiptc: {type(exc).__name__}: {exc}", "details": ""}
+        with os.fdopen(wfd, "w") as w:
+            w.write(json.dumps(reply))
+        os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd) as r:
+        data = r.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise RulesApplyFailed(f"libiptc worker died (wait status {status})")
+    reply = json.loads(data)
+    if "error" in reply:
+        raise RulesApplyFailed(reply["error"], details=reply["details"])
+    return str(reply["ok"])
+
+
+def _build_rule(iptc: Any, table: Any, rule: Rule, ipv6: bool) -> Any:
+    """A python-iptables Rule equal to what iptables-restore builds from `rule.params`."""
+    parsed = parse_rule(rule.spec)
+    entry = _rule_class(iptc, ipv6)(table)
+    _set_ip(entry, parsed)
+    for name, opts in parsed.matches:
+        match = entry.create_match(name)
+        for opt in opts:
+            match.parse(opt.name.lstrip("-"), ("!" if opt.neg else "") + opt.value)
+    entry.target = entry.create_target(parsed.target)
+    for opt in parsed.target_opts:
+        entry.target.parse(opt.name.lstrip("-"), opt.value)
+    entry.final_check()
+    return entry
+
+
+_RULE_CLASSES: dict[bool, Any] = {}
+
+
+def _rule_class(iptc: Any, ipv6: bool) -> Any:
+    """Rule subclass that resolves jump targets in its own table only.
+
+    python-iptables decides whether a target is a chain by opening *every* table; in a legacy
+    netns that instantiates filter/security/... and `iptables-legacy-save` would then show
+    tables the restore backend never touched.
+    """
+    if ipv6 not in _RULE_CLASSES:
+        base = iptc.Rule6 if ipv6 else iptc.Rule
+
+        class OwnTableRule(base):  # type: ignore[misc, valid-type]
+            def __init__(self, table: Any) -> None:
+                super().__init__()
+                self._own_table = table
+
+            @property
+            def tables(self) -> list[Any]:
+                return [self._own_table]
+
+        _RULE_CLASSES[ipv6] = OwnTableRule
+    return _RULE_CLASSES[ipv6]
+
+
+def _set_ip(entry: Any, parsed: ParsedRule) -> None:
+    fields = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface",
+              "-p": "protocol"}
+    for opt in parsed.ip:
+        setattr(entry, fields[opt.name], ("!" if opt.neg else "") + opt.value)
+
+
+def render_table(table: Any) -> list[str]:
+    """One table in `iptables-save` form (libiptc's chain order, no counters)."""
+    out = [f"*{table.name}"]
+    chains = table.chains
+    for chain in chains:
+        policy = chain.get_policy().name if table.builtin_chain(chain.name) else "-"
+        out.append(f":{chain.name} {policy} [0:0]")
+    for chain in chains:
+        out.extend(f"-A {chain.name} {_render_rule(table, r)}" for r in chain.rules)
+    out.append("COMMIT")
+    return out
+
+
+def _render_rule(table: Any, rule: Any) -> str:
+    parts = []
+    for flag, value in (("-s", rule.src), ("-d", rule.dst)):
+        neg, addr = _split_neg(value)
+        if addr not in ("0.0.0.0/0.0.0.0", "::/0"):
+            parts.append(f"{neg}{flag} {_prefix(addr)}")
+    for flag, value in (("-i", rule.in_interface), ("-o", rule.out_interface)):
+        if value:
+            neg, name = _split_neg(value)
+            parts.append(f"{neg}{flag} {name}")
+    neg, proto = _split_neg(rule.protocol or "ip")
+    if proto != "ip":
+        parts.append(f"{neg}-p {proto}")
+    ip = rule.get_ip()
+    for match in rule.matches:
+        parts.append(f"-m {match.name}{_saved(match, ip)}")
+    target = rule.target
+    jump = "-g" if target.goto else "-j"
+    if target.name in ("ACCEPT", "DROP", "RETURN", "QUEUE") or table.is_chain(target.name):
+        parts.append(f"{jump} {target.name}")
+    else:
+        parts.append(f"{jump} {target.name}{_saved(target, ip)}")
+    return " ".join(parts)
+
+
+def _split_neg(value: str) -> tuple[str, str]:
+    return ("! ", value[1:]) if value.startswith("!") else ("", value)
+
+
+def _prefix(addr: str) -> str:
+    import ipaddress
+
+    return str(ipaddress.ip_network(addr, strict=False))
+
+
+def _saved(module: Any, ip: Any) -> str:
+    buf = module._get_saved_buf(ip)  # the extension's own save(): iptables-save's text
+    return buf.decode().rstrip("\n") if buf else ""

@@ -1,0 +1,317 @@
+"""Compare the live ISTIO_* state of a netns (`*-save` text) with a wanted `FamilyRules`.
+
+Pure: no I/O. `iptables-save` prints rules in its own canonical form (`-s/-d/-i/-o/-p` first,
+implicit `-m tcp`, marks in hex, `MARK --set-xmark`, `CONNMARK ... --nfmask/--ctmask`, TPROXY's
+`--on-ip`), so instead of running the kernel round trip on every CHECK we translate our payload
+params into that form (`save_form`) and compare text: one `*-save` per family, no `-C` calls.
+The translation covers the vocabulary of `cni.rules` (tests prove it against real nft and legacy
+output for every golden rule set); `parse_rule` is also what the libiptc backend builds from.
+
+Ownership: every ISTIO_* chain is ours; in built-in chains, a rule is ours when it jumps to an
+ISTIO_* chain or equals one we want there. Anything else in built-in chains is foreign and ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cni.ruleset import BUILTIN_CHAINS, FamilyRules, Rule
+
+CHAIN_PREFIX = "ISTIO"
+IP_OPTS = {
+    "-s": "-s", "--source": "-s", "-d": "-d", "--destination": "-d",
+    "-i": "-i", "--in-interface": "-i", "-o": "-o", "--out-interface": "-o",
+    "-p": "-p", "--protocol": "-p",
+}
+IP_ORDER = ("-s", "-d", "-i", "-o", "-p")
+ALIASES = {
+    "--destination-port": "--dport", "--source-port": "--sport",
+    "--destination-ports": "--dports", "--source-ports": "--sports",
+}
+# Options each match takes, in the order `iptables-save` prints them.
+MATCH_OPTS: dict[str, tuple[str, ...]] = {
+    "tcp": ("--sport", "--dport"),
+    "udp": ("--sport", "--dport"),
+    "multiport": ("--sports", "--dports", "--ports"),
+    "owner": ("--uid-owner", "--gid-owner"),
+    "conntrack": ("--ctstate",),
+    "mark": ("--mark",),
+    "connmark": ("--mark",),
+}
+# Options each target takes; REDIRECT's `--to-port` is getopt's prefix match of `--to-ports`.
+TARGET_OPTS: dict[str, tuple[str, ...]] = {
+    "REDIRECT": ("--to-ports",),
+    "TPROXY": ("--on-port", "--on-ip", "--tproxy-mark"),
+    "MARK": ("--set-mark", "--set-xmark"),
+    "CONNMARK": ("--save-mark", "--restore-mark"),
+    "CT": ("--zone",),
+}
+FLAG_OPTS = frozenset({"--save-mark", "--restore-mark"})
+TARGET_ALIASES = {"--to-port": "--to-ports"}
+CTSTATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
+FULL_MASK = 0xFFFFFFFF
+
+
+class UnsupportedRule(ValueError):
+    """A rule uses an option outside the vocabulary this module can translate."""
+
+
+@dataclass(frozen=True)
+class Opt:
+    name: str
+    value: str = ""
+    neg: bool = False
+
+
+@dataclass(frozen=True)
+class ParsedRule:
+    """A rule's spec split the way iptables stores it: ip header fields, matches, target."""
+
+    ip: tuple[Opt, ...]
+    matches: tuple[tuple[str, tuple[Opt, ...]], ...]
+    target: str
+    target_opts: tuple[Opt, ...] = ()
+
+    def ip_opt(self, name: str) -> Opt | None:
+        return next((o for o in self.ip if o.name == name), None)
+
+
+def parse_rule(spec: tuple[str, ...]) -> ParsedRule:
+    """Parse a rule spec (no `-A CHAIN`) like iptables does, including implicit proto matches."""
+    ip: list[Opt] = []
+    matches: list[tuple[str, list[Opt]]] = []
+    target = ""
+    topts: list[Opt] = []
+    neg = False
+    i = 0
+    while i < len(spec):
+        tok = spec[i]
+        if tok == "!":
+            neg = True
+            i += 1
+            continue
+        flag = tok in FLAG_OPTS
+        value = "" if flag else _arg(spec, i)
+        if tok in IP_OPTS:
+            ip.append(Opt(IP_OPTS[tok], value, neg))
+        elif tok in ("-m", "--match"):
+            matches.append((value, []))
+        elif tok in ("-j", "--jump"):
+            target = value
+        elif target:
+            name = TARGET_ALIASES.get(tok, tok)
+            if name not in TARGET_OPTS.get(target, ()):
+                raise UnsupportedRule(f"target {target}: option {tok} not supported")
+            topts.append(Opt(name, value, neg))
+        else:
+            _add_match_opt(matches, ip, Opt(ALIASES.get(tok, tok), value, neg))
+        neg = False
+        i += 1 if flag else 2
+    if not target:
+        raise UnsupportedRule(f"rule without -j: {' '.join(spec)}")
+    return ParsedRule(tuple(ip), tuple((n, tuple(o)) for n, o in matches), target, tuple(topts))
+
+
+def _arg(spec: tuple[str, ...], i: int) -> str:
+    if i + 1 >= len(spec):
+        raise UnsupportedRule(f"option {spec[i]} without a value")
+    return spec[i + 1]
+
+
+def _add_match_opt(matches: list[tuple[str, list[Opt]]], ip: list[Opt], opt: Opt) -> None:
+    """Give the option to the latest loaded match that takes it, else load the proto match.
+
+    Each `-m` instance gets its own option ids, and getopt resolves to the newest one, so
+    `-m owner ! --gid-owner 10 -m owner ! --gid-owner 20` is two matches, one option each.
+    """
+    for name, opts in reversed(matches):
+        if opt.name in MATCH_OPTS.get(name, ()):
+            opts.append(opt)
+            return
+    proto = next((o.value.lower() for o in ip if o.name == "-p" and not o.neg), "")
+    if proto in ("tcp", "udp") and opt.name in MATCH_OPTS[proto]:
+        matches.append((proto, [opt]))
+        return
+    raise UnsupportedRule(f"option {opt.name} not supported here")
+
+
+def _neg(opt: Opt) -> str:
+    return "! " if opt.neg else ""
+
+
+def _addr(value: str) -> str:
+    return str(ipaddress.ip_network(value, strict=False))
+
+
+def _hex_mark(value: str) -> tuple[int, int]:
+    mark, _, mask = value.partition("/")
+    return int(mark, 0), int(mask, 0) if mask else FULL_MASK
+
+
+def _mark_text(value: str) -> str:
+    mark, mask = _hex_mark(value)
+    return f"{mark:#x}" if mask == FULL_MASK else f"{mark:#x}/{mask:#x}"
+
+
+def _ctstate(value: str) -> str:
+    states = value.upper().split(",")
+    return ",".join(sorted(states, key=lambda s: CTSTATE_ORDER.index(s)
+                           if s in CTSTATE_ORDER else len(CTSTATE_ORDER)))
+
+
+def _match_value(match: str, opt: Opt) -> str:
+    if match in ("mark", "connmark"):
+        return _mark_text(opt.value)
+    if match == "conntrack":
+        return _ctstate(opt.value)
+    return opt.value
+
+
+def _render_match(name: str, opts: tuple[Opt, ...]) -> str:
+    if name not in MATCH_OPTS:
+        raise UnsupportedRule(f"match {name} not supported")
+    order = MATCH_OPTS[name]
+    parts = [f"-m {name}"]
+    for o in sorted(opts, key=lambda o: order.index(o.name)):
+        parts.append(f"{_neg(o)}{o.name} {_match_value(name, o)}")
+    return " ".join(parts)
+
+
+def _render_target(target: str, opts: tuple[Opt, ...], ipv6: bool) -> str:
+    given = {o.name: o.value for o in opts}
+    if target == "REDIRECT":
+        return f"-j REDIRECT --to-ports {given['--to-ports']}" if given else "-j REDIRECT"
+    if target == "TPROXY":
+        mark, mask = _hex_mark(given.get("--tproxy-mark", "0/0"))
+        on_ip = given.get("--on-ip", "::" if ipv6 else "0.0.0.0")
+        return (f"-j TPROXY --on-port {given['--on-port']} --on-ip {on_ip} "
+                f"--tproxy-mark {mark:#x}/{mask:#x}")
+    if target == "MARK":
+        if "--set-xmark" in given:
+            mark, mask = _hex_mark(given["--set-xmark"])
+        else:
+            mark, mask = _hex_mark(given["--set-mark"])
+            mask |= mark
+        return f"-j MARK --set-xmark {mark:#x}/{mask:#x}"
+    if target == "CONNMARK":
+        mode = next(iter(given))
+        return f"-j CONNMARK {mode} --nfmask {FULL_MASK:#x} --ctmask {FULL_MASK:#x}"
+    if target == "CT":
+        return f"-j CT --zone {given['--zone']}"
+    if opts:
+        raise UnsupportedRule(f"target {target} with options not supported")
+    return f"-j {target}"
+
+
+def save_form(rule: Rule, ipv6: bool) -> str:
+    """The line `iptables-save` prints for `rule` once applied (`-A CHAIN ...`)."""
+    parsed = parse_rule(rule.spec)
+    parts = [f"-A {rule.chain}"]
+    for name in IP_ORDER:
+        opt = parsed.ip_opt(name)
+        if opt is not None:
+            value = _addr(opt.value) if name in ("-s", "-d") else opt.value
+            parts.append(f"{_neg(opt)}{name} {value.lower() if name == '-p' else value}")
+    parts.extend(_render_match(n, o) for n, o in parsed.matches)
+    parts.append(_render_target(parsed.target, parsed.target_opts, ipv6))
+    return " ".join(parts)
+
+
+Chains = dict[str, list[str]]
+"""chain name -> rule lines (`-A CHAIN ...`) in order."""
+
+
+def parse_save(text: str) -> dict[str, Chains]:
+    """`*-save` output -> table -> chain -> rule lines. Counters and comments are dropped."""
+    tables: dict[str, Chains] = {}
+    current: Chains = {}
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:].strip(), {})
+        elif line.startswith(":"):
+            current.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            current.setdefault(line.split()[1], []).append(line)
+        elif line.startswith("[") and "] -A " in line:  # `iptables-save -c` form
+            rule = line.split("] ", 1)[1]
+            current.setdefault(rule.split()[1], []).append(rule)
+    return tables
+
+
+def wanted_state(family: FamilyRules) -> dict[str, Chains]:
+    """What `*-save` shows after applying `family` to a clean netns (inserts resolved)."""
+    tables: dict[str, Chains] = {}
+    for table in family.tables():
+        chains: Chains = {c: [] for c in family.chains(table)}
+        for rule in family.rules_in(table):
+            lines = chains.setdefault(rule.chain, [])
+            pos = rule.position
+            line = save_form(rule, family.ipv6)
+            lines.insert(pos - 1, line) if pos is not None else lines.append(line)
+        tables[table] = chains
+    return tables
+
+
+@dataclass(frozen=True)
+class StateDiff:
+    """How the live netns differs from the wanted rules; texts are `-t TABLE <save line>`."""
+
+    missing: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    clean: bool = False
+    """The netns has no ISTIO_* chain at all (so `missing` lists everything wanted)."""
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def state(self) -> str:
+        """"clean" (nothing of ours), "identical" (nothing to do) or "conflict"."""
+        if self.clean:
+            return "clean"
+        return "identical" if not self.missing and not self.extra else "conflict"
+
+    def __add__(self, other: StateDiff) -> StateDiff:
+        return StateDiff(self.missing + other.missing, self.extra + other.extra,
+                         self.clean and other.clean, self.notes + other.notes)
+
+
+def _is_ours(line: str) -> bool:
+    words = line.split()
+    return any(w in ("-j", "-g") and words[i + 1].startswith(CHAIN_PREFIX)
+               for i, w in enumerate(words[:-1]))
+
+
+def _diff_chain(table: str, live: list[str], want: list[str], builtin: bool) -> StateDiff:
+    if builtin:
+        live_ours = Counter(line for line in live if _is_ours(line) or line in want)
+        missing = Counter(want) - live_ours
+        extra = live_ours - Counter(want)
+    else:
+        if live == want:
+            return StateDiff()
+        missing, extra = Counter(want) - Counter(live), Counter(live) - Counter(want)
+        if not missing and not extra:  # same rules, wrong order: report the whole chain
+            missing, extra = Counter(want), Counter(live)
+    return StateDiff(tuple(f"-t {table} {r}" for r in missing.elements()),
+                     tuple(f"-t {table} {r}" for r in extra.elements()))
+
+
+def diff_state(save_text: str, wanted: FamilyRules) -> StateDiff:
+    """Compare `*-save` output of one family with the rules we want for it."""
+    live = parse_save(save_text)
+    want = wanted_state(wanted)
+    clean = not any(c.startswith(CHAIN_PREFIX) for chains in live.values() for c in chains)
+    result = StateDiff(clean=clean)
+    for table in sorted(set(live) | set(want)):
+        lchains, wchains = live.get(table, {}), want.get(table, {})
+        for chain in sorted(set(lchains) | set(wchains)):
+            builtin = chain in BUILTIN_CHAINS
+            if not builtin and not chain.startswith(CHAIN_PREFIX) and chain not in wchains:
+                continue  # a foreign user chain
+            if not builtin and chain not in lchains:
+                result += StateDiff(missing=(f"-t {table} -N {chain}",))
+            elif not builtin and chain not in wchains:
+                result += StateDiff(extra=(f"-t {table} -N {chain}",))
+            result += _diff_chain(table, lchains.get(chain, []), wchains.get(chain, []), builtin)
+    return StateDiff(result.missing, result.extra, clean)

@@ -1,0 +1,50 @@
+"""The plugin's hot path imports only what it needs (every import is paid on every pod start).
+
+Each check runs in a fresh interpreter, the way the runtime starts the plugin.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("kubernetes", "click", "pyroute2", "iptc", "yaml", "urllib3", "requests", "psutil")
+
+PROBE = r"""
+import io, json, sys
+from cni.plugin import Plugin
+from cni.protocol import dispatch
+env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/none",
+       "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": sys.argv[1]}
+conf = {"cniVersion": "1.0.0", "name": "net", "type": "istio-cni",
+        "exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system",
+        "cni_agent_run_dir": "/nonexistent-run-dir"}
+out, err, status = dispatch(env, json.dumps(conf).encode(), Plugin())
+print(json.dumps({"status": status, "out": out.decode(),
+                  "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+
+
+def run_probe(cni_args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-I", "-c", PROBE, cni_args], capture_output=True,
+                          text=True, check=True, cwd=".")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_skipped_pod_imports_no_api_client_and_nothing_heavy():
+    res = run_probe("IgnoreUnknown=1;K8S_POD_NAMESPACE=kube-system;K8S_POD_NAME=coredns-1")
+    assert res["status"] == 0, res["out"]
+    loaded = set(res["modules"])
+    assert not loaded & set(HEAVY)
+    assert "ssl" not in loaded and "http" not in loaded  # no API client was even built
+
+
+def test_plugin_package_never_imports_heavy_modules_at_import_time():
+    code = ("import sys, cni.__main__, cni.plugin, cni.rules, cni.redirect, cni.apply, "
+            "cni.podlookup, cni.kubeconfig, cni.backends; "
+            "import json; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                          check=True)
+    loaded = set(json.loads(proc.stdout))
+    assert not loaded & set(HEAVY)

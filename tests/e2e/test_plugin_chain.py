@@ -1,0 +1,197 @@
+"""istio-cni chained after the real bridge + host-local plugins, driven through the CNI protocol
+in a sandboxed node (network namespaces), with real TCP proving the redirection."""
+
+from __future__ import annotations
+
+import pytest
+from support import netns as nsutil
+from support.netns import Listener, connect
+from support.node import Node, workload
+
+from cni.results import encode_result
+
+pytestmark = pytest.mark.root
+BACKENDS = ["nft", "legacy", "python-iptables"]
+
+
+def saved_rules(pod_ns: str) -> str:
+    """Everything iptables holds in the pod netns, from both backends and both families."""
+    out = []
+    for tool in ("iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save",
+                 "ip6tables-legacy-save"):
+        out.append(nsutil.ns_exec(pod_ns, tool, check=False))
+    return "".join(out)
+
+
+def istio_lines(pod_ns: str) -> list[str]:
+    return [ln for ln in saved_rules(pod_ns).splitlines()
+            if "ISTIO" in ln and not ln.startswith("#")]
+
+
+def pod_ip(calls, family: str = "4") -> str:
+    for ip in calls[0].result["ips"]:
+        if (":" in ip["address"]) == (family == "6"):
+            return ip["address"].split("/")[0]
+    raise AssertionError(f"no IPv{family} address in {calls[0].result}")
+
+
+def gateway(node: Node, family: str = "4") -> str:
+    return f"10.99.{node.subnet_index}.1" if family == "4" else f"fd00:99:{node.subnet_index}::1"
+
+
+def add_meshed(node: Node, **changes) -> tuple[str, dict, list]:
+    pod = node.api.add_pod(workload("meshed-pod", **changes))
+    pod_ns = node.new_pod_netns()
+    calls = node.add(pod_ns, pod)
+    return pod_ns, pod, calls
+
+
+@pytest.mark.parametrize("node", BACKENDS, indirect=True)
+def test_meshed_pod_traffic_is_redirected(node: Node):
+    pod_ns, _, calls = add_meshed(node)
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
+    # the chained result is the bridge's, re-encoded at the list's version
+    assert calls[1].result == encode_result(calls[0].result, "1.0.0")
+    assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns))
+
+    # outbound from the app (uid 0) lands on 15001 with its original destination
+    gw = gateway(node)
+    proxy = Listener(pod_ns, 15001)
+    status, out = connect(pod_ns, gw, 8080)
+    assert status == 0, out
+    assert proxy.lines() == [f"conn {pod_ip(calls)} orig {gw}:8080"]
+
+    # inbound to the pod lands on 15006 with the pod's address as original destination
+    inbound = Listener(pod_ns, 15006)
+    status, out = connect(node.name, pod_ip(calls), 9080)
+    assert status == 0, out
+    assert inbound.lines() == [f"conn {gw} orig {pod_ip(calls)}:9080"]
+
+    # the proxy's own traffic (uid 1337) is not redirected: it reaches the node's listener
+    upstream = Listener(node.name, 8080)
+    status, out = connect(pod_ns, gw, 8080, uid=1337)
+    assert status == 0, out
+    [line] = upstream.lines()
+    assert line.startswith(f"conn {pod_ip(calls)} ")
+
+
+def test_dual_stack_pod_gets_ipv6_rules_and_redirects_ipv6(node: Node):
+    pod_ns, _, calls = add_meshed(node, proxy_env={"ISTIO_DUAL_STACK": "true"})
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
+    assert "::6/128" in nsutil.ns_exec(pod_ns, "ip", "-6", "addr", "show", "dev", "lo")
+    gw6 = gateway(node, "6")
+    proxy = Listener(pod_ns, 15001)
+    status, out = connect(pod_ns, gw6, 8080)
+    assert status == 0, out
+    assert proxy.lines() == [f"conn {pod_ip(calls, '6')} orig [{gw6}]:8080"]
+
+
+def test_plain_pod_gets_no_rules(node: Node):
+    pod = node.api.add_pod(workload("plain-pod"))
+    pod_ns = node.new_pod_netns()
+    calls = node.add(pod_ns, pod)
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout
+    assert istio_lines(pod_ns) == []
+    assert node.api.count("GET", r"/pods/busybox") == 1
+
+
+def test_excluded_namespace_and_agent_pod_never_touch_the_api(node: Node):
+    (node.run_dir / "istio-cni-kubeconfig").unlink()  # not even a kubeconfig is needed
+    for pod in (workload("meshed-pod", namespace="kube-system"),
+                workload("plain-pod", name="istio-cni-node-x7k2p", namespace="istio-system")):
+        pod_ns = node.new_pod_netns()
+        calls = node.add(pod_ns, pod)
+        assert [c.status for c in calls] == [0, 0], calls[-1].stdout
+        assert istio_lines(pod_ns) == []
+    assert node.api.requests == []
+
+
+def test_second_add_is_idempotent_and_check_really_checks(node: Node):
+    pod_ns, pod, calls = add_meshed(node)
+    assert calls[-1].status == 0
+    before = saved_rules(pod_ns)
+    again = node.call_istio(pod_ns, pod, "ADD", prev=calls[0].result)
+    assert again.status == 0, again.stdout
+    assert saved_rules(pod_ns) == before
+
+    check = node.call_istio(pod_ns, pod, "CHECK", prev=calls[-1].result)
+    assert (check.status, check.stdout) == (0, "")
+
+    nsutil.ns_exec(pod_ns, "iptables", "-t", "nat", "-F", "ISTIO_OUTPUT")
+    check = node.call_istio(pod_ns, pod, "CHECK", prev=calls[-1].result)
+    assert check.status == 1
+    err = check.result
+    assert err["code"] == 104
+    assert "missing" in err["msg"] and "ISTIO_OUTPUT" in err["details"]
+
+
+def test_del_succeeds_without_netns_and_without_api(node: Node):
+    pod_ns, pod, calls = add_meshed(node)
+    node.api.stop()
+    nsutil.run("ip", "netns", "delete", pod_ns)
+    call = node.call_istio(pod_ns, pod, "DEL", prev=calls[-1].result)
+    assert (call.status, call.stdout) == (0, "")
+
+
+def test_status_reports_not_ready_without_kubeconfig(node: Node):
+    pod = workload("plain-pod")
+    ns_name = node.new_pod_netns()
+    ok = node.call_istio(ns_name, pod, "STATUS", conf_changes={"cniVersion": "1.1.0"})
+    assert (ok.status, ok.stdout) == (0, "")
+    (node.run_dir / "istio-cni-kubeconfig").unlink()
+    bad = node.call_istio(ns_name, pod, "STATUS", conf_changes={"cniVersion": "1.1.0"})
+    assert bad.status == 1
+    assert bad.result["code"] == 50
+    assert "istio-cni-kubeconfig" in bad.result["msg"]
+
+
+# --- error paths: exact CNI error, exit 1, and nothing changed in the netns ----------------------
+
+def _fails_cleanly(node: Node, pod: dict, code: int) -> dict:
+    pod_ns = node.new_pod_netns()
+    calls = node.add(pod_ns, pod)
+    assert [c.status for c in calls] == [0, 1], calls[-1].stdout
+    err = calls[-1].result
+    assert set(err) <= {"cniVersion", "code", "msg", "details"}
+    assert err["code"] == code, err
+    assert err["cniVersion"] == "1.0.0"
+    assert "Traceback" not in calls[-1].stdout
+    assert istio_lines(pod_ns) == []
+    return err
+
+
+def test_invalid_annotation_fails_naming_it(node: Node):
+    key = "traffic.sidecar.istio.io/excludeOutboundPorts"
+    pod = node.api.add_pod(workload("meshed-pod", annotations={key: "80\n-A OUTPUT -j ACCEPT"}))
+    err = _fails_cleanly(node, pod, 101)
+    assert err["msg"] == (f"invalid annotation {key}='80\\n-A OUTPUT -j ACCEPT': "
+                          "'80\\n-A OUTPUT -j ACCEPT' is not a port number (0-65535)")
+
+
+def test_api_down_fails_as_try_again_later(node: Node):
+    pod = workload("meshed-pod")
+    node.api.stop()
+    err = _fails_cleanly(node, pod, 11)
+    assert "3 attempts" in err["msg"] or "attempt" in err["msg"]
+
+
+def test_rejected_token_fails_at_once(node: Node):
+    pod = node.api.add_pod(workload("meshed-pod"))
+    node.api.require_token("another-token")
+    err = _fails_cleanly(node, pod, 100)
+    assert "test-sa-token" not in err["msg"] + err.get("details", "")
+    assert node.api.count("GET", r"/pods/") == 1
+
+
+def test_missing_kubeconfig_fails_a_pod_that_needs_the_api(node: Node):
+    pod = node.api.add_pod(workload("meshed-pod"))
+    (node.run_dir / "istio-cni-kubeconfig").unlink()
+    err = _fails_cleanly(node, pod, 50)
+    assert "istio-cni-kubeconfig" in err["msg"]
+
+
+def test_missing_netns_fails_with_code_8(node: Node):
+    pod = node.api.add_pod(workload("meshed-pod"))
+    call = node.call_istio("icni-e2e-does-not-exist", pod, "ADD")
+    assert call.status == 1
+    assert call.result["code"] == 8

@@ -1,0 +1,457 @@
+"""A local Kubernetes API server for tests: real HTTP(S), the real API's JSON, pods and events.
+
+Good enough for the official `kubernetes` client (LIST with selectors, WATCH streams with
+resume and 410 expiry, PATCH of pods and pods/status, DELETE with preconditions, events) and for
+the plugin's stdlib client (GET with a bearer token, over TLS). Faults are injected server-side
+(`fail_next`, `delay`, `hang`, `require_token`) so clients meet them over a real socket.
+The test-control API is plain Python; nothing of it is reachable over HTTP.
+
+Binds 127.0.0.1 (or ::1) on port 0; `stop()` releases hung requests, ends watches and closes
+every connection.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from tests.kubeapi.patches import PatchError, apply_patch, merge_patch
+from tests.kubeapi.store import ApiError, Pod, PodStore, not_found, now, parse_selector
+from tests.kubeapi.tls import TLSMaterial
+
+_NS = r"/api/v1/namespaces/(?P<ns>[^/]+)"
+_POD = _NS + r"/pods/(?P<name>[^/]+)"
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    client: tuple[str, int]
+
+
+@dataclass
+class _Fault:
+    kind: str  # fail | delay | hang
+    pattern: re.Pattern[str]
+    method: str | None
+    remaining: int | None
+    status: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Watch:
+    events: Iterator[dict[str, Any]]
+    bookmarks: bool
+
+
+@dataclass
+class _Reply:
+    code: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class KubeApiServer:
+    """The server plus its test-control API. Use as a context manager or call `stop()`."""
+
+    def __init__(self, tls: TLSMaterial | None = None, host: str = "127.0.0.1") -> None:
+        self.store = PodStore()
+        self._lock = threading.Lock()
+        self._faults: list[_Fault] = []
+        self._requests: list[RecordedRequest] = []
+        self._events: list[dict[str, Any]] = []
+        self._token: str | None = None
+        self._stopping = threading.Event()
+        self.errors: list[BaseException] = []
+        """Unexpected exceptions raised while serving (answered with 500)."""
+        self.tls = tls
+        self._httpd = _HTTPServer(self, host, tls)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.02,), name="kubeapi", daemon=True
+        )  # a short poll interval keeps stop() quick
+        self._thread.start()
+
+    # -- where it is --------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        host = f"[{host}]" if ":" in str(host) else host
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+    @property
+    def ca_pem(self) -> bytes | None:
+        return self.tls.ca_pem if self.tls else None
+
+    @property
+    def token(self) -> str | None:
+        return self._token
+
+    # -- state --------------------------------------------------------------------------------
+
+    def add_pod(self, pod: Pod) -> Pod:
+        """Create a pod (ADDED); fills namespace "default", uid, resourceVersion."""
+        return self.store.add(pod)
+
+    def update_pod(self, namespace: str, name: str, patch: dict[str, Any]) -> Pod:
+        """Merge-patch a pod as a controller would (MODIFIED); `None` values delete keys."""
+        return self.store.update(namespace, name, lambda pod: merge_patch(pod, patch))
+
+    def delete_pod(self, namespace: str, name: str) -> Pod:
+        return self.store.delete(namespace, name, None)
+
+    def get_pod(self, namespace: str, name: str) -> Pod:
+        return self.store.get(namespace, name)
+
+    def compact(self) -> int:
+        """Expire all older resourceVersions: a watch from one of them gets a 410 ERROR event."""
+        return self.store.compact()
+
+    def bookmark(self) -> None:
+        self.store.bookmark()
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Events created through either events API, in order."""
+        with self._lock:
+            return list(self._events)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def count(self, method: str, path_regex: str) -> int:
+        pattern = re.compile(path_regex)
+        return sum(1 for r in self.requests if r.method == method and pattern.search(r.path))
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def require_token(self, token: str | None) -> None:
+        """Answer 401 unless `Authorization: Bearer <token>` (None: no authentication)."""
+        self._token = token
+
+    def fail_next(
+        self, path_regex: str, status: int, count: int = 1, method: str | None = None
+    ) -> None:
+        """Answer the next `count` matching requests with a `Status` of code `status`."""
+        self._add_fault(_Fault("fail", re.compile(path_regex), method, count, status=status))
+
+    def delay(
+        self, path_regex: str, seconds: float, count: int | None = None, method: str | None = None
+    ) -> None:
+        """Hold matching requests `seconds` before serving them (all, or the next `count`)."""
+        self._add_fault(_Fault("delay", re.compile(path_regex), method, count, seconds=seconds))
+
+    def hang(self, path_regex: str, count: int | None = None, method: str | None = None) -> None:
+        """Accept matching requests and never answer them (until `stop()`)."""
+        self._add_fault(_Fault("hang", re.compile(path_regex), method, count))
+
+    def drop_connections(self) -> None:
+        """Close every open client connection, as a server does with idle keep-alives."""
+        self._httpd.close_connections()
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self.store.close()
+        self._httpd.shutdown()
+        self._httpd.close_connections()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> KubeApiServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- serving (called from handler threads) ------------------------------------------------
+
+    def _add_fault(self, fault: _Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def _take_fault(self, kind: str, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind != kind or (fault.method and fault.method != method):
+                    continue
+                if not fault.pattern.search(path):
+                    continue
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                    if fault.remaining <= 0:
+                        self._faults.remove(fault)
+                return fault
+        return None
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _serve(self, method: str, path: str, query: dict[str, str], headers: Any, body: Any):
+        """A `_Reply`, a `_Watch` to stream, or None to drop the connection unanswered."""
+        if self._take_fault("hang", method, path):
+            self._stopping.wait()
+            return None
+        delay = self._take_fault("delay", method, path)
+        if delay and self._stopping.wait(delay.seconds):
+            return None
+        if self._token is not None and headers.get("Authorization") != f"Bearer {self._token}":
+            raise ApiError(401, "Unauthorized")
+        fail = self._take_fault("fail", method, path)
+        if fail:
+            raise _injected(fail.status, path)
+        return self._route(method, path, query, headers, body)
+
+    def _route(self, method: str, path: str, query: dict[str, str], headers: Any, body: Any):
+        for verb, pattern, handler in _ROUTES:
+            match = pattern.fullmatch(path)
+            if match and verb == method:
+                return handler(self, match.groupdict(), query, headers, body)
+        if any(p.fullmatch(path) for _, p, _ in _ROUTES):
+            raise ApiError(405, f"the server does not allow this method on {path}")
+        raise ApiError(404, "the server could not find the requested resource")
+
+    def _get_pod(self, args: dict[str, str], *_: Any) -> _Reply:
+        return _Reply(200, self.store.get(args["ns"], args["name"]))
+
+    def _list_pods(self, args: dict[str, str], query: dict[str, str], *_: Any) -> Any:
+        selector = parse_selector(
+            args.get("ns"), query.get("fieldSelector", ""), query.get("labelSelector", "")
+        )
+        if query.get("watch", "").lower() in ("1", "true"):
+            timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
+            events = self.store.watch(selector, query.get("resourceVersion", ""), timeout)
+            bookmarks = query.get("allowWatchBookmarks", "").lower() in ("1", "true")
+            return _Watch(events, bookmarks)
+        items, rv = self.store.list(selector)
+        for item in items:  # the apiserver leaves kind/apiVersion off list items
+            item.pop("kind", None)
+            item.pop("apiVersion", None)
+        body = {
+            "kind": "PodList",
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": str(rv)},
+            "items": items,
+        }
+        return _Reply(200, body)
+
+    def _patch_pod(self, args: dict[str, str], _q: Any, headers: Any, body: Any) -> _Reply:
+        content_type = headers.get("Content-Type", "")
+        status_only = args.get("sub") == "status"
+
+        def change(old: Pod) -> Pod:
+            try:
+                new = apply_patch(content_type, old, body)
+            except PatchError as exc:
+                raise ApiError(exc.code, str(exc)) from exc
+            want = new.get("metadata", {}).get("resourceVersion")
+            if want != old["metadata"]["resourceVersion"]:
+                raise ApiError(
+                    409,
+                    f'Operation cannot be fulfilled on pods "{args["name"]}": the object has '
+                    "been modified; please apply your changes to the latest version and try again",
+                )
+            # The status subresource only changes status (and metadata); the main one never does.
+            kept = "spec" if status_only else "status"
+            new.pop(kept, None)
+            if kept in old:
+                new[kept] = old[kept]
+            return new
+
+        return _Reply(200, self.store.update(args["ns"], args["name"], change))
+
+    def _delete_pod(self, args: dict[str, str], _q: Any, _h: Any, body: Any) -> _Reply:
+        preconditions = body.get("preconditions") if isinstance(body, dict) else None
+        return _Reply(200, self.store.delete(args["ns"], args["name"], preconditions))
+
+    def _create_event(self, args: dict[str, str], _q: Any, _h: Any, body: Any) -> _Reply:
+        if not isinstance(body, dict):
+            raise ApiError(400, "an event must be a JSON object")
+        meta = body.setdefault("metadata", {})
+        if not meta.get("name"):
+            if not meta.get("generateName"):
+                raise ApiError(422, "Event is invalid: metadata.name: Required value")
+            meta["name"] = meta["generateName"] + format(self.store.next_rv(), "x")
+        meta.update(namespace=args["ns"], resourceVersion=str(self.store.next_rv()))
+        meta.setdefault("creationTimestamp", now())
+        with self._lock:
+            self._events.append(body)
+        return _Reply(201, body)
+
+
+def _injected(status: int, path: str) -> ApiError:
+    if status == 404:
+        return not_found(path.rstrip("/").rsplit("/", 1)[-1])
+    if status == 401:
+        return ApiError(401, "Unauthorized")
+    return ApiError(status, f"injected failure {status} for {path}")
+
+
+_ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
+    ("GET", re.compile(_POD), KubeApiServer._get_pod),
+    ("GET", re.compile(_POD + r"/status"), KubeApiServer._get_pod),
+    ("GET", re.compile(r"/api/v1/pods"), KubeApiServer._list_pods),
+    ("GET", re.compile(_NS + r"/pods"), KubeApiServer._list_pods),
+    ("PATCH", re.compile(_POD + r"(?:/(?P<sub>status))?"), KubeApiServer._patch_pod),
+    ("DELETE", re.compile(_POD), KubeApiServer._delete_pod),
+    ("POST", re.compile(_NS + r"/events"), KubeApiServer._create_event),
+    (
+        "POST",
+        re.compile(r"/apis/events\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/events"),
+        KubeApiServer._create_event,
+    ),
+]
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, api: KubeApiServer, host: str, tls: TLSMaterial | None) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        super().__init__((host, 0), _Handler)
+        self.api = api
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._tls.load_cert_chain(tls.cert_file, tls.key_file)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the connection's thread: the TLS handshake happens here, not in accept."""
+        if self._tls is not None:
+            try:
+                request.settimeout(10)
+                request = self._tls.wrap_socket(request, server_side=True)
+                request.settimeout(None)
+            except OSError:  # e.g. the client rejected our certificate
+                return
+        with self._conns_lock:
+            self._conns.add(request)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            with self._conns_lock:
+                self._conns.discard(request)
+            if self._tls is not None:
+                request.close()
+
+    def close_connections(self) -> None:
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Connection-level errors (resets, broken pipes, TLS) are the clients' business."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """Quiet: tests read `KubeApiServer.requests` instead."""
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def _handle(self, method: str) -> None:
+        api = self.server.api
+        url = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        try:
+            body = self._body()
+            api._record(
+                RecordedRequest(
+                    method, url.path, query, dict(self.headers.items()), body,
+                    self.client_address[:2],
+                )
+            )  # fmt: skip
+            result = api._serve(method, url.path, query, self.headers, body)
+        except ApiError as exc:
+            result = _Reply(exc.code, exc.status)
+        except Exception as exc:  # a bug in the test server: answer 500, keep it for the test
+            api.errors.append(exc)
+            result = _Reply(500, ApiError(500, f"test server error: {exc!r}").status)
+        if result is None:
+            self.close_connection = True
+        elif isinstance(result, _Watch):
+            self._stream(result)
+        else:
+            self._send(result)
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ApiError(400, "the request body is not valid JSON") from None
+
+    def _send(self, reply: _Reply) -> None:
+        data = json.dumps(reply.body).encode()
+        self.send_response(reply.code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _stream(self, watch: _Watch) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            self._chunks(e for e in watch.events if watch.bookmarks or e["type"] != "BOOKMARK")
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
+
+    def _chunks(self, events: Iterable[dict[str, Any]]) -> None:
+        for event in events:
+            line = json.dumps(event).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.wfile.flush()

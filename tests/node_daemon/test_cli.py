@@ -1,0 +1,55 @@
+"""The admin CLI's wiring: explain and rules through click's runner (pure tier)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from node_daemon.cli import cli
+
+WORKLOADS = Path(__file__).resolve().parents[2] / "companions" / "workloads"
+GOLDEN = Path(__file__).resolve().parents[1] / "cni" / "golden" / "plugin-basic.golden"
+
+
+def test_explain_meshed_pod_restore_format_is_the_plugin_golden():
+    res = CliRunner().invoke(cli, ["explain", "--pod-file", str(WORKLOADS / "meshed-pod.json"),
+                                   "--format", "restore"])
+    assert res.exit_code == 0, res.output
+    assert res.output == GOLDEN.read_text()
+
+
+def test_explain_text_gives_decision_and_reason():
+    res = CliRunner().invoke(cli, ["explain", "--pod-file", str(WORKLOADS / "plain-pod.json")])
+    assert res.exit_code == 0
+    assert "NOT REDIRECTED" in res.output and "no istio-proxy container" in res.output
+
+
+def test_explain_invalid_annotation_exits_1_with_the_reason(tmp_path):
+    pod = json.loads((WORKLOADS / "meshed-pod.json").read_text())
+    pod["metadata"]["annotations"]["traffic.sidecar.istio.io/includeOutboundIPRanges"] = "x/8"
+    f = tmp_path / "pod.json"
+    f.write_text(json.dumps(pod))
+    res = CliRunner().invoke(cli, ["explain", "--pod-file", str(f), "--format", "json"])
+    assert res.exit_code == 1
+    out = json.loads(res.output)
+    assert out["redirected"] is False and "includeOutboundIPRanges" in out["error"]
+
+
+def test_explain_bad_file_is_one_line_not_a_traceback(tmp_path):
+    f = tmp_path / "pod.json"
+    f.write_text("{nope")
+    res = CliRunner().invoke(cli, ["explain", "--pod-file", str(f)])
+    assert res.exit_code != 0
+    assert "is not JSON" in res.output and "Traceback" not in res.output
+
+
+def test_rules_default_plugin_flags_match_the_plugin_golden():
+    res = CliRunner().invoke(cli, ["rules", "--istio-inbound-ports", "*",
+                                   "--istio-local-exclude-ports", "15020,15021,15090",
+                                   "--istio-local-outbound-ports-exclude", "15020",
+                                   "--istio-service-cidr", "*", "--proxy-uid", "1337",
+                                   "--proxy-gid", "1337"])
+    assert res.exit_code == 0, res.output
+    assert res.output == GOLDEN.read_text()

@@ -1,0 +1,1 @@
+"""Test support shared by the tiers: a CNI runtime, netns helpers, socket tools."""

@@ -1,0 +1,87 @@
+"""A sandboxed node for end-to-end tests: its netns, run dir, conflist and CNI runtime, and the
+companion workloads as fixtures."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from support import netns as nsutil
+from support.cnirun import CniCall, Runtime, k8s_args
+from tests.kubeapi.server import KubeApiServer
+
+REPO = Path(__file__).resolve().parents[2]
+WORKLOADS = REPO / "companions" / "workloads"
+
+
+def plugin_argv() -> list[str]:
+    """The plugin under test: ISTIO_CNI_BINARY (e.g. the frozen build) or the source entry."""
+    binary = os.environ.get("ISTIO_CNI_BINARY")
+    return [binary] if binary else [sys.executable, "-m", "cni"]
+
+
+def workload(fixture: str, **changes) -> dict:
+    pod = json.loads((WORKLOADS / f"{fixture}.json").read_text())
+    pod = copy.deepcopy(pod)
+    meta = pod["metadata"]
+    for key in ("name", "namespace"):
+        if key in changes:
+            meta[key] = changes.pop(key)
+    meta.setdefault("annotations", {}).update(changes.pop("annotations", {}))
+    proxy_env = changes.pop("proxy_env", None)
+    if proxy_env:
+        for c in pod["spec"]["containers"]:
+            if c["name"] == "istio-proxy":
+                env = c.setdefault("env", [])
+                env.extend({"name": k, "value": v} for k, v in proxy_env.items())
+    assert not changes, changes
+    return pod
+
+
+@dataclass
+class Node:
+    """One sandboxed node: its netns, run dir, conflist, runtime and the API it talks to."""
+
+    name: str
+    run_dir: Path
+    api: KubeApiServer
+    runtime: Runtime
+    conflist: dict
+    subnet_index: int
+    pods: list[str] = field(default_factory=list)
+
+    def istio_entry(self) -> dict:
+        return self.conflist["plugins"][-1]
+
+    def new_pod_netns(self) -> str:
+        name = nsutil.unique("icni-e2e-pod")
+        nsutil.run("ip", "netns", "add", name)
+        self.pods.append(name)
+        nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
+        nsutil.ns_exec(name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                       "net.ipv6.conf.default.accept_dad=0")
+        return name
+
+    def add(self, ns_name: str, pod: dict, command: str = "ADD",
+            prev: dict | None = None) -> list[CniCall]:
+        meta = pod["metadata"]
+        return self.runtime.run_list(self.conflist, command, nsutil.path(ns_name),
+                                     container_id=f"c-{ns_name}",
+                                     cni_args=k8s_args(meta["namespace"], meta["name"]),
+                                     prev=prev)
+
+    def call_istio(self, ns_name: str, pod: dict, command: str, prev: dict | None = None,
+                   env: dict | None = None, conf_changes: dict | None = None) -> CniCall:
+        meta = pod["metadata"]
+        conf = {**self.istio_entry(), "name": self.conflist["name"],
+                "cniVersion": self.conflist["cniVersion"], **(conf_changes or {})}
+        if prev is not None:
+            conf["prevResult"] = prev
+        return self.runtime.call("istio-cni", command, nsutil.path(ns_name), f"c-{ns_name}",
+                                 conf, k8s_args(meta["namespace"], meta["name"]), env=env)
+
+
