@@ -36,6 +36,8 @@ def main() -> None:
     socket_path = getattr(plugin, "_socket", "")
     if socket_path:
         plugin_log.flush_to_agent(socket_path)
+        if plugin.event is not None:
+            plugin_log.post_event(socket_path, plugin.event)
     sys.exit(status)
 
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cni import plugin_log
 from cni.config import PluginConfig, parse_plugin_config
 from cni.decision import Decision, decide, decide_before_lookup
-from cni.errors import InvalidNetNS, PluginNotAvailable, RulesMismatch
+from cni.errors import CNIError, InvalidNetNS, PluginNotAvailable, RulesMismatch
 from cni.protocol import CmdArgs, parse_cni_args
 from cni.results import encode_result
 
@@ -48,20 +50,31 @@ class Plugin:
     """The CNI handlers. Collaborators are passed in; the defaults are the real ones."""
 
     pod_source_factory: Callable[[PluginConfig], PodSource] = api_pod_source
-    events: list[dict[str, Any]] = field(default_factory=list)
+    event: dict[str, Any] | None = None
+    """The ADD event for the node agent (outcome, reason, phase timings), set by add()."""
+    phases: dict[str, float] = field(default_factory=dict)
 
     # --- ADD ---------------------------------------------------------------------------------
     def add(self, args: CmdArgs) -> dict[str, Any]:
+        start = time.perf_counter()
         conf, k8s = self._prepare(args)
-        result = encode_result(conf.prev_result, conf.cni_version)
-        plog = _pod_logger(args, k8s)
-        _refuse_own_netns(args)
-        decision = self._decide(conf, k8s)
-        if decision.redirect:
-            outcome = self._program(args, conf, decision.pod)  # type: ignore[attr-defined]
-            plog.info("redirected: %s (%s)", decision.reason, outcome)
-        else:
-            plog.info("skipped: %s", decision.reason)
+        pod_name = f"{k8s.get('K8S_POD_NAMESPACE', '')}/{k8s.get('K8S_POD_NAME', '')}"
+        try:
+            result = encode_result(conf.prev_result, conf.cni_version)
+            plog = _pod_logger(args, k8s)
+            _refuse_own_netns(args)
+            with self._phase("lookup"):
+                decision = self._decide(conf, k8s)
+            if decision.redirect:
+                outcome = self._program(args, conf, decision.pod)  # type: ignore[attr-defined]
+                plog.info("redirected: %s (%s)", decision.reason, outcome)
+            else:
+                plog.info("skipped: %s", decision.reason)
+        except CNIError as exc:
+            self._record(pod_name, "failed", exc.msg, start)
+            raise
+        self._record(pod_name, "redirected" if decision.redirect else "skipped",
+                     decision.reason, start)
         return result
 
     # --- CHECK -------------------------------------------------------------------------------
@@ -125,10 +138,24 @@ class Plugin:
     def _program(self, args: CmdArgs, conf: PluginConfig, pod: Any) -> str:
         from cni import apply
 
-        ruleset = _ruleset_for(args.netns, pod)
+        with self._phase("rules"):
+            ruleset = _ruleset_for(args.netns, pod)
         for note in ruleset.notes:
             log.warning("%s", note)
-        return apply.program(args.netns, ruleset, conf.iptables_backend)
+        with self._phase("apply"):
+            return apply.program(args.netns, ruleset, conf.iptables_backend)
+
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(time.perf_counter() - t0, 6)
+
+    def _record(self, pod: str, outcome: str, reason: str, start: float) -> None:
+        self.phases["total"] = round(time.perf_counter() - start, 6)
+        self.event = {"pod": pod, "outcome": outcome, "reason": reason, "phases": self.phases}
 
 
 @dataclass(frozen=True)

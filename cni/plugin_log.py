@@ -126,3 +126,8 @@ def flush_to_agent(socket_path: str) -> bool:
     body = json.dumps(_buffer.lines).encode()
     _buffer.lines = []
     return post_to_agent(socket_path, "/log", body)
+
+
+def post_event(socket_path: str, event: dict) -> bool:
+    """The ADD event (outcome, reason, phase timings) for the agent's metrics; best effort."""
+    return post_to_agent(socket_path, "/event", json.dumps(event).encode())

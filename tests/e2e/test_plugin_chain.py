@@ -3,6 +3,8 @@ in a sandboxed node (network namespaces), with real TCP proving the redirection.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from support import netns as nsutil
 from support.netns import Listener, connect
@@ -195,3 +197,55 @@ def test_missing_netns_fails_with_code_8(node: Node):
     call = node.call_istio("icni-e2e-does-not-exist", pod, "ADD")
     assert call.status == 1
     assert call.result["code"] == 8
+
+
+class _AgentSocket:
+    """The node agent's side of log.sock, recording what the plugin posts."""
+
+    def __init__(self, path: str) -> None:
+        import socketserver
+        import threading
+        from http.server import BaseHTTPRequestHandler
+
+        posts: list[tuple[str, object]] = []
+        self.posts = posts
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                posts.append((self.path, json.loads(body)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def address_string(self) -> str:
+                return "uds"
+
+        self.server = socketserver.ThreadingUnixStreamServer(path, Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_plugin_reports_its_logs_and_add_event_to_the_agent(node: Node):
+    agent = _AgentSocket(str(node.run_dir / "log.sock"))
+    try:
+        pod_ns, pod, calls = add_meshed(node)
+        assert calls[-1].status == 0, calls[-1].stdout
+    finally:
+        agent.close()
+    paths = [p for p, _ in agent.posts]
+    assert paths == ["/log", "/event"]
+    lines = [json.loads(line) for line in agent.posts[0][1]]
+    assert any(entry["msg"].startswith("redirected:") for entry in lines)
+    event = agent.posts[1][1]
+    meta = pod["metadata"]
+    assert event["pod"] == f"{meta['namespace']}/{meta['name']}"
+    assert event["outcome"] == "redirected"
+    assert set(event["phases"]) == {"lookup", "rules", "apply", "total"}
+    # the rotating log file in the run dir got the same decision
+    assert "redirected:" in (node.run_dir / "istio-cni.log").read_text()
