@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import sysconfig
 from collections.abc import Callable
 from typing import Any
@@ -51,9 +52,38 @@ def find_xtables_libdir() -> str | None:
     return None
 
 
+def bundled_xtables_dir() -> str | None:
+    """`<bundle>/xtables` of a frozen build (PyInstaller; see build.spec), else None.
+
+    The frozen plugin ships libip4tc/libip6tc/libxtables and the extensions its rules use, so
+    this backend works on hosts with no iptables package at all.
+    """
+    if not getattr(sys, "frozen", False):
+        return None
+    base = getattr(sys, "_MEIPASS", None) or os.path.dirname(sys.executable)
+    path = os.path.join(base, "xtables")
+    return path if os.path.isfile(os.path.join(path, "libxt_standard.so")) else None
+
+
+def _use_bundled_xtables(path: str) -> None:
+    """Point python-iptables at the bundle: libraries, extensions and the libxtables ABI.
+
+    All three come from the bundle or none does: the extensions must match the libxtables
+    they were built against, whatever the host has.
+    """
+    os.environ["XTABLES_LIBDIR"] = path
+    os.environ["IPTABLES_LIBDIR"] = path  # python-iptables' search dir for lib{ip4,ip6,xt}*
+    for name in os.listdir(path):
+        if name.startswith("libxtables.so."):
+            os.environ["PYTHON_IPTABLES_XTABLES_VERSION"] = name.removeprefix("libxtables.so.")
+
+
 def _iptc() -> Any:
     """Import python-iptables, pointing it at the extensions first (else it runs ldconfig)."""
-    if "XTABLES_LIBDIR" not in os.environ:
+    bundled = bundled_xtables_dir()
+    if bundled:
+        _use_bundled_xtables(bundled)
+    elif "XTABLES_LIBDIR" not in os.environ:
         libdir = find_xtables_libdir()
         if libdir:
             os.environ["XTABLES_LIBDIR"] = libdir

@@ -17,12 +17,15 @@ BACKENDS = ["nft", "legacy", "python-iptables"]
 
 
 def saved_rules(pod_ns: str) -> str:
-    """Everything iptables holds in the pod netns, from both backends and both families."""
+    """Everything iptables holds in the pod netns, from both backends and both families
+    (without the "# Generated ... <time>" comments and the packet counters)."""
     out = []
     for tool in ("iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save",
                  "ip6tables-legacy-save"):
-        out.append(nsutil.ns_exec(pod_ns, tool, check=False))
-    return "".join(out)
+        for line in nsutil.ns_exec(pod_ns, tool, check=False).splitlines():
+            if not line.startswith("#"):
+                out.append(line.split(" [", 1)[0] if line.startswith(":") else line)
+    return "\n".join(out)
 
 
 def istio_lines(pod_ns: str) -> list[str]:
