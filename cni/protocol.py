@@ -100,10 +100,17 @@ def _required_missing(env: Mapping[str, str], command: str) -> list[str]:
     return [n for n in names if not env.get(n)]
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+
+
 def _decode_conf(stdin: bytes) -> dict[str, Any]:
+    if len(stdin) > MAX_CONFIG_BYTES:
+        raise DecodingFailure(
+            f"network config on stdin is {len(stdin)} bytes, more than {MAX_CONFIG_BYTES}"
+        )
     try:
         conf = json.loads(stdin)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise DecodingFailure(f"error decoding network config from stdin: {exc}") from exc
     if not isinstance(conf, dict):
         raise DecodingFailure(
