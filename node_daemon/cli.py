@@ -8,12 +8,16 @@ never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from node_daemon.install_cmd import register as register_install_commands
+from node_daemon.repair_cmd import drift_command, repair_command
 from node_daemon.rules_cmd import rules_command
+from node_daemon.run_cmd import run_command
 
 VERSION = "0.1.0"
 
@@ -30,15 +34,34 @@ def version() -> None:
 
 
 @cli.command()
-@click.option("--pod-file", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The pod as Kubernetes JSON (e.g. kubectl get pod P -o json > pod.json).")
-@click.option("--ipv6", is_flag=True, help="Render as if the pod had an IPv6 address.")
-@click.option("--format", "fmt", type=click.Choice(["text", "restore", "json"]), default="text",
+@click.argument("target", required=False, metavar="[NAMESPACE/POD]")
+@click.option("--pod-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The pod as Kubernetes JSON (e.g. kubectl get pod P -o json > pod.json), "
+                   "instead of fetching NAMESPACE/POD from the API.")
+@click.option("--ipv6", is_flag=True, help="Render as if the pod had an IPv6 address "
+              "(--pod-file only; a fetched pod's own IP decides).")
+@click.option("--format", "--output", "-o", "fmt",
+              type=click.Choice(["text", "restore", "json"]), default="text",
               show_default=True, help="restore: only the iptables-restore payloads.")
-def explain(pod_file: Path, ipv6: bool, fmt: str) -> None:
-    """Why a pod is or is not redirected, and the rules the plugin would program for it."""
+@click.option("--kubeconfig", envvar="KUBECONFIG", type=click.Path(dir_okay=False),
+              default=None, help="Kubeconfig (default: in-cluster, then ~/.kube/config).")
+def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
+            kubeconfig: str | None) -> None:
+    """Why a pod is or is not redirected, and the rules the plugin would program for it.
+
+    \b
+    istio-cni-node explain shop/cart-7d9f        # live: decision, repair verdict, and
+                                                 # (on the pod's node) the live netns check
+    istio-cni-node explain --pod-file pod.json   # offline: decision and rules only
+    """
     from node_daemon.explain import explain_pod, format_json, format_restore, format_text
 
+    if (target is None) == (pod_file is None):
+        raise click.UsageError("give either NAMESPACE/POD or --pod-file")
+    if target is not None:
+        _explain_live(target, fmt, kubeconfig)
+        return
+    assert pod_file is not None
     try:
         pod = json.loads(pod_file.read_text())
     except OSError as exc:
@@ -54,7 +77,38 @@ def explain(pod_file: Path, ipv6: bool, fmt: str) -> None:
         sys.exit(1)
 
 
+def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
+    from node_daemon.explain import format_restore
+    from node_daemon.explain_live import explain_live, format_live_json, format_live_text
+    from node_daemon.kubeapi import ApiError
+    from node_daemon.netns_finder import NetnsFinder
+    from node_daemon.repair_cmd import _api, _daemon_config
+
+    namespace, sep, name = target.partition("/")
+    if not sep or not namespace or not name:
+        raise click.UsageError(f"{target!r}: expected NAMESPACE/POD")
+    cfg = _daemon_config()
+    api = _api(kubeconfig)
+    try:
+        pod = api.get_pod(namespace, name)
+    except ApiError as exc:
+        raise click.ClickException(exc.message) from exc
+    on_this_node = (pod.get("spec") or {}).get("nodeName") == cfg.repair.node_name
+    finder = NetnsFinder(cfg.host_proc) if on_this_node and os.geteuid() == 0 else None
+    report = explain_live(pod, cfg.repair, finder, cfg.iptables_backend)
+    if fmt == "restore":
+        click.echo(format_restore(report.explanation), nl=False)
+    else:
+        click.echo((format_live_json if fmt == "json" else format_live_text)(report), nl=False)
+    if report.explanation.error:
+        sys.exit(1)
+
+
 cli.add_command(rules_command, name="rules")
+register_install_commands(cli)
+cli.add_command(repair_command, name="repair")
+cli.add_command(drift_command, name="drift")
+cli.add_command(run_command, name="run")
 
 
 def main() -> None:

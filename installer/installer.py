@@ -1,0 +1,232 @@
+"""The Installer: one object the node daemon drives (install, watch, uninstall, ready, metrics).
+
+`install()` is the one-shot of upstream's `installAll`: binaries, kubeconfig, then our entry in
+the primary config (waiting, through inotify, for a primary config to exist). `reconcile()` is
+the same without waiting and is what the watch loop runs on every change; every step compares
+before writing, so reconciling an installed node writes nothing. Errors from each step become an
+`InstallError` whose message names the path and the reason, and bump upstream's
+`istio_cni_installs_total{result=...}` label.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from installer import atomic, binaries, conflist, discovery, kubeconfig_writer, primary, upgrade
+from installer.config import DEFAULT_STANDALONE_NAME, InstallerConfig
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "SUCCESS"
+COPY_BINARIES_FAILURE = "COPY_BINARIES_FAILURE"
+CREATE_KUBECONFIG_FAILURE = "CREATE_KUBECONFIG_FAILURE"
+CREATE_CNI_CONFIG_FAILURE = "CREATE_CNI_CONFIG_FAILURE"
+
+
+class InstallError(Exception):
+    """Installing or uninstalling failed; `result` is upstream's metric label."""
+
+    def __init__(self, message: str, result: str = CREATE_CNI_CONFIG_FAILURE) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class NoPrimaryConfig(InstallError):
+    """Chained mode and no valid CNI config in net.d (yet): not an error, a wait."""
+
+
+class InstallerMetrics:
+    """Counters the daemon exports: `installs` by upstream result label
+    (istio_cni_installs_total), `repairs` (our entry put back after someone else changed the
+    config), `errors`. Thread-safe; read with `snapshot()`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._installs: Counter[str] = Counter()
+        self._repairs = 0
+        self._errors = 0
+
+    def count_install(self, result: str) -> None:
+        with self._lock:
+            self._installs[result] += 1
+            if result != SUCCESS:
+                self._errors += 1
+
+    def count_repair(self) -> None:
+        with self._lock:
+            self._repairs += 1
+
+    def snapshot(self) -> dict[str, object]:
+        with self._lock:
+            return {"installs": dict(self._installs), "repairs": self._repairs,
+                    "errors": self._errors}
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What one pass changed."""
+
+    binaries: bool = False
+    kubeconfig: bool = False
+    config: bool = False
+    config_path: Path | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.binaries or self.kubeconfig or self.config
+
+
+class Installer:
+    """Puts the plugin on this node, keeps it there, takes it off."""
+
+    def __init__(self, config: InstallerConfig,
+                 daemonset_probe: upgrade.DaemonSetProbe | None = None) -> None:
+        self.config = config
+        self.metrics = InstallerMetrics()
+        self._probe = daemonset_probe or upgrade.ApiDaemonSetProbe(config)
+        self._lock = threading.RLock()
+        self._ready = threading.Event()
+        self._uninstalled = False
+        self.config_path: Path | None = None
+        """The config file that holds our entry (or our standalone file), once installed."""
+
+    @property
+    def ready(self) -> bool:
+        """True only while installed and idle (set by install and the watch loop)."""
+        return self._ready.is_set()
+
+    def set_ready(self, ready: bool) -> None:
+        (self._ready.set if ready else self._ready.clear)()
+
+    def entry(self) -> dict:
+        return conflist.plugin_entry(self.config)
+
+    def install(self, stop: threading.Event | None = None, timeout: float | None = None) -> None:
+        """Install everything, waiting for a primary config if there is none yet."""
+        cfg = self.config
+        with self._lock:
+            self._uninstalled = False  # an explicit install undoes an earlier uninstall
+        if cfg.chained:
+            try:
+                found = discovery.wait_for_primary(cfg.mounted_cni_net_dir, cfg.cni_conf_name,
+                                                   stop or threading.Event(), timeout)
+            except FileNotFoundError as exc:
+                self.metrics.count_install(CREATE_CNI_CONFIG_FAILURE)
+                raise InstallError(str(exc)) from exc
+            if found is None:
+                raise NoPrimaryConfig(self._no_primary_message())
+        result = self.reconcile()
+        self.set_ready(True)
+        self.metrics.count_install(SUCCESS)
+        log.info("istio-cni installed: %s", result.config_path)
+
+    def _no_primary_message(self) -> str:
+        cfg = self.config
+        what = f"named {cfg.cni_conf_name!r}" if cfg.cni_conf_name else "(.conf/.conflist/.json)"
+        return f"no valid CNI config {what} in {cfg.mounted_cni_net_dir} yet"
+
+    def reconcile(self) -> Reconciled:
+        """One pass: make binaries, kubeconfig and the config entry what they should be."""
+        with self._lock:
+            if self._uninstalled:
+                raise InstallError("the installer has uninstalled; not reinstalling")
+            try:
+                bins = bool(binaries.install_binaries(self.config))
+            except binaries.BinariesError as exc:
+                self._fail(COPY_BINARIES_FAILURE)
+                raise InstallError(str(exc), COPY_BINARIES_FAILURE) from exc
+            try:
+                kube = kubeconfig_writer.write_kubeconfig(self.config)
+            except kubeconfig_writer.KubeconfigError as exc:
+                self._fail(CREATE_KUBECONFIG_FAILURE)
+                raise InstallError(str(exc), CREATE_KUBECONFIG_FAILURE) from exc
+            try:
+                changed, path = self._install_config()
+            except primary.PrimaryConfigError as exc:
+                self._fail(CREATE_CNI_CONFIG_FAILURE)
+                raise InstallError(str(exc)) from exc
+            self.config_path = path
+            return Reconciled(bins, kube, changed, path)
+
+    def _fail(self, result: str) -> None:
+        self.set_ready(False)
+        self.metrics.count_install(result)
+
+    def _install_config(self) -> tuple[bool, Path]:
+        cfg = self.config
+        net_dir = cfg.mounted_cni_net_dir
+        try:
+            atomic.remove_stale_temps(net_dir)
+        except OSError as exc:
+            raise primary.PrimaryConfigError(f"cannot clean {net_dir}: {exc}") from exc
+        entry = self.entry()
+        if not cfg.chained:
+            path = net_dir / (cfg.cni_conf_name or DEFAULT_STANDALONE_NAME)
+            return primary.install_standalone(path, entry, cfg.created_file_mode), path
+        name = discovery.find_primary(net_dir, cfg.cni_conf_name)
+        if name is None:
+            raise NoPrimaryConfig(self._no_primary_message())
+        changed, written = primary.install_chained(net_dir, name, conflist.chained_entry(entry))
+        # The config we used before may no longer be the primary one (a CNI installed an
+        # earlier-sorting file): follow, and give the old file back to its owner.
+        for other in primary.restore(net_dir, keep_target=written):
+            log.warning("primary CNI config is now %s: restored %s", net_dir / written,
+                        net_dir / other)
+            changed = True
+        return changed, net_dir / written
+
+    def watch(self, stop: threading.Event) -> None:
+        """Block, re-installing on drift, until `stop` is set (see installer.watcher)."""
+        from installer.watcher import watch
+
+        watch(self, stop)
+
+    def keep_plugin_on_shutdown(self) -> bool:
+        """UNINSTALL_ON_SHUTDOWN applied: True when this shutdown is an upgrade/restart."""
+        return not upgrade.should_uninstall(self.config, self._probe)
+
+    def uninstall(self, keep_plugin: bool = False) -> None:
+        """Remove our entry (restoring the original file), the kubeconfig and the binaries.
+
+        Idempotent. With `keep_plugin`, leave everything in place for the next agent.
+        """
+        with self._lock:
+            self.set_ready(False)
+            self._uninstalled = True
+            if keep_plugin:
+                log.info("leaving istio-cni installed on this node for the next agent")
+                return
+            cfg = self.config
+            errors = []
+            steps = (("config", self._remove_config),
+                     ("kubeconfig", lambda: kubeconfig_writer.remove_kubeconfig(cfg)),
+                     ("binaries", lambda: binaries.remove_binaries(cfg)))
+            for what, step in steps:
+                try:
+                    step()
+                except (primary.PrimaryConfigError, kubeconfig_writer.KubeconfigError,
+                        binaries.BinariesError, OSError) as exc:
+                    log.error("uninstall: cannot remove the %s: %s", what, exc)
+                    errors.append(str(exc))
+            if errors:
+                raise InstallError("uninstall incomplete: " + "; ".join(errors))
+            log.info("istio-cni removed from this node")
+
+    def _remove_config(self) -> None:
+        cfg = self.config
+        net_dir = cfg.mounted_cni_net_dir
+        if not net_dir.is_dir():
+            return
+        atomic.remove_stale_temps(net_dir)
+        if not cfg.chained:
+            primary.remove_standalone(net_dir / (cfg.cni_conf_name or DEFAULT_STANDALONE_NAME))
+            return
+        primary.restore(net_dir)
+        # An entry we hold no backup for (written by an older installer): strip it too.
+        name = discovery.find_primary(net_dir, cfg.cni_conf_name)
+        if name is not None:
+            primary.strip(net_dir / name)

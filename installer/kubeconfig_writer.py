@@ -1,0 +1,99 @@
+"""The plugin's kubeconfig: built from the agent's service account, written to the run dir.
+
+It lives in CNI_AGENT_RUN_DIR (not net.d, where other CNIs' watchers would see the churn), holds
+the *contents* of the projected token (the plugin runs on the host, where the pod's token path
+does not exist), and is rewritten only when its bytes would change: at install, and whenever the
+service account dir changes (the kubelet rotates the token by swapping the `..data` symlink).
+JSON, rendered by `cni.kubeconfig.render_kubeconfig`, because the plugin parses JSON fastest.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from cni.kubeconfig import render_kubeconfig
+from installer import atomic
+from installer.config import InstallerConfig
+
+log = logging.getLogger(__name__)
+
+
+class KubeconfigError(Exception):
+    """The kubeconfig cannot be built or written; the message names the path and the reason."""
+
+
+@dataclass(frozen=True)
+class ServiceAccount:
+    token: str
+    ca_data: bytes | None
+
+
+def server_url(cfg: InstallerConfig) -> str:
+    """`<protocol>://<host>:<port>`, an IPv6 host bracketed (Go's net.JoinHostPort)."""
+    if not cfg.k8s_service_host or not cfg.k8s_service_port:
+        raise KubeconfigError(
+            "KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must both be set (the kubelet "
+            "sets them in every pod; set them by hand when running outside one)")
+    host = cfg.k8s_service_host.strip("[]")
+    try:
+        if ipaddress.ip_address(host.split("%")[0]).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass  # a DNS name
+    return f"{cfg.k8s_service_protocol}://{host}:{cfg.k8s_service_port}"
+
+
+def read_service_account(cfg: InstallerConfig) -> ServiceAccount:
+    token_path = cfg.service_account_path / "token"
+    try:
+        token = token_path.read_text().strip()
+    except FileNotFoundError:
+        raise KubeconfigError(f"service account token {token_path} does not exist (is this "
+                              "running in a pod with a service account token mounted?)") from None
+    except OSError as exc:
+        raise KubeconfigError(f"cannot read service account token {token_path}: "
+                              f"{exc.strerror or exc}") from exc
+    if not token:
+        raise KubeconfigError(f"service account token {token_path} is empty")
+    if cfg.skip_tls_verify:
+        return ServiceAccount(token, None)
+    ca_path = Path(cfg.kube_ca_file) if cfg.kube_ca_file else cfg.service_account_path / "ca.crt"
+    try:
+        ca = ca_path.read_bytes()
+    except OSError as exc:
+        raise KubeconfigError(f"cannot read the API server CA {ca_path}: {exc.strerror or exc} "
+                              "(set KUBE_CA_FILE, or SKIP_TLS_VERIFY=true)") from exc
+    return ServiceAccount(token, ca)
+
+
+def render(cfg: InstallerConfig) -> str:
+    sa = read_service_account(cfg)
+    return render_kubeconfig(server_url(cfg), sa.token, sa.ca_data, cfg.skip_tls_verify)
+
+
+def write_kubeconfig(cfg: InstallerConfig) -> bool:
+    """Write the kubeconfig if its content or mode differ; True when it was (re)written."""
+    text = render(cfg).encode()
+    path = cfg.kubeconfig_path
+    if atomic.read_bytes(path) == text and atomic.file_mode(path, -1) == cfg.kubeconfig_mode:
+        return False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.atomic_write(path, text, cfg.kubeconfig_mode)
+    except OSError as exc:
+        raise KubeconfigError(f"cannot write kubeconfig {path}: {exc.strerror or exc}") from exc
+    log.info("wrote kubeconfig %s (server %s, mode %o)", path, server_url(cfg),
+             cfg.kubeconfig_mode)
+    return True
+
+
+def remove_kubeconfig(cfg: InstallerConfig) -> None:
+    path = cfg.kubeconfig_path
+    try:
+        if atomic.remove_file(path):
+            log.info("removed kubeconfig %s", path)
+    except OSError as exc:
+        raise KubeconfigError(f"cannot remove kubeconfig {path}: {exc.strerror or exc}") from exc

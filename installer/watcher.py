@@ -1,0 +1,130 @@
+"""The watch loop: keep the plugin installed while the node changes under us.
+
+Each iteration sets up inotify watches *first* (net.d, our binaries in each bin dir, the run dir's
+kubeconfig, the service account dir), then reconciles, then blocks until one of them changes.
+Watching before reconciling means a change made while we reconcile still wakes us. Reconciling is
+idempotent and writes only what differs, so our own writes cost one extra quiet pass.
+
+What that covers: another CNI rewriting its config (CLOSE_WRITE), moving a new one into place
+(aws-node's MOVED_TO), deleting it, or adding an earlier-sorting config (we follow it and restore
+the old one); a deleted binary or kubeconfig; a rotated token (the kubelet's `..data` swap).
+
+When something keeps undoing our entry (Cilium with cni.exclusive=true, a Calico install loop),
+`FightDetector` notices more than FIGHT_THRESHOLD repairs in FIGHT_WINDOW seconds, logs an error
+naming the file and the usual culprits, and spaces out further repairs (never more than
+MAX_THROTTLE seconds) so the two installers do not spin the disk and every watcher on the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from installer import atomic, binaries
+from installer.fswatch import CHANGE_EVENTS, NET_DIR_EVENTS, FsWatch
+from installer.primary import BACKUP_SUFFIX
+
+if TYPE_CHECKING:
+    from installer.installer import Installer
+
+log = logging.getLogger(__name__)
+
+FIGHT_WINDOW = 30.0
+FIGHT_THRESHOLD = 5
+MAX_THROTTLE = 5.0
+RETRY_MAX = 30.0
+
+
+class FightDetector:
+    """Counts repairs in a sliding window; returns how long to hold off the next one."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 window: float = FIGHT_WINDOW, threshold: int = FIGHT_THRESHOLD) -> None:
+        self._clock = clock
+        self._window = window
+        self._threshold = threshold
+        self._repairs: deque[float] = deque()
+
+    def record(self, path: Path | None) -> float:
+        now = self._clock()
+        self._repairs.append(now)
+        while self._repairs and now - self._repairs[0] > self._window:
+            self._repairs.popleft()
+        excess = len(self._repairs) - self._threshold
+        if excess <= 0:
+            return 0.0
+        hint = ""
+        if path is not None and "cilium" in str(path).lower():
+            hint = " Cilium: install it with cni.exclusive=false."
+        log.error(
+            "FIGHTING: %s was changed back %d times in %.0f s by another process; istio-cni "
+            "keeps re-inserting its entry, now at most every %.1f s. Find the other writer "
+            "(a primary CNI that regenerates its config, e.g. Cilium cni.exclusive, aws-node, "
+            "Calico's install-cni, or a second istio-cni installer).%s",
+            path, len(self._repairs), self._window, min(MAX_THROTTLE, 0.25 * 2 ** excess), hint)
+        return min(MAX_THROTTLE, 0.25 * 2 ** excess)
+
+
+def _net_dir_name(name: str) -> bool:
+    return not atomic.is_temp(name) and not name.endswith(BACKUP_SUFFIX)
+
+
+def add_watches(fs: FsWatch, installer: Installer) -> None:
+    cfg = installer.config
+    fs.add(cfg.mounted_cni_net_dir, NET_DIR_EVENTS, _net_dir_name)
+    ours = set(binaries.installed_names(cfg))
+    for target in cfg.cni_bin_target_dirs:
+        fs.add(target, CHANGE_EVENTS, ours.__contains__)
+    kubeconfig = cfg.kubeconfig_path.name
+    fs.add(cfg.kubeconfig_path.parent, CHANGE_EVENTS, kubeconfig.__eq__)
+    fs.add(cfg.service_account_path, CHANGE_EVENTS)
+
+
+def watch(installer: Installer, stop: threading.Event,
+          detector: FightDetector | None = None) -> None:
+    """Reconcile on every relevant change until `stop` is set. Never raises InstallError:
+    failures are logged, counted, make us not ready, and are retried."""
+    from installer.installer import SUCCESS, InstallError, NoPrimaryConfig
+
+    detector = detector or FightDetector()
+    first = True
+    hold_off = 0.0
+    retry = 0.0
+    while not stop.is_set():
+        if hold_off and stop.wait(hold_off):
+            break
+        hold_off = 0.0
+        with FsWatch() as fs:
+            add_watches(fs, installer)
+            timeout: float | None = None
+            try:
+                result = installer.reconcile()
+            except NoPrimaryConfig as exc:
+                installer.set_ready(False)
+                log.warning("%s: waiting for one", exc)
+            except InstallError as exc:
+                installer.set_ready(False)
+                retry = min(RETRY_MAX, retry * 2 or 1.0)
+                timeout = retry
+                log.error("install failed, retrying in %.0f s or on the next change: %s",
+                          retry, exc)
+            else:
+                retry = 0.0
+                if result.config and not first:
+                    installer.metrics.count_repair()
+                    log.warning("re-inserted istio-cni into %s (it had been changed or "
+                                "replaced)", result.config_path)
+                    hold_off = detector.record(result.config_path)
+                if result.changed or first or not installer.ready:
+                    installer.metrics.count_install(SUCCESS)
+                first = False
+                installer.set_ready(True)
+            events = fs.wait(stop, timeout)
+            if events:
+                installer.set_ready(False)
+                log.debug("change: %s", ", ".join(e.describe() for e in events[:8]))

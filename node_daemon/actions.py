@@ -1,0 +1,193 @@
+"""What is done to a broken pod (repair in place, delete, label), each reported in one call.
+
+`Reporter.record` is the single way an action is told: one log line, one Kubernetes Event on
+the pod (component `cni-repair`, best effort: a failed event never fails the action) and one
+metric increment. Actions return an `ActionResult` (success | skip | fail) instead of raising,
+so the controller, the one-shot `repair` command and the drift check share them; the controller
+retries `fail` results with backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from cni.decision import decide
+from cni.errors import CNIError
+from cni.podinfo import extract_pod_info
+from node_daemon.config import RepairConfig
+from node_daemon.kubeapi import ApiError
+from node_daemon.metrics import Metrics
+from node_daemon.netns_finder import NetnsRef
+from node_daemon.pod_rules import reconcile_rules, wanted_ruleset
+
+log = logging.getLogger("node_daemon.repair")
+COMPONENT = "cni-repair"
+REASONS = {"repair": "RepairBrokenPod", "delete": "DeleteBrokenPod", "label": "LabelBrokenPod",
+           "drift": "RulesDrift"}
+
+
+class EventSink(Protocol):
+    def create_event(self, namespace: str, event: dict[str, Any]) -> None: ...
+
+
+class PodWriter(EventSink, Protocol):
+    def delete_pod(self, namespace: str, name: str, uid: str, resource_version: str) -> None: ...
+
+    def merge_patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
+
+
+class NetnsLocator(Protocol):
+    def find(self, ips: tuple[str, ...]) -> NetnsRef | None: ...
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    pod: str
+    action: str
+    result: str
+    """success | skip | fail (upstream's metric label values)."""
+    message: str
+
+
+def pod_key(pod: dict[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def pod_ips(pod: dict[str, Any]) -> tuple[str, ...]:
+    status = pod.get("status") or {}
+    ips = tuple(p["ip"] for p in status.get("podIPs") or [] if p.get("ip"))
+    return ips or ((status["podIP"],) if status.get("podIP") else ())
+
+
+class Reporter:
+    """Log + Event + metric, in one call (practice 12)."""
+
+    def __init__(self, events: EventSink | None, metrics: Metrics, node: str = "") -> None:
+        self.events = events
+        self.metrics = metrics
+        self.node = node
+
+    def record(self, pod: dict[str, Any], action: str, result: str, message: str) -> ActionResult:
+        key = pod_key(pod)
+        level = logging.WARNING if result == "fail" else logging.INFO
+        log.log(level, "%s %s: %s: %s", action, result, key, message)
+        if self.events is not None and result != "skip":
+            self._post(pod, REASONS[action], message,
+                       "Normal" if result == "success" and action in ("repair", "drift")
+                       else "Warning")
+        # The metric comes last, so whoever sees it can rely on the event having been sent.
+        if action == "drift":
+            self.metrics.drift.labels(result=result).inc()
+        else:
+            self.metrics.repaired(action, result)
+        return ActionResult(key, action, result, message)
+
+    def _post(self, pod: dict[str, Any], reason: str, message: str, kind: str) -> None:
+        meta = pod.get("metadata") or {}
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name', 'pod')}.",
+                         "namespace": meta.get("namespace", "")},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta.get("name"),
+                               "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "reason": reason, "message": message[:1024], "type": kind,
+            "source": {"component": COMPONENT, "host": self.node},
+            "reportingComponent": COMPONENT, "reportingInstance": self.node,
+            "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        try:
+            self.events.create_event(str(meta.get("namespace", "")), event)  # type: ignore[union-attr]
+        except ApiError as exc:
+            log.warning("could not post event %s on %s: %s", reason, pod_key(pod), exc)
+
+
+class Actions:
+    """The three modes. `finder` is needed for repair in place only."""
+
+    def __init__(self, cfg: RepairConfig, api: PodWriter | None, reporter: Reporter,
+                 finder: NetnsLocator | None = None, backend: str = "auto") -> None:
+        self.cfg = cfg
+        self.api = api
+        self.reporter = reporter
+        self.finder = finder
+        self.backend = backend
+        self._repaired: dict[str, str] = {}  # ns/name -> uid, like upstream's repairedPods
+        self._lock = threading.Lock()
+
+    def act(self, pod: dict[str, Any], mode: str | None = None) -> ActionResult | None:
+        mode = mode or self.cfg.mode
+        if mode == "repair":
+            return self.repair(pod)
+        if mode == "delete":
+            return self.delete(pod)
+        if mode == "label":
+            return self.label(pod)
+        return None
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._repaired.pop(key, None)
+
+    def repair(self, pod: dict[str, Any]) -> ActionResult:
+        """Program the plugin's rules into the running pod's netns, found by its IP."""
+        key, uid = pod_key(pod), str((pod.get("metadata") or {}).get("uid", ""))
+        with self._lock:
+            done = self._repaired.get(key)
+        if done is not None:
+            why = "already repaired" if done == uid else f"already repaired with uid {done}"
+            return ActionResult(key, "repair", "skip", why)  # no metric: it is not an attempt
+        decision = decide(extract_pod_info(pod))
+        if not decision.redirect:
+            return self.reporter.record(pod, "repair", "skip",
+                                        f"the plugin would not redirect it: {decision.reason}")
+        ips = pod_ips(pod)
+        ref = self.finder.find(ips) if self.finder is not None and ips else None
+        if ref is None:
+            return self.reporter.record(
+                pod, "repair", "fail",
+                f"pod detected as broken, but no network namespace on this node has "
+                f"IP {', '.join(ips) or '(none)'}")
+        try:
+            outcome = reconcile_rules(ref.path, wanted_ruleset(pod, ref.path), self.backend)
+        except (CNIError, OSError) as exc:
+            msg = exc.msg if isinstance(exc, CNIError) else str(exc)
+            return self.reporter.record(pod, "repair", "fail",
+                                        f"pod detected as broken, but failed to repair: {msg}")
+        with self._lock:
+            self._repaired[key] = uid
+        return self.reporter.record(
+            pod, "repair", "success",
+            f"pod detected as broken, traffic redirection {outcome.state} in netns of pid "
+            f"{ref.pid}; the validation init container passes on its next restart")
+
+    def delete(self, pod: dict[str, Any]) -> ActionResult:
+        meta = pod.get("metadata") or {}
+        assert self.api is not None
+        try:
+            self.api.delete_pod(meta["namespace"], meta["name"], str(meta.get("uid", "")),
+                                str(meta.get("resourceVersion", "")))
+        except ApiError as exc:
+            return self.reporter.record(pod, "delete", "fail",
+                                        f"pod detected as broken, but failed to delete: {exc}")
+        return self.reporter.record(pod, "delete", "success", "pod detected as broken, deleted")
+
+    def label(self, pod: dict[str, Any]) -> ActionResult:
+        meta = pod.get("metadata") or {}
+        if self.cfg.label_key in (meta.get("labels") or {}):
+            return self.reporter.record(pod, "label", "skip",
+                                        f"already has label {self.cfg.label_key}")
+        assert self.api is not None
+        patch = {"metadata": {"labels": {self.cfg.label_key: self.cfg.label_value}}}
+        try:
+            self.api.merge_patch_status(meta["namespace"], meta["name"], patch)
+        except ApiError as exc:
+            return self.reporter.record(pod, "label", "fail",
+                                        f"pod detected as broken, but failed to label: {exc}")
+        return self.reporter.record(pod, "label", "success", "pod detected as broken, labeled")

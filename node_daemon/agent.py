@@ -1,0 +1,157 @@
+"""`istio-cni-node run`: the DaemonSet's one long-running process, composed from its parts.
+
+Order follows upstream's `root.go`: metrics, the plugin's log socket, health, install, the repair
+controller, then the installer's watch loop in the calling thread until `stop` is set (SIGTERM).
+On the way out everything is stopped in reverse and the installer uninstalls the plugin
+(sidecar mode: always, unless `keep_plugin`), so pods created while no agent runs are left to
+the validation container and the next agent's repair controller, as upstream.
+
+The installer is passed in (the real one is `installer.Installer(config)`); `run` needs only:
+`install(stop)`, `watch(stop: threading.Event)` (blocks until stop is set, re-installing on drift;
+raising means a fatal install error), `uninstall(keep_plugin: bool)` and a boolean `ready`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from node_daemon.actions import Actions, Reporter
+from node_daemon.config import DaemonConfig
+from node_daemon.controller import RepairController
+from node_daemon.drift import DriftChecker
+from node_daemon.health import EndpointServer, health_server, metrics_server
+from node_daemon.logsink import LogSink
+from node_daemon.metrics import Metrics
+from node_daemon.netns_finder import NetnsFinder
+
+log = logging.getLogger(__name__)
+
+
+class Installer(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+    def install(self) -> None: ...
+
+    def watch(self, stop: threading.Event) -> None: ...
+
+    def uninstall(self, keep_plugin: bool) -> None: ...
+
+
+@dataclass
+class Agent:
+    """The running parts, exposed so tests (and `run`) can reach ports and the controller."""
+
+    cfg: DaemonConfig
+    installer: Installer
+    api: Any = None
+    """A `kubeapi.PodApi`; None runs without the repair controller."""
+    metrics: Metrics = field(default_factory=Metrics)
+    finder: NetnsFinder | None = None
+    controller: RepairController | None = None
+    health: EndpointServer | None = None
+    metrics_http: EndpointServer | None = None
+    logsink: LogSink | None = None
+    started: threading.Event = field(default_factory=threading.Event)
+    """Set once installed and the controller started (tests wait on it)."""
+    _install_attempted: bool = False
+
+    def ready(self) -> tuple[bool, str]:
+        installed = bool(self.installer.ready)
+        self.metrics.install_ready.set(1 if installed else 0)
+        if not installed:
+            return False, "CNI plugin not installed"
+        if self.controller is not None and not self.controller.synced:
+            return False, "repair controller not synced"
+        return True, ""
+
+    def run(self, stop: threading.Event, keep_plugin: bool = False) -> int:
+        """Serve until `stop`; 0 on a clean shutdown, 1 on a fatal install error.
+
+        `keep_plugin` (or the installer's own `keep_plugin_on_shutdown`, when it has one) is
+        passed to `uninstall` on the way out."""
+        try:
+            self._start_servers()
+            self._install_attempted = True
+            try:
+                # stop= lets SIGTERM interrupt the wait for a primary CNI config
+                self.installer.install(stop=stop)
+            except Exception as exc:
+                self._count_install(getattr(exc, "result", "FAILURE"))
+                log.error("install failed: %s", exc)
+                return 1
+            self._count_install("SUCCESS")
+            self._start_controller()
+            self.started.set()
+            try:
+                self.installer.watch(stop)
+            except Exception as exc:
+                log.error("installer stopped: %s", exc)
+                return 1
+            log.info("shutting down")
+            return 0
+        finally:
+            self._shutdown(keep_plugin)
+
+    def _count_install(self, result: str) -> None:
+        """Our own count, unless the installer keeps one (it also counts its re-installs)."""
+        if getattr(self.installer, "metrics", None) is None:
+            self.metrics.installs.labels(result=result).inc()
+
+    def render_metrics(self) -> bytes:
+        """Prometheus text; first brings in the installer's install counts, if it keeps them."""
+        counts = getattr(self.installer, "metrics", None)
+        if counts is not None and hasattr(counts, "snapshot"):
+            for result, n in dict(counts.snapshot().get("installs", {})).items():
+                have = self.metrics.value("istio_cni_installs_total", result=result)
+                if n > have:
+                    self.metrics.installs.labels(result=result).inc(n - have)
+        self.ready()  # refreshes istio_cni_install_ready
+        return self.metrics.render()
+
+    def _start_servers(self) -> None:
+        host = self.cfg.bind_address
+        self.metrics_http = metrics_server(host, self.cfg.monitoring_port, self.render_metrics)
+        self.logsink = LogSink(self.cfg.log_socket, self.metrics)
+        self.health = health_server(host, self.cfg.health_port, self.ready)
+        log.info("health on :%d, metrics on :%d, plugin log socket %s", self.health.port,
+                 self.metrics_http.port, self.cfg.log_socket)
+
+    def _start_controller(self) -> None:
+        rc = self.cfg.repair
+        if not rc.enabled or self.api is None:
+            log.info("repair controller disabled")
+            return
+        finder = self.finder or NetnsFinder(self.cfg.host_proc)
+        reporter = Reporter(self.api, self.metrics, rc.node_name)
+        actions = Actions(rc, self.api, reporter, finder, self.cfg.iptables_backend)
+        drift = DriftChecker(rc, reporter, finder, self.cfg.iptables_backend,
+                             fix=self.cfg.drift_repair)
+        self.controller = RepairController(self.api, rc, actions, drift, self.cfg.watch_timeout,
+                                           self.cfg.drift_interval)
+        self.controller.start()
+        log.info("repair controller watching pods with %s (mode: %s)", rc.field_selector(),
+                 rc.mode or "none")
+
+    def _shutdown(self, keep_plugin: bool) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+        if self._install_attempted:
+            keep_plugin = keep_plugin or bool(getattr(self.installer, "keep_plugin_on_shutdown",
+                                                      False))
+            try:
+                self.installer.uninstall(keep_plugin)
+            except Exception as exc:
+                log.error("uninstall failed: %s", exc)
+        for server in (self.health, self.logsink, self.metrics_http):
+            if server is not None:
+                server.stop()
+
+
+def run(cfg: DaemonConfig, installer: Installer, api: Any, stop: threading.Event,
+        keep_plugin: bool = False) -> int:
+    """The `run` command's one library call."""
+    return Agent(cfg, installer, api).run(stop, keep_plugin)

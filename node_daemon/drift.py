@@ -1,0 +1,83 @@
+"""Drift check (beyond upstream): run the plugin's CHECK against every redirected pod here.
+
+Upstream's CHECK always succeeds, so rules flushed by an app holding NET_ADMIN, or altered by a
+second chained run, go unnoticed until traffic bypasses the proxy. We compare each pod netns with
+the rules its spec requires and, with `fix`, put them back (`pod_rules.reconcile_rules`).
+
+Which pods: the plugin would redirect them, and they are known to have been programmed: the
+validation init container completed (it only passes with the rules in place), or, for pods
+without one, the pod is Running. A pod that never got its rules (the CNI race) is the repair
+controller's business, under its own configured mode, not the drift check's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from cni.decision import decide
+from cni.errors import CNIError
+from cni.podinfo import extract_pod_info
+from node_daemon.actions import ActionResult, Reporter, pod_ips, pod_key
+from node_daemon.config import RepairConfig
+from node_daemon.netns_finder import NetnsFinder, NetnsRef
+from node_daemon.pod_rules import reconcile_rules, wanted_ruleset
+
+
+def is_candidate(pod: dict[str, Any], cfg: RepairConfig) -> bool:
+    """Pure: redirected, on the pod network, and known to have had its rules."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    if spec.get("hostNetwork") or not pod_ips(pod) or (pod.get("metadata") or {}).get(
+            "deletionTimestamp"):
+        return False
+    if not decide(extract_pod_info(pod)).redirect:
+        return False
+    for st in status.get("initContainerStatuses") or []:
+        if st.get("name") == cfg.init_container_name:
+            done = (st.get("state") or {}).get("terminated") or {}
+            return done.get("exitCode") == 0 and "terminated" in (st.get("state") or {})
+    return status.get("phase") == "Running"
+
+
+class DriftChecker:
+    def __init__(self, cfg: RepairConfig, reporter: Reporter, finder: NetnsFinder,
+                 backend: str = "auto", fix: bool = True) -> None:
+        self.cfg = cfg
+        self.reporter = reporter
+        self.finder = finder
+        self.backend = backend
+        self.fix = fix
+
+    def check_all(self, pods: Iterable[dict[str, Any]]) -> list[ActionResult]:
+        """One /proc scan for all pods, then one CHECK (and fix) per candidate pod."""
+        candidates = [p for p in pods if is_candidate(p, self.cfg)]
+        if not candidates:
+            return []
+        table = self.finder.scan()
+        results = []
+        for pod in candidates:
+            ref = next((table[ip] for ip in pod_ips(pod) if ip in table), None)
+            results.append(self.check_pod(pod, ref))
+        return results
+
+    def check_pod(self, pod: dict[str, Any], ref: NetnsRef | None) -> ActionResult:
+        if ref is None:  # not (or no longer) running here: nothing to compare, no event
+            return ActionResult(pod_key(pod), "drift", "skip", "no netns with the pod's IP")
+        try:
+            outcome = reconcile_rules(ref.path, wanted_ruleset(pod, ref.path), self.backend,
+                                      fix=self.fix)
+        except (CNIError, OSError) as exc:
+            msg = exc.msg if isinstance(exc, CNIError) else str(exc)
+            return self.reporter.record(pod, "drift", "fail", f"drift check failed: {msg}")
+        if outcome.state == "in_sync":
+            self.reporter.metrics.drift.labels(result="in_sync").inc()
+            return ActionResult(pod_key(pod), "drift", "in_sync", "rules match the pod's spec")
+        if outcome.state == "drifted":
+            return self.reporter.record(
+                pod, "drift", "detected",
+                f"traffic redirection rules differ from the pod's spec ({outcome.summary()}); "
+                "not repaired (DRIFT_REPAIR=false)")
+        return self.reporter.record(
+            pod, "drift", "success",
+            f"traffic redirection rules were missing or altered ({outcome.summary()}); "
+            f"{outcome.state} in place")

@@ -1,0 +1,82 @@
+"""`explain NAMESPACE/POD`: the plugin's decision plus what only a live cluster and node know.
+
+Adds to the pure `explain_pod`: whether the repair controller sees the pod as broken (and why),
+and, when the pod runs on this node, whether its live netns holds exactly the rules its spec
+requires (the drift check's comparison). Formatting stays pure (`format_live_*`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cni.errors import CNIError
+from node_daemon.actions import pod_ips
+from node_daemon.broken import Verdict, diagnose
+from node_daemon.config import RepairConfig
+from node_daemon.explain import Explanation, explain_pod, format_json, format_text
+from node_daemon.netns_finder import NetnsFinder
+
+
+@dataclass(frozen=True)
+class LiveReport:
+    explanation: Explanation
+    verdict: Verdict
+    node: str
+    netns: str = ""
+    """"" when the pod's IP is in no netns on this node."""
+    missing: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    netns_error: str = ""
+
+    @property
+    def live_state(self) -> str:
+        if self.netns_error:
+            return "unknown"
+        if not self.netns:
+            return "not on this node"
+        return "in sync" if not self.missing and not self.extra else "differs"
+
+
+def explain_live(pod: dict[str, Any], cfg: RepairConfig, finder: NetnsFinder | None,
+                 backend: str = "auto") -> LiveReport:
+    ips = pod_ips(pod)
+    ipv6 = bool(ips) and ipaddress.ip_address(ips[0]).version == 6
+    ex = explain_pod(pod, ipv6=ipv6)
+    verdict = diagnose(pod, cfg)
+    node = str((pod.get("spec") or {}).get("nodeName", ""))
+    if finder is None or ex.ruleset is None or not ips:
+        return LiveReport(ex, verdict, node)
+    try:
+        ref = finder.find(ips)
+        if ref is None:
+            return LiveReport(ex, verdict, node)
+        from cni import apply
+        from node_daemon.pod_rules import wanted_ruleset
+
+        diff = apply.check(ref.path, wanted_ruleset(pod, ref.path), backend)
+    except (CNIError, OSError) as exc:
+        msg = exc.msg if isinstance(exc, CNIError) else str(exc)
+        return LiveReport(ex, verdict, node, netns_error=msg)
+    return LiveReport(ex, verdict, node, ref.path, diff.missing, diff.extra)
+
+
+def format_live_text(r: LiveReport) -> str:
+    lines = [format_text(r.explanation).rstrip("\n"), f"node: {r.node or '(unscheduled)'}",
+             f"repair: {'BROKEN' if r.verdict.broken else 'not broken'}: "
+             + "; ".join(r.verdict.reasons)]
+    state = r.live_state
+    where = f" ({r.netns})" if r.netns else ""
+    lines.append(f"live rules: {state}{where}" + (f": {r.netns_error}" if r.netns_error else ""))
+    lines += [f"  missing: {m}" for m in r.missing] + [f"  unexpected: {e}" for e in r.extra]
+    return "\n".join(lines) + "\n"
+
+
+def format_live_json(r: LiveReport) -> str:
+    obj = json.loads(format_json(r.explanation))
+    obj.update(node=r.node, broken=r.verdict.broken, broken_reasons=list(r.verdict.reasons),
+               live_rules={"state": r.live_state, "netns": r.netns, "missing": list(r.missing),
+                           "unexpected": list(r.extra), "error": r.netns_error})
+    return json.dumps(obj, indent=2) + "\n"

@@ -1,0 +1,172 @@
+"""The daemon's one boundary with the Kubernetes API (the official `kubernetes` client).
+
+Pods travel as plain JSON dicts (`_preload_content=False`): the controller, `broken`, `explain`
+and the plugin's `extract_pod_info` all read the API's JSON, and 1,000 cached pods cost less as
+dicts than as client model objects. Every client or transport failure becomes an `ApiError`
+here, so callers handle one exception type with a status code (0 = no HTTP answer at all).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+REQUEST_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds for ordinary requests
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+
+@dataclass(frozen=True)
+class PodList:
+    items: list[dict[str, Any]]
+    resource_version: str
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Client exceptions → ApiError, with the API's own message when it sent a Status."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as exc:
+        message = exc.reason or ""
+        try:
+            message = json.loads(exc.body or "{}").get("message") or message
+        except (ValueError, AttributeError):
+            pass
+        raise ApiError(int(exc.status or 0), f"{what}: {exc.status} {message}"[:500]) from exc
+    except (HTTPError, OSError) as exc:
+        raise ApiError(0, f"{what}: {exc}"[:500]) from exc
+
+
+def load_api_client(kubeconfig: str | None = None) -> Any:
+    """In-cluster config when running in a pod, else the kubeconfig (or KUBECONFIG/~/.kube)."""
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig)
+        else:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+    except (config.ConfigException, OSError, TypeError, ValueError) as exc:
+        raise ApiError(0, f"no Kubernetes API access: {exc}") from exc
+    return client.ApiClient()
+
+
+class PodApi:
+    """Pods and events, as JSON. `api_client` is a `kubernetes.client.ApiClient`."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(api_client)
+
+    def list_pods(self, field_selector: str = "", label_selector: str = "") -> PodList:
+        with _translated("list pods"):
+            resp = self._core.list_pod_for_all_namespaces(
+                field_selector=field_selector or None, label_selector=label_selector or None,
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+            body = json.loads(resp.data)
+        return PodList(body.get("items") or [], str(body["metadata"].get("resourceVersion", "")))
+
+    def watch_pods(self, resource_version: str, timeout_seconds: int, field_selector: str = "",
+                   label_selector: str = "") -> PodWatch:
+        with _translated("watch pods"):
+            resp = self._core.list_pod_for_all_namespaces(
+                watch=True, allow_watch_bookmarks=True, resource_version=resource_version,
+                timeout_seconds=timeout_seconds, field_selector=field_selector or None,
+                label_selector=label_selector or None, _preload_content=False,
+                # a dead connection shows up as a read timeout a little after the server's own
+                _request_timeout=(REQUEST_TIMEOUT[0], timeout_seconds + 30))
+        return PodWatch(resp)
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
+        with _translated(f"get pod {namespace}/{name}"):
+            resp = self._core.read_namespaced_pod(name, namespace, _preload_content=False,
+                                                  _request_timeout=REQUEST_TIMEOUT)
+            return json.loads(resp.data)
+
+    def delete_pod(self, namespace: str, name: str, uid: str, resource_version: str) -> None:
+        with _translated(f"delete pod {namespace}/{name}"):
+            self._core.delete_namespaced_pod(
+                name, namespace,
+                body={"preconditions": {"uid": uid, "resourceVersion": resource_version}},
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+
+    def merge_patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A JSON merge patch on pods/status (needs only `pods/status: patch`, like upstream)."""
+        with _translated(f"patch pod {namespace}/{name} status"):
+            self._core.patch_namespaced_pod_status(
+                name, namespace, patch, _content_type="application/merge-patch+json",
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+
+    def create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        with _translated(f"create event in {namespace}"):
+            self._core.create_namespaced_event(namespace, event, _preload_content=False,
+                                               _request_timeout=REQUEST_TIMEOUT)
+
+
+class PodWatch:
+    """One watch stream: iterate decoded events; `close()` from another thread ends it."""
+
+    def __init__(self, resp: Any) -> None:
+        self._resp = resp
+        self._closed = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        from urllib3.exceptions import HTTPError
+
+        buf = b""
+        try:
+            for chunk in self._resp.stream(65536, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+            if buf.strip():
+                yield json.loads(buf)
+        except (HTTPError, OSError, ValueError) as exc:
+            if not self._closed:
+                raise ApiError(0, f"watch pods: stream broken: {exc}") from exc
+        finally:
+            self._resp.release_conn()
+
+    def close(self) -> None:
+        """Unblock a reader waiting on the socket (used on shutdown)."""
+        self._closed = True
+        try:
+            self._resp.shutdown()
+        except (AttributeError, OSError):
+            sock = getattr(getattr(self._resp, "connection", None), "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

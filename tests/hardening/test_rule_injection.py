@@ -1,0 +1,132 @@
+"""Rule injection: pod annotations are written by whoever can create a pod, so no annotation value
+may add, remove or alter a rule beyond what the annotation documents.
+
+For every redirect annotation, hostile values (newlines, spaces, `-A`, `COMMIT`, quotes, unicode,
+10 kB strings, valid items mixed with garbage) are either rejected with a clear error naming the
+annotation, or accepted — and then the payload is exactly the one built from the value's
+canonical meaning, computed here by an independent oracle, and every token in it is inert.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cni.errors import InvalidAnnotation
+from cni.podinfo import extract_pod_info
+from cni.redirect import redirect_from_pod, to_iptables_config
+from cni.rules import build_ruleset
+
+SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_.:/,*!@\-]+$")
+LINE = re.compile(r"^(\* (filter|mangle|nat|raw)|COMMIT|-N ISTIO_[A-Z_]+|-[AI] [A-Z_]+( .*)?)$")
+
+
+def payload(annotations: dict[str, str], ipv6: bool = True) -> str:
+    pod = extract_pod_info({"metadata": {"name": "p", "namespace": "n", "annotations": {
+        "sidecar.istio.io/status": "{}", **annotations}},
+        "spec": {"containers": [{"name": "istio-proxy", "args": ["proxy", "sidecar"]}]}})
+    rs = build_ruleset(to_iptables_config(redirect_from_pod(pod), enable_ipv6=ipv6))
+    return "".join(f.restore_payload() for f in rs.families())
+
+
+def assert_inert(text: str) -> None:
+    for line in text.splitlines():
+        assert LINE.match(line), line
+        for token in line.split(" ")[1:] if line.startswith("-") else []:
+            assert SAFE_TOKEN.match(token), (token, line)
+
+
+# --- oracles: what each annotation means, computed independently of cni.redirect ---------------
+
+def ports_meaning(value: str) -> str | None:
+    value = value.strip()
+    if not value:
+        return ""
+    out = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item.isascii() or not item.isdigit() or int(item) > 65535 or len(item) > 5:
+            return None
+        out.append(str(int(item)))
+    return ",".join(out)
+
+
+def cidrs_meaning(value: str) -> str | None:
+    if not value:
+        return ""
+    out = []
+    for item in value.split(","):
+        addr, sep, bits = item.partition("/")
+        if not sep or not bits.isascii() or not bits.isdigit() or len(bits) > 3:
+            return None
+        try:
+            iface = ipaddress.ip_interface(f"{addr}/{bits}")
+        except ValueError:
+            return None
+        if "%" in addr:
+            return None
+        out.append(f"{iface.ip}/{iface.network.prefixlen}")
+    return ",".join(out)
+
+
+def ifaces_meaning(value: str) -> str | None:
+    if not value:
+        return ""
+    names = [n.strip() for n in value.split(",")]
+    if all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-@]{0,14}", n) for n in names):
+        return ",".join(names)
+    return None
+
+
+def wildcard_or(meaning):
+    return lambda v: "*" if v == "*" else meaning(v)
+
+
+ANNOTATIONS = {
+    "traffic.sidecar.istio.io/includeInboundPorts": wildcard_or(ports_meaning),
+    "traffic.sidecar.istio.io/excludeInboundPorts": ports_meaning,
+    "traffic.sidecar.istio.io/includeOutboundPorts": wildcard_or(ports_meaning),
+    "traffic.sidecar.istio.io/excludeOutboundPorts": ports_meaning,
+    "traffic.sidecar.istio.io/includeOutboundIPRanges": wildcard_or(cidrs_meaning),
+    "traffic.sidecar.istio.io/excludeOutboundIPRanges": cidrs_meaning,
+    "traffic.sidecar.istio.io/excludeInterfaces": ifaces_meaning,
+    "istio.io/reroute-virtual-interfaces": ifaces_meaning,
+    "traffic.sidecar.istio.io/kubevirtInterfaces": ifaces_meaning,
+    "sidecar.istio.io/interceptionMode":
+        lambda v: v if v in ("REDIRECT", "TPROXY") else None,
+}
+
+FRAGMENTS = ["\n", "\r", " ", "\t", "-A OUTPUT -j ACCEPT", "COMMIT", "*", '"', "'", "`", ";",
+             "$(id)", "\x00", "é", "🙂", "\u2028", ",", "/", "80", "15001", "10.0.0.0/8",
+             "::1/128", "fd00::/8", "eth0", "net1", "-j", "--dport", "!", "0", "65536",
+             "REDIRECT", "TPROXY", "#", "\\", "1.2.3.4/33"]
+hostile = st.one_of(
+    st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join),
+    st.text(max_size=40),
+    st.lists(st.one_of(st.sampled_from(["80", "443", "10.1.0.0/16", "eth1", "fd00::/64"]),
+                       st.sampled_from(FRAGMENTS)), max_size=6).map(",".join),
+    st.integers(min_value=0, max_value=10).map(lambda n: "1," * (n * 700)),  # ~10 kB lists
+    st.just("x" * 10_000),
+)
+
+
+@pytest.mark.parametrize("key", sorted(ANNOTATIONS))
+@given(value=hostile)
+def test_annotation_values_are_rejected_or_mean_exactly_what_they_say(key: str, value: str):
+    meaning = ANNOTATIONS[key](value)
+    try:
+        got = payload({key: value})
+    except InvalidAnnotation as exc:
+        assert key in exc.msg and exc.code == 101
+        assert "\n" not in exc.msg.replace("\\n", "")  # the value is quoted, never raw
+        return
+    except ValueError:
+        # the rule builder refused a combination (e.g. a bad loopback CIDR): still no rules
+        return
+    assert meaning is not None, f"{key}={value!r} was accepted but means nothing valid"
+    assert got == payload({key: meaning})
+    assert_inert(got)

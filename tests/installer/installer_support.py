@@ -1,0 +1,115 @@
+"""Installer test helpers: a fake node's directories under tmp_path, configs, a running watch loop.
+
+Everything lives under pytest's tmp_path: net.d, the host bin dir, the image's bin dir, the run
+dir and a service account dir laid out like the kubelet's projected volume (`..data` symlink).
+Waiting is on conditions (`wait_for`), never on sleeps.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from installer import Installer, InstallerConfig
+
+GOLDEN = Path(__file__).with_name("golden")
+TOKEN = "service_account_token_string"
+CA = b"-----BEGIN CERTIFICATE-----\nMIIfake\n-----END CERTIFICATE-----\n"
+PLUGIN_BYTES = b"#!/bin/sh\necho fake istio-cni\n"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
+             what: str = "condition") -> None:
+    """Bounded poll of `predicate`; the timeout only fails the test, it never synchronises."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def rotate_token(sa_dir: Path, token: str, generation: int) -> None:
+    """What the kubelet does: write a new timestamped dir, swap the `..data` symlink."""
+    data = sa_dir / f"..{generation}"
+    data.mkdir()
+    (data / "token").write_text(token)
+    (data / "ca.crt").write_bytes(CA)
+    tmp = sa_dir / "..data_tmp"
+    os.symlink(data.name, tmp)
+    os.rename(tmp, sa_dir / "..data")
+
+
+@dataclass
+class NodeDirs:
+    root: Path
+    net_dir: Path
+    bin_src: Path
+    bin_dst: Path
+    run_dir: Path
+    sa_dir: Path
+
+    def config(self, **changes: object) -> InstallerConfig:
+        base = InstallerConfig(
+            mounted_cni_net_dir=self.net_dir,
+            cni_agent_run_dir=self.run_dir,
+            k8s_service_host="10.96.0.1",
+            k8s_service_port="443",
+            service_account_path=self.sa_dir,
+            cni_bin_source_dir=self.bin_src,
+            cni_bin_target_dirs=(self.bin_dst,),
+            exclude_namespaces=("istio-system",),
+            pod_namespace="istio-system",
+            plugin_log_level="debug",
+            uninstall_on_shutdown="true",
+        )
+        return replace(base, **changes)  # type: ignore[arg-type]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The same settings as environment variables (for the CLI and subprocesses)."""
+        return {
+            "MOUNTED_CNI_NET_DIR": str(self.net_dir), "CNI_AGENT_RUN_DIR": str(self.run_dir),
+            "KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+            "K8S_SERVICE_ACCOUNT_PATH": str(self.sa_dir),
+            "CNI_BIN_SOURCE_DIR": str(self.bin_src), "CNI_BIN_TARGET_DIRS": str(self.bin_dst),
+            "EXCLUDE_NAMESPACES": "istio-system", "POD_NAMESPACE": "istio-system",
+            "PLUGIN_LOG_LEVEL": "debug", "UNINSTALL_ON_SHUTDOWN": "true", **extra,
+        }
+
+    def put(self, name: str, golden: str | None = None, text: str | None = None) -> Path:
+        """Place a config in net.d, from a golden input file or literal text."""
+        path = self.net_dir / name
+        path.write_bytes((GOLDEN / golden).read_bytes() if golden else (text or "").encode())
+        return path
+
+    def names(self) -> list[str]:
+        return sorted(os.listdir(self.net_dir))
+
+
+@contextmanager
+def watching(installer: Installer, run: Callable[[threading.Event], None] | None = None
+             ) -> Iterator[threading.Event]:
+    """Run the watch loop in a thread; stop it (and insist it stops) afterwards."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            (run or installer.watch)(stop)
+        except BaseException as exc:  # surfaced in the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=body, name="installer-watch", daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the watch loop did not stop"
+        if errors:
+            raise errors[0]

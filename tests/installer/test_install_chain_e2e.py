@@ -1,0 +1,84 @@
+"""What the installer wrote is what the runtime runs: the *installed* conflist file, fed to a
+libcni-like runtime (bridge + host-local in a node netns, then our plugin), redirects a meshed
+pod. Root tier: real network namespaces, the real bridge/host-local plugins, real iptables."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from installer_support import NodeDirs
+from support import netns as nsutil
+from support.cnirun import CNI_BIN_DIR, Runtime, k8s_args
+from support.node import workload
+
+from installer import Installer
+from tests.kubeapi.fixtures import DEFAULT_TOKEN
+from tests.kubeapi.server import KubeApiServer
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def netns_pair() -> Iterator[tuple[str, str]]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces")
+    if not (CNI_BIN_DIR / "bridge").exists():
+        pytest.skip(f"needs the bridge/host-local CNI plugins in {CNI_BIN_DIR} "
+                    "(Debian package containernetworking-plugins)")
+    made = []
+    try:
+        for role in ("node", "pod"):
+            name = nsutil.unique(f"icni-i-{role}")
+            nsutil.run("ip", "netns", "add", name)
+            made.append(name)
+            nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
+        yield made[0], made[1]
+    finally:
+        for name in made:
+            nsutil.run("ip", "netns", "delete", name, check=False)
+
+
+def test_installed_conflist_redirects_a_meshed_pod(node_dirs: NodeDirs, kube_api: KubeApiServer,
+                                                   netns_pair: tuple[str, str], tmp_path: Path):
+    node_ns, pod_ns = netns_pair
+    (node_dirs.sa_dir / "..data" / "token").write_text(kube_api.token or DEFAULT_TOKEN)
+    bridge = f"icnibr{uuid.uuid4().hex[:6]}"
+    primary = {
+        "cniVersion": "1.0.0", "name": "icni-install",
+        "plugins": [{"type": "bridge", "bridge": bridge, "isGateway": True,
+                     "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                              "ranges": [[{"subnet": "10.98.7.0/24"}]],
+                              "routes": [{"dst": "0.0.0.0/0"}]}}],
+    }
+    node_dirs.put("10-bridge.conflist", text=json.dumps(primary, indent=2))
+    url = kube_api.url.split("://", 1)[1]
+    host, port = url.rsplit(":", 1)
+    installer = Installer(node_dirs.config(
+        k8s_service_protocol="http", k8s_service_host=host, k8s_service_port=port,
+        skip_tls_verify=True, exclude_namespaces=("kube-system",)))
+    installer.install()
+    assert installer.config_path is not None
+    installed = json.loads(installer.config_path.read_text())
+
+    pod = kube_api.add_pod(workload("meshed-pod"))
+    meta = pod["metadata"]
+    runtime = Runtime(binaries={"istio-cni": [sys.executable, "-m", "cni"]}, node_netns=node_ns)
+    args = k8s_args(meta["namespace"], meta["name"])
+    calls = runtime.run_list(installed, "ADD", nsutil.path(pod_ns), "c-install", args)
+    try:
+        assert [c.argv[-1] for c in calls][-1] == "cni"
+        assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
+        saved = nsutil.ns_exec(pod_ns, "iptables-save")
+        assert "-A OUTPUT -j ISTIO_OUTPUT" in saved
+        assert "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in saved
+    finally:
+        runtime.run_list(installed, "DEL", nsutil.path(pod_ns), "c-install", args,
+                         prev=calls[0].result if calls and calls[0].status == 0 else None)
+        installer.uninstall()
+    assert json.loads((node_dirs.net_dir / "10-bridge.conflist").read_text()) == primary

@@ -1,0 +1,166 @@
+"""The watch loop with real inotify: other writers change net.d, binaries, kubeconfig and token;
+the loop puts things back. Waits are bounded polls of conditions, never sleeps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from installer_support import GOLDEN, NodeDirs, rotate_token, wait_for, watching
+
+from cni.kubeconfig import load_kubeconfig
+from installer import Installer
+from installer.watcher import FightDetector, watch
+
+
+def has_entry(path: Path) -> bool:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    plugins = doc.get("plugins") or []
+    return bool(plugins) and plugins[-1].get("type") == "istio-cni"
+
+
+def write_from_another_process(path: Path, text: str) -> None:
+    """Another CNI's installer: a separate process truncating and rewriting the file."""
+    subprocess.run([sys.executable, "-c",
+                    "import sys; open(sys.argv[1], 'w').write(sys.argv[2])", str(path), text],
+                   check=True)
+
+
+def start(node_dirs: NodeDirs, **cfg) -> Installer:
+    installer = Installer(node_dirs.config(**cfg))
+    installer.install()
+    return installer
+
+
+def test_overwrite_by_another_process_is_repaired(node_dirs: NodeDirs, caplog):
+    caplog.set_level(logging.INFO)
+    path = node_dirs.put("10-calico.conflist", "calico.conflist")
+    installer = start(node_dirs)
+    with watching(installer):
+        wait_for(lambda: installer.ready, what="ready")
+        write_from_another_process(path, (GOLDEN / "calico.conflist").read_text())
+        wait_for(lambda: has_entry(path) and installer.ready, what="re-insertion")
+        wait_for(lambda: installer.metrics.snapshot()["repairs"] == 1, what="repair counted")
+    assert any("re-inserted istio-cni into" in r.getMessage() for r in caplog.records)
+    installer.uninstall()
+    assert path.read_bytes() == (GOLDEN / "calico.conflist").read_bytes()
+
+
+def test_config_moved_into_place_is_repaired(node_dirs: NodeDirs):
+    path = node_dirs.put("10-aws.conflist", "list.conflist")
+    installer = start(node_dirs)
+    with watching(installer):
+        staged = node_dirs.root / "aws.tmp"  # aws-node writes elsewhere, then renames: MOVED_TO
+        staged.write_text((GOLDEN / "list.conflist").read_text())
+        os.rename(staged, path)
+        wait_for(lambda: has_entry(path), what="re-insertion after MOVED_TO")
+
+
+def test_deleted_config_is_followed_to_the_next_one_and_back(node_dirs: NodeDirs):
+    first = node_dirs.put("10-a.conflist", "list.conflist")
+    second = node_dirs.put("20-b.conflist", "compact.conflist")
+    installer = start(node_dirs)
+    assert installer.config_path == first
+    with watching(installer):
+        first.unlink()
+        wait_for(lambda: has_entry(second), what="entry in the next config")
+        wait_for(lambda: installer.ready, what="ready again")
+        second.unlink()  # nothing left: not ready, waiting
+        wait_for(lambda: not installer.ready and installer.config_path == second,
+                 what="not ready without a config")
+        node_dirs.put("10-a.conflist", "list.conflist")
+        wait_for(lambda: has_entry(first) and installer.ready, what="entry back in 10-a")
+    installer.uninstall()
+    assert node_dirs.names() == ["10-a.conflist"]
+    assert first.read_bytes() == (GOLDEN / "list.conflist").read_bytes()
+
+
+def test_new_earlier_sorting_config_is_followed_and_the_old_one_restored(node_dirs: NodeDirs,
+                                                                         caplog):
+    old = node_dirs.put("20-flannel.conflist", "list.conflist")
+    installer = start(node_dirs)
+    with watching(installer):
+        new = node_dirs.put("05-cilium.conflist", "calico.conflist")
+        wait_for(lambda: has_entry(new), what="entry in the new primary")
+        wait_for(lambda: old.read_bytes() == (GOLDEN / "list.conflist").read_bytes(),
+                 what="old config restored")
+    assert any("primary CNI config is now" in r.getMessage() for r in caplog.records)
+    installer.uninstall()
+    assert new.read_bytes() == (GOLDEN / "calico.conflist").read_bytes()
+    assert node_dirs.names() == ["05-cilium.conflist", "20-flannel.conflist"]
+
+
+def test_removed_entry_binary_and_kubeconfig_come_back(node_dirs: NodeDirs):
+    path = node_dirs.put("10-net.conflist", "list.conflist")
+    installer = start(node_dirs)
+    plugin = node_dirs.bin_dst / "istio-cni"
+    kubeconfig = node_dirs.run_dir / "istio-cni-kubeconfig"
+    with watching(installer):
+        path.write_text((GOLDEN / "list.conflist").read_text())
+        wait_for(lambda: has_entry(path), what="entry back")
+        plugin.unlink()
+        wait_for(plugin.exists, what="binary back")
+        kubeconfig.unlink()
+        wait_for(kubeconfig.exists, what="kubeconfig back")
+
+
+def test_token_rotation_rewrites_the_kubeconfig(node_dirs: NodeDirs):
+    node_dirs.put("10-net.conflist", "list.conflist")
+    installer = start(node_dirs)
+    kubeconfig = str(node_dirs.run_dir / "istio-cni-kubeconfig")
+    with watching(installer):
+        rotate_token(node_dirs.sa_dir, "token-bar", 2)
+        wait_for(lambda: load_kubeconfig(kubeconfig).token == "token-bar", what="new token")
+        wait_for(lambda: installer.ready, what="ready after rotation")
+    assert installer.metrics.snapshot()["repairs"] == 0  # a token is not a config repair
+
+
+def test_not_ready_while_no_config_then_installs_when_one_appears(node_dirs: NodeDirs):
+    installer = Installer(node_dirs.config())
+    with watching(installer):
+        wait_for(lambda: (node_dirs.bin_dst / "istio-cni").exists(), what="binaries first")
+        assert not installer.ready
+        path = node_dirs.put("10-late.conflist", "list.conflist")
+        wait_for(lambda: has_entry(path) and installer.ready, what="late install")
+
+
+def test_someone_fighting_us_is_throttled_and_logged(node_dirs: NodeDirs, caplog):
+    caplog.set_level(logging.INFO)
+    path = node_dirs.put("10-cilium.conflist", "list.conflist")
+    installer = start(node_dirs)
+    detector = FightDetector(threshold=2)
+    with watching(installer, lambda stop: watch(installer, stop, detector)):
+        for n in range(1, 5):
+            wait_for(lambda: has_entry(path) and installer.ready, what="our entry")
+            write_from_another_process(path, (GOLDEN / "list.conflist").read_text())
+            wait_for(lambda n=n: installer.metrics.snapshot()["repairs"] == n,
+                     what=f"repair {n}")
+    fights = [r for r in caplog.records if "FIGHTING" in r.getMessage()]
+    assert fights and fights[0].levelno == logging.ERROR
+    assert str(path) in fights[0].getMessage() and "cni.exclusive=false" in fights[0].getMessage()
+
+
+def test_fight_detector_window():
+    now = [0.0]
+    detector = FightDetector(clock=lambda: now[0], window=30, threshold=3)
+    assert [detector.record(None) for _ in range(3)] == [0, 0, 0]
+    assert detector.record(None) > 0  # the fourth repair inside 30 s
+    now[0] = 100.0
+    assert detector.record(None) == 0  # the old ones slid out of the window
+
+
+def test_stop_ends_the_loop_and_uninstall_is_final(node_dirs: NodeDirs):
+    path = node_dirs.put("10-net.conflist", "list.conflist")
+    installer = start(node_dirs)
+    with watching(installer) as stop:
+        wait_for(lambda: installer.ready, what="ready")
+        stop.set()
+    installer.uninstall()
+    assert not installer.ready and not has_entry(path)

@@ -1,0 +1,148 @@
+"""Repair in place and the drift check, for real (root tier).
+
+A pod netns made without rules, a "pause" process inside, the validation probe stand-in
+failing with 126; the controller, watching the API stand-in, finds the netns through /proc by
+the pod's IP and programs it; the probe then passes. The drift check restores rules an app
+flushed or altered.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cni import apply
+from node_daemon.actions import Actions, Reporter
+from node_daemon.config import RepairConfig
+from node_daemon.controller import RepairController
+from node_daemon.drift import DriftChecker
+from node_daemon.kubeapi import PodApi
+from node_daemon.metrics import Metrics
+from node_daemon.netns_finder import NetnsFinder
+from node_daemon.pod_rules import wanted_ruleset
+from tests.kubeapi.fixtures import kubernetes_api_client
+from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, NODE, make_pod, wait_for
+
+pytestmark = pytest.mark.root
+PROBE = str(Path(__file__).resolve().parents[2] / "companions" / "validation_probe.py")
+CFG = RepairConfig(node_name=NODE)
+
+
+def probe(ns, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, "-I", PROBE,
+                           "--timeout", str(timeout), "--interval", "0.2"],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def daemon(kube_api) -> Iterator:
+    made: list[RepairController] = []
+
+    def make(cfg: RepairConfig, drift_interval: float = 0.0) -> RepairController:
+        api = PodApi(kubernetes_api_client(kube_api))
+        metrics = Metrics()
+        reporter = Reporter(api, metrics, NODE)
+        finder = NetnsFinder(Path("/proc"))
+        c = RepairController(api, cfg, Actions(cfg, api, reporter, finder),
+                             DriftChecker(cfg, reporter, finder), drift_interval=drift_interval)
+        c.metrics = metrics
+        c.start()
+        made.append(c)
+        wait_for(lambda: c.synced, what="synced")
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+def test_finder_maps_each_pod_ip_to_its_netns_and_never_the_host(pod_netns):
+    a, b = pod_netns(), pod_netns()
+    found = NetnsFinder(Path("/proc")).scan()
+    assert found[a.ip].pid == a.pause.pid and found[b.ip].pid == b.pause.pid
+    assert apply.detect_ipv6(found[a.ip].path, False) is False
+    assert found[a.ip].path != found[b.ip].path
+    assert "127.0.0.1" not in found
+    host_ips = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+    assert not set(host_ips) & set(found)
+
+
+def test_repair_in_place_makes_the_validation_probe_pass(kube_api, daemon, pod_netns):
+    ns = pod_netns()
+    before = probe(ns, timeout=1)
+    assert before.returncode == 126, before.stderr
+    assert "iptables validation failed; workload is not ready for Istio" in before.stderr
+
+    c = daemon(replace(CFG, repair_pods=True))
+    kube_api.add_pod(make_pod("broken", ip=ns.ip, init_status=BROKEN_WAITING))
+    wait_for(lambda: c.metrics.value("istio_cni_repair_pods_repaired_total", type="repair",
+                                     result="success") == 1, what="repaired")
+    [event] = [e for e in kube_api.events if e["reason"] == "RepairBrokenPod"]
+    assert event["type"] == "Normal" and "applied" not in event["message"]
+    assert "programmed" in event["message"]
+
+    after = probe(ns, timeout=5)
+    assert after.returncode == 0, after.stderr
+    pod = kube_api.get_pod("shop", "broken")
+    assert apply.check(ns.path, wanted_ruleset(pod, ns.path)).missing == ()
+    # Later updates of the still-crashlooping pod do not re-program it (upstream's uid memory).
+    kube_api.update_pod("shop", "broken", {"metadata": {"labels": {"touch": "1"}}})
+    wait_for(lambda: c.informer.get("shop/broken")["metadata"]["labels"].get("touch") == "1"
+             and c.queue.idle(), what="update reconciled")
+    assert c.metrics.value("istio_cni_repair_pods_repaired_total", type="repair",
+                           result="success") == 1
+
+
+def _flush(ns, how: str) -> None:
+    for binary in ("iptables-nft", "iptables-legacy"):
+        if how == "flush":
+            ns.run(binary, "-t", "nat", "-F", check=False)
+        elif how == "delete":
+            ns.run(binary, "-t", "nat", "-F", check=False)
+            ns.run(binary, "-t", "nat", "-X", check=False)
+        elif how == "alter":
+            ns.run(binary, "-t", "nat", "-I", "ISTIO_OUTPUT", "1", "-p", "tcp", "--dport",
+                   "9999", "-j", "RETURN", check=False)
+
+
+@pytest.mark.parametrize("how", ["flush", "delete", "alter"])
+def test_drift_check_puts_flushed_or_altered_rules_back(kube_api, daemon, pod_netns, how):
+    ns = pod_netns()
+    pod = make_pod("app", ip=ns.ip, init_status=COMPLETED, phase="Running")
+    assert apply.program(ns.path, wanted_ruleset(pod, ns.path)) == "applied"
+    kube_api.add_pod(pod)
+    c = daemon(replace(CFG, label_pods=True))
+    wait_for(lambda: "shop/app" in c.informer.cache, what="cached")
+    c.check_drift_now()
+    wait_for(lambda: c.metrics.value("istio_cni_drift_pods_total", result="in_sync") == 1,
+             what="first check in sync")
+
+    _flush(ns, how)
+    assert apply.check(ns.path, wanted_ruleset(pod, ns.path)).missing or how == "alter"
+    c.check_drift_now()
+    wait_for(lambda: c.metrics.value("istio_cni_drift_pods_total", result="success") == 1,
+             what="drift repaired")
+    diff = apply.check(ns.path, wanted_ruleset(pod, ns.path))
+    assert (diff.missing, diff.extra) == ((), ())
+    [event] = [e for e in kube_api.events if e["reason"] == "RulesDrift"]
+    assert "missing or altered" in event["message"]
+    assert probe(ns, timeout=5).returncode == 0
+
+
+def test_drift_check_runs_periodically_and_skips_never_programmed_pods(kube_api, daemon,
+                                                                       pod_netns):
+    programmed, never = pod_netns(), pod_netns()
+    pod = make_pod("app", ip=programmed.ip, init_status=COMPLETED, phase="Running")
+    apply.program(programmed.path, wanted_ruleset(pod, programmed.path))
+    kube_api.add_pod(pod)
+    kube_api.add_pod(make_pod("racer", ip=never.ip, init_status=BROKEN_WAITING))
+    _flush(programmed, "flush")
+    c = daemon(CFG, drift_interval=0.1)  # no repair mode: the racer is left alone
+    wait_for(lambda: c.metrics.value("istio_cni_drift_pods_total", result="success") >= 1,
+             what="periodic drift repair")
+    assert apply.check(never.path, wanted_ruleset(pod, never.path)).clean

@@ -1,0 +1,163 @@
+"""Log socket, health and metrics endpoints over real sockets (pure tier: no root)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+import threading
+
+from cni.plugin_log import post_to_agent
+from node_daemon.agent import Agent
+from node_daemon.config import DaemonConfig, RepairConfig
+from node_daemon.health import health_server, metrics_server
+from node_daemon.logsink import LogSink
+from node_daemon.metrics import Metrics
+from tests.node_daemon.conftest import wait_for
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    body = resp.read().decode()
+    conn.close()
+    return resp.status, body
+
+
+def test_plugin_log_lines_are_reemitted_with_their_level(tmp_path, caplog):
+    metrics = Metrics()
+    sink = LogSink(tmp_path / "log.sock", metrics)
+    try:
+        lines = [json.dumps({"level": "warn", "msg": " no rules ", "pod": "shop/a"}),
+                 json.dumps({"level": "debug", "msg": "payload"}), "not json"]
+        with caplog.at_level(logging.DEBUG, logger="cni-plugin"):
+            assert post_to_agent(str(tmp_path / "log.sock"), "/log",
+                                 json.dumps(lines).encode(), timeout=5)
+            wait_for(lambda: metrics.value("istio_cni_plugin_log_lines_total") == 3)
+        recs = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "cni-plugin"]
+        assert (logging.WARNING, "no rules pod=shop/a") in recs
+        assert (logging.DEBUG, "payload") in recs and (logging.INFO, "not json") in recs
+    finally:
+        sink.stop()
+    assert not (tmp_path / "log.sock").exists()
+
+
+def test_add_events_become_outcome_counters_and_phase_histograms(tmp_path):
+    metrics = Metrics()
+    sink = LogSink(tmp_path / "log.sock", metrics)
+    try:
+        event = {"pod": "shop/a", "outcome": "redirected", "reason": "sidecar injected",
+                 "phases": {"lookup": 0.004, "rules": 0.001, "apply": 0.003, "total": 0.009}}
+        assert post_to_agent(str(tmp_path / "log.sock"), "/event", json.dumps(event).encode(),
+                             timeout=5)
+        assert post_to_agent(str(tmp_path / "log.sock"), "/event", b'{"outcome": "nope"}',
+                             timeout=5)  # answered 400, counted nowhere
+        wait_for(lambda: metrics.value("istio_cni_plugin_add_total", outcome="redirected"))
+        assert metrics.value("istio_cni_plugin_add_duration_seconds_count", phase="total") == 1
+        assert metrics.value("istio_cni_plugin_add_duration_seconds_bucket", phase="apply",
+                             le="0.005") == 1
+        text = metrics.render().decode()
+        assert 'istio_cni_plugin_add_total{outcome="redirected"} 1.0' in text
+        assert "outcome=\"nope\"" not in text
+    finally:
+        sink.stop()
+
+
+def test_a_stuck_plugin_connection_does_not_block_others(tmp_path):
+    metrics = Metrics()
+    sink = LogSink(tmp_path / "log.sock", metrics)
+    stuck = socket.socket(socket.AF_UNIX)
+    try:
+        stuck.connect(str(tmp_path / "log.sock"))
+        stuck.sendall(b"POST /log HTTP/1.1\r\nContent-Length: 100\r\n\r\n[")  # never finishes
+        assert post_to_agent(str(tmp_path / "log.sock"), "/log", b'["{}"]', timeout=5)
+    finally:
+        stuck.close()
+        sink.stop()
+
+
+def test_healthz_always_readyz_follows_state_and_metrics_served():
+    state = {"ok": False}
+    health = health_server("127.0.0.1", 0, lambda: (state["ok"], "CNI plugin not installed"))
+    metrics = Metrics()
+    metrics.repaired("repair", "success")
+    web = metrics_server("127.0.0.1", 0, metrics.render)
+    try:
+        assert _get(health.port, "/healthz") == (200, "ok\n")
+        assert _get(health.port, "/readyz") == (503, "CNI plugin not installed\n")
+        state["ok"] = True
+        assert _get(health.port, "/readyz") == (200, "ok\n")
+        status, body = _get(web.port, "/metrics")
+        assert status == 200
+        assert 'istio_cni_repair_pods_repaired_total{result="success",type="repair"} 1.0' in body
+        assert _get(web.port, "/nope")[0] == 404
+    finally:
+        health.stop()
+        web.stop()
+
+
+class FakeInstaller:
+    """The installer seam `agent.run` needs: install, watch(stop), uninstall, ready."""
+
+    def __init__(self, fail_install: bool = False) -> None:
+        self.ready = False
+        self.calls: list[str] = []
+        self.fail_install = fail_install
+
+    def install(self, stop: threading.Event | None = None) -> None:
+        self.calls.append("install")
+        if self.fail_install:
+            raise RuntimeError("no primary CNI config")
+        self.ready = True
+
+    def watch(self, stop: threading.Event) -> None:
+        self.calls.append("watch")
+        stop.wait()
+
+    def uninstall(self, keep_plugin: bool) -> None:
+        self.calls.append(f"uninstall keep={keep_plugin}")
+        self.ready = False
+
+
+def _cfg(tmp_path, **kw) -> DaemonConfig:
+    return DaemonConfig(repair=RepairConfig(node_name="node-a", **kw), run_dir=tmp_path,
+                        health_port=0, monitoring_port=0, bind_address="127.0.0.1")
+
+
+def test_agent_runs_until_stop_ready_only_when_installed_and_synced(tmp_path, kube_api):
+    from node_daemon.kubeapi import PodApi
+    from tests.kubeapi.fixtures import kubernetes_api_client
+
+    installer = FakeInstaller()
+    kube_api.hang(r"/api/v1/pods$", count=1, method="GET")  # the first list never answers
+    agent = Agent(_cfg(tmp_path), installer, PodApi(kubernetes_api_client(kube_api)))
+    stop = threading.Event()
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(agent.run(stop)))
+    t.start()
+    try:
+        wait_for(agent.started.is_set, what="agent started")
+        assert agent.health is not None and agent.metrics_http is not None
+        assert _get(agent.health.port, "/readyz") == (503, "repair controller not synced\n")
+        kube_api.drop_connections()  # the hung list fails; the retry succeeds
+        wait_for(lambda: _get(agent.health.port, "/readyz")[0] == 200, what="ready")
+        assert (tmp_path / "log.sock").exists()
+        body = _get(agent.metrics_http.port, "/metrics")[1]
+        assert 'istio_cni_installs_total{result="SUCCESS"} 1.0' in body
+        assert "istio_cni_install_ready 1.0" in body
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert result == [0]
+    assert installer.calls == ["install", "watch", "uninstall keep=False"]
+    assert not (tmp_path / "log.sock").exists()
+
+
+def test_agent_install_failure_exits_1_after_cleanup(tmp_path):
+    installer = FakeInstaller(fail_install=True)
+    agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
+    assert agent.run(threading.Event()) == 1
+    assert installer.calls == ["install", "uninstall keep=False"]
+    assert agent.metrics.value("istio_cni_installs_total", result="FAILURE") == 1
