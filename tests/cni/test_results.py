@@ -10,7 +10,7 @@ import pytest
 from cni.errors import DecodingFailure
 from cni.results import encode_result
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "cni-samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "cni-samples"
 PREV_100 = {
     "cniVersion": "1.0.0",
     "interfaces": [{"name": "eth0", "mac": "ce:5c:5e:52:43:3c", "sandbox": "/var/run/netns/p",
