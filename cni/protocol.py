@@ -163,6 +163,9 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
     missing = _required_missing(env, command)
     if missing:
         raise InvalidEnvironment(f"required env variables [{','.join(missing)}] missing")
+    bad = sorted(k for k, v in env.items() if k.startswith("CNI_") and "\x00" in v)
+    if bad:  # cannot come through execve, but dispatch is also called in-process
+        raise InvalidEnvironment(f"env variables {bad} contain a NUL byte")
     conf: dict[str, Any] = {}
     if command != "VERSION":
         conf = _decode_conf(stdin)

@@ -136,12 +136,22 @@ class Agent:
         log.info("repair controller watching pods with %s (mode: %s)", rc.field_selector(),
                  rc.mode or "none")
 
+    def _installer_keeps_plugin(self) -> bool:
+        """Ask the installer (UNINSTALL_ON_SHUTDOWN: is this an upgrade or a deletion?)."""
+        decide = getattr(self.installer, "keep_plugin_on_shutdown", None)
+        if decide is None:
+            return False
+        try:
+            return bool(decide() if callable(decide) else decide)
+        except Exception as exc:  # noqa: BLE001 - when in doubt, uninstall (safe default)
+            log.error("could not decide whether to keep the plugin: %s; uninstalling", exc)
+            return False
+
     def _shutdown(self, keep_plugin: bool) -> None:
         if self.controller is not None:
             self.controller.stop()
         if self._install_attempted:
-            keep_plugin = keep_plugin or bool(getattr(self.installer, "keep_plugin_on_shutdown",
-                                                      False))
+            keep_plugin = keep_plugin or self._installer_keeps_plugin()
             try:
                 self.installer.uninstall(keep_plugin)
             except Exception as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from dataclasses import dataclass
 
 from cni.errors import RulesApplyFailed
@@ -62,11 +63,26 @@ class Result:
     err: str
 
 
+def host_env(env: dict[str, str] | None) -> dict[str, str] | None:
+    """The environment for the host's binaries. A frozen (PyInstaller) plugin runs with its
+    bundle on LD_LIBRARY_PATH; the host's iptables must load the host's libraries, so the
+    bootloader's saved original (LD_LIBRARY_PATH_ORIG) is put back, or the variable dropped."""
+    if not getattr(sys, "frozen", False):
+        return env
+    env = dict(os.environ if env is None else env)
+    original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+    if original:
+        env["LD_LIBRARY_PATH"] = original
+    else:
+        env.pop("LD_LIBRARY_PATH", None)
+    return env
+
+
 def run(argv: list[str], stdin: str | None = None, env: dict[str, str] | None = None) -> Result:
     """Run argv (no shell); a missing binary is rc 127 like a shell would report it."""
     try:
-        p = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env,
-                           check=False)
+        p = subprocess.run(argv, input=stdin, capture_output=True, text=True,
+                           env=host_env(env), check=False)
     except FileNotFoundError:
         return Result(127, "", f"{argv[0]}: not found")
     return Result(p.returncode, p.stdout, p.stderr)

@@ -8,6 +8,8 @@ import logging
 import socket
 import threading
 
+import pytest
+
 from cni.plugin_log import post_to_agent
 from node_daemon.agent import Agent
 from node_daemon.config import DaemonConfig, RepairConfig
@@ -161,3 +163,18 @@ def test_agent_install_failure_exits_1_after_cleanup(tmp_path):
     assert agent.run(threading.Event()) == 1
     assert installer.calls == ["install", "uninstall keep=False"]
     assert agent.metrics.value("istio_cni_installs_total", result="FAILURE") == 1
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_agent_asks_the_installer_whether_to_keep_the_plugin(tmp_path, keep):
+    """UNINSTALL_ON_SHUTDOWN: the installer's decision (upgrade vs deletion) is called, not
+    mistaken for a truthy attribute."""
+    installer = FakeInstaller()
+    asked: list[bool] = []
+    installer.keep_plugin_on_shutdown = lambda: asked.append(True) or keep  # type: ignore[attr-defined]
+    agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
+    stop = threading.Event()
+    stop.set()  # shut down as soon as the watch starts
+    assert agent.run(stop) == 0
+    assert asked == [True]
+    assert installer.calls[-1] == f"uninstall keep={keep}"

@@ -1,0 +1,257 @@
+"""The RBAC in daemonset.yaml is exactly what the code asks the API for: no more, no less.
+
+The verbs are observed, not read from the YAML: each component runs its real code path against
+the API stand-in (`KubeApiServer`, which records every request), with the environment the
+manifest gives it and the service account token, and each recorded request is mapped to the
+(apiGroup, resource, verb) the API server would authorize. Per component:
+
+- the plugin: the installer writes its kubeconfig from the service account (as in the pod),
+  then the plugin's pod lookup (`cni.podlookup.ApiPodSource`) reads a pod through it;
+- the node daemon: the repair controller in the shipped mode (repair in place) over a broken
+  pod, plus the admin commands run in the pod (`explain NS/POD`, `repair --dry-run`), and the
+  same controller in delete and label modes for the commented additions;
+- the installer: `Installer.keep_plugin_on_shutdown()` with UNINSTALL_ON_SHUTDOWN=auto.
+
+Each observed set must equal what that component's role grants. A static check follows: every
+role is bound to the DaemonSet's service account, and the namespaced Role names exactly the
+DaemonSet the installer looks up.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from cni.kubeconfig import load_kubeconfig
+from cni.podlookup import ApiPodSource, RetryPolicy
+from installer import Installer
+from installer.config import InstallerConfig
+from node_daemon.actions import Actions, Reporter
+from node_daemon.cli import cli
+from node_daemon.config import DaemonConfig
+from node_daemon.controller import RepairController
+from node_daemon.kubeapi import PodApi
+from node_daemon.metrics import Metrics
+from tests.deploy.manifest import (
+    NAMESPACE,
+    Access,
+    access_of,
+    commented_rules,
+    documents,
+    find,
+    pod_env,
+    rule_accesses,
+)
+from tests.kubeapi.fixtures import kubernetes_api_client, write_kubeconfig
+from tests.kubeapi.server import KubeApiServer
+from tests.node_daemon.conftest import BROKEN_WAITING, NODE, make_pod, wait_for
+
+TOKEN = "istio-cni-sa-token"
+DOCS = documents()
+SA = find(DOCS, "ServiceAccount", "istio-cni")
+DAEMONSET = find(DOCS, "DaemonSet", "istio-cni-node")
+PRIMARY = {"cniVersion": "1.0.0", "name": "k8s-pod-network",
+           "plugins": [{"type": "bridge", "bridge": "cni0"}]}
+
+
+class NoNetns:
+    """Repair in place finds no pod netns here (no root tier): the action fails and is
+    reported, which is all the API sees of repair mode either way (an Event)."""
+
+    def find(self, ips: tuple[str, ...]) -> None:
+        return None
+
+
+def observed(api: KubeApiServer, since: int = 0) -> set[Access]:
+    reqs = api.requests[since:]
+    # every request ran as the DaemonSet's service account
+    assert all({k.lower(): v for k, v in r.headers.items()}.get("authorization")
+               == f"Bearer {TOKEN}" for r in reqs)
+    return {access_of(r.method, r.path, r.query) for r in reqs}
+
+
+def rules_of(access: set[Access]) -> set[tuple[str, str, str]]:
+    return {a.rule for a in access}
+
+
+def role_rules(kind: str, name: str) -> set[tuple[str, str, str]]:
+    return rule_accesses(find(DOCS, kind, name)["rules"])
+
+
+@pytest.fixture
+def api(kube_api_tls: KubeApiServer) -> KubeApiServer:
+    kube_api_tls.require_token(TOKEN)
+    return kube_api_tls
+
+
+@pytest.fixture
+def node_env(api: KubeApiServer, tmp_path: Path) -> dict[str, str]:
+    """The manifest's environment, with its host paths and the kubelet's API variables pointed
+    at temp dirs and the stand-in (as the pod would see the real ones)."""
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "token").write_text(TOKEN)
+    assert api.tls is not None
+    (sa / "ca.crt").write_bytes(api.tls.ca_pem)
+    dirs = {name: tmp_path / name for name in ("net.d", "bin-src", "bin", "run")}
+    for d in dirs.values():
+        d.mkdir()
+    (dirs["net.d"] / "10-bridge.conflist").write_text(json.dumps(PRIMARY))
+    (dirs["bin-src"] / "istio-cni").write_bytes(b"#!/bin/sh\n")
+    host, port = api.url.removeprefix("https://").rsplit(":", 1)
+    env = pod_env(DOCS, NODE)
+    env.update(MOUNTED_CNI_NET_DIR=str(dirs["net.d"]), CNI_BIN_SOURCE_DIR=str(dirs["bin-src"]),
+               CNI_BIN_TARGET_DIRS=str(dirs["bin"]), CNI_AGENT_RUN_DIR=str(dirs["run"]),
+               K8S_SERVICE_ACCOUNT_PATH=str(sa), KUBERNETES_SERVICE_HOST=host,
+               KUBERNETES_SERVICE_PORT=port, KUBERNETES_SERVICE_PROTOCOL="https",
+               HOST_PROC=str(tmp_path / "no-proc"))
+    return env
+
+
+@pytest.fixture
+def controller(api: KubeApiServer, node_env: dict[str, str]) -> Iterator[Callable[..., Any]]:
+    """Factory: the repair controller as `run` wires it, for the manifest's config (or a mode)."""
+    made: list[RepairController] = []
+
+    def make(mode: str | None = None) -> RepairController:
+        cfg = DaemonConfig.from_env(node_env)
+        rc = cfg.repair if mode is None else cfg.repair.with_mode(mode)
+        pods = PodApi(kubernetes_api_client(api, TOKEN))
+        reporter = Reporter(pods, Metrics(), rc.node_name)
+        actions = Actions(rc, pods, reporter, NoNetns(), cfg.iptables_backend)
+        c = RepairController(pods, rc, actions, None, cfg.watch_timeout, 0)
+        c.start()
+        made.append(c)
+        wait_for(lambda: c.synced, what="initial list")
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+def _drive_repair(api: KubeApiServer, make: Callable[..., Any], mode: str | None,
+                  reason: str) -> set[Access]:
+    """One broken pod through the controller in `mode`, until its action's Event is posted."""
+    make(mode)
+    wait_for(lambda: any(r.query.get("watch", "").lower() == "true" for r in api.requests),
+             what="the pod watch")
+    api.add_pod(make_pod("broken", init_status=BROKEN_WAITING))
+    wait_for(lambda: any(e["reason"] == reason for e in api.events), what=f"{reason} event")
+    return observed(api)
+
+
+def test_plugin_needs_exactly_the_istio_cni_role(api: KubeApiServer,
+                                                 node_env: dict[str, str]) -> None:
+    api.add_pod(make_pod("app-1"))
+    installer = Installer(InstallerConfig.from_env(node_env))
+    installer.install(timeout=5)
+    before = len(api.requests)
+    assert before == 0, "installing makes no API call"
+    kubeconfig = Path(node_env["CNI_AGENT_RUN_DIR"]) / "istio-cni-kubeconfig"
+    source = ApiPodSource(load_kubeconfig(str(kubeconfig)), RetryPolicy(attempts=1, deadline=10))
+    try:
+        assert source.get_pod("shop", "app-1")["metadata"]["name"] == "app-1"
+    finally:
+        source.close()
+    seen = observed(api)
+    assert seen == {Access("", "pods", "get", "shop", "app-1")}
+    assert rules_of(seen) == role_rules("ClusterRole", "istio-cni")
+
+
+def test_daemon_in_the_shipped_mode_needs_exactly_the_repair_role(
+        api: KubeApiServer, node_env: dict[str, str], controller: Callable[..., Any],
+        tmp_path: Path) -> None:
+    assert DaemonConfig.from_env(node_env).repair.mode == "repair", "the ConfigMap's mode"
+    seen = _drive_repair(api, controller, None, "RepairBrokenPod")
+    # the admin commands, run in the pod with the same service account (explain a pod of
+    # another node: one of this node's would be looked for in this machine's netns)
+    api.add_pod(make_pod("elsewhere", node="node-b"))
+    kubeconfig = write_kubeconfig(tmp_path, api, token=TOKEN)
+    runner = CliRunner()
+    for args in (["explain", "shop/elsewhere", "-o", "json"], ["repair", "--dry-run"]):
+        result = runner.invoke(cli, [*args, "--kubeconfig", str(kubeconfig)], env=node_env)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    seen = observed(api)
+    assert rules_of(seen) == {("", "pods", "list"), ("", "pods", "watch"), ("", "pods", "get"),
+                              ("", "events", "create")}
+    assert rules_of(seen) == role_rules("ClusterRole", "istio-cni-repair")
+
+
+@pytest.mark.parametrize(("setting", "mode", "reason"), [
+    ("REPAIR_DELETE_PODS", "delete", "DeleteBrokenPod"),
+    ("REPAIR_LABEL_PODS", "label", "LabelBrokenPod"),
+])
+def test_other_repair_modes_need_exactly_the_commented_addition(
+        api: KubeApiServer, controller: Callable[..., Any], setting: str, mode: str,
+        reason: str) -> None:
+    seen = rules_of(_drive_repair(api, controller, mode, reason))
+    shipped = role_rules("ClusterRole", "istio-cni-repair")
+    addition = rule_accesses(commented_rules()[setting])
+    # `get` comes from the admin commands (not run here); everything else must be observed
+    assert seen | {("", "pods", "get")} == shipped | addition
+    assert addition.isdisjoint(shipped)
+
+
+def test_commented_additions_cover_exactly_the_two_other_modes() -> None:
+    assert set(commented_rules()) == {"REPAIR_DELETE_PODS", "REPAIR_LABEL_PODS"}
+
+
+def test_installer_shutdown_probe_needs_exactly_the_namespaced_role(
+        api: KubeApiServer, node_env: dict[str, str]) -> None:
+    cfg = InstallerConfig.from_env(node_env)
+    assert cfg.uninstall_on_shutdown == "auto", "the ConfigMap's shutdown policy"
+    # the stand-in serves no DaemonSets: 404 means "being removed", and the request is recorded
+    assert Installer(cfg).keep_plugin_on_shutdown() is False
+    seen = observed(api)
+    role = find(DOCS, "Role", "istio-cni-node")
+    assert seen == {Access("apps", "daemonsets", "get", NAMESPACE, "istio-cni-node")}
+    assert rules_of(seen) == rule_accesses(role["rules"])
+    assert role["metadata"]["namespace"] == NAMESPACE == DAEMONSET["metadata"]["namespace"]
+    names = {n for rule in role["rules"] for n in rule.get("resourceNames", [])}
+    assert names == {a.name for a in seen} == {DAEMONSET["metadata"]["name"]}
+
+
+def test_every_role_is_bound_to_the_daemonsets_service_account_and_nothing_else() -> None:
+    sa_name = DAEMONSET["spec"]["template"]["spec"]["serviceAccountName"]
+    assert sa_name == SA["metadata"]["name"] and SA["metadata"]["namespace"] == NAMESPACE
+    roles = {(d["kind"], d["metadata"]["name"]) for d in DOCS
+             if d["kind"] in ("ClusterRole", "Role")}
+    bound = set()
+    for binding in (d for d in DOCS if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name,
+                                        "namespace": NAMESPACE}]
+        ref = binding["roleRef"]
+        assert ref["apiGroup"] == "rbac.authorization.k8s.io"
+        if binding["kind"] == "RoleBinding":
+            assert binding["metadata"]["namespace"] == NAMESPACE
+        bound.add((ref["kind"], ref["name"]))
+    assert bound == roles == {("ClusterRole", "istio-cni"), ("ClusterRole", "istio-cni-repair"),
+                              ("Role", "istio-cni-node")}
+
+
+def test_everything_granted_is_on_a_short_allow_list() -> None:
+    """The static cross-check: a small, readable allow-list of everything granted at all."""
+    granted = set()
+    for doc in DOCS:
+        if doc["kind"] in ("ClusterRole", "Role"):
+            granted |= rule_accesses(doc["rules"])
+    assert granted == {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
+                       ("", "events", "create"), ("apps", "daemonsets", "get")}
+
+
+def test_access_mapping_follows_the_api_servers_request_info() -> None:
+    assert access_of("GET", "/api/v1/pods", {"watch": "true"}).rule == ("", "pods", "watch")
+    assert access_of("GET", "/api/v1/pods", {}).rule == ("", "pods", "list")
+    assert access_of("PATCH", "/api/v1/namespaces/a/pods/b/status", {}).rule == (
+        "", "pods/status", "patch")
+    assert access_of("POST", "/apis/events.k8s.io/v1/namespaces/a/events", {}).rule == (
+        "events.k8s.io", "events", "create")
+    assert access_of("DELETE", "/api/v1/namespaces/a/pods/b", {}) == Access(
+        "", "pods", "delete", "a", "b")
+
