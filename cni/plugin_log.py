@@ -94,6 +94,10 @@ def configure(level: str, run_dir: str) -> None:
     except OSError as exc:
         logging.getLogger(__name__).debug("no plugin log file in %s: %s", run_dir, exc)
     else:
+        try:
+            os.chmod(fh.baseFilename, 0o600)  # only the agent (root) reads it; not the umask's
+        except OSError:
+            pass
         fh.setFormatter(JsonFormatter())
         root.addHandler(fh)
     _buffer.setFormatter(JsonFormatter())

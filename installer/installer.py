@@ -11,7 +11,9 @@ before writing, so reconciling an installed node writes nothing. Errors from eac
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,19 @@ SUCCESS = "SUCCESS"
 COPY_BINARIES_FAILURE = "COPY_BINARIES_FAILURE"
 CREATE_KUBECONFIG_FAILURE = "CREATE_KUBECONFIG_FAILURE"
 CREATE_CNI_CONFIG_FAILURE = "CREATE_CNI_CONFIG_FAILURE"
+INSTALL_RACE_RETRIES = 10
+"""install() attempts when the primary config changes under it (another CNI rewriting it)."""
+
+
+def _stamp(directory: Path, name: str | None) -> tuple[int, int, int] | None:
+    """Identity and version of a file (inode, mtime, size); None when missing or unnamed."""
+    if name is None:
+        return None
+    try:
+        st = os.stat(directory / name)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 class InstallError(Exception):
@@ -110,19 +125,40 @@ class Installer:
         cfg = self.config
         with self._lock:
             self._uninstalled = False  # an explicit install undoes an earlier uninstall
-        if cfg.chained:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for attempt in range(1, INSTALL_RACE_RETRIES + 1):
+            found = self._wait_for_primary(stop, deadline) if cfg.chained else None
+            stamp = _stamp(cfg.mounted_cni_net_dir, found)
             try:
-                found = discovery.wait_for_primary(cfg.mounted_cni_net_dir, cfg.cni_conf_name,
-                                                   stop or threading.Event(), timeout)
-            except FileNotFoundError as exc:
-                self.metrics.count_install(CREATE_CNI_CONFIG_FAILURE)
-                raise InstallError(str(exc)) from exc
-            if found is None:
-                raise NoPrimaryConfig(self._no_primary_message())
-        result = self.reconcile()
+                result = self.reconcile()
+                break
+            except InstallError as exc:
+                # Another writer (e.g. Calico's install-cni, truncating and rewriting in place)
+                # changed the primary between finding it valid and editing it: look again.
+                # An error on a file nobody touched meanwhile is final.
+                changed = (isinstance(exc, NoPrimaryConfig)
+                           or _stamp(cfg.mounted_cni_net_dir, found) != stamp)
+                if (found is None or exc.result != CREATE_CNI_CONFIG_FAILURE
+                        or attempt == INSTALL_RACE_RETRIES or not changed):
+                    raise
+                log.warning("install raced with another writer in %s, retrying: %s",
+                            cfg.mounted_cni_net_dir, exc)
         self.set_ready(True)
         self.metrics.count_install(SUCCESS)
         log.info("istio-cni installed: %s", result.config_path)
+
+    def _wait_for_primary(self, stop: threading.Event | None, deadline: float | None) -> str:
+        cfg = self.config
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            found = discovery.wait_for_primary(cfg.mounted_cni_net_dir, cfg.cni_conf_name,
+                                               stop or threading.Event(), timeout)
+        except FileNotFoundError as exc:
+            self.metrics.count_install(CREATE_CNI_CONFIG_FAILURE)
+            raise InstallError(str(exc)) from exc
+        if found is None:
+            raise NoPrimaryConfig(self._no_primary_message())
+        return found
 
     def _no_primary_message(self) -> str:
         cfg = self.config

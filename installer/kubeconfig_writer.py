@@ -78,9 +78,9 @@ def write_kubeconfig(cfg: InstallerConfig) -> bool:
     """Write the kubeconfig if its content or mode differ; True when it was (re)written."""
     text = render(cfg).encode()
     path = cfg.kubeconfig_path
-    if atomic.read_bytes(path) == text and atomic.file_mode(path, -1) == cfg.kubeconfig_mode:
-        return False
     try:
+        if atomic.read_bytes(path) == text and atomic.file_mode(path, -1) == cfg.kubeconfig_mode:
+            return False
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic.atomic_write(path, text, cfg.kubeconfig_mode)
     except OSError as exc:

@@ -1,0 +1,209 @@
+"""API faults at the ADD level, through the CNI protocol: the plugin chained after the real
+bridge + host-local in a sandboxed node, talking to the API stand-in over a real socket.
+
+Faults are injected server-side (`fail_next`, `hang`), never with sleeps. Every ADD honours its
+retry budget (`pod_lookup_attempts`, counted as GETs the server saw) and its overall deadline
+(`pod_lookup_deadline_seconds`), and a failure is a clear CNI error naming the attempts. The
+cases already covered in tests/e2e/test_plugin_chain.py (API down → 11, 401 → 100, missing
+kubeconfig → 50, excluded pods without a kubeconfig) are not repeated here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import netns as nsutil
+from support.cnirun import CNI_BIN_DIR, Runtime
+from support.node import Node, plugin_argv, workload
+
+from tests.kubeapi.fixtures import write_kubeconfig
+from tests.kubeapi.server import KubeApiServer
+
+pytestmark = pytest.mark.root
+POD_GET = r"/api/v1/namespaces/[^/]+/pods/[^/]+$"
+
+
+@pytest.fixture
+def node(tmp_path: Path, kube_api: KubeApiServer) -> Iterator[Node]:
+    """The e2e tier's sandboxed node (netns, bridge + host-local, run dir), `icni-h-` names."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces")
+    if not (CNI_BIN_DIR / "bridge").exists():
+        pytest.skip(f"needs the bridge/host-local CNI plugins in {CNI_BIN_DIR}")
+    name = nsutil.unique("icni-h-node")
+    nsutil.run("ip", "netns", "add", name)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_kubeconfig(run_dir, kube_api)
+    conflist = {
+        "cniVersion": "1.0.0", "name": "icni-h",
+        "plugins": [
+            {"type": "bridge", "bridge": "icnibr0", "isGateway": True, "ipMasq": False,
+             "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                      "ranges": [[{"subnet": "10.98.7.0/24"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "istio-cni", "plugin_log_level": "debug", "cni_agent_run_dir": str(run_dir),
+             "exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system",
+             "pod_lookup_attempts": 5, "pod_lookup_interval_seconds": 0.01,
+             "pod_lookup_deadline_seconds": 20},
+        ],
+    }
+    node = Node(name, run_dir, kube_api, Runtime(binaries={"istio-cni": plugin_argv()},
+                                                 node_netns=name), conflist, 7)
+    try:
+        nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
+        yield node
+    finally:
+        for pod_ns in node.pods:
+            nsutil.run("ip", "netns", "delete", pod_ns, check=False)
+        nsutil.run("ip", "netns", "delete", name, check=False)
+
+
+def new_pod_netns(node: Node) -> str:
+    name = nsutil.unique("icni-h-pod")
+    nsutil.run("ip", "netns", "add", name)
+    node.pods.append(name)
+    nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
+    return name
+
+
+def tune(node: Node, **settings: object) -> None:
+    node.istio_entry().update(settings)
+
+
+def istio_lines(pod_ns: str) -> list[str]:
+    return [ln for tool in ("iptables-nft-save", "iptables-legacy-save")
+            for ln in nsutil.ns_exec(pod_ns, tool, check=False).splitlines()
+            if "ISTIO" in ln and not ln.startswith("#")]
+
+
+def add(node: Node, pod: dict) -> tuple[str, list]:
+    pod_ns = new_pod_netns(node)
+    return pod_ns, node.add(pod_ns, pod)
+
+
+def assert_redirected(pod_ns: str, calls: list) -> None:
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
+    assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns))
+
+
+def assert_failed(pod_ns: str, calls: list, code: int) -> dict:
+    assert [c.status for c in calls] == [0, 1], calls[-1].stdout + calls[-1].stderr
+    err = calls[-1].result
+    assert set(err) <= {"cniVersion", "code", "msg", "details"}
+    assert err["code"] == code, err
+    assert "Traceback" not in calls[-1].stdout
+    assert istio_lines(pod_ns) == []  # fail closed: nothing programmed
+    return err
+
+
+def attempts_in(msg: str) -> int:
+    match = re.search(r"gave up after (\d+) attempt\(s\)", msg)
+    assert match, msg
+    return int(match[1])
+
+
+# --- transient failures, then the pod: the ADD completes -----------------------------------
+
+def test_500s_then_200_succeeds_within_the_budget(node: Node):
+    pod = node.api.add_pod(workload("meshed-pod"))
+    node.api.fail_next(POD_GET, 500, count=4, method="GET")  # attempts: 5
+    pod_ns, calls = add(node, pod)
+    assert_redirected(pod_ns, calls)
+    assert node.api.count("GET", POD_GET) == 5
+
+
+def test_429_and_503_mixed_then_200_succeeds(node: Node):
+    pod = node.api.add_pod(workload("meshed-pod"))
+    node.api.fail_next(POD_GET, 429, count=1, method="GET")
+    node.api.fail_next(POD_GET, 503, count=2, method="GET")
+    pod_ns, calls = add(node, pod)
+    assert_redirected(pod_ns, calls)
+    assert node.api.count("GET", POD_GET) == 4
+
+
+def test_pod_not_yet_visible_404_then_200_succeeds(node: Node):
+    """The runtime can call ADD before the API server serves the pod (upstream's reason for
+    retrying): 404 for the first N GETs, then the pod."""
+    pod = node.api.add_pod(workload("meshed-pod"))
+    node.api.fail_next(POD_GET, 404, count=3, method="GET")
+    pod_ns, calls = add(node, pod)
+    assert_redirected(pod_ns, calls)
+    assert node.api.count("GET", POD_GET) == 4
+
+
+# --- the budget runs out: a clear failure, exactly `attempts` GETs ---------------------------
+
+@pytest.mark.parametrize("attempts", [1, 3, 6])
+def test_500s_forever_use_exactly_the_attempt_budget(node: Node, attempts: int):
+    pod = node.api.add_pod(workload("meshed-pod"))
+    tune(node, pod_lookup_attempts=attempts)
+    node.api.fail_next(POD_GET, 500, count=1000, method="GET")
+    pod_ns, calls = add(node, pod)
+    err = assert_failed(pod_ns, calls, 11)
+    assert node.api.count("GET", POD_GET) == attempts
+    assert attempts_in(err["msg"]) == attempts
+    assert "500" in err["msg"] and "injected failure 500" in err["msg"]
+
+
+def test_pod_never_visible_fails_for_good_after_the_budget(node: Node):
+    pod = workload("meshed-pod", name="never-created")
+    tune(node, pod_lookup_attempts=4)
+    pod_ns, calls = add(node, pod)
+    err = assert_failed(pod_ns, calls, 100)
+    assert node.api.count("GET", POD_GET) == 4
+    assert attempts_in(err["msg"]) == 4
+    assert "404" in err["msg"] and "never-created" in err["msg"]
+
+
+def test_deadline_cuts_the_retries_short(node: Node):
+    """A budget of 10,000 attempts 50 ms apart, a deadline of 1 s: the deadline wins, and the
+    message's attempt count is what the server saw."""
+    pod = node.api.add_pod(workload("meshed-pod"))
+    tune(node, pod_lookup_attempts=10_000, pod_lookup_interval_seconds=0.05,
+         pod_lookup_deadline_seconds=1)
+    node.api.fail_next(POD_GET, 503, count=100_000, method="GET")
+    pod_ns, calls = add(node, pod)
+    err = assert_failed(pod_ns, calls, 11)
+    seen = node.api.count("GET", POD_GET)
+    assert 1 <= seen < 10_000
+    assert attempts_in(err["msg"]) == seen
+
+
+def test_server_that_never_answers_fails_within_the_deadline(node: Node):
+    """Accepts the connection, reads the request, never answers: the attempt's socket timeout
+    is capped by what is left of the deadline, so one hung GET cannot outlive the ADD."""
+    pod = node.api.add_pod(workload("meshed-pod"))
+    tune(node, pod_lookup_attempts=30, pod_lookup_interval_seconds=1,
+         pod_lookup_deadline_seconds=1.5)
+    node.api.hang(POD_GET, method="GET")
+    pod_ns, calls = add(node, pod)
+    err = assert_failed(pod_ns, calls, 11)
+    assert attempts_in(err["msg"]) == node.api.count("GET", POD_GET) == 1
+    assert "timed out" in err["msg"]
+
+
+def test_hung_first_attempt_then_answer_within_the_deadline(node: Node):
+    """Only the first GET hangs; its timeout leaves room in the deadline for a second one."""
+    pod = node.api.add_pod(workload("meshed-pod"))
+    tune(node, pod_lookup_attempts=3, pod_lookup_interval_seconds=0.01,
+         pod_lookup_deadline_seconds=60)
+    node.api.hang(POD_GET, count=1, method="GET")
+    pod_ns, calls = add(node, pod)
+    # each attempt is capped at 5 s (RetryPolicy.timeout): the second attempt gets the pod
+    assert_redirected(pod_ns, calls)
+    assert node.api.count("GET", POD_GET) == 2
+
+
+def test_excluded_and_agent_pods_never_wait_for_a_hung_api(node: Node):
+    node.api.hang(r".*")
+    for pod in (workload("meshed-pod", namespace="kube-system"),
+                workload("plain-pod", name="istio-cni-node-x7k2p", namespace="istio-system")):
+        pod_ns, calls = add(node, pod)
+        assert [c.status for c in calls] == [0, 0], calls[-1].stdout
+        assert istio_lines(pod_ns) == []
+    assert node.api.requests == []

@@ -1,0 +1,126 @@
+"""Concurrency: 50 ADDs in parallel on 50 pod netns while another process holds the host's
+xtables lock for the whole run, as kube-proxy does for long stretches.
+
+Each ADD is the full chain (the real bridge + host-local, then istio-cni) through the CNI
+protocol in a sandboxed node. The legacy backend takes an xtables lock; the plugin points it at
+the pod netns (`XTABLES_LOCKFILE=/proc/self/ns/net`), so no ADD ever waits for the host's
+`/run/xtables.lock`: had one waited, its `iptables-restore --wait=30` would have failed with
+"Another app is currently holding the xtables lock" (a control below proves the lock is really
+held). `auto` (nft here, no lock at all) runs the same way. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from support import netns as nsutil
+from support.cnirun import CNI_BIN_DIR, Runtime
+from support.node import Node, plugin_argv, workload
+
+from tests.kubeapi.fixtures import write_kubeconfig
+from tests.kubeapi.server import KubeApiServer
+
+pytestmark = pytest.mark.root
+PODS = 50
+HOST_LOCK = "/run/xtables.lock"
+HOLDER = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT, 0o600)  # create if missing, never write
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+sys.stdin.read()  # hold it until the test closes our stdin
+"""
+
+
+@contextmanager
+def host_xtables_lock_held() -> Iterator[subprocess.Popen]:
+    """Another process holds an exclusive flock on the host's xtables lock until we are done."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, HOST_LOCK], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+
+
+@pytest.fixture(params=["legacy", "auto"])
+def node(request, tmp_path: Path, kube_api: KubeApiServer) -> Iterator[Node]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces")
+    if not (CNI_BIN_DIR / "bridge").exists():
+        pytest.skip(f"needs the bridge/host-local CNI plugins in {CNI_BIN_DIR}")
+    name = nsutil.unique("icni-h-node")
+    nsutil.run("ip", "netns", "add", name)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_kubeconfig(run_dir, kube_api)
+    conflist = {
+        "cniVersion": "1.0.0", "name": "icni-h",
+        "plugins": [
+            {"type": "bridge", "bridge": "icnibr0", "isGateway": True, "ipMasq": False,
+             "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                      "ranges": [[{"subnet": "10.98.8.0/24"}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "istio-cni", "plugin_log_level": "info", "cni_agent_run_dir": str(run_dir),
+             "exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system",
+             "iptables_backend": request.param, "pod_lookup_deadline_seconds": 50},
+        ],
+    }
+    node = Node(name, run_dir, kube_api, Runtime(binaries={"istio-cni": plugin_argv()},
+                                                 node_netns=name), conflist, 8)
+    try:
+        nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
+        for _ in range(PODS):
+            pod_ns = nsutil.unique("icni-h-pod")
+            nsutil.run("ip", "netns", "add", pod_ns)
+            node.pods.append(pod_ns)
+            nsutil.run("ip", "-n", pod_ns, "link", "set", "lo", "up")
+        yield node
+    finally:
+        for pod_ns in node.pods:
+            nsutil.run("ip", "netns", "delete", pod_ns, check=False)
+        nsutil.run("ip", "netns", "delete", name, check=False)
+
+
+def saved(pod_ns: str, backend: str) -> str:
+    tool = "iptables-legacy-save" if backend == "legacy" else "iptables-nft-save"
+    lines = nsutil.ns_exec(pod_ns, tool).splitlines()
+    return "\n".join(ln.split(" [", 1)[0] for ln in lines if "ISTIO" in ln)
+
+
+def test_parallel_adds_while_the_host_xtables_lock_is_held(node: Node):
+    backend = node.istio_entry()["iptables_backend"]
+    pods = [node.api.add_pod(workload("meshed-pod", name=f"app-{i}", namespace="load"))
+            for i in range(PODS)]
+    with host_xtables_lock_held():
+        # control: a legacy writer that uses the host lock really is shut out right now
+        control = subprocess.run(
+            ["ip", "netns", "exec", node.pods[0], "iptables-legacy", "-w", "1", "-t", "filter",
+             "-N", "ICNI_H_CONTROL"], capture_output=True, text=True, check=False)
+        assert control.returncode != 0 and "xtables lock" in control.stderr, control.stderr
+
+        with ThreadPoolExecutor(max_workers=PODS) as pool:
+            results = list(pool.map(node.add, node.pods, pods))
+
+    failures = [(ns, calls[-1].stdout, calls[-1].stderr[-500:])
+                for ns, calls in zip(node.pods, results, strict=True)
+                if [c.status for c in calls] != [0, 0]]
+    assert failures == [], failures
+    rules = {saved(ns, backend) for ns in node.pods}
+    assert len(rules) == 1, "every pod got the same rules"
+    [one] = rules
+    assert "-A OUTPUT -j ISTIO_OUTPUT" in one and "-A PREROUTING -p tcp -j ISTIO_INBOUND" in one
+    # and each pod reads as in sync to CHECK
+    checks = [node.call_istio(ns, pod, "CHECK", prev=calls[-1].result)
+              for ns, pod, calls in zip(node.pods[:5], pods, results, strict=False)]
+    assert [(c.status, c.stdout) for c in checks] == [(0, "")] * 5

@@ -1,0 +1,331 @@
+"""Partial application: the plugin is SIGKILLed while it programs a pod, and the pod is never
+left silently half-redirected.
+
+The pod needs the largest rule set we make: dual stack (iptables and ip6tables), DNS capture
+(raw table), TPROXY (mangle table, `ip rule` + `ip route` per family), INVALID drop and `::6` on
+lo. The plugin runs as a real process under the CNI protocol; it is killed with a real SIGKILL
+(no finally, no atexit, nothing flushed), at
+
+- **deterministic kill points**: a child interpreter counts the plugin's side effects (every
+  iptables binary it runs, every netlink add) and SIGKILLs itself before operation N, after it,
+  or (binaries) right after spawning it, so the orphaned `iptables-restore` finishes on its own
+  as it would when a runtime kills the plugin; every N of an uninterrupted run is a kill point;
+- **seeded random moments**: an external SIGKILL after a delay drawn from a seeded RNG over the
+  length of an uninterrupted run (fault injection, not synchronisation: the assertions hold for
+  every outcome).
+
+After each kill (and once every process of the plugin's session has exited), the netns state is
+observed independently, then:
+
+1. CHECK (through the protocol) succeeds exactly when the netns holds the complete rule set (the
+   state of an uninterrupted ADD, observed in a reference netns), and otherwise fails with 104
+   listing what is missing;
+2. ADD again on the same netns either succeeds, and the netns then holds exactly the complete
+   rule set and CHECK agrees, or fails with a clear CNI error (102/103) and CHECK still says 104.
+
+Under HYPOTHESIS_PROFILE=ci every kill point runs; locally a seeded sample of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from support import netns as nsutil
+from support.cnirun import k8s_args
+from support.node import REPO, workload
+
+from cni.plugin import Plugin
+from cni.protocol import dispatch
+from tests.kubeapi.fixtures import write_kubeconfig
+from tests.kubeapi.server import KubeApiServer
+
+pytestmark = pytest.mark.root
+CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci" or bool(os.environ.get("CI"))
+SEED = int(os.environ.get("PARTIAL_APPLY_SEED", "20240611"))
+DEV_SAMPLE = 6
+RANDOM_KILLS = 24 if CI else 3
+POD_V4, POD_V6 = "10.97.0.5/24", "fd00:97::5/64"
+SAVE_TOOLS = ("iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save",
+              "ip6tables-legacy-save")
+TPROXY_TABLE = "133"
+
+# The plugin's own entry point, with its side effects counted and a SIGKILL at one of them.
+CHILD = r"""
+import os, signal, subprocess, sys
+sys.path.insert(0, os.environ["ICNI_REPO"])
+kill_at, mode = int(sys.argv[1]), sys.argv[2]
+count = [0]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def point(thunk, spawn=None):
+    count[0] += 1
+    hit = count[0] == kill_at
+    if hit and mode == "before":
+        die()
+    if hit and mode == "spawned" and spawn is not None:
+        spawn()
+        die()
+    out = thunk()
+    if hit:
+        die()
+    return out
+
+from cni.backends import restore
+real_run = restore.run
+
+def run(argv, stdin=None, env=None):
+    def spawn():
+        child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, env=env, text=True)
+        child.stdin.write(stdin or "")
+        child.stdin.close()
+    return point(lambda: real_run(argv, stdin, env), spawn)
+
+restore.run = run
+from pyroute2 import IPRoute
+real_getattr = IPRoute.__getattr__  # pyroute2 0.9 resolves its API methods here
+
+def getattr_(self, name):
+    attr = real_getattr(self, name)
+    if name not in ("rule", "route", "addr"):
+        return attr
+    def op(command, *args, **kwargs):
+        if command != "add":
+            return attr(command, *args, **kwargs)
+        return point(lambda: attr(command, *args, **kwargs))
+    return op
+
+IPRoute.__getattr__ = getattr_
+from cni.__main__ import main
+try:
+    main()
+finally:
+    sys.stderr.write(f"\nICNI-OPS={count[0]}\n")
+"""
+
+
+@dataclass
+class Pod:
+    spec: dict
+    run_dir: Path
+
+    def conf(self, backend: str) -> dict:
+        return {"cniVersion": "1.0.0", "name": "icni-h", "type": "istio-cni",
+                "cni_agent_run_dir": str(self.run_dir), "plugin_log_level": "debug",
+                "iptables_backend": backend, "pod_lookup_attempts": 2,
+                "pod_lookup_interval_seconds": 0.01, "pod_lookup_deadline_seconds": 10,
+                "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
+                               "ips": [{"address": POD_V4, "interface": 0},
+                                       {"address": POD_V6, "interface": 0}]}}
+
+    def env(self, command: str, ns: str) -> dict[str, str]:
+        meta = self.spec["metadata"]
+        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                "CNI_COMMAND": command, "CNI_CONTAINERID": f"c-{ns}",
+                "CNI_NETNS": nsutil.path(ns), "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+                "CNI_ARGS": k8s_args(meta["namespace"], meta["name"]), "ICNI_REPO": str(REPO)}
+
+
+class StaticSource:
+    def __init__(self, pod: dict) -> None:
+        self.pod = pod
+
+    def get_pod(self, namespace: str, name: str) -> dict:
+        return self.pod
+
+
+def in_process(pod: Pod, backend: str, command: str, ns: str) -> tuple[int, dict]:
+    """One CNI call exactly as the binary makes it (`dispatch`), in this process."""
+    plugin = Plugin(pod_source_factory=lambda conf: StaticSource(pod.spec))
+    out, _, status = dispatch(pod.env(command, ns), json.dumps(pod.conf(backend)).encode(),
+                              plugin)
+    return status, json.loads(out) if out.strip() else {}
+
+
+@pytest.fixture
+def pod(tmp_path: Path, kube_api: KubeApiServer) -> Iterator[Pod]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_kubeconfig(run_dir, kube_api)
+    spec = kube_api.add_pod(workload(
+        "meshed-pod", annotations={"sidecar.istio.io/interceptionMode": "TPROXY"},
+        proxy_env={"ISTIO_DUAL_STACK": "true", "ISTIO_META_DNS_CAPTURE": "true",
+                   "INVALID_DROP": "true"}))
+    logging.disable(logging.CRITICAL)  # the in-process calls' log lines are not under test
+    try:
+        yield Pod(spec, run_dir)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+@pytest.fixture
+def pod_netns() -> Iterator[Callable[[], str]]:
+    """Makes pod netns (lo up, a veth eth0 with an IPv4 and an IPv6 address); deletes them."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = nsutil.unique("icni-h-pa")
+        nsutil.run("ip", "netns", "add", name)
+        made.append(name)
+        for argv in (("link", "set", "lo", "up"),
+                     ("link", "add", "eth0", "type", "veth", "peer", "name", "peer0"),
+                     ("link", "set", "peer0", "up"), ("link", "set", "eth0", "up"),
+                     ("addr", "add", POD_V4, "dev", "eth0"),
+                     ("-6", "addr", "add", POD_V6, "dev", "eth0", "nodad")):
+            nsutil.run("ip", "-n", name, *argv)
+        return name
+
+    try:
+        yield make
+    finally:
+        for name in made:
+            nsutil.run("ip", "netns", "delete", name, check=False)
+
+
+def state(ns: str) -> str:
+    """Everything of ours in the netns, observed with the host's tools (not the plugin's)."""
+    out: list[str] = []
+    for tool in SAVE_TOOLS:
+        for line in nsutil.ns_exec(ns, tool, check=False).splitlines():
+            if "ISTIO" in line and not line.startswith("#"):
+                out.append(f"{tool}: {line.split(' [', 1)[0]}")
+    for fam in ("-4", "-6"):
+        out += [f"ip {fam} rule: {ln.split(':', 1)[1].strip()}"
+                for ln in nsutil.ns_exec(ns, "ip", fam, "rule", "show").splitlines()
+                if "fwmark" in ln]
+        out += [f"ip {fam} route table {TPROXY_TABLE}: {ln}" for ln in nsutil.ns_exec(
+            ns, "ip", fam, "route", "show", "table", TPROXY_TABLE, check=False).splitlines()]
+    if "::6/128" in nsutil.ns_exec(ns, "ip", "-6", "addr", "show", "dev", "lo"):
+        out.append("lo ::6/128")
+    return "\n".join(out)
+
+
+def session_alive(sid: int) -> bool:
+    """Is any process of session `sid` still running (e.g. an orphaned iptables-restore)?"""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            return True
+    return False
+
+
+def wait_session_gone(sid: int) -> None:
+    deadline = time.monotonic() + 30
+    while session_alive(sid):
+        assert time.monotonic() < deadline, f"processes of session {sid} still running"
+        time.sleep(0.005)
+
+
+def run_plugin(pod: Pod, backend: str, ns: str, kill_at: int = 0, mode: str = "never",
+               kill_after: float | None = None) -> tuple[int, str]:
+    """ADD in a real process (its own session); returns (status, stderr) once every process
+    of that session, orphans included, has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(kill_at), mode],
+                            env=pod.env("ADD", ns), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    stdin = json.dumps(pod.conf(backend)).encode()
+    try:
+        _, err = proc.communicate(stdin, timeout=kill_after)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)  # an external SIGKILL at a random moment
+        _, err = proc.communicate()
+    wait_session_gone(proc.pid)
+    return proc.returncode, err.decode(errors="replace")
+
+
+@dataclass
+class Tally:
+    kills: int = 0
+    """Runs that really died of SIGKILL (a random moment may come after the run ended)."""
+    complete_after_kill: int = 0
+    completed_by_readd: int = 0
+    refused_by_readd: int = 0
+
+
+def verify_after_kill(pod: Pod, backend: str, ns: str, reference: str, tally: Tally,
+                      where: str) -> None:
+    observed = state(ns)
+    complete = observed == reference
+    status, err = in_process(pod, backend, "CHECK", ns)
+    if complete:
+        assert status == 0, f"{where}: complete state but CHECK says {err}"
+        tally.complete_after_kill += 1
+    else:
+        assert status == 1 and err["code"] == 104, f"{where}: incomplete state, CHECK: {err}"
+        assert "missing" in err.get("details", "") or "extra" in err.get("details", ""), err
+
+    status, err = in_process(pod, backend, "ADD", ns)
+    if status == 0:
+        assert state(ns) == reference, f"{where}: ADD succeeded on a half-programmed netns"
+        assert in_process(pod, backend, "CHECK", ns)[0] == 0, where
+        if not complete:
+            tally.completed_by_readd += 1
+    else:
+        assert err["code"] in (102, 103), f"{where}: {err}"
+        assert nsutil.path(ns) in err["msg"], err
+        assert in_process(pod, backend, "CHECK", ns)[1].get("code") == 104, where
+        tally.refused_by_readd += 1
+
+
+@pytest.mark.parametrize("backend", ["auto", "legacy"])
+def test_sigkill_at_every_side_effect_then_check_and_readd(pod: Pod, pod_netns, backend: str,
+                                                           record_property):
+    reference_ns = pod_netns()
+    status, err = run_plugin(pod, backend, reference_ns)
+    assert status == 0, err
+    ops = int(err.rsplit("ICNI-OPS=", 1)[1].split()[0])
+    reference = state(reference_ns)
+    for needle in ("ip6tables-", "ISTIO_DIVERT", "ISTIO_OUTPUT", "fwmark",
+                   f"table {TPROXY_TABLE}", "lo ::6/128"):
+        assert needle in reference, (needle, reference)
+    assert in_process(pod, backend, "CHECK", reference_ns)[0] == 0
+
+    points = [(n, mode) for n in range(1, ops + 1) for mode in ("before", "spawned", "after")]
+    rng = random.Random(f"{SEED}-{backend}")
+    if not CI:
+        points = sorted(rng.sample(points, min(DEV_SAMPLE, len(points))))
+    tally = Tally()
+    for kill_at, mode in points:
+        ns = pod_netns()
+        status, err = run_plugin(pod, backend, ns, kill_at, mode)
+        assert status == -signal.SIGKILL, f"op {kill_at} ({mode}) was not reached: {err}"
+        tally.kills += 1
+        verify_after_kill(pod, backend, ns, reference, tally, f"kill {mode} op {kill_at}")
+        nsutil.run("ip", "netns", "delete", ns)
+
+    # external SIGKILLs at seeded random moments over the length of an uninterrupted run
+    start = time.monotonic()
+    run_plugin(pod, backend, pod_netns())
+    full = time.monotonic() - start
+    for i in range(RANDOM_KILLS):
+        ns = pod_netns()
+        status, _ = run_plugin(pod, backend, ns, kill_after=rng.uniform(0.0, full))
+        tally.kills += status == -signal.SIGKILL
+        verify_after_kill(pod, backend, ns, reference, tally, f"random kill {i}")
+        nsutil.run("ip", "netns", "delete", ns)
+
+    record_property("partial_apply", {"ops": ops, **tally.__dict__})
+    print(f"\npartial-apply[{backend}]: {ops} side effects per ADD, {tally}")
+    assert tally.kills >= len(points)
