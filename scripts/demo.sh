@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The demo, on a fresh Debian/Ubuntu machine, as root: set up the host tools and the venv
+# (scripts/setup.sh), then run `python -m companions.demo` with the venv's python: a sandboxed
+# node of network namespaces, the installer, the frozen plugin (built on first use) through the
+# CNI protocol for a meshed and a plain pod, and the CNI race repaired in place. It cleans up
+# after itself, also on Ctrl-C. Arguments go to the demo (--help lists them).
+#
+#   sudo bash scripts/demo.sh
+#   DEMO_SKIP_SETUP=1 sudo -E bash scripts/demo.sh --source   # already set up; plugin from source
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ $(id -u) != 0 ]]; then
+    echo "demo: needs root (network namespaces, iptables): sudo bash scripts/demo.sh" >&2
+    exit 1
+fi
+if [[ ${DEMO_SKIP_SETUP:-0} != 1 ]]; then
+    bash scripts/setup.sh
+fi
+exec .venv/bin/python -m companions.demo "$@"
