@@ -112,7 +112,8 @@ class InstallerConfig:
     watched for token rotation."""
     cni_bin_source_dir: Path = Path("/opt/cni/bin")
     """CNI_BIN_SOURCE_DIR (ours; upstream hard-codes /opt/cni/bin): the binaries to install,
-    every regular file in it (the frozen plugin in the image)."""
+    every regular file in it and every onedir bundle `NAME/NAME` + `_internal/` (the frozen
+    plugin in the image; a bundle is installed as a symlink, see installer.binaries)."""
     cni_bin_target_dirs: tuple[Path, ...] = (Path("/host/opt/cni/bin"),)
     """CNI_BIN_TARGET_DIRS (ours; upstream hard-codes /host/opt/cni/bin): comma-separated host
     bin dirs (as mounted) to copy the binaries into."""

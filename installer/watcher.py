@@ -7,7 +7,9 @@ idempotent and writes only what differs, so our own writes cost one extra quiet 
 
 What that covers: another CNI rewriting its config (CLOSE_WRITE), moving a new one into place
 (aws-node's MOVED_TO), deleting it, or adding an earlier-sorting config (we follow it and restore
-the old one); a deleted binary or kubeconfig; a rotated token (the kubelet's `..data` swap).
+the old one); a deleted or replaced binary or plugin symlink, a deleted bundle version dir
+(which would leave the symlink dangling), a deleted kubeconfig; a rotated token (the kubelet's
+`..data` swap).
 
 When something keeps undoing our entry (Cilium with cni.exclusive=true, a Calico install loop),
 `FightDetector` notices more than FIGHT_THRESHOLD repairs in FIGHT_WINDOW seconds, logs an error
@@ -77,9 +79,9 @@ def _net_dir_name(name: str) -> bool:
 def add_watches(fs: FsWatch, installer: Installer) -> None:
     cfg = installer.config
     fs.add(cfg.mounted_cni_net_dir, NET_DIR_EVENTS, _net_dir_name)
-    ours = set(binaries.installed_names(cfg))
+    ours = binaries.owned_filter(cfg)  # our binaries or links, and our bundles' version dirs
     for target in cfg.cni_bin_target_dirs:
-        fs.add(target, CHANGE_EVENTS, ours.__contains__)
+        fs.add(target, CHANGE_EVENTS, ours)
     kubeconfig = cfg.kubeconfig_path.name
     fs.add(cfg.kubeconfig_path.parent, CHANGE_EVENTS, kubeconfig.__eq__)
     fs.add(cfg.service_account_path, CHANGE_EVENTS)

@@ -33,12 +33,6 @@ class PluginBinary:
     describe: str
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def support_tree(self) -> Path | None:
-        """The onedir bundle's `_internal/`, which must sit next to the executable."""
-        tree = self.image_dir / "_internal"
-        return tree if tree.is_dir() else None
-
 
 def _version(binary: Path) -> str:
     env = {"CNI_COMMAND": "VERSION", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
@@ -83,8 +77,9 @@ def prepare(repo: Path, image_dir: Path, console: Console, *, source: bool,
                 if not build:
                     raise DemoError(f"{frozen} does not exist (--no-build given)")
                 _build(repo, console)
-            shutil.copytree(frozen.parent, image_dir, symlinks=True, dirs_exist_ok=True)
-            version = _version(image_dir / PLUGIN)
+            # as the image carries it: the onedir bundle as a directory named after the plugin
+            shutil.copytree(frozen.parent, image_dir / PLUGIN, symlinks=True)
+            version = _version(image_dir / PLUGIN / PLUGIN)
             plugin = PluginBinary("frozen", image_dir,
                                   f"frozen onedir build {frozen.relative_to(repo)} "
                                   f"(VERSION: cniVersion {version})")

@@ -163,7 +163,6 @@ class Demo:
         self.installer.install(timeout=10)
         self.c.say("installer:")
         self.c.say("\n".join(self.logs.take("installer")), indent=4)
-        self._link_onedir(bin_dir)
         installed = (net_d / PRIMARY_NAME).read_text()
         diff = [ln for ln in difflib.unified_diff(self.primary_bytes.decode().splitlines(),
                                                   installed.splitlines(), lineterm="", n=1)
@@ -174,16 +173,6 @@ class Demo:
         self.runtime = Runtime([bin_dir, CNI_BIN], self.node_ns,
                                VethNetwork(subnet, BRIDGE) if self.veth else None)
         self._start_controller(run_dir / "istio-cni-kubeconfig")
-
-    def _link_onedir(self, bin_dir: Path) -> None:
-        """The onedir executable finds `_internal/` next to itself; the installer copies
-        regular files only, so the demo places the bundle's tree beside the installed copy."""
-        assert self.plugin is not None
-        tree = self.plugin.support_tree
-        if tree is not None and not (bin_dir / "_internal").exists():
-            (bin_dir / "_internal").symlink_to(tree)
-            self.c.say(f"onedir bundle: {bin_dir / '_internal'} links to the image's copy "
-                       "(the installer copies regular files only)")
 
     def _start_controller(self, kubeconfig: Path) -> None:
         from node_daemon.actions import Actions, Reporter
