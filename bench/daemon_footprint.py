@@ -17,10 +17,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+if TYPE_CHECKING:
+    from bench.common import Table
 
 NODE = "bench-node"
 
@@ -47,7 +53,8 @@ def child(kubeconfig: str) -> None:
     c.stop()
 
 
-def pod(i: int, node: str, broken: bool = False) -> dict:
+def pod(i: int, node: str, broken: bool = False) -> dict[str, Any]:
+    """Pod `i` of the run: the meshed workload on `node`, Running, a unique IP."""
     from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, make_pod
 
     return make_pod(f"app-{i}", namespace=f"ns-{i % 20}", node=node,
@@ -56,6 +63,8 @@ def pod(i: int, node: str, broken: bool = False) -> dict:
 
 
 class Daemon:
+    """The daemon child process, asked over stdin/stdout; sampled with psutil."""
+
     def __init__(self, kubeconfig: Path) -> None:
         import psutil
 
@@ -64,12 +73,14 @@ class Daemon:
         self.ps = psutil.Process(self.proc.pid)
 
     def ask(self) -> dict:
+        """The child's state: cached pods, pods labelled, synced."""
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write("count\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
-    def wait(self, pred, what: str, timeout: float = 120) -> dict:
+    def wait(self, pred: Callable[[dict], Any], what: str, timeout: float = 120) -> dict:
+        """Bounded poll of the child's state until `pred` holds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.ask()
@@ -79,19 +90,23 @@ class Daemon:
         raise SystemExit(f"timed out waiting for {what}")
 
     def cpu(self) -> float:
+        """User + system CPU seconds of the child so far."""
         t = self.ps.cpu_times()
         return t.user + t.system
 
     def rss_mib(self) -> float:
+        """Resident set size of the child, MiB."""
         return self.ps.memory_info().rss / 2**20
 
     def stop(self) -> None:
+        """End the child (EOF on its stdin) and wait for it."""
         assert self.proc.stdin
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
 
 
-def measure(daemon: Daemon, seconds: float, work=None) -> tuple[float, float]:
+def measure(daemon: Daemon, seconds: float,
+            work: Callable[[float], None] | None = None) -> tuple[float, float]:
     """(CPU % of one core, peak RSS MiB) over `seconds`, running `work(elapsed)` meanwhile."""
     c0, t0, peak = daemon.cpu(), time.monotonic(), daemon.rss_mib()
     while (elapsed := time.monotonic() - t0) < seconds:
@@ -101,6 +116,109 @@ def measure(daemon: Daemon, seconds: float, work=None) -> tuple[float, float]:
             time.sleep(0.1)
         peak = max(peak, daemon.rss_mib())
     return 100 * (daemon.cpu() - c0) / (time.monotonic() - t0), peak
+
+
+@dataclass
+class Footprint:
+    """One footprint run: per-phase (name, pods, RSS MiB, CPU %, API requests so far) and the
+    daemon's API usage."""
+
+    pods: int
+    rows: list[tuple[str, int, float, float, int]] = field(default_factory=list)
+    load_seconds: float = 0.0
+    sent: int = 0
+    broken: int = 0
+    labelled: float = 0.0
+    watch_requests: int = 0
+    """WATCH requests the daemon made over the whole run (one stream expected)."""
+    list_requests: int = 0
+    api_connections: int = 0
+    """Established TCP connections from the daemon to the API at the end of the run."""
+
+    def row(self, phase: str) -> tuple[str, int, float, float, int]:
+        return next(r for r in self.rows if r[0].startswith(phase))
+
+
+def _is_watch(request: object) -> bool:
+    query = getattr(request, "query", {})
+    return str(query.get("watch", "")).lower() in ("1", "true")
+
+
+def run_footprint(pods: int = 1000, churn_seconds: float = 10.0, idle_seconds: float = 3.0,
+                  rate: float = 50.0) -> Footprint:
+    """Start the daemon child against the API stand-in and measure it through the phases."""
+    from tests.kubeapi.fixtures import write_kubeconfig
+    from tests.kubeapi.server import KubeApiServer
+    from tests.node_daemon.conftest import BROKEN_WAITING
+
+    out = Footprint(pods)
+    with KubeApiServer() as api, tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
+        daemon = Daemon(write_kubeconfig(Path(tmp), api))
+        try:
+            daemon.wait(lambda s: s["synced"], "initial sync")
+            cpu, rss = measure(daemon, idle_seconds)
+            out.rows.append(("idle, 0 pods", 0, rss, cpu, len(api.requests)))
+
+            t0 = time.monotonic()
+            for i in range(pods):
+                api.add_pod(pod(i, NODE))
+                api.add_pod(pod(pods + i, "other-node"))
+            daemon.wait(lambda s: s["cached"] == pods, f"{pods} pods cached")
+            out.load_seconds = time.monotonic() - t0
+            cpu, rss = measure(daemon, idle_seconds)
+            out.rows.append((f"watching {pods} pods, idle", pods, rss, cpu, len(api.requests)))
+
+            def churn(elapsed: float) -> None:
+                while out.sent < elapsed * rate:
+                    i = out.sent % pods
+                    if out.sent % 10 == 9:
+                        status = {"initContainerStatuses": [BROKEN_WAITING]}
+                        out.broken += 1
+                    else:
+                        status = {"message": f"tick {out.sent}"}
+                    api.update_pod(f"ns-{i % 20}", f"app-{i}", {"status": status})
+                    out.sent += 1
+                time.sleep(0.01)
+
+            cpu, rss = measure(daemon, churn_seconds, churn)
+            out.rows.append((f"churn {rate:g} updates/s", pods, rss, cpu, len(api.requests)))
+            final = daemon.wait(lambda s: s["labelled"] > 0, "broken pods labelled")
+            out.labelled = final["labelled"]
+            port = int(api.url.rsplit(":", 1)[1])
+            out.api_connections = sum(
+                1 for c in daemon.ps.net_connections(kind="tcp")
+                if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED")
+            requests = api.requests
+            out.watch_requests = sum(1 for r in requests if _is_watch(r))
+            out.list_requests = sum(1 for r in requests if r.method == "GET"
+                                    and r.path == "/api/v1/pods" and not _is_watch(r))
+        finally:
+            daemon.stop()
+    return out
+
+
+def table(fp: Footprint) -> Table:
+    """RSS and CPU per phase, with the targets (RSS ≤ 100 MB at N pods, idle CPU ≤ 1 %)."""
+    from bench.common import Row, Table  # not at module level: the child must stay lean
+
+    t = Table(f"Node daemon footprint (repair controller; {fp.pods} pods on its node, "
+              f"{fp.pods} elsewhere; load+sync {fp.load_seconds:.1f} s)",
+              headers=("phase", "pods", "RSS MiB", "CPU % of a core", "API requests",
+                       "target", "result"))
+    for phase, n, rss, cpu, reqs in fp.rows:
+        target, ok = "", None
+        if phase.startswith("idle"):
+            target, ok = "CPU ≤ 1 %", cpu <= 1.0
+        elif phase.startswith("watching"):
+            target, ok = "RSS ≤ 100 MB, CPU ≤ 1 %", rss * 2**20 <= 100e6 and cpu <= 1.0
+        elif phase.startswith("churn"):
+            target, ok = "RSS ≤ 100 MB", rss * 2**20 <= 100e6
+        t.add(Row(phase, n, f"{rss:.1f}", f"{cpu:.1f}", str(reqs), target, ok))
+    t.notes.append(f"churn: {fp.sent} status updates sent, {fp.broken} made a pod broken, "
+                   f"{fp.labelled:.0f} pods labelled by the end")
+    t.notes.append("RSS MiB is the peak over the phase; CPU is user+system over the phase "
+                   "(psutil), in % of one core")
+    return t
 
 
 def main() -> None:
@@ -114,57 +232,11 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
+    from bench.common import print_machine
 
-    from tests.kubeapi.fixtures import write_kubeconfig
-    from tests.kubeapi.server import KubeApiServer
-    from tests.node_daemon.conftest import BROKEN_WAITING
-
-    rows = []
-    with KubeApiServer() as api, tempfile.TemporaryDirectory() as tmp:
-        daemon = Daemon(write_kubeconfig(Path(tmp), api))
-        try:
-            daemon.wait(lambda s: s["synced"], "initial sync")
-            cpu, rss = measure(daemon, args.idle_seconds)
-            rows.append(("idle, 0 pods", 0, rss, cpu, len(api.requests)))
-
-            t0 = time.monotonic()
-            for i in range(args.pods):
-                api.add_pod(pod(i, NODE))
-                api.add_pod(pod(args.pods + i, "other-node"))
-            daemon.wait(lambda s: s["cached"] == args.pods, f"{args.pods} pods cached")
-            load = time.monotonic() - t0
-            cpu, rss = measure(daemon, args.idle_seconds)
-            rows.append((f"watching {args.pods} pods, idle", args.pods, rss, cpu,
-                         len(api.requests)))
-
-            sent = {"n": 0, "broken": 0}
-
-            def churn(elapsed: float) -> None:
-                while sent["n"] < elapsed * args.rate:
-                    i = sent["n"] % args.pods
-                    if sent["n"] % 10 == 9:
-                        status = {"initContainerStatuses": [BROKEN_WAITING]}
-                        sent["broken"] += 1
-                    else:
-                        status = {"message": f"tick {sent['n']}"}
-                    api.update_pod(f"ns-{i % 20}", f"app-{i}", {"status": status})
-                    sent["n"] += 1
-                time.sleep(0.01)
-
-            cpu, rss = measure(daemon, args.churn_seconds, churn)
-            rows.append((f"churn {args.rate:g} updates/s", args.pods, rss, cpu,
-                         len(api.requests)))
-            final = daemon.wait(lambda s: s["labelled"] > 0, "broken pods labelled")
-        finally:
-            daemon.stop()
-
-    print(f"repair controller footprint ({args.pods} pods on its node, {args.pods} elsewhere; "
-          f"initial load+sync {load:.1f}s)")
-    print(f"{'phase':<32} {'pods':>6} {'RSS MiB':>8} {'CPU %':>7} {'API requests':>13}")
-    for phase, n, rss, cpu, reqs in rows:
-        print(f"{phase:<32} {n:>6} {rss:>8.1f} {cpu:>7.1f} {reqs:>13}")
-    print(f"churn: {sent['n']} updates sent, {sent['broken']} made a pod broken; "
-          f"{final['labelled']:.0f} pods labelled so far")
+    print_machine()
+    fp = run_footprint(args.pods, args.churn_seconds, args.idle_seconds, args.rate)
+    table(fp).print()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,400 @@
+"""Shared pieces of the benchmarks: statistics, tables, the machine, pod netns, the API
+stand-in and a node agent's log socket, the frozen plugin and the frozen hello-world.
+
+Every network namespace made here is named `icni-bench-*` and removed again; every process
+started here is waited for or killed by its own handle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import socketserver
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (str(ROOT / "tests"), str(ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from tests.kubeapi.fixtures import write_kubeconfig  # noqa: E402
+from tests.kubeapi.server import KubeApiServer  # noqa: E402
+from tests.support.cnirun import CniCall, Runtime, k8s_args  # noqa: E402
+
+WORKLOADS = ROOT / "companions" / "workloads"
+FROZEN_PLUGIN = ROOT / "dist" / "istio-cni" / "istio-cni"
+HELLO_SPEC = Path(__file__).with_name("hello.spec")
+HELLO_BUILD = ROOT / "build" / "bench-hello"
+NETNS_PREFIX = "icni-bench"
+BACKENDS = ("nft", "legacy", "python-iptables")
+
+
+# --- statistics and tables ----------------------------------------------------------------------
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    ordered = sorted(samples)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """n, median and p99 of a list of durations (seconds)."""
+
+    n: int
+    median: float
+    p99: float
+    mean: float
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Stats:
+        if not samples:
+            return cls(0, math.nan, math.nan, math.nan)
+        return cls(len(samples), statistics.median(samples), percentile(samples, 99),
+                   statistics.fmean(samples))
+
+
+@dataclass
+class Row:
+    """One line of a result table: a measurement, its numbers and its target."""
+
+    name: str
+    n: int
+    median: str
+    p99: str = ""
+    ratio: str = ""
+    target: str = ""
+    ok: bool | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "" if self.ok is None else ("PASS" if self.ok else "MISS")
+
+
+def ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
+
+
+def timing_row(name: str, samples: Sequence[float], floor: float | None = None,
+               target: str = "", ok: bool | None = None) -> Row:
+    """A row of durations: median and p99 in ms, the median's ratio to `floor` if given."""
+    s = Stats.of(samples)
+    ratio = f"{s.median / floor:.2f}x" if floor and not math.isnan(s.median) else ""
+    return Row(name, s.n, ms(s.median), ms(s.p99), ratio, target, ok)
+
+
+@dataclass
+class Table:
+    """A titled table of rows, printed as GitHub markdown (readable in a terminal too)."""
+
+    title: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    headers: tuple[str, ...] = ("measurement", "n", "median ms", "p99 ms", "ratio",
+                                "target", "result")
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def render(self) -> str:
+        cells = [list(self.headers)] + [
+            [r.name, str(r.n), r.median, r.p99, r.ratio, r.target, r.verdict] for r in self.rows]
+        widths = [max(len(c[i]) for c in cells) for i in range(len(self.headers))]
+        lines = [f"### {self.title}", ""]
+        for i, c in enumerate(cells):
+            lines.append("| " + " | ".join(v.ljust(w) for v, w in zip(c, widths, strict=True))
+                         + " |")
+            if i == 0:
+                lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+        lines += [""] + [f"- {n}" for n in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def print(self) -> None:
+        print(self.render(), flush=True)
+
+
+# --- the machine --------------------------------------------------------------------------------
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+    return (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) \
+        else "n/a"
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on, plus the load average right now."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import PyInstaller
+
+        pyinstaller = PyInstaller.__version__
+    except ImportError:
+        pyinstaller = "n/a"
+    return {
+        "cpu": model,
+        "cores": str(os.cpu_count()),
+        "kernel": platform.release(),
+        "os": _first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
+        "python": platform.python_version(),
+        "pyinstaller": pyinstaller,
+        "iptables": _first_line(["iptables", "--version"]),
+        "iptables-legacy": _first_line(["iptables-legacy", "--version"]),
+        "load average": load(),
+    }
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def print_machine() -> None:
+    print("### machine\n")
+    for key, value in machine().items():
+        print(f"- {key}: {value}")
+    print(flush=True)
+
+
+# --- network namespaces -------------------------------------------------------------------------
+
+def run(*argv: str, input: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, input=input, check=False,
+                          timeout=60)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def netns_path(name: str) -> str:
+    return f"/var/run/netns/{name}"
+
+
+def make_pod_netns(ip: str, tag: str = "pod") -> str:
+    """A fresh `icni-bench-*` netns with lo up and a veth eth0 (peer inside) holding `ip`/24."""
+    name = f"{NETNS_PREFIX}-{tag}-{uuid.uuid4().hex[:8]}"
+    run("ip", "netns", "add", name)
+    try:
+        run("ip", "-n", name, "-batch", "-", input=(
+            "link set lo up\nlink add eth0 type veth peer name peer0\n"
+            f"addr add {ip}/24 dev eth0\nlink set eth0 up\nlink set peer0 up\n"))
+    except RuntimeError:
+        delete_netns(name)
+        raise
+    return name
+
+
+def delete_netns(name: str) -> None:
+    run("ip", "netns", "delete", name, check=False)
+
+
+def pod_ip(i: int) -> str:
+    return f"10.217.{i // 250 % 250}.{i % 250 + 2}"
+
+
+def leftover_netns() -> list[str]:
+    out = run("ip", "netns", "list", check=False)
+    return [ln.split()[0] for ln in out.splitlines() if ln.startswith(f"{NETNS_PREFIX}-")]
+
+
+# --- the node agent's log socket ----------------------------------------------------------------
+
+class _SinkHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.0"
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/event":  # kept even if the plugin has stopped waiting for the answer
+            try:
+                self.server.events.append(json.loads(body))  # type: ignore[attr-defined]
+            except ValueError:
+                pass
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        return None
+
+    def address_string(self) -> str:
+        return "log.sock"
+
+
+class _SinkServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    request_queue_size = 128  # 50 plugins may connect at once
+
+    def __init__(self, path: str) -> None:
+        self.events: list[dict[str, Any]] = []
+        super().__init__(path, _SinkHandler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A plugin that stopped waiting for the answer (its 100 ms timeout) is no error."""
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
+
+
+class EventSink:
+    """`<run dir>/log.sock` as the node agent serves it: collects the plugin's ADD events."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "log.sock"
+        self._server = _SinkServer(str(self.path))
+        os.chmod(self.path, 0o600)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
+                                        name="log-sock", daemon=True)
+        self._thread.start()
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self._server.events
+
+    def take(self, timeout: float = 2.0) -> dict[str, Any] | None:
+        """The oldest unread event, waiting briefly for it (the plugin posts it at exit)."""
+        deadline = time.monotonic() + timeout
+        while not self._server.events:
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.001)
+        return self._server.events.pop(0)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+# --- the plugin and the hello-world -------------------------------------------------------------
+
+def meshed_pod(name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
+    pod = json.loads((WORKLOADS / "meshed-pod.json").read_text())
+    for key in ("uid", "resourceVersion", "creationTimestamp"):
+        pod["metadata"].pop(key, None)
+    if name:
+        pod["metadata"]["name"] = name
+    if namespace:
+        pod["metadata"]["namespace"] = namespace
+    return pod
+
+
+def stage_frozen_plugin(dest: Path, source: Path = FROZEN_PLUGIN) -> Path:
+    """A private copy of the onedir bundle (others may rebuild dist/ while we measure)."""
+    if not source.exists():
+        raise SystemExit(f"{source} not found: build it with scripts/build-frozen.sh "
+                         "(or ISTIO_CNI_PLUGIN_ONLY=1 scripts/build-frozen.sh)")
+    target = dest / "istio-cni"
+    shutil.copytree(source.parent, target, symlinks=True)
+    return target / source.name
+
+
+def build_hello(force: bool = False) -> Path:
+    """The frozen hello-world (bench/hello.spec: onedir, the plugin's EXE/COLLECT options),
+    built once into build/bench-hello/ and reused."""
+    exe = HELLO_BUILD / "dist" / "hello" / "hello"
+    if exe.exists() and not force:
+        return exe
+    pyinstaller = Path(sys.executable).with_name("pyinstaller")
+    subprocess.run([str(pyinstaller), "--noconfirm", "--clean", "--log-level", "WARN",
+                    "--distpath", str(HELLO_BUILD / "dist"),
+                    "--workpath", str(HELLO_BUILD / "work"), str(HELLO_SPEC)],
+                   check=True, cwd=ROOT, timeout=600)
+    return exe
+
+
+def source_plugin_argv() -> list[str]:
+    """The plugin from source, as `python -m cni` (for smoke runs without a frozen build)."""
+    return [sys.executable, "-m", "cni"]
+
+
+def timed_run(argv: list[str], input: bytes | None = None,
+              env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall time of one child process, exec to exit (its output captured)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, input=input, capture_output=True, env=env, check=False,
+                          timeout=120)
+    return time.perf_counter() - t0, proc
+
+
+@dataclass
+class BenchNode:
+    """The API stand-in on loopback, a run dir (kubeconfig + log.sock) and the CNI runtime."""
+
+    api: KubeApiServer
+    run_dir: Path
+    sink: EventSink
+    runtime: Runtime
+    plugin_argv: list[str]
+
+    def conf(self, backend: str = "nft", **extra: Any) -> dict[str, Any]:
+        """The plugin's entry of the conflist, as the runtime hands it over (cniVersion 1.0)."""
+        return {
+            "cniVersion": "1.0.0", "name": "bench", "type": "istio-cni",
+            "plugin_log_level": "info", "cni_agent_run_dir": str(self.run_dir),
+            "exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system",
+            "iptables_backend": backend, "pod_lookup_attempts": 3,
+            "pod_lookup_interval_seconds": 0.05, "pod_lookup_deadline_seconds": 10, **extra,
+        }
+
+    def call(self, command: str, netns: str, pod: dict[str, Any], backend: str = "nft",
+             ip: str = "10.217.0.2") -> tuple[float, CniCall]:
+        """One timed CNI call of the plugin (exec → result on stdout → exit)."""
+        conf = self.conf(backend)
+        conf["prevResult"] = {  # what bridge + host-local would hand on (DEL/CHECK get it too)
+            "cniVersion": "1.0.0",
+            "interfaces": [{"name": "eth0", "sandbox": netns_path(netns)}],
+            "ips": [{"address": f"{ip}/24", "interface": 0}],
+        }
+        meta = pod["metadata"]
+        t0 = time.perf_counter()
+        result = self.runtime.call("istio-cni", command, netns_path(netns), f"c-{netns}", conf,
+                                   k8s_args(meta["namespace"], meta["name"]))
+        return time.perf_counter() - t0, result
+
+    def pod_gets(self) -> int:
+        return self.api.count("GET", r"^/api/v1/namespaces/[^/]+/pods/[^/]+$")
+
+
+@contextmanager
+def bench_node(plugin_argv: list[str]) -> Iterator[BenchNode]:
+    """API stand-in + run dir + log socket; everything stopped and removed afterwards."""
+    with KubeApiServer() as api, tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
+        run_dir = Path(tmp) / "run"
+        run_dir.mkdir()
+        write_kubeconfig(run_dir, api)
+        sink = EventSink(run_dir)
+        runtime = Runtime(binaries={"istio-cni": plugin_argv})
+        try:
+            yield BenchNode(api, run_dir, sink, runtime, plugin_argv)
+        finally:
+            sink.stop()
+
+
+def check_ok(call: CniCall, what: str) -> None:
+    if call.status != 0:
+        raise RuntimeError(f"{what} failed (exit {call.status}): {call.stdout.strip()} "
+                           f"{call.stderr.strip()[-500:]}")

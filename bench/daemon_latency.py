@@ -1,0 +1,259 @@
+"""Node daemon latencies: repair in place, and the installer's re-insertion of its entry.
+
+    .venv/bin/python bench/daemon_latency.py [--repairs 20] [--reinserts 50]
+
+Repair in place: the repair controller (repair mode, real `kubernetes` client, informer and
+worker) watches the API stand-in; each sample is a fresh pod netns (`icni-bench-*`, a veth with
+a unique 10.218.x.y and a "pause" process inside) whose pod is known to the controller as
+healthy; the clock starts when the API stand-in commits the status update that makes the pod
+broken (istio-validation last terminated with 126) and stops when the controller's
+programming call has returned (its result is being recorded: rules in place), checked
+afterwards with the plugin's CHECK. The time until the metric is visible (after the Event
+POST) is reported too.
+
+Re-insertion: `installer.Installer(...).watch(stop)` in a thread on a tmp net.d holding
+Calico's conflist; each sample overwrites the conflist with the original (truncate + write in
+place, as Calico's install-cni does; the clock starts after close()) and polls the file every
+millisecond until our entry is back. The fight detector (which deliberately spaces out repairs
+when another writer keeps undoing them: more than 5 in 30 s) is given a threshold above the
+sample count, so each sample measures the unthrottled path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    NETNS_PREFIX,
+    ROOT,
+    Table,
+    delete_netns,
+    make_pod_netns,
+    netns_path,
+    timing_row,
+)
+
+REPAIR_NODE = "bench-node"
+
+
+@dataclass
+class DaemonLatency:
+    repair: list[float] = field(default_factory=list)
+    """Status update → rules programmed (seconds)."""
+    repair_metric: list[float] = field(default_factory=list)
+    """Status update → repair metric visible (after the Event POST)."""
+    reinsert: list[float] = field(default_factory=list)
+
+
+def _wait(pred: Callable[[], Any], timeout: float, what: str, pause: float = 0.001) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(pause)
+
+
+def _pause_in(ns: str) -> subprocess.Popen:
+    """A "pause container": a bounded sleep inside the netns, found by the controller via /proc."""
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"])
+    ino = os.stat(netns_path(ns)).st_ino
+
+    def inside() -> bool:
+        try:
+            return os.stat(f"/proc/{proc.pid}/ns/net").st_ino == ino
+        except OSError:
+            return False
+
+    _wait(inside, 10, "pause process in its netns")
+    return proc
+
+
+def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[float], list[float]]:
+    """(update → rules programmed, update → metric) for `samples` broken pods."""
+    from cni import apply
+    from node_daemon.actions import Actions, Reporter
+    from node_daemon.config import RepairConfig
+    from node_daemon.controller import RepairController
+    from node_daemon.kubeapi import PodApi
+    from node_daemon.metrics import Metrics
+    from node_daemon.netns_finder import NetnsFinder
+    from node_daemon.pod_rules import wanted_ruleset
+    from tests.kubeapi.fixtures import kubernetes_api_client
+    from tests.kubeapi.server import KubeApiServer
+    from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, make_pod
+
+    programmed: list[float] = []
+    visible: list[float] = []
+    done_at: dict[str, float] = {}
+    with KubeApiServer() as kube:
+        api = PodApi(kubernetes_api_client(kube))
+        cfg = RepairConfig(node_name=REPAIR_NODE, repair_pods=True)
+        metrics = Metrics()
+        reporter = Reporter(api, metrics, REPAIR_NODE)
+        record = reporter.record
+
+        def stamped(pod: dict[str, Any], action: str, result: str, message: str) -> Any:
+            if action == "repair" and result == "success":  # reconcile_rules has returned
+                done_at[pod["metadata"]["name"]] = time.perf_counter()
+            return record(pod, action, result, message)
+
+        reporter.record = stamped  # type: ignore[method-assign]
+        controller = RepairController(
+            api, cfg, Actions(cfg, api, reporter, NetnsFinder(Path("/proc"))), None)
+        controller.start()
+        deadline = time.monotonic() + max_seconds
+        try:
+            _wait(lambda: controller.synced, 30, "controller synced", 0.01)
+            for i in range(samples):
+                if time.monotonic() > deadline:
+                    break
+                name, ip = f"bench-{i}", f"10.218.{i // 250 % 250}.{i % 250 + 2}"
+                ns = make_pod_netns(ip, "repair")
+                pause = None
+                try:
+                    pause = _pause_in(ns)
+                    pod = make_pod(name, namespace="shop", node=REPAIR_NODE, ip=ip,
+                                   init_status=COMPLETED, phase="Pending")
+                    kube.add_pod(pod)
+                    _wait(lambda n=name: controller.informer.get(f"shop/{n}"), 10,
+                          "pod cached", 0.005)
+                    before = metrics.value("istio_cni_repair_pods_repaired_total",
+                                           type="repair", result="success")
+                    t0 = time.perf_counter()
+                    kube.update_pod("shop", name,
+                                    {"status": {"initContainerStatuses": [BROKEN_WAITING]}})
+                    _wait(lambda b=before: metrics.value(
+                        "istio_cni_repair_pods_repaired_total", type="repair",
+                        result="success") > b, 30, "repaired")
+                    t_metric = time.perf_counter()
+                    live = kube.get_pod("shop", name)
+                    diff = apply.check(netns_path(ns), wanted_ruleset(live, netns_path(ns)))
+                    if diff.missing or diff.extra:
+                        raise RuntimeError(f"repair of {name}: rules not in place: {diff}")
+                    programmed.append(done_at[name] - t0)
+                    visible.append(t_metric - t0)
+                    kube.delete_pod("shop", name)
+                finally:
+                    if pause is not None:
+                        pause.kill()
+                        pause.wait()
+                    delete_netns(ns)
+        finally:
+            controller.stop()
+    return programmed, visible
+
+
+def _has_entry(path: Path) -> bool:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    plugins = doc.get("plugins") or []
+    return bool(plugins) and plugins[-1].get("type") == "istio-cni"
+
+
+def reinsertion(samples: int, max_seconds: float = 120.0) -> list[float]:
+    """Overwrite → our entry back, `samples` times, with the watch loop in a thread."""
+    sys.path.insert(0, str(ROOT / "tests" / "installer"))
+    from installer_support import GOLDEN, PLUGIN_BYTES, TOKEN, NodeDirs, rotate_token
+
+    from installer import Installer
+    from installer.watcher import FightDetector, watch
+
+    logging.getLogger("installer").setLevel(logging.ERROR)  # one warning per re-insertion
+    out: list[float] = []
+    with tempfile.TemporaryDirectory(prefix=f"{NETNS_PREFIX}-") as tmp:
+        root = Path(tmp)
+        dirs = NodeDirs(root, root / "net.d", root / "image-bin", root / "host-bin",
+                        root / "run", root / "sa")
+        for d in (dirs.net_dir, dirs.bin_src, dirs.bin_dst, dirs.sa_dir):
+            d.mkdir()
+        plugin = dirs.bin_src / "istio-cni"
+        plugin.write_bytes(PLUGIN_BYTES)
+        plugin.chmod(0o755)
+        rotate_token(dirs.sa_dir, TOKEN, 1)
+        os.symlink("..data/token", dirs.sa_dir / "token")
+        os.symlink("..data/ca.crt", dirs.sa_dir / "ca.crt")
+        original = (GOLDEN / "calico.conflist").read_text()
+        path = dirs.put("10-calico.conflist", "calico.conflist")
+        installer = Installer(replace(dirs.config(), plugin_log_level="info"))
+        installer.install()
+        stop = threading.Event()
+        detector = FightDetector(threshold=samples + 10)
+        thread = threading.Thread(target=watch, args=(installer, stop, detector),
+                                  name="installer-watch", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + max_seconds
+        try:
+            for _ in range(samples):
+                if time.monotonic() > deadline:
+                    break
+                _wait(lambda: installer.ready and _has_entry(path), 10, "installed, idle")
+                time.sleep(0.02)  # let our own write's quiet pass finish
+                with open(path, "w") as f:  # Calico: truncate and rewrite in place
+                    f.write(original)
+                t0 = time.perf_counter()
+                _wait(lambda: _has_entry(path), 10, "entry re-inserted")
+                out.append(time.perf_counter() - t0)
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+            installer.uninstall()
+    return out
+
+
+def measure(repairs: int, reinserts: int) -> DaemonLatency:
+    r = DaemonLatency()
+    r.repair, r.repair_metric = repair_in_place(repairs)
+    r.reinsert = reinsertion(reinserts)
+    return r
+
+
+def table(r: DaemonLatency) -> Table:
+    import statistics
+
+    t = Table("Node daemon latencies")
+    rep = statistics.median(r.repair) if r.repair else float("inf")
+    t.add(timing_row("repair in place: status update → rules programmed", r.repair,
+                     target="p50 ≤ 1000", ok=rep <= 1.0))
+    t.add(timing_row("  status update → repair metric (after the Event POST)",
+                     r.repair_metric))
+    ins = statistics.median(r.reinsert) if r.reinsert else float("inf")
+    t.add(timing_row("installer re-insertion: overwrite → entry back", r.reinsert,
+                     target="p50 ≤ 250", ok=ins <= 0.25))
+    t.notes.append("repair: each sample a new pod and netns; the controller finds the netns "
+                   "by scanning /proc for the pod IP (this host's whole /proc)")
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repairs", type=int, default=20)
+    ap.add_argument("--reinserts", type=int, default=50)
+    args = ap.parse_args()
+    from bench.common import print_machine
+
+    print_machine()
+    table(measure(args.repairs, args.reinserts)).print()
+
+
+if __name__ == "__main__":
+    main()
