@@ -2,29 +2,48 @@
 
 Everything else happens in `cni.protocol.dispatch` and `cni.plugin.Plugin`; this file only
 touches the process (environment, stdin, stdout, exit status) and makes sure nothing but the
-protocol's JSON ever reaches stdout, even on an unexpected crash.
+protocol's JSON ever reaches stdout, even on an unexpected crash. Hot path: VERSION and the
+about text import neither the plugin nor logging, and the process ends with `os._exit` once
+everything is flushed (interpreter teardown costs ~12 ms per call and does nothing for us).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
+ABOUT = "CNI plugin istio-cni (Python) v0.1.0"
+
+
+def _finish(out: bytes, err: bytes, status: int) -> None:
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(err)
+    sys.stderr.flush()
+    os._exit(status)
+
 
 def main() -> None:
+    command = os.environ.get("CNI_COMMAND", "")
+    if command in ("", "VERSION"):
+        from cni.protocol import about_text, version_json
+
+        if command:
+            _finish(version_json(), b"", 0)
+        _finish(b"", about_text(ABOUT).encode(), 0)
+
+    import logging
+
     from cni import plugin_log
 
     plugin_log.setup_stderr()
     from cni.plugin import Plugin
     from cni.protocol import dispatch
 
-    command = os.environ.get("CNI_COMMAND", "")
-    stdin = b"" if command in ("", "VERSION") else sys.stdin.buffer.read()
+    stdin = sys.stdin.buffer.read()
     plugin = Plugin()
     out, err, status = dispatch(
-        os.environ, stdin, plugin,
-        about="CNI plugin istio-cni (Python) v0.1.0",
+        os.environ, stdin, plugin, about=ABOUT,
         on_internal_error=lambda exc: logging.getLogger("istio-cni").error(
             "internal error", exc_info=exc),
     )
@@ -32,13 +51,12 @@ def main() -> None:
         logging.getLogger("istio-cni").error("%s failed: %s", command, out.decode().strip())
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
-    sys.stderr.buffer.write(err)
-    socket_path = getattr(plugin, "_socket", "")
-    if socket_path:
-        plugin_log.flush_to_agent(socket_path)
+    if plugin._socket:
+        plugin_log.flush_to_agent(plugin._socket)
         if plugin.event is not None:
-            plugin_log.post_event(socket_path, plugin.event)
-    sys.exit(status)
+            plugin_log.post_event(plugin._socket, plugin.event)
+    logging.shutdown()  # flushes the rotating log file
+    _finish(b"", err, status)
 
 
 if __name__ == "__main__":

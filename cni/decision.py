@@ -8,9 +8,12 @@ order of the checks is part of compatibility (reference §1.3 steps 2, 5, 6, 10)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
-from cni.podinfo import PROXY_CONTAINER, PodInfo
+if TYPE_CHECKING:  # the skip path must not import podinfo (and its dataclasses)
+    from cni.podinfo import PodInfo
+
+PROXY_CONTAINER = "istio-proxy"
 
 AGENT_POD_PREFIX = "istio-cni-node-"
 INJECT_KEY = "sidecar.istio.io/inject"
@@ -29,8 +32,7 @@ def parse_go_bool(value: str) -> bool | None:
     return None
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     redirect: bool
     reason: str
 

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cni import plugin_log
@@ -45,14 +44,19 @@ def api_pod_source(conf: PluginConfig) -> PodSource:
     return ApiPodSource(access, policy)
 
 
-@dataclass
 class Plugin:
-    """The CNI handlers. Collaborators are passed in; the defaults are the real ones."""
+    """The CNI handlers. Collaborators are passed in; the defaults are the real ones.
 
-    pod_source_factory: Callable[[PluginConfig], PodSource] = api_pod_source
-    event: dict[str, Any] | None = None
-    """The ADD event for the node agent (outcome, reason, phase timings), set by add()."""
-    phases: dict[str, float] = field(default_factory=dict)
+    A plain class, not a dataclass: `dataclasses` costs several ms of imports per pod start."""
+
+    def __init__(
+        self, pod_source_factory: Callable[[PluginConfig], PodSource] = api_pod_source
+    ) -> None:
+        self.pod_source_factory = pod_source_factory
+        self.event: dict[str, Any] | None = None
+        """The ADD event for the node agent (outcome, reason, phase timings), set by add()."""
+        self.phases: dict[str, float] = {}
+        self._socket = ""
 
     # --- ADD ---------------------------------------------------------------------------------
     def add(self, args: CmdArgs) -> dict[str, Any]:
@@ -64,9 +68,9 @@ class Plugin:
             plog = _pod_logger(args, k8s)
             _refuse_own_netns(args)
             with self._phase("lookup"):
-                decision = self._decide(conf, k8s)
+                decision, pod = self._decide(conf, k8s)
             if decision.redirect:
-                outcome = self._program(args, conf, decision.pod)  # type: ignore[attr-defined]
+                outcome = self._program(args, conf, pod)
                 plog.info("redirected: %s (%s)", decision.reason, outcome)
             else:
                 plog.info("skipped: %s", decision.reason)
@@ -80,12 +84,12 @@ class Plugin:
     # --- CHECK -------------------------------------------------------------------------------
     def check(self, args: CmdArgs) -> None:
         conf, k8s = self._prepare(args)
-        decision = self._decide(conf, k8s)
+        decision, pod = self._decide(conf, k8s)
         if not decision.redirect:
             return None
         from cni import apply
 
-        ruleset = _ruleset_for(args.netns, decision.pod)  # type: ignore[attr-defined]
+        ruleset = _ruleset_for(args.netns, pod)
         diff = apply.check(args.netns, ruleset, conf.iptables_backend)
         if diff.missing or diff.extra:
             details = "\n".join(
@@ -124,16 +128,16 @@ class Plugin:
         self._socket = conf.log_uds_address
         return conf, parse_cni_args(args.args)
 
-    def _decide(self, conf: PluginConfig, k8s: dict[str, str]) -> _PodDecision:
+    def _decide(self, conf: PluginConfig, k8s: dict[str, str]) -> tuple[Decision, Any]:
+        """The decision, and the pod it was made on (None when no lookup was needed)."""
         name, ns = k8s.get("K8S_POD_NAME", ""), k8s.get("K8S_POD_NAMESPACE", "")
         early = decide_before_lookup(name, ns, conf.pod_namespace, conf.exclude_namespaces)
         if early is not None:
-            return _PodDecision(early.redirect, early.reason, None)
+            return early, None
         from cni.podinfo import extract_pod_info
 
         pod = extract_pod_info(self.pod_source_factory(conf).get_pod(ns, name))
-        d = decide(pod)
-        return _PodDecision(d.redirect, d.reason, pod)
+        return decide(pod), pod
 
     def _program(self, args: CmdArgs, conf: PluginConfig, pod: Any) -> str:
         from cni import apply
@@ -156,11 +160,6 @@ class Plugin:
     def _record(self, pod: str, outcome: str, reason: str, start: float) -> None:
         self.phases["total"] = round(time.perf_counter() - start, 6)
         self.event = {"pod": pod, "outcome": outcome, "reason": reason, "phases": self.phases}
-
-
-@dataclass(frozen=True)
-class _PodDecision(Decision):
-    pod: Any = None
 
 
 def _ruleset_for(netns: str, pod: Any) -> Any:

@@ -105,7 +105,10 @@ def configure(level: str, run_dir: str) -> None:
 
 
 def post_to_agent(socket_path: str, path: str, body: bytes, timeout: float = UDS_TIMEOUT) -> bool:
-    """One HTTP POST over a Unix socket; False on any failure (the agent is optional)."""
+    """One HTTP POST over a Unix socket, fire and forget: the request is written and the
+    connection closed without waiting for the answer (the agent reads what is in the socket
+    buffer either way), so a busy agent never adds its latency to a pod start. False when the
+    request could not be written (no agent, or its backlog full past `timeout`)."""
     if not os.path.exists(socket_path):
         return False
     head = (
@@ -117,7 +120,6 @@ def post_to_agent(socket_path: str, path: str, body: bytes, timeout: float = UDS
             sock.settimeout(timeout)
             sock.connect(socket_path)
             sock.sendall(head + body)
-            sock.recv(64)
     except OSError:
         return False
     return True

@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cni.errors import (
     CNIError,
@@ -40,9 +39,11 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _MAX_IFNAME = 15
 
 
-@dataclass(frozen=True)
-class CmdArgs:
-    """One invocation: the CNI_* environment and the raw network config."""
+class CmdArgs(NamedTuple):
+    """One invocation: the CNI_* environment and the raw network config.
+
+    A NamedTuple rather than a dataclass: `dataclasses` pulls in `inspect` and `ast`, several ms
+    of imports on every pod start (bench/phases.py)."""
 
     command: str
     container_id: str
