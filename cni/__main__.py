@@ -51,10 +51,10 @@ def main() -> None:
         logging.getLogger("istio-cni").error("%s failed: %s", command, out.decode().strip())
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
-    if plugin._socket:
-        plugin_log.flush_to_agent(plugin._socket)
+    if plugin.agent_socket:
+        plugin_log.flush_to_agent(plugin.agent_socket)
         if plugin.event is not None:
-            plugin_log.post_event(plugin._socket, plugin.event)
+            plugin_log.post_event(plugin.agent_socket, plugin.event)
     logging.shutdown()  # flushes the rotating log file
     _finish(b"", err, status)
 

@@ -56,7 +56,8 @@ class Plugin:
         self.event: dict[str, Any] | None = None
         """The ADD event for the node agent (outcome, reason, phase timings), set by add()."""
         self.phases: dict[str, float] = {}
-        self._socket = ""
+        self.agent_socket = ""
+        """Where the node agent listens for our log lines and ADD event (set from the config)."""
 
     # --- ADD ---------------------------------------------------------------------------------
     def add(self, args: CmdArgs) -> dict[str, Any]:
@@ -125,7 +126,7 @@ class Plugin:
     def _prepare(self, args: CmdArgs) -> tuple[PluginConfig, dict[str, str]]:
         conf = parse_plugin_config(args.conf)
         plugin_log.configure(conf.log_level, conf.cni_agent_run_dir)
-        self._socket = conf.log_uds_address
+        self.agent_socket = conf.log_uds_address
         return conf, parse_cni_args(args.args)
 
     def _decide(self, conf: PluginConfig, k8s: dict[str, str]) -> tuple[Decision, Any]:
