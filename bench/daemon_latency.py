@@ -171,14 +171,26 @@ def _has_entry(path: Path) -> bool:
 
 
 def reinsertion(samples: int, max_seconds: float = 120.0) -> list[float]:
-    """Overwrite → our entry back, `samples` times, with the watch loop in a thread."""
+    """Overwrite → our entry back, `samples` times, with the watch loop in a thread.
+
+    The installer's warnings (one per re-insertion) are silenced for the run and the logger's
+    level restored afterwards, so an in-process caller (the smoke test) keeps its logging."""
+    quiet = logging.getLogger("installer")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return _reinsertion(samples, max_seconds)
+    finally:
+        quiet.setLevel(level)
+
+
+def _reinsertion(samples: int, max_seconds: float) -> list[float]:
     sys.path.insert(0, str(ROOT / "tests" / "installer"))
     from installer_support import GOLDEN, PLUGIN_BYTES, TOKEN, NodeDirs, rotate_token
 
     from installer import Installer
     from installer.watcher import FightDetector, watch
 
-    logging.getLogger("installer").setLevel(logging.ERROR)  # one warning per re-insertion
     out: list[float] = []
     with tempfile.TemporaryDirectory(prefix=f"{NETNS_PREFIX}-") as tmp:
         root = Path(tmp)

@@ -27,8 +27,8 @@ SUCCESS = "SUCCESS"
 COPY_BINARIES_FAILURE = "COPY_BINARIES_FAILURE"
 CREATE_KUBECONFIG_FAILURE = "CREATE_KUBECONFIG_FAILURE"
 CREATE_CNI_CONFIG_FAILURE = "CREATE_CNI_CONFIG_FAILURE"
-INSTALL_RACE_RETRIES = 10
-"""install() attempts when the primary config changes under it (another CNI rewriting it)."""
+INSTALL_RACE_LOG_EVERY = 10
+"""While another writer keeps changing the primary config, log one race in this many."""
 
 
 def _stamp(directory: Path, name: str | None) -> tuple[int, int, int] | None:
@@ -126,7 +126,8 @@ class Installer:
         with self._lock:
             self._uninstalled = False  # an explicit install undoes an earlier uninstall
         deadline = None if timeout is None else time.monotonic() + timeout
-        for attempt in range(1, INSTALL_RACE_RETRIES + 1):
+        races = 0
+        while True:
             found = self._wait_for_primary(stop, deadline) if cfg.chained else None
             stamp = _stamp(cfg.mounted_cni_net_dir, found)
             try:
@@ -134,15 +135,17 @@ class Installer:
                 break
             except InstallError as exc:
                 # Another writer (e.g. Calico's install-cni, truncating and rewriting in place)
-                # changed the primary between finding it valid and editing it: look again.
-                # An error on a file nobody touched meanwhile is final.
+                # changed the primary between finding it valid and editing it: wait for a valid
+                # one again, for as long as the other writer keeps changing it (only `stop` or
+                # the deadline end that). An error on a file nobody touched meanwhile is final.
                 changed = (isinstance(exc, NoPrimaryConfig)
                            or _stamp(cfg.mounted_cni_net_dir, found) != stamp)
-                if (found is None or exc.result != CREATE_CNI_CONFIG_FAILURE
-                        or attempt == INSTALL_RACE_RETRIES or not changed):
+                if found is None or exc.result != CREATE_CNI_CONFIG_FAILURE or not changed:
                     raise
-                log.warning("install raced with another writer in %s, retrying: %s",
-                            cfg.mounted_cni_net_dir, exc)
+                races += 1
+                level = logging.WARNING if races % INSTALL_RACE_LOG_EVERY == 1 else logging.DEBUG
+                log.log(level, "install raced with another writer in %s (%d times), retrying: %s",
+                        cfg.mounted_cni_net_dir, races, exc)
         self.set_ready(True)
         self.metrics.count_install(SUCCESS)
         log.info("istio-cni installed: %s", result.config_path)
