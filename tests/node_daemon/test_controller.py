@@ -79,7 +79,8 @@ def test_watch_is_scoped_to_this_node_and_extra_selectors(kube_api, controller):
     assert lists and all(r.query["fieldSelector"] == f"metadata.namespace=shop,spec.nodeName="
                          f"{NODE}" and r.query["labelSelector"] == "app=productpage"
                          for r in lists)
-    assert set(c.informer.cache) == set()
+    # the DELETED event reaches the informer after the API has deleted the pod
+    wait_for(lambda: not c.informer.cache, what="the deletion seen by the informer")
 
 
 def _all():
@@ -92,7 +93,9 @@ def test_delete_mode_uses_preconditions_and_posts_an_event(kube_api, controller)
     c = controller(replace(CFG, delete_pods=True))
     healthy = kube_api.add_pod(make_pod("healthy", init_status=COMPLETED))
     broken = kube_api.add_pod(make_pod("broken", init_status=BROKEN_WAITING))
-    wait_for(lambda: _events(kube_api, "DeleteBrokenPod"), what="delete event")
+    # the metric is bumped last (after the Event is posted), so it is what to wait on
+    wait_for(lambda: c.metrics.value("istio_cni_repair_pods_repaired_total", type="delete",
+                                     result="success") == 1, what="delete counted")
     deletes = [r for r in kube_api.requests if r.method == "DELETE"]
     assert len(deletes) == 1 and deletes[0].path.endswith("/pods/broken")
     assert deletes[0].body["preconditions"] == {
