@@ -10,17 +10,14 @@ kubeconfig → 50, excluded pods without a kubeconfig) are not repeated here.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from support import netns as nsutil
-from support.cnirun import CNI_BIN_DIR, Runtime
-from support.node import Node, plugin_argv, workload
+from support.node import Node, sandboxed_node, workload
 
-from tests.kubeapi.fixtures import write_kubeconfig
 from tests.kubeapi.server import KubeApiServer
 
 pytestmark = pytest.mark.root
@@ -30,45 +27,11 @@ POD_GET = r"/api/v1/namespaces/[^/]+/pods/[^/]+$"
 @pytest.fixture
 def node(tmp_path: Path, kube_api: KubeApiServer) -> Iterator[Node]:
     """The e2e tier's sandboxed node (netns, bridge + host-local, run dir), `icni-h-` names."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: network namespaces")
-    if not (CNI_BIN_DIR / "bridge").exists():
-        pytest.skip(f"needs the bridge/host-local CNI plugins in {CNI_BIN_DIR}")
-    name = nsutil.unique("icni-h-node")
-    nsutil.run("ip", "netns", "add", name)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    write_kubeconfig(run_dir, kube_api)
-    conflist = {
-        "cniVersion": "1.0.0", "name": "icni-h",
-        "plugins": [
-            {"type": "bridge", "bridge": "icnibr0", "isGateway": True, "ipMasq": False,
-             "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
-                      "ranges": [[{"subnet": "10.98.7.0/24"}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "istio-cni", "plugin_log_level": "debug", "cni_agent_run_dir": str(run_dir),
-             "exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system",
-             "pod_lookup_attempts": 5, "pod_lookup_interval_seconds": 0.01,
-             "pod_lookup_deadline_seconds": 20},
-        ],
-    }
-    node = Node(name, run_dir, kube_api, Runtime(binaries={"istio-cni": plugin_argv()},
-                                                 node_netns=name), conflist, 7)
-    try:
-        nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
+    istio = {"pod_lookup_attempts": 5, "pod_lookup_interval_seconds": 0.01,
+             "pod_lookup_deadline_seconds": 20}
+    with sandboxed_node(tmp_path, kube_api, prefix="icni-h", subnet_index=7,
+                        subnet_v4="10.98.7.0/24", istio=istio) as node:
         yield node
-    finally:
-        for pod_ns in node.pods:
-            nsutil.run("ip", "netns", "delete", pod_ns, check=False)
-        nsutil.run("ip", "netns", "delete", name, check=False)
-
-
-def new_pod_netns(node: Node) -> str:
-    name = nsutil.unique("icni-h-pod")
-    nsutil.run("ip", "netns", "add", name)
-    node.pods.append(name)
-    nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
-    return name
 
 
 def tune(node: Node, **settings: object) -> None:
@@ -82,7 +45,7 @@ def istio_lines(pod_ns: str) -> list[str]:
 
 
 def add(node: Node, pod: dict) -> tuple[str, list]:
-    pod_ns = new_pod_netns(node)
+    pod_ns = node.new_pod_netns()
     return pod_ns, node.add(pod_ns, pod)
 
 

@@ -11,7 +11,6 @@ held). `auto` (nft here, no lock at all) runs the same way. No timing is asserte
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,10 +20,8 @@ from pathlib import Path
 
 import pytest
 from support import netns as nsutil
-from support.cnirun import CNI_BIN_DIR, Runtime
-from support.node import Node, plugin_argv, workload
+from support.node import Node, sandboxed_node, workload
 
-from tests.kubeapi.fixtures import write_kubeconfig
 from tests.kubeapi.server import KubeApiServer
 
 pytestmark = pytest.mark.root
@@ -55,41 +52,13 @@ def host_xtables_lock_held() -> Iterator[subprocess.Popen]:
 
 @pytest.fixture(params=["legacy", "auto"])
 def node(request, tmp_path: Path, kube_api: KubeApiServer) -> Iterator[Node]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: network namespaces")
-    if not (CNI_BIN_DIR / "bridge").exists():
-        pytest.skip(f"needs the bridge/host-local CNI plugins in {CNI_BIN_DIR}")
-    name = nsutil.unique("icni-h-node")
-    nsutil.run("ip", "netns", "add", name)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    write_kubeconfig(run_dir, kube_api)
-    conflist = {
-        "cniVersion": "1.0.0", "name": "icni-h",
-        "plugins": [
-            {"type": "bridge", "bridge": "icnibr0", "isGateway": True, "ipMasq": False,
-             "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
-                      "ranges": [[{"subnet": "10.98.8.0/24"}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "istio-cni", "plugin_log_level": "info", "cni_agent_run_dir": str(run_dir),
-             "exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system",
-             "iptables_backend": request.param, "pod_lookup_deadline_seconds": 50},
-        ],
-    }
-    node = Node(name, run_dir, kube_api, Runtime(binaries={"istio-cni": plugin_argv()},
-                                                 node_netns=name), conflist, 8)
-    try:
-        nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
+    istio = {"plugin_log_level": "info", "iptables_backend": request.param,
+             "pod_lookup_deadline_seconds": 50}
+    with sandboxed_node(tmp_path, kube_api, prefix="icni-h", subnet_index=8,
+                        subnet_v4="10.98.8.0/24", istio=istio) as node:
         for _ in range(PODS):
-            pod_ns = nsutil.unique("icni-h-pod")
-            nsutil.run("ip", "netns", "add", pod_ns)
-            node.pods.append(pod_ns)
-            nsutil.run("ip", "-n", pod_ns, "link", "set", "lo", "up")
+            node.new_pod_netns()
         yield node
-    finally:
-        for pod_ns in node.pods:
-            nsutil.run("ip", "netns", "delete", pod_ns, check=False)
-        nsutil.run("ip", "netns", "delete", name, check=False)
 
 
 def saved(pod_ns: str, backend: str) -> str:

@@ -6,12 +6,18 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from support import netns as nsutil
-from support.cnirun import CniCall, Runtime, k8s_args
+from support.cnirun import CNI_BIN_DIR, CniCall, Runtime, k8s_args
+from tests.kubeapi.fixtures import write_kubeconfig
 from tests.kubeapi.server import KubeApiServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,12 +59,14 @@ class Node:
     conflist: dict
     subnet_index: int
     pods: list[str] = field(default_factory=list)
+    prefix: str = "icni-e2e"
+    """Name prefix of the netns this node creates (its own is `<prefix>-node-*`)."""
 
     def istio_entry(self) -> dict:
         return self.conflist["plugins"][-1]
 
     def new_pod_netns(self) -> str:
-        name = nsutil.unique("icni-e2e-pod")
+        name = nsutil.unique(f"{self.prefix}-pod")
         nsutil.run("ip", "netns", "add", name)
         self.pods.append(name)
         nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
@@ -85,3 +93,49 @@ class Node:
                                  conf, k8s_args(meta["namespace"], meta["name"]), env=env)
 
 
+
+
+@contextmanager
+def sandboxed_node(tmp_path: Path, api: KubeApiServer, *, prefix: str, subnet_index: int,
+                   subnet_v4: str, subnet_v6: str | None = None,
+                   istio: dict | None = None) -> Iterator[Node]:
+    """A node of network namespaces: bridge + host-local (run inside the node netns) chained
+    with istio-cni (run on the host, so it reaches the API stand-in on loopback), a run dir
+    with the kubeconfig for `api`; every netns it or its pods created is deleted afterwards.
+    `istio` adds or overrides keys of the istio-cni entry."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces")
+    if not (CNI_BIN_DIR / "bridge").exists():
+        pytest.skip(f"needs the bridge/host-local CNI plugins in {CNI_BIN_DIR} "
+                    "(Debian package containernetworking-plugins)")
+    name = nsutil.unique(f"{prefix}-node")
+    nsutil.run("ip", "netns", "add", name)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_kubeconfig(run_dir, api)
+    ranges = [[{"subnet": subnet_v4}]] + ([[{"subnet": subnet_v6}]] if subnet_v6 else [])
+    routes = [{"dst": "0.0.0.0/0"}] + ([{"dst": "::/0"}] if subnet_v6 else [])
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": prefix,
+        "plugins": [
+            {"type": "bridge", "bridge": "icnibr0", "isGateway": True, "ipMasq": False,
+             "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"),
+                      "ranges": ranges, "routes": routes}},
+            {"type": "istio-cni", "plugin_log_level": "debug", "cni_agent_run_dir": str(run_dir),
+             "exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system",
+             **(istio or {})},
+        ],
+    }
+    runtime = Runtime(binaries={"istio-cni": plugin_argv()}, node_netns=name)
+    node = Node(name, run_dir, api, runtime, conflist, subnet_index, prefix=prefix)
+    try:
+        nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
+        nsutil.ns_exec(name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                       "net.ipv6.conf.default.accept_dad=0")
+        yield node
+    finally:
+        for pod_ns in node.pods:
+            nsutil.run("ip", "netns", "delete", pod_ns, check=False)
+        nsutil.run("ip", "netns", "delete", name, check=False)
+        shutil.rmtree(tmp_path / "ipam", ignore_errors=True)
