@@ -23,8 +23,13 @@ from pathlib import Path
 
 import pytest
 from support import netns as nsutil
-from support.netns import Listener, connect
-from support.node import REPO, Node, workload
+from support.node import (
+    REPO,
+    Node,
+    assert_app_traffic_redirected,
+    istio_lines,
+    workload,
+)
 
 from cni.iptables_config import IptablesConfig
 from cni.live_state import parse_rule
@@ -88,26 +93,6 @@ def frozen_node(node: Node, frozen_plugin: Path, tmp_path: Path) -> Node:
     return node
 
 
-# --- helpers as in test_plugin_chain.py ---------------------------------------------------------
-
-def istio_lines(pod_ns: str) -> list[str]:
-    out = "".join(nsutil.ns_exec(pod_ns, tool, check=False)
-                  for tool in ("iptables-nft-save", "iptables-legacy-save",
-                               "ip6tables-nft-save", "ip6tables-legacy-save"))
-    return [ln for ln in out.splitlines() if "ISTIO" in ln and not ln.startswith("#")]
-
-
-def pod_ip(calls: list, family: str = "4") -> str:
-    for ip in calls[0].result["ips"]:
-        if (":" in ip["address"]) == (family == "6"):
-            return ip["address"].split("/")[0]
-    raise AssertionError(f"no IPv{family} address in {calls[0].result}")
-
-
-def gateway(node: Node, family: str = "4") -> str:
-    return f"10.99.{node.subnet_index}.1" if family == "4" else f"fd00:99:{node.subnet_index}::1"
-
-
 # --- the scenarios -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("node", BACKENDS, indirect=True)
@@ -119,17 +104,7 @@ def test_meshed_pod_traffic_is_redirected(frozen_node: Node):
     assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
     assert calls[1].result == encode_result(calls[0].result, "1.0.0")
     assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns))
-
-    gw = gateway(node)
-    proxy = Listener(pod_ns, 15001)
-    status, out = connect(pod_ns, gw, 8080)
-    assert status == 0, out
-    assert proxy.lines() == [f"conn {pod_ip(calls)} orig {gw}:8080"]
-
-    inbound = Listener(pod_ns, 15006)
-    status, out = connect(node.name, pod_ip(calls), 9080)
-    assert status == 0, out
-    assert inbound.lines() == [f"conn {gw} orig {pod_ip(calls)}:9080"]
+    assert_app_traffic_redirected(node, pod_ns, calls)
 
 
 @pytest.mark.parametrize("node", BACKENDS, indirect=True)

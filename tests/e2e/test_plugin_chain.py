@@ -8,40 +8,20 @@ import json
 import pytest
 from support import netns as nsutil
 from support.netns import Listener, connect
-from support.node import Node, workload
+from support.node import (
+    Node,
+    assert_app_traffic_redirected,
+    gateway,
+    istio_lines,
+    pod_ip,
+    saved_rules,
+    workload,
+)
 
 from cni.results import encode_result
 
 pytestmark = pytest.mark.root
 BACKENDS = ["nft", "legacy", "python-iptables"]
-
-
-def saved_rules(pod_ns: str) -> str:
-    """Everything iptables holds in the pod netns, from both backends and both families
-    (without the "# Generated ... <time>" comments and the packet counters)."""
-    out = []
-    for tool in ("iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save",
-                 "ip6tables-legacy-save"):
-        for line in nsutil.ns_exec(pod_ns, tool, check=False).splitlines():
-            if not line.startswith("#"):
-                out.append(line.split(" [", 1)[0] if line.startswith(":") else line)
-    return "\n".join(out)
-
-
-def istio_lines(pod_ns: str) -> list[str]:
-    return [ln for ln in saved_rules(pod_ns).splitlines()
-            if "ISTIO" in ln and not ln.startswith("#")]
-
-
-def pod_ip(calls, family: str = "4") -> str:
-    for ip in calls[0].result["ips"]:
-        if (":" in ip["address"]) == (family == "6"):
-            return ip["address"].split("/")[0]
-    raise AssertionError(f"no IPv{family} address in {calls[0].result}")
-
-
-def gateway(node: Node, family: str = "4") -> str:
-    return f"10.99.{node.subnet_index}.1" if family == "4" else f"fd00:99:{node.subnet_index}::1"
 
 
 def add_meshed(node: Node, **changes) -> tuple[str, dict, list]:
@@ -58,21 +38,10 @@ def test_meshed_pod_traffic_is_redirected(node: Node):
     # the chained result is the bridge's, re-encoded at the list's version
     assert calls[1].result == encode_result(calls[0].result, "1.0.0")
     assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns))
-
-    # outbound from the app (uid 0) lands on 15001 with its original destination
-    gw = gateway(node)
-    proxy = Listener(pod_ns, 15001)
-    status, out = connect(pod_ns, gw, 8080)
-    assert status == 0, out
-    assert proxy.lines() == [f"conn {pod_ip(calls)} orig {gw}:8080"]
-
-    # inbound to the pod lands on 15006 with the pod's address as original destination
-    inbound = Listener(pod_ns, 15006)
-    status, out = connect(node.name, pod_ip(calls), 9080)
-    assert status == 0, out
-    assert inbound.lines() == [f"conn {gw} orig {pod_ip(calls)}:9080"]
+    assert_app_traffic_redirected(node, pod_ns, calls)
 
     # the proxy's own traffic (uid 1337) is not redirected: it reaches the node's listener
+    gw = gateway(node)
     upstream = Listener(node.name, 8080)
     status, out = connect(pod_ns, gw, 8080, uid=1337)
     assert status == 0, out

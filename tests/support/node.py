@@ -139,3 +139,49 @@ def sandboxed_node(tmp_path: Path, api: KubeApiServer, *, prefix: str, subnet_in
             nsutil.run("ip", "netns", "delete", pod_ns, check=False)
         nsutil.run("ip", "netns", "delete", name, check=False)
         shutil.rmtree(tmp_path / "ipam", ignore_errors=True)
+
+
+# --- what the e2e tiers look at in a pod ----------------------------------------------------------
+
+def saved_rules(pod_ns: str) -> str:
+    """Everything iptables holds in the pod netns, from both backends and both families
+    (without the "# Generated ... <time>" comments and the packet counters)."""
+    out = []
+    for tool in ("iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save",
+                 "ip6tables-legacy-save"):
+        for line in nsutil.ns_exec(pod_ns, tool, check=False).splitlines():
+            if not line.startswith("#"):
+                out.append(line.split(" [", 1)[0] if line.startswith(":") else line)
+    return "\n".join(out)
+
+
+def istio_lines(pod_ns: str) -> list[str]:
+    return [ln for ln in saved_rules(pod_ns).splitlines() if "ISTIO" in ln]
+
+
+def pod_ip(calls: list[CniCall], family: str = "4") -> str:
+    """The pod's address of `family` from the primary plugin's result."""
+    for ip in calls[0].result["ips"]:
+        if (":" in ip["address"]) == (family == "6"):
+            return ip["address"].split("/")[0]
+    raise AssertionError(f"no IPv{family} address in {calls[0].result}")
+
+
+def gateway(node: Node, family: str = "4") -> str:
+    """The bridge's address on the node (as sandboxed_node's callers number their subnets)."""
+    return f"10.99.{node.subnet_index}.1" if family == "4" else f"fd00:99:{node.subnet_index}::1"
+
+
+def assert_app_traffic_redirected(node: Node, pod_ns: str, calls: list[CniCall]) -> None:
+    """Real TCP: the app's outbound connection lands on 15001 and an inbound one on 15006,
+    each with its original destination read through SO_ORIGINAL_DST."""
+    gw = gateway(node)
+    proxy = nsutil.Listener(pod_ns, 15001)
+    status, out = nsutil.connect(pod_ns, gw, 8080)
+    assert status == 0, out
+    assert proxy.lines() == [f"conn {pod_ip(calls)} orig {gw}:8080"]
+
+    inbound = nsutil.Listener(pod_ns, 15006)
+    status, out = nsutil.connect(node.name, pod_ip(calls), 9080)
+    assert status == 0, out
+    assert inbound.lines() == [f"conn {gw} orig {pod_ip(calls)}:9080"]
