@@ -186,24 +186,14 @@ def reinsertion(samples: int, max_seconds: float = 120.0) -> list[float]:
 
 def _reinsertion(samples: int, max_seconds: float) -> list[float]:
     sys.path.insert(0, str(ROOT / "tests" / "installer"))
-    from installer_support import GOLDEN, PLUGIN_BYTES, TOKEN, NodeDirs, rotate_token
+    from installer_support import GOLDEN, make_node_dirs
 
     from installer import Installer
     from installer.watcher import FightDetector, watch
 
     out: list[float] = []
     with tempfile.TemporaryDirectory(prefix=f"{NETNS_PREFIX}-") as tmp:
-        root = Path(tmp)
-        dirs = NodeDirs(root, root / "net.d", root / "image-bin", root / "host-bin",
-                        root / "run", root / "sa")
-        for d in (dirs.net_dir, dirs.bin_src, dirs.bin_dst, dirs.sa_dir):
-            d.mkdir()
-        plugin = dirs.bin_src / "istio-cni"
-        plugin.write_bytes(PLUGIN_BYTES)
-        plugin.chmod(0o755)
-        rotate_token(dirs.sa_dir, TOKEN, 1)
-        os.symlink("..data/token", dirs.sa_dir / "token")
-        os.symlink("..data/ca.crt", dirs.sa_dir / "ca.crt")
+        dirs = make_node_dirs(Path(tmp))
         original = (GOLDEN / "calico.conflist").read_text()
         path = dirs.put("10-calico.conflist", "calico.conflist")
         installer = Installer(replace(dirs.config(), plugin_log_level="info"))

@@ -4,22 +4,31 @@ installer_support.py, a uniquely named module so it never collides with other te
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from installer_support import PLUGIN_BYTES, TOKEN, NodeDirs, rotate_token
+from installer_support import NodeDirs, make_node_dirs
 
 
 @pytest.fixture
 def node_dirs(tmp_path: Path) -> NodeDirs:
-    dirs = NodeDirs(tmp_path, tmp_path / "net.d", tmp_path / "image-bin", tmp_path / "host-bin",
-                    tmp_path / "run", tmp_path / "sa")
-    for d in (dirs.net_dir, dirs.bin_src, dirs.bin_dst, dirs.sa_dir):
-        d.mkdir()
-    plugin = dirs.bin_src / "istio-cni"
-    plugin.write_bytes(PLUGIN_BYTES)
-    plugin.chmod(0o755)
-    rotate_token(dirs.sa_dir, TOKEN, 1)
-    os.symlink("..data/token", dirs.sa_dir / "token")
-    os.symlink("..data/ca.crt", dirs.sa_dir / "ca.crt")
-    return dirs
+    return make_node_dirs(tmp_path)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs (as a bin dir on an immutable host), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: mounts a read-only tmpfs")
+    path = tmp_path / "ro-bin"
+    path.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)

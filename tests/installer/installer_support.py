@@ -90,6 +90,22 @@ class NodeDirs:
         return sorted(os.listdir(self.net_dir))
 
 
+def make_node_dirs(root: Path) -> NodeDirs:
+    """A fake node under `root`: net.d, the image's bin dir with a plugin, the host's bin dir,
+    the run dir and a service-account dir laid out as the kubelet projects it (`..data`)."""
+    dirs = NodeDirs(root, root / "net.d", root / "image-bin", root / "host-bin",
+                    root / "run", root / "sa")
+    for d in (dirs.net_dir, dirs.bin_src, dirs.bin_dst, dirs.sa_dir):
+        d.mkdir()
+    plugin = dirs.bin_src / "istio-cni"
+    plugin.write_bytes(PLUGIN_BYTES)
+    plugin.chmod(0o755)
+    rotate_token(dirs.sa_dir, TOKEN, 1)
+    os.symlink("..data/token", dirs.sa_dir / "token")
+    os.symlink("..data/ca.crt", dirs.sa_dir / "ca.crt")
+    return dirs
+
+
 @contextmanager
 def watching(installer: Installer, run: Callable[[threading.Event], None] | None = None
              ) -> Iterator[threading.Event]:

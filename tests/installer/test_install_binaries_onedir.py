@@ -213,22 +213,6 @@ def test_a_directory_in_the_way_is_a_clear_error(onedir: NodeDirs):
         binaries.install_binaries(onedir.config())
 
 
-@pytest.fixture
-def read_only_dir(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root: mounts a read-only tmpfs")
-    path = tmp_path / "ro-bin"
-    path.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
-
-
 @pytest.mark.root
 def test_read_only_bin_dir_names_the_platform_setting(onedir: NodeDirs, read_only_dir: Path):
     onedir.put("10-net.conflist", "list.conflist")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -200,22 +199,6 @@ def test_binaries_are_copied_with_their_mode_and_stale_temps_removed(node_dirs: 
     assert os.stat(plugin).st_ino == inode  # unchanged binaries are not rewritten
     installer.uninstall()
     assert sorted(os.listdir(node_dirs.bin_dst)) == ["bridge"]
-
-
-@pytest.fixture
-def read_only_dir(tmp_path: Path):
-    if os.geteuid() != 0:
-        pytest.skip("needs root: mounts a read-only tmpfs")
-    path = tmp_path / "ro-bin"
-    path.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {proc.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
 
 
 @pytest.mark.root
