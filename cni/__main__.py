@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
-ABOUT = "CNI plugin istio-cni (Python) v0.1.0"
+from cni import __version__
+
+ABOUT = f"CNI plugin istio-cni (Python) v{__version__}"
 
 
 def _finish(out: bytes, err: bytes, status: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-PROXY_CONTAINER = "istio-proxy"  # also cni.decision.PROXY_CONTAINER (kept import-free there)
+from cni.decision import PROXY_CONTAINER
 
 
 @dataclass(frozen=True)

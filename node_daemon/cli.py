@@ -14,12 +14,11 @@ from pathlib import Path
 
 import click
 
+from cni import __version__ as VERSION
 from node_daemon.install_cmd import register as register_install_commands
 from node_daemon.repair_cmd import drift_command, repair_command
 from node_daemon.rules_cmd import rules_command
 from node_daemon.run_cmd import run_command
-
-VERSION = "0.1.0"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
