@@ -54,9 +54,7 @@ def main() -> None:
     sys.stdout.buffer.write(out)
     sys.stdout.flush()
     if plugin.agent_socket:
-        plugin_log.flush_to_agent(plugin.agent_socket)
-        if plugin.event is not None:
-            plugin_log.post_event(plugin.agent_socket, plugin.event)
+        plugin_log.send_report(plugin.agent_socket, plugin.event)
     logging.shutdown()  # flushes the rotating log file
     _finish(b"", err, status)
 

@@ -2,17 +2,29 @@
 
 stdout carries the CNI protocol, so the root logger only ever writes to stderr (which runtimes
 capture into their own logs), to `<run dir>/istio-cni.log` (rotated at 10 MB, upstream's size)
-when the run dir exists, and, best effort, to the node agent over `<run dir>/log.sock` (upstream's
-HTTP POST /log of a JSON array of JSON-encoded lines), sent once at exit with a short timeout so
-a missing or stuck agent never delays a pod. Lines are JSON, one per record, like upstream's.
+when the run dir exists, and, best effort, to the node agent over `<run dir>/log.sock`. Lines are
+JSON, one per record, like upstream's.
+
+What the agent is promised (`send_report`): each CNI call sends at most one report, at exit, over
+one connection: `POST /log` (upstream's body: a JSON array of JSON-encoded lines) and then, for an
+ADD, `POST /event`, pipelined in that order on that connection, so the agent sees a call's lines
+before its event. Delivery is best effort: the report is written with a 100 ms timeout and never
+waits for the answer, so a missing or stuck agent never delays a pod; the lines are in stderr and
+the log file either way.
+
+The log file is opened without following a symlink and without blocking, and only if it is a
+regular file: a FIFO or a link planted at its path must neither hang every pod on the node nor
+redirect our writes (and chmod) to another file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import socket
+import stat
 import time
 
 LOG_FILE_NAME = "istio-cni.log"
@@ -63,8 +75,53 @@ class PodContext(logging.LoggerAdapter):
         return msg, kwargs
 
 
+def _open_log_file(path: str, encoding: str | None, errors: str | None):  # type: ignore[no-untyped-def]
+    """Open the log file for appending, refusing symlinks, FIFOs and anything not a file.
+
+    `O_NOFOLLOW` fails on a link, `O_NONBLOCK` keeps a FIFO from blocking the open, and the
+    fstat check refuses anything that is not a regular file before a byte is written. The mode
+    is set on the descriptor (never through the path) to 0600: only the agent (root) reads it.
+    """
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        why = {errno.ELOOP: "is a symlink (not followed)",
+               errno.ENXIO: "is a FIFO or device, not a regular file"}.get(exc.errno)
+        if why is None:
+            raise
+        raise OSError(exc.errno, f"{path} {why}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        if stat.S_IMODE(info.st_mode) != 0o600:
+            os.fchmod(fd, 0o600)
+        return os.fdopen(fd, "a", encoding=encoding, errors=errors)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _rotating_file_handler(path: str) -> logging.Handler:
+    """upstream's rotating log file, every open (also after a rotation) through `_open_log_file`.
+
+    `logging.handlers` is imported here, not at module level: it pulls in pickle, queue and
+    threading, which a call that writes no log file should not pay for.
+    """
+    from logging.handlers import RotatingFileHandler
+
+    class SafeRotatingFileHandler(RotatingFileHandler):
+        def _open(self):  # type: ignore[no-untyped-def]  # logging's signature
+            return _open_log_file(self.baseFilename, self.encoding, self.errors)
+
+    return SafeRotatingFileHandler(path, maxBytes=LOG_FILE_MAX_BYTES, backupCount=1)
+
+
 _buffer = BufferHandler()
 _stderr_handler: logging.Handler | None = None
+_file_handler: logging.Handler | None = None
 
 
 def setup_stderr(level: str = "info") -> None:
@@ -80,60 +137,76 @@ def setup_stderr(level: str = "info") -> None:
 
 
 def configure(level: str, run_dir: str) -> None:
-    """After the config is parsed: level, the rotating file and the socket buffer."""
+    """After the config is parsed: level, the rotating file and the socket buffer.
+
+    Idempotent: a process that runs several CNI calls (the tests, an agent serving ADDs) keeps
+    one file handler, the one of the last call's run dir, and never accumulates open files.
+    """
+    global _file_handler
     root = logging.getLogger()
     root.setLevel(_LEVELS.get(level, logging.INFO))
+    if _file_handler is not None:
+        root.removeHandler(_file_handler)
+        _file_handler.close()
+        _file_handler = None
     if not os.path.isdir(run_dir):
         return
     try:
-        from logging.handlers import RotatingFileHandler
-
-        fh = RotatingFileHandler(
-            os.path.join(run_dir, LOG_FILE_NAME), maxBytes=LOG_FILE_MAX_BYTES, backupCount=1
-        )
+        fh = _rotating_file_handler(os.path.join(run_dir, LOG_FILE_NAME))
     except OSError as exc:
-        logging.getLogger(__name__).debug("no plugin log file in %s: %s", run_dir, exc)
+        logging.getLogger(__name__).warning("no plugin log file in %s: %s", run_dir, exc)
     else:
-        try:
-            os.chmod(fh.baseFilename, 0o600)  # only the agent (root) reads it; not the umask's
-        except OSError:
-            pass
         fh.setFormatter(JsonFormatter())
         root.addHandler(fh)
+        _file_handler = fh
     _buffer.setFormatter(JsonFormatter())
-    root.addHandler(_buffer)
+    if _buffer not in root.handlers:
+        root.addHandler(_buffer)
 
 
-def post_to_agent(socket_path: str, path: str, body: bytes, timeout: float = UDS_TIMEOUT) -> bool:
-    """One HTTP POST over a Unix socket, fire and forget: the request is written and the
-    connection closed without waiting for the answer (the agent reads what is in the socket
-    buffer either way), so a busy agent never adds its latency to a pod start. False when the
-    request could not be written (no agent, or its backlog full past `timeout`)."""
-    if not os.path.exists(socket_path):
-        return False
+def _request(path: str, body: bytes, last: bool) -> bytes:
+    connection = "close" if last else "keep-alive"
     head = (
         f"POST {path} HTTP/1.1\r\nHost: istio-cni\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    ).encode()
+        f"Content-Length: {len(body)}\r\nConnection: {connection}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def post_to_agent(socket_path: str, requests: list[tuple[str, bytes]],
+                  timeout: float = UDS_TIMEOUT) -> bool:
+    """HTTP POSTs over one Unix-socket connection, pipelined in order, fire and forget.
+
+    The requests are written and the connection closed without waiting for the answers (the
+    agent reads what is in the socket buffer either way), so a busy agent never adds its latency
+    to a pod start. False when they could not be written (no agent, or its backlog full past
+    `timeout`).
+    """
+    if not requests or not os.path.exists(socket_path):
+        return False
+    payload = b"".join(
+        _request(path, body, last=i == len(requests) - 1) for i, (path, body) in enumerate(requests)
+    )
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(socket_path)
-            sock.sendall(head + body)
+            sock.sendall(payload)
     except OSError:
         return False
     return True
 
 
-def flush_to_agent(socket_path: str) -> bool:
-    """Send this call's log lines to the agent (upstream's /log format)."""
-    if not _buffer.lines:
-        return False
-    body = json.dumps(_buffer.lines).encode()
-    _buffer.lines = []
-    return post_to_agent(socket_path, "/log", body)
+def send_report(socket_path: str, event: dict | None = None) -> bool:
+    """This call's report to the agent: its log lines (upstream's /log), then its ADD event.
 
-
-def post_event(socket_path: str, event: dict) -> bool:
-    """The ADD event (outcome, reason, phase timings) for the agent's metrics; best effort."""
-    return post_to_agent(socket_path, "/event", json.dumps(event).encode())
+    Both go over one connection in that order, which is what lets the agent promise that a
+    call's lines are handled before its event.
+    """
+    requests: list[tuple[str, bytes]] = []
+    if _buffer.lines:
+        requests.append(("/log", json.dumps(_buffer.lines).encode()))
+        _buffer.lines = []
+    if event is not None:
+        requests.append(("/event", json.dumps(event).encode()))
+    return post_to_agent(socket_path, requests)

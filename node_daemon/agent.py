@@ -66,6 +66,8 @@ class Agent:
             return False, "CNI plugin not installed"
         if self.controller is not None and not self.controller.synced:
             return False, "repair controller not synced"
+        if self.logsink is not None and not self.logsink.healthy():
+            return False, f"plugin log socket {self.logsink.path} missing (being recreated)"
         return True, ""
 
     def run(self, stop: threading.Event, keep_plugin: bool = False) -> int:

@@ -3,27 +3,32 @@
 `/healthz` is always 200 while the process serves (upstream: liveness is "the process is up");
 `/readyz` is 200 only while the plugin is installed and the repair controller has synced, so a
 node taint / untaint controller keyed on readiness never admits pods before we can catch them.
-Metrics (`/metrics`) get their own port, as upstream's 15014 does.
+Metrics (`/metrics`) get their own port, as upstream's 15014 does. Both are bounded in
+connections, threads and time per connection (`node_daemon.httpserve`).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from http.server import HTTPServer
+
+from node_daemon.httpserve import BoundedHandler, BoundedServerMixin
 
 Route = Callable[[], tuple[int, str, bytes]]
 """Returns (status, content type, body)."""
 
 
+class _Server(BoundedServerMixin, HTTPServer):
+    pass
+
+
 class EndpointServer:
-    """A ThreadingHTTPServer answering GET for a fixed set of paths."""
+    """A bounded threading HTTP server answering GET for a fixed set of paths."""
 
     def __init__(self, host: str, port: int, routes: dict[str, Route], name: str) -> None:
         handler = type("_Handler", (_Handler,), {"routes": routes})
-        self._httpd = ThreadingHTTPServer((host, port), handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _Server((host, port), handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
                                         name=name, daemon=True)
         self._thread.start()
@@ -38,20 +43,13 @@ class EndpointServer:
         self._thread.join(timeout=5)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     routes: dict[str, Route] = {}
 
     def do_GET(self) -> None:
         route = self.routes.get(self.path.split("?", 1)[0])
         status, ctype, body = route() if route else (404, "text/plain", b"not found\n")
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """Probes hit these every few seconds: no access log."""
+        self.reply(status, ctype, body)
 
 
 def health_server(host: str, port: int, ready: Callable[[], tuple[bool, str]]) -> EndpointServer:

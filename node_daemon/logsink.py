@@ -3,9 +3,11 @@
 `POST /log` (upstream's protocol): a JSON array of JSON-encoded log lines; each is re-emitted
 through the `cni-plugin` logger at its level. `POST /event` (ours): one ADD outcome with per-phase
 seconds, turned into `istio_cni_plugin_add_total{outcome}` and
-`istio_cni_plugin_add_duration_seconds{phase}`. The plugin sends with a 100 ms timeout and never
-waits on us, so this server answers at once, bounds bodies and reads with a short timeout; a bad
-body is logged at debug and answered 400, never raised.
+`istio_cni_plugin_add_duration_seconds{phase}`. A plugin sends both on one connection, `/log`
+first, and never waits for our answers; requests on a connection are handled in order. The
+server bounds what is read (the bytes that arrive, never the announced length: a negative or
+non-numeric `Content-Length` is a 400), the time a connection may take and the number served at
+once; a bad body is logged at debug and answered 400, never raised.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ import logging
 import os
 import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
+from node_daemon.httpserve import BoundedHandler, BoundedServerMixin
 from node_daemon.metrics import ADD_OUTCOMES, ADD_PHASES, Metrics
 
 log = logging.getLogger(__name__)
@@ -68,73 +69,125 @@ def handle_event(body: bytes, metrics: Metrics) -> None:
 
 
 class LogSink:
-    """The Unix-socket server; `stop()` closes it and removes the socket file."""
+    """The Unix-socket server; `stop()` closes it and removes the socket file.
 
-    def __init__(self, path: Path, metrics: Metrics) -> None:
+    The socket file is the agent's to keep: if the run dir is wiped (a tmpfs cleared, an admin's
+    `rm -rf`), a watchdog rebinds it within `check_interval` seconds, and `healthy()` says
+    whether the file at `path` is the socket we serve (readiness reports it).
+    """
+
+    def __init__(self, path: Path, metrics: Metrics, check_interval: float = 1.0) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.metrics = metrics
+        self.rebinds = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server, self._thread, self._inode = self._bind()
+        self._watchdog = threading.Thread(target=self._watch, args=(check_interval,),
+                                          name="logsink-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _bind(self) -> tuple[_Server, threading.Thread, int]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.unlink(path)  # a stale socket from a previous run (upstream does the same)
+            os.unlink(self.path)  # a stale socket from a previous run (upstream does the same)
         except FileNotFoundError:
             pass
-        handler = type("_Handler", (_Handler,), {"metrics": metrics})
-        self._server = _Server(str(path), handler)
-        os.chmod(path, 0o600)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,),
-                                        name="logsink", daemon=True)
-        self._thread.start()
+        handler = type("_Handler", (_Handler,), {"metrics": self.metrics})
+        server = _Server(str(self.path), handler)
+        os.chmod(self.path, 0o600)
+        inode = os.stat(self.path).st_ino
+        thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="logsink",
+                                  daemon=True)
+        thread.start()
+        return server, thread, inode
+
+    def healthy(self) -> bool:
+        """True while `path` is the socket this sink listens on."""
+        try:
+            return os.stat(self.path).st_ino == self._inode
+        except OSError:
+            return False
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            if self.healthy():
+                continue
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                old = (self._server, self._thread)
+                try:
+                    self._server, self._thread, self._inode = self._bind()
+                except OSError as exc:
+                    log.warning("cannot recreate the plugin log socket %s: %s", self.path, exc)
+                    continue
+                self.rebinds += 1
+                log.warning("plugin log socket %s was removed; recreated it", self.path)
+            _close(*old)
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._stop.set()
+        with self._lock:
+            _close(self._server, self._thread)
+        self._watchdog.join(timeout=5)
+        if self.healthy():
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
 
 
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
+def _close(server: socketserver.BaseServer, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A plugin that hung up early is its own business."""
+
+class _Server(BoundedServerMixin, socketserver.UnixStreamServer):
+    pass
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
+    """HTTP/1.1, so one connection may carry a call's `/log` and then its `/event`, handled in
+    the order they were written (what `cni.plugin_log.send_report` relies on)."""
+
+    protocol_version = "HTTP/1.1"
+    deadline_seconds = READ_TIMEOUT
+    timeout = READ_TIMEOUT
     metrics: Metrics
-    timeout = READ_TIMEOUT  # a stuck client never holds a thread for long
 
     def address_string(self) -> str:
         return "plugin"
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.headers.get("Content-Length", "")
+        if not raw.isascii() or not raw.isdigit():
+            self.close_connection = True
+            self._answer(400, f"Content-Length must be a decimal byte count, not {raw!r}")
+            return
+        length = int(raw)
         if length > MAX_BODY:
-            self._reply(413, "body too large")
+            self.close_connection = True
+            self._answer(413, f"body of {length} bytes is over the {MAX_BODY}-byte limit")
             return
         body = self.rfile.read(length)
+        if len(body) < length:
+            self.close_connection = True
+            return
         try:
             if self.path == "/log":
                 handle_log(body, self.metrics)
             elif self.path == "/event":
                 handle_event(body, self.metrics)
             else:
-                self._reply(404, "not found")
+                self._answer(404, "not found")
                 return
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, RecursionError) as exc:
             log.debug("bad plugin report on %s: %s", self.path, exc)
-            self._reply(400, str(exc))
+            self._answer(400, str(exc))
             return
-        self._reply(200, "ok")
+        self._answer(200, "ok")
 
-    def _reply(self, code: int, text: str) -> None:
-        data = (text + "\n").encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        """No access log: every pod start would add a line."""
+    def _answer(self, code: int, text: str) -> None:
+        self.reply(code, "text/plain", (text + "\n").encode())

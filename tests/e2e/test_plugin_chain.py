@@ -172,7 +172,7 @@ def test_missing_netns_fails_with_code_8(node: Node):
 
 
 class _AgentSocket:
-    """The node agent's side of log.sock, recording what the plugin posts."""
+    """The node agent's side of log.sock, recording what the plugin posts, in order."""
 
     def __init__(self, path: str) -> None:
         import socketserver
@@ -180,14 +180,25 @@ class _AgentSocket:
         from http.server import BaseHTTPRequestHandler
 
         posts: list[tuple[str, object]] = []
-        self.posts = posts
+        arrived = threading.Condition()
+        self.posts, self._arrived = posts, arrived
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # a plugin pipelines /log and /event on one connection
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                posts.append((self.path, json.loads(body)))
-                self.send_response(200)
-                self.end_headers()
+                with arrived:
+                    posts.append((self.path, json.loads(body)))
+                    arrived.notify_all()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                except OSError:
+                    # The plugin closed without reading (it never waits for answers); a request
+                    # it pipelined after this one is still in the socket: keep reading.
+                    self._headers_buffer = []
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -198,23 +209,30 @@ class _AgentSocket:
         self.server = socketserver.ThreadingUnixStreamServer(path, Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def wait_for_posts(self, count: int, deadline: float = 30.0) -> list[tuple[str, object]]:
+        """The first `count` posts, once they have arrived (or as many as did by the deadline)."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: len(self.posts) >= count, timeout=deadline)
+            return list(self.posts)
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
-def test_plugin_reports_its_logs_and_add_event_to_the_agent(node: Node):
+def test_plugin_reports_its_logs_then_its_add_event_to_the_agent(node: Node):
+    """The promise: one report per call, its lines (`/log`) before its event (`/event`)."""
     agent = _AgentSocket(str(node.run_dir / "log.sock"))
     try:
         pod_ns, pod, calls = add_meshed(node)
         assert calls[-1].status == 0, calls[-1].stdout
+        posts = agent.wait_for_posts(2)
     finally:
         agent.close()
-    paths = [p for p, _ in agent.posts]
-    assert paths == ["/log", "/event"]
-    lines = [json.loads(line) for line in agent.posts[0][1]]
+    assert [p for p, _ in posts] == ["/log", "/event"]
+    lines = [json.loads(line) for line in posts[0][1]]
     assert any(entry["msg"].startswith("redirected:") for entry in lines)
-    event = agent.posts[1][1]
+    event = posts[1][1]
     meta = pod["metadata"]
     assert event["pod"] == f"{meta['namespace']}/{meta['name']}"
     assert event["outcome"] == "redirected"

@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -35,8 +36,8 @@ def test_plugin_log_lines_are_reemitted_with_their_level(tmp_path, caplog):
         lines = [json.dumps({"level": "warn", "msg": " no rules ", "pod": "shop/a"}),
                  json.dumps({"level": "debug", "msg": "payload"}), "not json"]
         with caplog.at_level(logging.DEBUG, logger="cni-plugin"):
-            assert post_to_agent(str(tmp_path / "log.sock"), "/log",
-                                 json.dumps(lines).encode(), timeout=5)
+            assert post_to_agent(str(tmp_path / "log.sock"),
+                                 [("/log", json.dumps(lines).encode())], timeout=5)
             wait_for(lambda: metrics.value("istio_cni_plugin_log_lines_total") == 3)
         recs = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "cni-plugin"]
         assert (logging.WARNING, "no rules pod=shop/a") in recs
@@ -52,9 +53,9 @@ def test_add_events_become_outcome_counters_and_phase_histograms(tmp_path):
     try:
         event = {"pod": "shop/a", "outcome": "redirected", "reason": "sidecar injected",
                  "phases": {"lookup": 0.004, "rules": 0.001, "apply": 0.003, "total": 0.009}}
-        assert post_to_agent(str(tmp_path / "log.sock"), "/event", json.dumps(event).encode(),
+        assert post_to_agent(str(tmp_path / "log.sock"), [("/event", json.dumps(event).encode())],
                              timeout=5)
-        assert post_to_agent(str(tmp_path / "log.sock"), "/event", b'{"outcome": "nope"}',
+        assert post_to_agent(str(tmp_path / "log.sock"), [("/event", b'{"outcome": "nope"}')],
                              timeout=5)  # answered 400, counted nowhere
         wait_for(lambda: metrics.value("istio_cni_plugin_add_total", outcome="redirected"))
         assert metrics.value("istio_cni_plugin_add_duration_seconds_count", phase="total") == 1
@@ -74,7 +75,7 @@ def test_a_stuck_plugin_connection_does_not_block_others(tmp_path):
     try:
         stuck.connect(str(tmp_path / "log.sock"))
         stuck.sendall(b"POST /log HTTP/1.1\r\nContent-Length: 100\r\n\r\n[")  # never finishes
-        assert post_to_agent(str(tmp_path / "log.sock"), "/log", b'["{}"]', timeout=5)
+        assert post_to_agent(str(tmp_path / "log.sock"), [("/log", b'["{}"]')], timeout=5)
     finally:
         stuck.close()
         sink.stop()
@@ -178,3 +179,129 @@ def test_agent_asks_the_installer_whether_to_keep_the_plugin(tmp_path, keep):
     assert agent.run(stop) == 0
     assert asked == [True]
     assert installer.calls[-1] == f"uninstall keep={keep}"
+
+
+def test_a_call_s_lines_are_handled_before_its_event(tmp_path, caplog):
+    """`send_report` pipelines /log then /event on one connection; the sink keeps that order."""
+    from cni import plugin_log
+
+    metrics = Metrics()
+    sink = LogSink(tmp_path / "log.sock", metrics)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            plugin_log._buffer.lines = [json.dumps({"level": "info", "msg": "redirected: p"})]
+            assert plugin_log.send_report(str(tmp_path / "log.sock"),
+                                          {"pod": "shop/p", "outcome": "redirected", "phases": {}})
+            wait_for(lambda: metrics.value("istio_cni_plugin_add_total", outcome="redirected"))
+        msgs = [r.getMessage() for r in caplog.records]
+        line = msgs.index("redirected: p")
+        event = next(i for i, m in enumerate(msgs) if m.startswith("plugin ADD shop/p"))
+        assert line < event
+    finally:
+        sink.stop()
+
+
+def _raw_request(path: Path, data: bytes) -> bytes:
+    """Send `data` (the server may refuse part of it) and read the answer until it closes."""
+    answer = b""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        try:
+            sock.sendall(data)
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us with our bytes unread: what a refusal looks like
+    return answer
+
+
+@pytest.mark.parametrize("length", ["-1", "abc", "+5", "1e3", "99999999999999999999"])
+def test_the_log_socket_refuses_a_bad_content_length_without_reading_on(tmp_path, length):
+    metrics = Metrics()
+    sink = LogSink(tmp_path / "log.sock", metrics)
+    try:
+        answer = _raw_request(tmp_path / "log.sock",
+                              f"POST /log HTTP/1.1\r\nContent-Length: {length}\r\n\r\n".encode()
+                              + b"[" * 1000)
+        assert answer.split(b"\r\n", 1)[0] in (b"HTTP/1.1 400 Bad Request",
+                                               b"HTTP/1.1 413 Request Entity Too Large")
+        assert metrics.value("istio_cni_plugin_log_lines_total") == 0
+    finally:
+        sink.stop()
+
+
+def test_the_log_socket_comes_back_after_the_run_dir_is_wiped(tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    metrics = Metrics()
+    sink = LogSink(run_dir / "log.sock", metrics, check_interval=0.05)
+    try:
+        assert sink.healthy()
+        shutil.rmtree(run_dir)
+        assert not sink.healthy()
+        wait_for(sink.healthy, what="log.sock recreated")
+        assert post_to_agent(str(run_dir / "log.sock"), [("/log", b'["{}"]')], timeout=5)
+        wait_for(lambda: metrics.value("istio_cni_plugin_log_lines_total") == 1)
+        assert sink.rebinds == 1
+    finally:
+        sink.stop()
+    assert not (run_dir / "log.sock").exists()
+
+
+def test_readiness_reports_a_missing_log_socket(tmp_path):
+    installer = FakeInstaller()
+    installer.ready = True
+    agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
+    agent.logsink = LogSink(tmp_path / "log.sock", agent.metrics, check_interval=3600)
+    try:
+        assert agent.ready() == (True, "")
+        (tmp_path / "log.sock").unlink()
+        ok, why = agent.ready()
+        assert not ok and "log.sock" in why
+    finally:
+        agent.logsink.stop()
+
+
+def test_http_endpoints_bound_threads_and_never_print_tracebacks(capfd):
+    from node_daemon import health as health_mod
+
+    class Small(health_mod._Server):
+        max_connections = 4
+
+    # the health server's handler on a server with a small cap and a short deadline
+    handler = type("_H", (health_mod._Handler,), {
+        "routes": {"/healthz": lambda: (200, "text/plain", b"ok\n")}, "deadline_seconds": 0.5})
+    httpd = Small(("127.0.0.1", 0), handler)
+    serving = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    serving.start()
+    port = httpd.server_address[1]
+    before = threading.active_count()
+    half_open = []
+    try:
+        for _ in range(40):  # half-sent requests: each would hold a thread for ever
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            half_open.append(s)
+        assert threading.active_count() <= before + Small.max_connections
+        for _ in range(20):  # clients that reset right after sending
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            s.close()
+        wait_for(lambda: _try_get(port) == (200, "ok\n"), what="a free slot after the deadline")
+    finally:
+        for s in half_open:
+            s.close()
+        httpd.shutdown()
+        httpd.server_close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def _try_get(port: int) -> tuple[int, str] | None:
+    try:
+        return _get(port, "/healthz")
+    except OSError:
+        return None

@@ -1,0 +1,125 @@
+"""The agent's small HTTP servers, bounded: threads, bytes and time per connection.
+
+The health/metrics ports and the plugin's log socket are reachable by anything on the node, so
+a client that resets, half-sends a request or trickles bytes must cost us a bounded amount and
+never a traceback:
+
+- at most `max_connections` connections are served at once; one more is closed at accept, so
+  1,500 half-open connections hold `max_connections` threads, not 1,500;
+- every connection has a wall-clock deadline covering all its reads (a socket timeout alone
+  restarts with every byte a trickling client sends);
+- errors a client causes (reset, broken pipe, timeout) are logged at debug in one line.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import socketserver
+import threading
+import time
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 32
+CONNECTION_DEADLINE = 5.0
+_CLIENT_ERRORS = (ConnectionError, TimeoutError, socket.timeout)
+
+
+class DeadlineReader(io.RawIOBase):
+    """A socket's read side that fails with TimeoutError once `deadline` (monotonic) is past."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("connection deadline passed")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
+class BoundedServerMixin(socketserver.ThreadingMixIn):
+    """ThreadingMixIn with a cap on concurrent connections and quiet client errors."""
+
+    daemon_threads = True
+    block_on_close = False
+    max_connections = MAX_CONNECTIONS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+        self.refused = 0
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            log.debug("%s: %d connections already open; closing a new one",
+                      type(self).__name__, self.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One debug line, never a traceback: what reaches here is the client's doing or a
+        handler bug that the handler already answered 500 for."""
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, _CLIENT_ERRORS):
+            log.debug("%s: client went away: %s", type(self).__name__, exc)
+        else:
+            log.warning("%s: request failed: %r", type(self).__name__, exc)
+
+
+class BoundedHandler(BaseHTTPRequestHandler):
+    """Reads through a `DeadlineReader`; writes to a gone client are dropped, not raised."""
+
+    deadline_seconds = CONNECTION_DEADLINE
+    timeout = CONNECTION_DEADLINE
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the socket's own file: its reference would keep the fd open
+        deadline = time.monotonic() + self.deadline_seconds
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, deadline))
+
+    def reply(self, code: int, ctype: str, body: bytes) -> None:
+        """Send one response; a client that already hung up is not an error.
+
+        The connection is not closed on a failed write: a client may have pipelined more
+        requests and closed without reading (the plugin does), and those are still to be read.
+        """
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except _CLIENT_ERRORS:
+            self._headers_buffer = []
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        """No access log: probes and pod starts would each add a line."""
+
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        log.debug("http: " + format, *args)
