@@ -58,7 +58,7 @@ REPAIR_NODE_NAME = Setting(
 KUBERNETES_NODE_NAME = Setting(
     "KUBERNETES_NODE_NAME", "", text,
     "The node name when `REPAIR_NODE_NAME` is empty (before the hostname), as upstream fills "
-    "its node name.", keep_empty=True)
+    "its node name.", origin=OURS, keep_empty=True)
 REPAIR_SIDECAR_ANNOTATION = Setting(
     "REPAIR_SIDECAR_ANNOTATION", "sidecar.istio.io/status", text,
     "Only pods with this annotation are considered (`\"\"` = all).", keep_empty=True)
@@ -101,11 +101,11 @@ REPAIR_WATCH_TIMEOUT = Setting(
 KUBECONFIG = Setting(
     "KUBECONFIG", "", text,
     "Admin commands and `run` outside a cluster; in a pod the service account is used.",
-    shown_default="unset")
+    origin="ours (the Kubernetes clients' convention)", shown_default="unset")
 LOG_LEVEL = Setting(
     "LOG_LEVEL", "info", one_of(RUN_LOG_LEVELS, fold_case=True, aliases={"warning": "warn"}),
     "The agent's log level (`debug`, `info`, `warn`, `error`); `run --log-level` overrides "
-    "it.")
+    "it.", origin=OURS)
 
 SETTINGS: tuple[Setting, ...] = (
     REPAIR_ENABLED, REPAIR_REPAIR_PODS, REPAIR_DELETE_PODS, REPAIR_LABEL_PODS,
