@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -26,6 +25,7 @@ from installer import config as installer_config
 from installer.config import InstallerConfig
 from node_daemon import config as daemon_config
 from node_daemon.config import DaemonConfig
+from tests.deploy.test_manifests import Recording
 
 REPO = Path(__file__).resolve().parents[2]
 TABLE_END = "<!-- end of settings table -->"
@@ -158,32 +158,12 @@ def test_free_text_keeps_empty_as_a_value():
 
 # --- one definition per variable, and its consumers agree ------------------------------------
 
-class Recording(dict[str, str]):
-    """An environment that remembers every name looked up."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.read: set[str] = set()
-
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
-        self.read.add(key)
-        return super().get(key, default)
-
-    def __getitem__(self, key: str) -> str:
-        self.read.add(key)
-        return super().__getitem__(key)
-
-    def __contains__(self, key: object) -> bool:
-        self.read.add(str(key))
-        return super().__contains__(key)
-
-
 @pytest.mark.parametrize(("build", "settings"), [
     (InstallerConfig.from_env, installer_config.SETTINGS),
     (DaemonConfig.from_env, daemon_config.SETTINGS),
 ])
 def test_every_variable_read_is_a_defined_setting_and_every_setting_is_read(build, settings):
-    env = Recording()
+    env = Recording({})
     assert build(env) is not None
     names = [s.name for s in settings]
     assert env.read == set(names)
