@@ -11,11 +11,26 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from cni.errors import InvalidNetworkConfig
+from cni.settings import BACKENDS, CNI_AGENT_RUN_DIR, log_level
+from cni.values import BadValue, one_of
 
-DEFAULT_RUN_DIR = "/var/run/istio-cni"
+DEFAULT_RUN_DIR = str(CNI_AGENT_RUN_DIR.default)
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
-LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "none")
-BACKENDS = ("auto", "nft", "legacy", "python-iptables")
+
+POD_LOOKUP_ATTEMPTS = 30
+"""Upstream's number of pod GET attempts."""
+POD_LOOKUP_INTERVAL = 1.0
+"""Upstream's pause between pod GET attempts, in seconds."""
+POD_LOOKUP_DEADLINE = 45.0
+"""The default overall budget of the pod lookup, in seconds: upstream's schedule (30 attempts
+1 s apart, about 30 s when the pod is late to appear) plus room for three attempts that hit the
+5 s socket cap. Longer buys nothing: a pod still missing by then is not coming, an API server
+that slow fails the next attempt too, and the runtime retries the sandbox after our clear "try
+again later" (code 11). The outer bound is the kubelet's RunPodSandbox deadline (twice
+--runtime-request-timeout, 4 minutes by default; containerd sets none of its own on a CNI call),
+which every plugin of the chain shares."""
+
+_backend = one_of(BACKENDS)
 
 
 class PluginConfig(NamedTuple):
@@ -37,17 +52,20 @@ class PluginConfig(NamedTuple):
     """pod_namespace: where the istio-cni-node pods run (their own sandboxes pass through)."""
     log_uds_address: str = f"{DEFAULT_RUN_DIR}/log.sock"
     """log_uds_address (1.11-1.23), else <cni_agent_run_dir>/log.sock."""
-    pod_lookup_attempts: int = 30
+    pod_lookup_attempts: int = POD_LOOKUP_ATTEMPTS
     """Ours: how many times to GET the pod (upstream: 30)."""
-    pod_lookup_interval: float = 1.0
+    pod_lookup_interval: float = POD_LOOKUP_INTERVAL
     """Ours: seconds between pod GET attempts (upstream: 1)."""
-    pod_lookup_deadline: float = 45.0
-    """Ours: overall budget for the pod lookup, kept below the runtime's CNI timeout."""
-    iptables_backend: str = "auto"
-    """Ours: auto (upstream's nft/legacy detection), nft, legacy or python-iptables."""
+    pod_lookup_deadline: float = POD_LOOKUP_DEADLINE
+    """Ours: overall budget for the pod lookup (why 45 s: `POD_LOOKUP_DEADLINE`)."""
+    iptables_backend: str = BACKENDS[0]
+    """Ours: one of `cni.settings.BACKENDS` (auto = upstream's nft/legacy detection)."""
     native_nftables: bool = False
     """Upstream's native nftables switch; we program the same rules through iptables-nft."""
     prev_result: dict[str, Any] | None = None
+
+
+_DEFAULTS = PluginConfig._field_defaults
 
 
 def _typed(conf: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any) -> Any:
@@ -74,6 +92,13 @@ def _string_list(value: Any, key: str) -> frozenset[str]:
     return frozenset(value)
 
 
+def _choice(value: str, key: str, parse: Any) -> str:
+    try:
+        return str(parse(value))
+    except BadValue as exc:
+        raise InvalidNetworkConfig(f"invalid plugin config: {key}: {exc}", repr(value)) from None
+
+
 def _positive(value: float, key: str) -> float:
     if value <= 0:
         raise InvalidNetworkConfig(f"invalid plugin config: {key} must be > 0", repr(value))
@@ -83,11 +108,9 @@ def _positive(value: float, key: str) -> float:
 def parse_plugin_config(conf: dict[str, Any]) -> PluginConfig:
     """Build the PluginConfig from a decoded, skel-validated network config."""
     kube = _typed(conf, "kubernetes", dict, {})
-    level = _typed(conf, "plugin_log_level", str, "") or _typed(conf, "log_level", str, "info")
-    if level.lower() not in LOG_LEVELS:
-        raise InvalidNetworkConfig(
-            f"invalid plugin config: plugin_log_level must be one of {LOG_LEVELS}", repr(level)
-        )
+    level = _typed(conf, "plugin_log_level", str, "") or _typed(
+        conf, "log_level", str, _DEFAULTS["log_level"])
+    level = _choice(level, "plugin_log_level", log_level)
     run_dir = _typed(conf, "cni_agent_run_dir", str, "")
     legacy_kubeconfig = _typed(kube, "kubeconfig", str, "")
     kubeconfig = (
@@ -104,30 +127,30 @@ def parse_plugin_config(conf: dict[str, Any]) -> PluginConfig:
         raise InvalidNetworkConfig(
             "invalid plugin config: kubernetes.intercept_type must be \"iptables\"", repr(intercept)
         )
-    backend = _typed(conf, "iptables_backend", str, "auto")
-    if backend not in BACKENDS:
-        raise InvalidNetworkConfig(
-            f"invalid plugin config: iptables_backend must be one of {BACKENDS}", repr(backend)
-        )
+    backend = _choice(_typed(conf, "iptables_backend", str, _DEFAULTS["iptables_backend"]),
+                      "iptables_backend", _backend)
     prev = conf.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
         raise InvalidNetworkConfig("invalid plugin config: prevResult must be an object", "")
     return PluginConfig(
         cni_version=str(conf.get("cniVersion") or "0.1.0"),
         name=str(conf["name"]),
-        log_level=level.lower(),
+        log_level=level,
         cni_agent_run_dir=run_dir,
         kubeconfig=kubeconfig,
         exclude_namespaces=excluded,
         pod_namespace=_typed(conf, "pod_namespace", str, ""),
         log_uds_address=_typed(conf, "log_uds_address", str, "") or f"{run_dir}/log.sock",
-        pod_lookup_attempts=int(_positive(_typed(conf, "pod_lookup_attempts", int, 30),
-                                          "pod_lookup_attempts")),
-        pod_lookup_interval=float(_typed(conf, "pod_lookup_interval_seconds", (int, float), 1.0)),
+        pod_lookup_attempts=int(_positive(
+            _typed(conf, "pod_lookup_attempts", int, _DEFAULTS["pod_lookup_attempts"]),
+            "pod_lookup_attempts")),
+        pod_lookup_interval=float(_typed(conf, "pod_lookup_interval_seconds", (int, float),
+                                         _DEFAULTS["pod_lookup_interval"])),
         pod_lookup_deadline=_positive(
-            float(_typed(conf, "pod_lookup_deadline_seconds", (int, float), 45.0)),
+            float(_typed(conf, "pod_lookup_deadline_seconds", (int, float),
+                         _DEFAULTS["pod_lookup_deadline"])),
             "pod_lookup_deadline_seconds"),
         iptables_backend=backend,
-        native_nftables=_typed(conf, "native_nftables", bool, False),
+        native_nftables=_typed(conf, "native_nftables", bool, _DEFAULTS["native_nftables"]),
         prev_result=prev,
     )

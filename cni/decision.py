@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, NamedTuple
 
+from cni.values import parse_go_bool
+
 if TYPE_CHECKING:  # the skip path must not import podinfo (and its dataclasses)
     from cni.podinfo import PodInfo
 
@@ -19,18 +21,6 @@ AGENT_POD_PREFIX = "istio-cni-node-"
 INJECT_KEY = "sidecar.istio.io/inject"
 STATUS_KEY = "sidecar.istio.io/status"
 INTERCEPTION_MODE_KEY = "sidecar.istio.io/interceptionMode"
-_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-_FALSE = ("0", "f", "F", "FALSE", "false", "False")
-
-
-def parse_go_bool(value: str) -> bool | None:
-    """Go's strconv.ParseBool: True/False, or None when the text is not a boolean."""
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    return None
-
 
 class Decision(NamedTuple):
     redirect: bool

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
+from cni.config import POD_LOOKUP_ATTEMPTS, POD_LOOKUP_DEADLINE, POD_LOOKUP_INTERVAL
 from cni.errors import CNIError, PluginNotAvailable, PodLookupFailed, TryAgainLater
 from cni.kubeconfig import KubeAccess
 
@@ -38,11 +39,11 @@ _MESSAGE_LIMIT = 300
 class RetryPolicy:
     """Bounds of one lookup: upstream's 30 × 1 s, within `deadline` seconds overall."""
 
-    attempts: int = 30
-    interval: float = 1.0
+    attempts: int = POD_LOOKUP_ATTEMPTS
+    interval: float = POD_LOOKUP_INTERVAL
     """Pause between attempts (seconds)."""
-    deadline: float = 55.0
-    """Overall budget (seconds); keep it below the runtime's CNI timeout."""
+    deadline: float = POD_LOOKUP_DEADLINE
+    """Overall budget (seconds); why 45 s by default: `cni.config.POD_LOOKUP_DEADLINE`."""
     timeout: float = 5.0
     """Socket timeout of one attempt (seconds), further capped by the deadline."""
 

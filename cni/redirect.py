@@ -9,72 +9,48 @@ naming the annotation and the value. Pure: no I/O.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from cni.decision import INTERCEPTION_MODE_KEY, parse_go_bool
+from cni.decision import INTERCEPTION_MODE_KEY
 from cni.errors import InvalidAnnotation
 from cni.iptables_config import WILDCARD, IptablesConfig
 from cni.podinfo import PodInfo
+from cni.values import BadValue, cidr, one_of, parse_go_bool, port
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROXY_ID = 1337
 ALWAYS_EXCLUDED_INBOUND = (15020, 15021, 15090)
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-@]{0,14}$")
-_PREFIX_LEN_RE = re.compile(r"^[0-9]{1,3}$")
-_PORT_RE = re.compile(r"^[0-9]{1,5}$")
 _MAX_LIST_ITEMS = 512
 
 Ports = tuple[int, ...] | str  # WILDCARD or ports
 Cidrs = tuple[str, ...] | str  # WILDCARD or canonical CIDR texts
 
 
-class _Invalid(ValueError):
-    """Raised by parsers; the registry loop turns it into InvalidAnnotation with the key."""
-
-
 def _items(value: str) -> list[str]:
     items = value.split(",")
     if len(items) > _MAX_LIST_ITEMS:
-        raise _Invalid(f"more than {_MAX_LIST_ITEMS} items")
+        raise BadValue(f"more than {_MAX_LIST_ITEMS} items")
     return items
-
-
-def _port(text: str) -> int:
-    text = text.strip()
-    if not _PORT_RE.match(text) or int(text) > 65535:
-        raise _Invalid(f"{text!r} is not a port number (0-65535)")
-    return int(text)
 
 
 def parse_ports(value: str) -> tuple[int, ...]:
     """Upstream's parsePorts: trimmed, comma-separated uint16s; "" means none."""
     value = value.strip()
-    return tuple(_port(p) for p in _items(value)) if value else ()
+    return tuple(port(p) for p in _items(value)) if value else ()
 
 
 def parse_ports_or_wildcard(value: str) -> Ports:
     return WILDCARD if value == WILDCARD else parse_ports(value)
 
 
-def parse_cidr(text: str) -> str:
-    """Go's netip.ParsePrefix: "ADDR/BITS", host bits allowed, re-printed canonically."""
-    addr, sep, bits = text.partition("/")
-    if not sep or not _PREFIX_LEN_RE.match(bits) or "%" in addr:
-        raise _Invalid(f"{text!r} is not a CIDR (ADDRESS/PREFIXLEN)")
-    try:
-        iface = ipaddress.ip_interface(f"{addr}/{bits}")
-    except ValueError as exc:
-        raise _Invalid(f"{text!r} is not a CIDR: {exc}") from exc
-    return f"{iface.ip}/{iface.network.prefixlen}"
-
-
 def parse_cidrs(value: str) -> tuple[str, ...]:
-    return tuple(parse_cidr(c) for c in _items(value)) if value else ()
+    """CIDRs re-printed from their parsed form (`cni.values.cidr`)."""
+    return tuple(str(cidr(c)) for c in _items(value)) if value else ()
 
 
 def parse_cidrs_or_wildcard(value: str) -> Cidrs:
@@ -88,14 +64,11 @@ def parse_interfaces(value: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in _items(value))
     for name in names:
         if not _IFNAME_RE.match(name):
-            raise _Invalid(f"{name!r} is not a valid interface name")
+            raise BadValue(f"{name!r} is not a valid interface name")
     return names
 
 
-def parse_mode(value: str) -> str:
-    if value not in ("REDIRECT", "TPROXY"):
-        raise _Invalid(f"{value!r} is not REDIRECT or TPROXY")
-    return value
+parse_mode = one_of(("REDIRECT", "TPROXY"))
 
 
 @dataclass(frozen=True)
@@ -155,7 +128,7 @@ def _read(field: str, annotations: dict[str, str]) -> object:
     value = annotations.get(row.key, row.default)
     try:
         return row.parser(value)
-    except _Invalid as exc:
+    except BadValue as exc:
         shown = value if len(value) <= 200 else value[:200] + f"... ({len(value)} chars)"
         raise InvalidAnnotation(
             f"invalid annotation {row.key}={shown!r}: {exc}", f"annotation {row.key}"
@@ -183,7 +156,7 @@ def redirect_from_pod(pod: PodInfo) -> Redirect:
     if REROUTE_INTERFACES not in ann:  # the deprecated key counts only if the new one is absent
         try:
             values["reroute_interfaces"] = parse_interfaces(ann.get(KUBEVIRT_INTERFACES, ""))
-        except _Invalid as exc:
+        except BadValue as exc:
             raise InvalidAnnotation(
                 f"invalid annotation {KUBEVIRT_INTERFACES}={ann[KUBEVIRT_INTERFACES]!r}: {exc}",
                 f"annotation {KUBEVIRT_INTERFACES}",

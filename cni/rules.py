@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 from cni.iptables_config import WILDCARD, IptablesConfig
 from cni.ruleset import FamilyRules, Rule, RuleSet, TproxyRoutes
+from cni.values import BadValue, Cidr
+from cni.values import cidr as parse_cidr
 
 # Chains and fixed values, as in upstream's tools/istio-iptables/pkg/constants.
 ISTIO_INBOUND = "ISTIO_INBOUND"
@@ -183,45 +185,26 @@ def _validate(cfg: IptablesConfig) -> None:
     _validate_ipv4_loopback_cidr(cfg.host_ipv4_loopback_cidr)
 
 
-def _validate_ipv4_loopback_cidr(cidr: str) -> None:
+def _validate_ipv4_loopback_cidr(text: str) -> None:
     """An IPv4 loopback prefix with a mask in [8, 32], like upstream's check."""
-    if cidr == "127.0.0.1/32":  # the default: skip the parse on the hot path
+    if text == "127.0.0.1/32":  # the default: skip the parse on the hot path
         return
     name = "host_ipv4_loopback_cidr (ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR)"
-    parsed = _parse_prefix(cidr)
+    parsed = _parse_prefix(text)
     if parsed is None:
-        raise ValueError(f"{name}: failed to parse CIDR {cidr!r}")
-    is_v4, is_loopback, bits = parsed
-    if not is_v4 or not is_loopback:
-        raise ValueError(f"{name}: expected a valid IPv4 loopback address in CIDR {cidr!r}")
-    if not 8 <= bits <= 32:
-        raise ValueError(f"{name}: expected CIDR {cidr!r} to have a mask in range [8, 32]")
+        raise ValueError(f"{name}: failed to parse CIDR {text!r}")
+    if parsed.version != 4 or not parsed.loopback:
+        raise ValueError(f"{name}: expected a valid IPv4 loopback address in CIDR {text!r}")
+    if not 8 <= parsed.bits <= 32:
+        raise ValueError(f"{name}: expected CIDR {text!r} to have a mask in range [8, 32]")
 
 
-def _parse_prefix(text: str) -> tuple[bool, bool, int] | None:
-    """(is IPv4, is loopback, prefix bits) like Go's `netip.ParsePrefix`, None if invalid.
-
-    `netip` keeps the address as written ("10.0.0.1/8" stays "10.0.0.1/8", it is not masked)
-    and wants decimal bits with no leading zero; `ipaddress.ip_interface` does the former, the
-    explicit bits check the latter (it would also accept netmasks and a missing "/").
-    """
-    import ipaddress  # lazy: most pods have no CIDR lists to parse
-
-    addr, sep, bits = text.partition("/")
-    if not sep or not bits.isdigit() or (len(bits) > 1 and bits[0] == "0") or "%" in addr:
-        return None
+def _parse_prefix(text: str) -> Cidr | None:
+    """The CIDR (`cni.values.cidr`), or None when `text` is not one."""
     try:
-        iface = ipaddress.ip_interface(text)
-    except ValueError:
+        return parse_cidr(text)
+    except BadValue:
         return None
-    return iface.version == 4, iface.ip.is_loopback, int(bits)
-
-
-def _format_prefix(text: str) -> str:
-    """The prefix as Go's `netip.Prefix.String()` prints it (canonical address, bits kept)."""
-    import ipaddress
-
-    return str(ipaddress.ip_interface(text))
 
 
 def _separate_v4_v6(
@@ -236,10 +219,9 @@ def _separate_v4_v6(
         if parsed is None:
             notes.append(f"{field_name}: ignoring invalid CIDR {item!r} (as istio-iptables does)")
             continue
-        is_v4, is_loopback, _ = parsed
-        family = v4 if is_v4 else v6
-        family.cidrs.append(_format_prefix(item))
-        family.has_loopback = family.has_loopback or is_loopback
+        family = v4 if parsed.version == 4 else v6
+        family.cidrs.append(str(parsed))
+        family.has_loopback = family.has_loopback or parsed.loopback
     return v4, v6
 
 

@@ -1,7 +1,9 @@
 """The installer's settings, read once from an environment mapping and parsed into types.
 
-Names and defaults are upstream's (`cni/pkg/cmd/root.go`, `cni/pkg/config/config.go`) wherever
-upstream has a setting; the few that upstream hard-codes or lacks are ours and say so. Nothing
+Each variable is defined once below (`SETTINGS`, in the order of the docs table) with
+upstream's name and default wherever upstream has the setting; the few that upstream
+hard-codes or lacks are ours and say so. The model, the value parsers and the settings the
+agent shares (`CNI_AGENT_RUN_DIR`, `FORCE_IPTABLES_BINARY`) are in `cni.settings`. Nothing
 below `InstallerConfig.from_env` reads `os.environ`: tests and the CLI build configs by hand or
 from a dict. A bad value is an `InstallerConfigError` naming the variable and the value.
 """
@@ -11,144 +13,187 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-DEFAULT_NET_DIR = "/host/etc/cni/net.d"
-DEFAULT_RUN_DIR = "/var/run/istio-cni"
-DEFAULT_SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+from cni.config import KUBECONFIG_NAME
+from cni.settings import (
+    CNI_AGENT_RUN_DIR,
+    FORCE_IPTABLES_BINARY,
+    OURS,
+    Setting,
+    SettingError,
+    log_level,
+    read_settings,
+)
+from cni.values import go_bool, names, octal_mode, one_of, path, paths, port, text
+
 DEFAULT_STANDALONE_NAME = "YYY-istio-cni.conf"
-LOG_LEVELS = ("debug", "info", "warn", "error", "none")
-BACKENDS = ("", "legacy", "nft", "python-iptables")
 SHUTDOWN_POLICIES = ("auto", "true", "false")
 
+InstallerConfigError = SettingError
+"""The installer's name for a bad setting (the one settings error)."""
 
-class InstallerConfigError(ValueError):
-    """An environment variable holds a value the installer cannot use."""
+MOUNTED_CNI_NET_DIR = Setting(
+    "MOUNTED_CNI_NET_DIR", Path("/host/etc/cni/net.d"), path,
+    "The host's net.d, as mounted in the container.")
+CNI_CONF_NAME = Setting(
+    "CNI_CONF_NAME", "", text,
+    "The primary config's file name. When empty, the installer discovers it the way the "
+    "kubelet does: the first valid `.conf`, `.conflist` or `.json`. When set, the "
+    "`.conf`↔`.conflist` twin is also accepted, and any extension is allowed. In standalone "
+    "mode it is the name of our own file.")
+CHAINED_CNI_PLUGIN = Setting(
+    "CHAINED_CNI_PLUGIN", True, go_bool,
+    "`false` writes a standalone file (`CNI_CONF_NAME`, or `YYY-istio-cni.conf`).")
+KUBECONFIG_MODE = Setting(
+    "KUBECONFIG_MODE", 0o600, octal_mode,
+    "The kubeconfig's file mode, always read as **octal** (`600`, `0600` and `0o600` all "
+    "work). Upstream's Go base-0 parsing takes `600` as decimal; we refuse anything that is "
+    "not octal.", origin="upstream (parsing: ours)", shown_default="`0600`")
+CNI_CONF_GROUP_READ = Setting(
+    "CNI_CONF_GROUP_READ", False, go_bool,
+    "Gives files we create mode 0640 instead of 0600. An existing primary config keeps its "
+    "own mode.")
+KUBE_CA_FILE = Setting(
+    "KUBE_CA_FILE", "", text, "The CA that the plugin trusts for the API server.",
+    shown_default='`""` → `<SA dir>/ca.crt`')
+SKIP_TLS_VERIFY = Setting(
+    "SKIP_TLS_VERIFY", False, go_bool,
+    "Writes `insecure-skip-tls-verify: true` instead of a CA.")
+KUBERNETES_SERVICE_PROTOCOL = Setting(
+    "KUBERNETES_SERVICE_PROTOCOL", "https", text, "The kubeconfig server's scheme.")
+KUBERNETES_SERVICE_HOST = Setting(
+    "KUBERNETES_SERVICE_HOST", "", text,
+    "The API server VIP. An IPv6 address is bracketed.",
+    shown_default="required (set by the kubelet)")
+KUBERNETES_SERVICE_PORT = Setting(
+    "KUBERNETES_SERVICE_PORT", "", lambda value: str(port(value)),
+    "The API server port.", shown_default="required (set by the kubelet)")
+EXCLUDE_NAMESPACES = Setting(
+    "EXCLUDE_NAMESPACES", (), names,
+    "Comma-separated namespaces the plugin never touches. Written to the plugin config as "
+    "`exclude_namespaces`.", shown_default='`""` (chart: `kube-system`)')
+POD_NAMESPACE = Setting(
+    "POD_NAMESPACE", "", text,
+    "The agent's own namespace. Its pods pass through the plugin (`pod_namespace`), and this "
+    "is where the DaemonSet is looked up on shutdown.", shown_default='`""` (downward API)')
+NATIVE_NFTABLES = Setting(
+    "NATIVE_NFTABLES", False, go_bool, "Written as `native_nftables`.")
+UPDATE_CNI_BINARIES = Setting(
+    "UPDATE_CNI_BINARIES", True, go_bool,
+    "`false` leaves a binary alone if one already exists at the target.",
+    origin="upstream ≤ 1.22")
+SKIP_CNI_BINARIES = Setting(
+    "SKIP_CNI_BINARIES", (), names, "Comma-separated names not to copy.",
+    origin="upstream ≤ 1.22")
+PLUGIN_LOG_LEVEL = Setting(
+    "PLUGIN_LOG_LEVEL", "info", log_level,
+    "The plugin's `plugin_log_level` (`debug`, `info`, `warn`, `error`, `none`). Upstream "
+    "derives it from `--log_output_level`.", origin=OURS)
+K8S_SERVICE_ACCOUNT_PATH = Setting(
+    "K8S_SERVICE_ACCOUNT_PATH", Path("/var/run/secrets/kubernetes.io/serviceaccount"), path,
+    "Where the token and `ca.crt` are. This directory is watched for token rotation.",
+    origin="ours (upstream hard-codes it)")
+CNI_BIN_SOURCE_DIR = Setting(
+    "CNI_BIN_SOURCE_DIR", Path("/opt/cni/bin"), path,
+    "What to install: every regular file in this directory, and every onedir bundle (a "
+    "directory `NAME/` holding an executable `NAME/NAME`, e.g. `istio-cni/istio-cni` + "
+    "`_internal/`). See \"Binaries\".", origin="ours (upstream hard-codes it)")
+CNI_BIN_TARGET_DIRS = Setting(
+    "CNI_BIN_TARGET_DIRS", (Path("/host/opt/cni/bin"),), paths,
+    "Comma-separated host bin dirs, as mounted. On GKE, mount `/home/kubernetes/bin`.",
+    origin="ours (upstream hard-codes it)")
+UNINSTALL_ON_SHUTDOWN = Setting(
+    "UNINSTALL_ON_SHUTDOWN", "auto", one_of(SHUTDOWN_POLICIES, fold_case=True),
+    "What happens on SIGTERM: `auto`, `true` or `false`. See below.", origin=OURS)
+DAEMONSET_NAME = Setting(
+    "DAEMONSET_NAME", "istio-cni-node", text,
+    "The DaemonSet that `auto` checks, in `POD_NAMESPACE`.", origin=OURS)
 
+SETTINGS: tuple[Setting, ...] = (
+    MOUNTED_CNI_NET_DIR, CNI_CONF_NAME, CHAINED_CNI_PLUGIN, CNI_AGENT_RUN_DIR, KUBECONFIG_MODE,
+    CNI_CONF_GROUP_READ, KUBE_CA_FILE, SKIP_TLS_VERIFY, KUBERNETES_SERVICE_PROTOCOL,
+    KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, EXCLUDE_NAMESPACES, POD_NAMESPACE,
+    NATIVE_NFTABLES, FORCE_IPTABLES_BINARY, UPDATE_CNI_BINARIES, SKIP_CNI_BINARIES,
+    PLUGIN_LOG_LEVEL, K8S_SERVICE_ACCOUNT_PATH, CNI_BIN_SOURCE_DIR, CNI_BIN_TARGET_DIRS,
+    UNINSTALL_ON_SHUTDOWN, DAEMONSET_NAME,
+)
+"""Every variable the installer reads, in the order of docs/installer.md's table."""
 
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    # Go's strconv.ParseBool, which viper uses upstream
-    if raw in ("1", "t", "T", "true", "TRUE", "True"):
-        return True
-    if raw in ("0", "f", "F", "false", "FALSE", "False"):
-        return False
-    raise InstallerConfigError(f"{name}={raw!r}: expected true or false")
-
-
-def _list(env: Mapping[str, str], name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    return tuple(item.strip() for item in raw.split(",") if item.strip())
-
-
-def _mode(env: Mapping[str, str], name: str, default: int) -> int:
-    """File mode, always octal: `0600`, `600` and `0o600` all mean rw-------.
-
-    Upstream parses with Go base-0 rules, where `600` silently means decimal 600 (mode 01130);
-    nobody means that, so we read octal and refuse anything that is not.
-    """
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    digits = raw[2:] if raw.lower().startswith("0o") else raw
-    try:
-        mode = int(digits, 8)
-    except ValueError:
-        raise InstallerConfigError(f"{name}={raw!r}: expected an octal file mode such as 0600") \
-            from None
-    if not 0 <= mode <= 0o7777:
-        raise InstallerConfigError(f"{name}={raw!r}: not a file mode")
-    return mode
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    raw = env.get(name, "").strip().lower() or default
-    if raw not in choices:
-        allowed = ", ".join(c or '""' for c in choices)
-        raise InstallerConfigError(f"{name}={raw!r}: expected one of {allowed}")
-    return raw
+# InstallerConfig field -> its setting
+_FIELDS: tuple[tuple[str, Setting], ...] = (
+    ("mounted_cni_net_dir", MOUNTED_CNI_NET_DIR), ("cni_conf_name", CNI_CONF_NAME),
+    ("chained", CHAINED_CNI_PLUGIN), ("cni_agent_run_dir", CNI_AGENT_RUN_DIR),
+    ("kubeconfig_mode", KUBECONFIG_MODE), ("cni_conf_group_read", CNI_CONF_GROUP_READ),
+    ("kube_ca_file", KUBE_CA_FILE), ("skip_tls_verify", SKIP_TLS_VERIFY),
+    ("k8s_service_protocol", KUBERNETES_SERVICE_PROTOCOL),
+    ("k8s_service_host", KUBERNETES_SERVICE_HOST), ("k8s_service_port", KUBERNETES_SERVICE_PORT),
+    ("service_account_path", K8S_SERVICE_ACCOUNT_PATH),
+    ("cni_bin_source_dir", CNI_BIN_SOURCE_DIR), ("cni_bin_target_dirs", CNI_BIN_TARGET_DIRS),
+    ("update_cni_binaries", UPDATE_CNI_BINARIES), ("skip_cni_binaries", SKIP_CNI_BINARIES),
+    ("exclude_namespaces", EXCLUDE_NAMESPACES), ("pod_namespace", POD_NAMESPACE),
+    ("plugin_log_level", PLUGIN_LOG_LEVEL), ("native_nftables", NATIVE_NFTABLES),
+    ("force_iptables_binary", FORCE_IPTABLES_BINARY),
+    ("uninstall_on_shutdown", UNINSTALL_ON_SHUTDOWN), ("daemonset_name", DAEMONSET_NAME),
+)
 
 
 @dataclass(frozen=True)
 class InstallerConfig:
-    """Everything the installer needs, with upstream's defaults."""
+    """Everything the installer needs, with upstream's defaults. Each field names its
+    variable; what it means is in that variable's `Setting` above (and the docs table)."""
 
-    mounted_cni_net_dir: Path = Path(DEFAULT_NET_DIR)
-    """MOUNTED_CNI_NET_DIR (upstream, default /host/etc/cni/net.d): the host's net.d as mounted
-    in the container."""
-    cni_conf_name: str = ""
-    """CNI_CONF_NAME (upstream, default ""): the primary config's file name; empty means
-    discover it like the kubelet (first valid .conf/.conflist/.json). In standalone mode, the
-    name of our own file."""
-    chained: bool = True
-    """CHAINED_CNI_PLUGIN (upstream, default true): false writes a standalone config file."""
-    cni_agent_run_dir: Path = Path(DEFAULT_RUN_DIR)
-    """CNI_AGENT_RUN_DIR (upstream, default /var/run/istio-cni): holds the plugin's kubeconfig;
-    it is written into the plugin config, so it must be the same path on host and container."""
-    kubeconfig_mode: int = 0o600
-    """KUBECONFIG_MODE (upstream, default 0600): mode of the kubeconfig, read as octal."""
-    cni_conf_group_read: bool = False
-    """CNI_CONF_GROUP_READ (upstream, default false): 0640 instead of 0600 for config files we
-    create (an existing primary config keeps its own mode)."""
-    kube_ca_file: str = ""
-    """KUBE_CA_FILE (upstream, default "" = <service account dir>/ca.crt): CA the plugin
-    trusts for the API server."""
-    skip_tls_verify: bool = False
-    """SKIP_TLS_VERIFY (upstream, default false): write insecure-skip-tls-verify instead of a
-    CA."""
-    k8s_service_protocol: str = "https"
-    """KUBERNETES_SERVICE_PROTOCOL (upstream, default https)."""
-    k8s_service_host: str = ""
-    """KUBERNETES_SERVICE_HOST (upstream, required; set by the kubelet): the API VIP the
-    plugin, in the host netns, connects to. IPv6 addresses are bracketed in the URL."""
-    k8s_service_port: str = ""
-    """KUBERNETES_SERVICE_PORT (upstream, required; set by the kubelet)."""
-    service_account_path: Path = Path(DEFAULT_SA_PATH)
-    """K8S_SERVICE_ACCOUNT_PATH (ours; upstream hard-codes the default
-    /var/run/secrets/kubernetes.io/serviceaccount): where the projected token and ca.crt are;
-    watched for token rotation."""
-    cni_bin_source_dir: Path = Path("/opt/cni/bin")
-    """CNI_BIN_SOURCE_DIR (ours; upstream hard-codes /opt/cni/bin): the binaries to install,
-    every regular file in it and every onedir bundle `NAME/NAME` + `_internal/` (the frozen
-    plugin in the image; a bundle is installed as a symlink, see installer.binaries)."""
-    cni_bin_target_dirs: tuple[Path, ...] = (Path("/host/opt/cni/bin"),)
-    """CNI_BIN_TARGET_DIRS (ours; upstream hard-codes /host/opt/cni/bin): comma-separated host
-    bin dirs (as mounted) to copy the binaries into."""
-    update_cni_binaries: bool = True
-    """UPDATE_CNI_BINARIES (upstream <= 1.22, default true): false keeps binaries that already
-    exist in a target dir."""
-    skip_cni_binaries: tuple[str, ...] = ()
-    """SKIP_CNI_BINARIES (upstream <= 1.22, default ""): comma-separated names not to copy."""
-    exclude_namespaces: tuple[str, ...] = ()
-    """EXCLUDE_NAMESPACES (upstream, default ""; chart: kube-system): comma-separated
-    namespaces the plugin never touches (plugin key exclude_namespaces)."""
-    pod_namespace: str = ""
-    """POD_NAMESPACE (upstream, from the downward API): where istio-cni-node runs; its own
-    pods pass through the plugin, and the DaemonSet is looked up there on shutdown."""
-    plugin_log_level: str = "info"
-    """PLUGIN_LOG_LEVEL (ours; upstream derives it from --log_output_level's cni-plugin scope,
-    chart default info): the plugin's plugin_log_level."""
-    native_nftables: bool = False
-    """NATIVE_NFTABLES (upstream, default false): written as the plugin's native_nftables."""
-    force_iptables_binary: str = ""
-    """FORCE_IPTABLES_BINARY (upstream, default ""): legacy or nft (ours also:
-    python-iptables); written as the plugin's iptables_backend. Empty = detect per pod."""
-    uninstall_on_shutdown: str = "auto"
-    """UNINSTALL_ON_SHUTDOWN (ours, default auto): on SIGTERM, auto removes the plugin only
-    when the DaemonSet is being deleted (an upgrade or pod restart keeps it, so pods created
-    meanwhile are still redirected); true always removes it (upstream sidecar mode); false
-    never does."""
-    daemonset_name: str = "istio-cni-node"
-    """DAEMONSET_NAME (ours, default istio-cni-node): the DaemonSet checked by
-    UNINSTALL_ON_SHUTDOWN=auto, in POD_NAMESPACE."""
+    mounted_cni_net_dir: Path = MOUNTED_CNI_NET_DIR.default
+    """MOUNTED_CNI_NET_DIR."""
+    cni_conf_name: str = CNI_CONF_NAME.default
+    """CNI_CONF_NAME: "" = discover the primary config like the kubelet."""
+    chained: bool = CHAINED_CNI_PLUGIN.default
+    """CHAINED_CNI_PLUGIN."""
+    cni_agent_run_dir: Path = CNI_AGENT_RUN_DIR.default
+    """CNI_AGENT_RUN_DIR."""
+    kubeconfig_mode: int = KUBECONFIG_MODE.default
+    """KUBECONFIG_MODE."""
+    cni_conf_group_read: bool = CNI_CONF_GROUP_READ.default
+    """CNI_CONF_GROUP_READ."""
+    kube_ca_file: str = KUBE_CA_FILE.default
+    """KUBE_CA_FILE: "" = <service account dir>/ca.crt."""
+    skip_tls_verify: bool = SKIP_TLS_VERIFY.default
+    """SKIP_TLS_VERIFY."""
+    k8s_service_protocol: str = KUBERNETES_SERVICE_PROTOCOL.default
+    """KUBERNETES_SERVICE_PROTOCOL."""
+    k8s_service_host: str = KUBERNETES_SERVICE_HOST.default
+    """KUBERNETES_SERVICE_HOST."""
+    k8s_service_port: str = KUBERNETES_SERVICE_PORT.default
+    """KUBERNETES_SERVICE_PORT."""
+    service_account_path: Path = K8S_SERVICE_ACCOUNT_PATH.default
+    """K8S_SERVICE_ACCOUNT_PATH."""
+    cni_bin_source_dir: Path = CNI_BIN_SOURCE_DIR.default
+    """CNI_BIN_SOURCE_DIR (a bundle is installed as a symlink, see installer.binaries)."""
+    cni_bin_target_dirs: tuple[Path, ...] = CNI_BIN_TARGET_DIRS.default
+    """CNI_BIN_TARGET_DIRS."""
+    update_cni_binaries: bool = UPDATE_CNI_BINARIES.default
+    """UPDATE_CNI_BINARIES."""
+    skip_cni_binaries: tuple[str, ...] = SKIP_CNI_BINARIES.default
+    """SKIP_CNI_BINARIES."""
+    exclude_namespaces: tuple[str, ...] = EXCLUDE_NAMESPACES.default
+    """EXCLUDE_NAMESPACES."""
+    pod_namespace: str = POD_NAMESPACE.default
+    """POD_NAMESPACE."""
+    plugin_log_level: str = PLUGIN_LOG_LEVEL.default
+    """PLUGIN_LOG_LEVEL."""
+    native_nftables: bool = NATIVE_NFTABLES.default
+    """NATIVE_NFTABLES."""
+    force_iptables_binary: str = FORCE_IPTABLES_BINARY.default
+    """FORCE_IPTABLES_BINARY: "" = the plugin detects per pod (no `iptables_backend`)."""
+    uninstall_on_shutdown: str = UNINSTALL_ON_SHUTDOWN.default
+    """UNINSTALL_ON_SHUTDOWN: auto, true or false (see installer.upgrade)."""
+    daemonset_name: str = DAEMONSET_NAME.default
+    """DAEMONSET_NAME."""
 
     @property
     def kubeconfig_path(self) -> Path:
         """Fixed name, as upstream and the plugin (cni/config.py) expect."""
-        return self.cni_agent_run_dir / "istio-cni-kubeconfig"
+        return self.cni_agent_run_dir / KUBECONFIG_NAME
 
     @property
     def created_file_mode(self) -> int:
@@ -157,36 +202,10 @@ class InstallerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> InstallerConfig:
         """Read and validate every setting from `env` (os.environ in production)."""
-        level = env.get("PLUGIN_LOG_LEVEL", "").strip().lower() or "info"
-        if level == "warning":
-            level = "warn"
-        if level not in LOG_LEVELS:
-            raise InstallerConfigError(
-                f"PLUGIN_LOG_LEVEL={level!r}: expected one of {', '.join(LOG_LEVELS)}")
-        targets = _list(env, "CNI_BIN_TARGET_DIRS", ("/host/opt/cni/bin",))
-        return cls(
-            mounted_cni_net_dir=Path(env.get("MOUNTED_CNI_NET_DIR") or DEFAULT_NET_DIR),
-            cni_conf_name=env.get("CNI_CONF_NAME", "").strip(),
-            chained=_bool(env, "CHAINED_CNI_PLUGIN", True),
-            cni_agent_run_dir=Path(env.get("CNI_AGENT_RUN_DIR") or DEFAULT_RUN_DIR),
-            kubeconfig_mode=_mode(env, "KUBECONFIG_MODE", 0o600),
-            cni_conf_group_read=_bool(env, "CNI_CONF_GROUP_READ", False),
-            kube_ca_file=env.get("KUBE_CA_FILE", "").strip(),
-            skip_tls_verify=_bool(env, "SKIP_TLS_VERIFY", False),
-            k8s_service_protocol=env.get("KUBERNETES_SERVICE_PROTOCOL", "").strip() or "https",
-            k8s_service_host=env.get("KUBERNETES_SERVICE_HOST", "").strip(),
-            k8s_service_port=env.get("KUBERNETES_SERVICE_PORT", "").strip(),
-            service_account_path=Path(env.get("K8S_SERVICE_ACCOUNT_PATH") or DEFAULT_SA_PATH),
-            cni_bin_source_dir=Path(env.get("CNI_BIN_SOURCE_DIR") or "/opt/cni/bin"),
-            cni_bin_target_dirs=tuple(Path(t) for t in targets),
-            update_cni_binaries=_bool(env, "UPDATE_CNI_BINARIES", True),
-            skip_cni_binaries=_list(env, "SKIP_CNI_BINARIES"),
-            exclude_namespaces=_list(env, "EXCLUDE_NAMESPACES"),
-            pod_namespace=env.get("POD_NAMESPACE", "").strip(),
-            plugin_log_level=level,
-            native_nftables=_bool(env, "NATIVE_NFTABLES", False),
-            force_iptables_binary=_choice(env, "FORCE_IPTABLES_BINARY", "", BACKENDS),
-            uninstall_on_shutdown=_choice(env, "UNINSTALL_ON_SHUTDOWN", "auto",
-                                          SHUTDOWN_POLICIES),
-            daemonset_name=env.get("DAEMONSET_NAME", "").strip() or "istio-cni-node",
-        )
+        return cls.from_values(read_settings(env, SETTINGS))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> InstallerConfig:
+        """The config from settings already read (`cni.settings.read_settings`), so a
+        process that also builds the agent's config reads the environment once."""
+        return cls(**{name: values[setting.name] for name, setting in _FIELDS})

@@ -1,86 +1,155 @@
-"""The node daemon's typed configuration, built once from the environment at the entry point.
+"""The node agent's typed configuration, built once from the environment at the entry point.
 
-Upstream's names and defaults (`cni/pkg/cmd/root.go`, `cni/pkg/constants`): viper binds the
-flag `repair-broken-pod-label-key` to the env var `REPAIR_BROKEN_POD_LABEL_KEY`, and so on.
-Nothing below the entry point reads `os.environ`; tests build these dataclasses by hand.
+Each variable is defined once below (`SETTINGS`, in the order of docs/node-daemon.md's table)
+with upstream's name and default (`cni/pkg/cmd/root.go`, `cni/pkg/constants`): viper binds the
+flag `repair-broken-pod-label-key` to the env var `REPAIR_BROKEN_POD_LABEL_KEY`, and so on. The
+model, the value parsers and the settings the installer shares (`CNI_AGENT_RUN_DIR`,
+`FORCE_IPTABLES_BINARY`) are in `cni.settings`. Nothing below the entry point reads
+`os.environ`; tests build these dataclasses by hand.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+from cni.settings import (
+    CNI_AGENT_RUN_DIR,
+    FORCE_IPTABLES_BINARY,
+    OURS,
+    Setting,
+    SettingError,
+    read_settings,
+)
+from cni.values import go_bool, integer, non_negative_integer, one_of, path, port, seconds, text
 
 MODES = ("repair", "delete", "label")
+RUN_LOG_LEVELS = ("debug", "info", "warn", "error")
 
+ConfigError = SettingError
+"""The agent's name for a bad setting (the one settings error)."""
 
-class ConfigError(ValueError):
-    """An environment variable holds a value we cannot parse; the message names it."""
+REPAIR_ENABLED = Setting(
+    "REPAIR_ENABLED", True, go_bool,
+    "Start the repair controller (and the drift check) in `run`.")
+REPAIR_REPAIR_PODS = Setting(
+    "REPAIR_REPAIR_PODS", False, go_bool,
+    "Mode 1: program the rules into the running pod's netns.",
+    shown_default="`false` (chart: `true`)")
+REPAIR_DELETE_PODS = Setting(
+    "REPAIR_DELETE_PODS", False, go_bool,
+    "Mode 2: delete broken pods (preconditions: uid + resourceVersion).")
+REPAIR_LABEL_PODS = Setting(
+    "REPAIR_LABEL_PODS", False, go_bool,
+    "Mode 3: label broken pods (merge patch on `pods/status`).")
+REPAIR_BROKEN_POD_LABEL_KEY = Setting(
+    "REPAIR_BROKEN_POD_LABEL_KEY", "cni.istio.io/uninitialized", text,
+    "Label key for mode 3.", keep_empty=True)
+REPAIR_BROKEN_POD_LABEL_VALUE = Setting(
+    "REPAIR_BROKEN_POD_LABEL_VALUE", "true", text, "Label value for mode 3.", keep_empty=True)
+REPAIR_NODE_NAME = Setting(
+    "REPAIR_NODE_NAME", "", text,
+    "This node; the watch always uses `spec.nodeName=<it>`. Upstream leaves it empty (and then "
+    "watches only unscheduled pods); we fall back. The chart sets it from `spec.nodeName`.",
+    shown_default='`""` → `KUBERNETES_NODE_NAME` → hostname', keep_empty=True)
+KUBERNETES_NODE_NAME = Setting(
+    "KUBERNETES_NODE_NAME", "", text,
+    "The node name when `REPAIR_NODE_NAME` is empty (before the hostname), as upstream fills "
+    "its node name.", origin=OURS, keep_empty=True)
+REPAIR_SIDECAR_ANNOTATION = Setting(
+    "REPAIR_SIDECAR_ANNOTATION", "sidecar.istio.io/status", text,
+    "Only pods with this annotation are considered (`\"\"` = all).", keep_empty=True)
+REPAIR_INIT_CONTAINER_NAME = Setting(
+    "REPAIR_INIT_CONTAINER_NAME", "istio-validation", text,
+    "The validation init container (`\"\"` = any init container).", keep_empty=True)
+REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE = Setting(
+    "REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE", "", text,
+    "Also require this termination message (compared trimmed).", keep_empty=True)
+REPAIR_INIT_CONTAINER_EXIT_CODE = Setting(
+    "REPAIR_INIT_CONTAINER_EXIT_CODE", 126, integer,
+    "The validation failure's exit code (`0` = any).")
+REPAIR_LABEL_SELECTORS = Setting(
+    "REPAIR_LABEL_SELECTORS", "", text, "Extra label selector for the pod watch.",
+    keep_empty=True)
+REPAIR_FIELD_SELECTORS = Setting(
+    "REPAIR_FIELD_SELECTORS", "", text,
+    "Extra field selectors (joined before `spec.nodeName=`).", keep_empty=True)
+MONITORING_PORT = Setting("MONITORING_PORT", 15014, port, "Prometheus `/metrics`.")
+READINESS_PORT = Setting(
+    "READINESS_PORT", 8000, port, "`/healthz` and `/readyz`.",
+    origin="ours (upstream hard-codes 8000)")
+HEALTH_BIND_ADDRESS = Setting(
+    "HEALTH_BIND_ADDRESS", "", text, "Address the health and metrics servers bind.",
+    origin=OURS, shown_default='`""` (all)')
+HOST_PROC = Setting(
+    "HOST_PROC", Path("/host/proc"), path,
+    "The host's `/proc`, scanned to find a pod's netns by IP. Admin commands fall back to "
+    "`/proc` when it does not exist.", origin=OURS)
+DRIFT_CHECK_INTERVAL = Setting(
+    "DRIFT_CHECK_INTERVAL", 300.0, seconds,
+    "Seconds between drift checks; `0` disables the periodic check.", origin=OURS)
+DRIFT_REPAIR = Setting(
+    "DRIFT_REPAIR", True, go_bool,
+    "Put drifted rules back; `false` only reports (event + metric).", origin=OURS)
+REPAIR_WATCH_TIMEOUT = Setting(
+    "REPAIR_WATCH_TIMEOUT", 300, non_negative_integer,
+    "Server-side timeout (s) of one watch request; the client's read timeout is 30 s longer.",
+    origin=OURS)
+KUBECONFIG = Setting(
+    "KUBECONFIG", "", text,
+    "Admin commands and `run` outside a cluster; in a pod the service account is used.",
+    origin="ours (the Kubernetes clients' convention)", shown_default="unset")
+LOG_LEVEL = Setting(
+    "LOG_LEVEL", "info", one_of(RUN_LOG_LEVELS, fold_case=True, aliases={"warning": "warn"}),
+    "The agent's log level (`debug`, `info`, `warn`, `error`); `run --log-level` overrides "
+    "it.", origin=OURS)
 
-
-def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    """Go's strconv.ParseBool, as viper reads booleans; empty means the default."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if raw in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if raw in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean (true/false)")
-
-
-def env_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw, 0)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-
-
-def env_float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+SETTINGS: tuple[Setting, ...] = (
+    REPAIR_ENABLED, REPAIR_REPAIR_PODS, REPAIR_DELETE_PODS, REPAIR_LABEL_PODS,
+    REPAIR_BROKEN_POD_LABEL_KEY, REPAIR_BROKEN_POD_LABEL_VALUE, REPAIR_NODE_NAME,
+    KUBERNETES_NODE_NAME, REPAIR_SIDECAR_ANNOTATION, REPAIR_INIT_CONTAINER_NAME,
+    REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE, REPAIR_INIT_CONTAINER_EXIT_CODE,
+    REPAIR_LABEL_SELECTORS, REPAIR_FIELD_SELECTORS, FORCE_IPTABLES_BINARY, CNI_AGENT_RUN_DIR,
+    MONITORING_PORT, READINESS_PORT, HEALTH_BIND_ADDRESS, HOST_PROC, DRIFT_CHECK_INTERVAL,
+    DRIFT_REPAIR, REPAIR_WATCH_TIMEOUT, KUBECONFIG, LOG_LEVEL,
+)
+"""Every variable the agent reads, in the order of docs/node-daemon.md's table."""
 
 
 @dataclass(frozen=True)
 class RepairConfig:
-    """What the repair controller treats as broken and what it does about it (reference §4)."""
+    """What the repair controller treats as broken and what it does about it. Each field names
+    its variable; what it means is in that variable's `Setting` above (and the docs table)."""
 
-    enabled: bool = True
-    """REPAIR_ENABLED (true): start the repair controller in `run`."""
-    repair_pods: bool = False
-    """REPAIR_REPAIR_PODS (false; the chart sets true): program the rules into the live pod."""
-    delete_pods: bool = False
-    """REPAIR_DELETE_PODS (false): delete broken pods (uid + resourceVersion preconditions)."""
-    label_pods: bool = False
-    """REPAIR_LABEL_PODS (false): label broken pods through the pods/status subresource."""
-    label_key: str = "cni.istio.io/uninitialized"
-    """REPAIR_BROKEN_POD_LABEL_KEY: the label set in label mode."""
-    label_value: str = "true"
+    enabled: bool = REPAIR_ENABLED.default
+    """REPAIR_ENABLED."""
+    repair_pods: bool = REPAIR_REPAIR_PODS.default
+    """REPAIR_REPAIR_PODS."""
+    delete_pods: bool = REPAIR_DELETE_PODS.default
+    """REPAIR_DELETE_PODS."""
+    label_pods: bool = REPAIR_LABEL_PODS.default
+    """REPAIR_LABEL_PODS."""
+    label_key: str = REPAIR_BROKEN_POD_LABEL_KEY.default
+    """REPAIR_BROKEN_POD_LABEL_KEY."""
+    label_value: str = REPAIR_BROKEN_POD_LABEL_VALUE.default
     """REPAIR_BROKEN_POD_LABEL_VALUE."""
-    node_name: str = ""
-    """REPAIR_NODE_NAME (""): this node; `spec.nodeName=<it>` is always in the field selector."""
-    sidecar_annotation: str = "sidecar.istio.io/status"
-    """REPAIR_SIDECAR_ANNOTATION: only pods carrying it are considered ("" = all pods)."""
-    init_container_name: str = "istio-validation"
-    """REPAIR_INIT_CONTAINER_NAME: the validation init container ("" = any init container)."""
-    init_termination_msg: str = ""
-    """REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE (""): also require this message (trimmed)."""
-    init_exit_code: int = 126
-    """REPAIR_INIT_CONTAINER_EXIT_CODE (126): the validation failure's exit code (0 = any)."""
-    label_selectors: str = ""
-    """REPAIR_LABEL_SELECTORS (""): extra label selector for the pod watch."""
-    field_selectors: str = ""
-    """REPAIR_FIELD_SELECTORS (""): extra field selectors, joined before spec.nodeName."""
+    node_name: str = REPAIR_NODE_NAME.default
+    """REPAIR_NODE_NAME (`DaemonConfig.from_env` fills the fallbacks)."""
+    sidecar_annotation: str = REPAIR_SIDECAR_ANNOTATION.default
+    """REPAIR_SIDECAR_ANNOTATION: "" = all pods."""
+    init_container_name: str = REPAIR_INIT_CONTAINER_NAME.default
+    """REPAIR_INIT_CONTAINER_NAME: "" = any init container."""
+    init_termination_msg: str = REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE.default
+    """REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE."""
+    init_exit_code: int = REPAIR_INIT_CONTAINER_EXIT_CODE.default
+    """REPAIR_INIT_CONTAINER_EXIT_CODE: 0 = any."""
+    label_selectors: str = REPAIR_LABEL_SELECTORS.default
+    """REPAIR_LABEL_SELECTORS."""
+    field_selectors: str = REPAIR_FIELD_SELECTORS.default
+    """REPAIR_FIELD_SELECTORS."""
 
     @property
     def mode(self) -> str | None:
@@ -99,30 +168,16 @@ class RepairConfig:
         return ",".join([*parts, f"spec.nodeName={self.node_name}"])
 
     def with_mode(self, mode: str | None) -> RepairConfig:
-        from dataclasses import replace
-
         return replace(self, repair_pods=mode == "repair", delete_pods=mode == "delete",
                        label_pods=mode == "label")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> RepairConfig:
-        d = cls()
-        return cls(
-            enabled=env_bool(env, "REPAIR_ENABLED", d.enabled),
-            repair_pods=env_bool(env, "REPAIR_REPAIR_PODS", d.repair_pods),
-            delete_pods=env_bool(env, "REPAIR_DELETE_PODS", d.delete_pods),
-            label_pods=env_bool(env, "REPAIR_LABEL_PODS", d.label_pods),
-            label_key=env.get("REPAIR_BROKEN_POD_LABEL_KEY", d.label_key),
-            label_value=env.get("REPAIR_BROKEN_POD_LABEL_VALUE", d.label_value),
-            node_name=env.get("REPAIR_NODE_NAME", d.node_name),
-            sidecar_annotation=env.get("REPAIR_SIDECAR_ANNOTATION", d.sidecar_annotation),
-            init_container_name=env.get("REPAIR_INIT_CONTAINER_NAME", d.init_container_name),
-            init_termination_msg=env.get("REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE",
-                                         d.init_termination_msg),
-            init_exit_code=env_int(env, "REPAIR_INIT_CONTAINER_EXIT_CODE", d.init_exit_code),
-            label_selectors=env.get("REPAIR_LABEL_SELECTORS", d.label_selectors),
-            field_selectors=env.get("REPAIR_FIELD_SELECTORS", d.field_selectors),
-        )
+        return cls.from_values(read_settings(env, (s for _, s in _REPAIR_FIELDS)))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> RepairConfig:
+        return cls(**{name: values[setting.name] for name, setting in _REPAIR_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -130,51 +185,71 @@ class DaemonConfig:
     """Everything `run` needs besides the installer's own config."""
 
     repair: RepairConfig = field(default_factory=RepairConfig)
-    run_dir: Path = Path("/var/run/istio-cni")
-    """CNI_AGENT_RUN_DIR: where `log.sock` lives (same path on host and in the container)."""
-    health_port: int = 8000
-    """READINESS_PORT (ours; upstream hard-codes 8000): /healthz and /readyz."""
-    monitoring_port: int = 15014
-    """MONITORING_PORT (15014): Prometheus /metrics."""
-    bind_address: str = ""
-    """HEALTH_BIND_ADDRESS (ours, "" = all addresses): where health and metrics listen."""
-    host_proc: Path = Path("/host/proc")
-    """HOST_PROC (ours, /host/proc): the host's /proc, scanned to find a pod's netns by IP."""
+    run_dir: Path = CNI_AGENT_RUN_DIR.default
+    """CNI_AGENT_RUN_DIR: where `log.sock` lives."""
+    health_port: int = READINESS_PORT.default
+    """READINESS_PORT."""
+    monitoring_port: int = MONITORING_PORT.default
+    """MONITORING_PORT."""
+    bind_address: str = HEALTH_BIND_ADDRESS.default
+    """HEALTH_BIND_ADDRESS: "" = all addresses."""
+    host_proc: Path = HOST_PROC.default
+    """HOST_PROC."""
     iptables_backend: str = "auto"
-    """FORCE_IPTABLES_BINARY (""): legacy or nft; empty = detect per netns like the plugin."""
-    drift_interval: float = 300.0
-    """DRIFT_CHECK_INTERVAL (ours, seconds, 300; 0 = off): periodic CHECK of redirected pods."""
-    drift_repair: bool = True
-    """DRIFT_REPAIR (ours, true): put back rules found missing or altered (false: report only)."""
-    watch_timeout: int = 300
-    """REPAIR_WATCH_TIMEOUT (ours, seconds, 300): server-side timeout of one watch request."""
+    """FORCE_IPTABLES_BINARY, or `auto` when it is empty (one of `cni.settings.BACKENDS`)."""
+    drift_interval: float = DRIFT_CHECK_INTERVAL.default
+    """DRIFT_CHECK_INTERVAL: seconds, 0 = off."""
+    drift_repair: bool = DRIFT_REPAIR.default
+    """DRIFT_REPAIR."""
+    watch_timeout: int = REPAIR_WATCH_TIMEOUT.default
+    """REPAIR_WATCH_TIMEOUT: seconds."""
+    kubeconfig: str = KUBECONFIG.default
+    """KUBECONFIG: "" = in-cluster service account (then ~/.kube/config)."""
+    log_level: str = LOG_LEVEL.default
+    """LOG_LEVEL."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DaemonConfig:
-        d = cls()
-        repair = RepairConfig.from_env(env)
+        """Read and validate every agent setting from `env` (os.environ in production)."""
+        return cls.from_values(read_settings(env, SETTINGS))
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> DaemonConfig:
+        """The config from settings already read (`cni.settings.read_settings`), so `run`,
+        which also builds the installer's config, reads the environment once."""
+        repair = RepairConfig.from_values(values)
         if not repair.node_name:
             # KUBERNETES_NODE_NAME then the hostname, as upstream fills its node name.
-            node = env.get("KUBERNETES_NODE_NAME", "") or socket.gethostname()
-            from dataclasses import replace
-
+            node = values[KUBERNETES_NODE_NAME.name] or socket.gethostname()
             repair = replace(repair, node_name=node)
-        backend = env.get("FORCE_IPTABLES_BINARY", "").strip() or "auto"
-        if backend not in ("auto", "legacy", "nft"):
-            raise ConfigError(f"FORCE_IPTABLES_BINARY={backend!r}: expected legacy or nft")
         return cls(
             repair=repair,
-            run_dir=Path(env.get("CNI_AGENT_RUN_DIR", "") or d.run_dir),
-            health_port=env_int(env, "READINESS_PORT", d.health_port),
-            monitoring_port=env_int(env, "MONITORING_PORT", d.monitoring_port),
-            bind_address=env.get("HEALTH_BIND_ADDRESS", d.bind_address),
-            host_proc=Path(env.get("HOST_PROC", "") or d.host_proc),
-            iptables_backend=backend,
-            drift_interval=env_float(env, "DRIFT_CHECK_INTERVAL", d.drift_interval),
-            drift_repair=env_bool(env, "DRIFT_REPAIR", d.drift_repair),
-            watch_timeout=env_int(env, "REPAIR_WATCH_TIMEOUT", d.watch_timeout),
+            run_dir=values[CNI_AGENT_RUN_DIR.name],
+            health_port=values[READINESS_PORT.name],
+            monitoring_port=values[MONITORING_PORT.name],
+            bind_address=values[HEALTH_BIND_ADDRESS.name],
+            host_proc=values[HOST_PROC.name],
+            iptables_backend=values[FORCE_IPTABLES_BINARY.name] or "auto",
+            drift_interval=values[DRIFT_CHECK_INTERVAL.name],
+            drift_repair=values[DRIFT_REPAIR.name],
+            watch_timeout=values[REPAIR_WATCH_TIMEOUT.name],
+            kubeconfig=values[KUBECONFIG.name],
+            log_level=values[LOG_LEVEL.name],
         )
 
     @property
     def log_socket(self) -> Path:
         return self.run_dir / "log.sock"
+
+
+# RepairConfig field -> its setting
+_REPAIR_FIELDS: tuple[tuple[str, Setting], ...] = (
+    ("enabled", REPAIR_ENABLED), ("repair_pods", REPAIR_REPAIR_PODS),
+    ("delete_pods", REPAIR_DELETE_PODS), ("label_pods", REPAIR_LABEL_PODS),
+    ("label_key", REPAIR_BROKEN_POD_LABEL_KEY), ("label_value", REPAIR_BROKEN_POD_LABEL_VALUE),
+    ("node_name", REPAIR_NODE_NAME), ("sidecar_annotation", REPAIR_SIDECAR_ANNOTATION),
+    ("init_container_name", REPAIR_INIT_CONTAINER_NAME),
+    ("init_termination_msg", REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE),
+    ("init_exit_code", REPAIR_INIT_CONTAINER_EXIT_CODE),
+    ("label_selectors", REPAIR_LABEL_SELECTORS), ("field_selectors", REPAIR_FIELD_SELECTORS),
+)

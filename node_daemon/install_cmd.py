@@ -1,8 +1,8 @@
 """`istio-cni-node install` and `uninstall`: the installer run once, with the same env as `run`.
 
 Each option is backed by upstream's environment variable (`envvar=`), so a command copied from
-the DaemonSet's env just works, and a flag overrides one variable. Options default to None: the
-defaults live in one place, `InstallerConfig.from_env`, and `--help` shows them from there.
+the DaemonSet's env just works, and a flag overrides one variable. Options default to None: each
+option's help and default come from its setting's definition (`installer.config`).
 """
 
 from __future__ import annotations
@@ -15,38 +15,31 @@ from typing import Any
 
 import click
 
-from installer import InstallerConfig, InstallerConfigError, InstallError
+from cni.settings import Setting
+from installer import InstallerConfig, InstallerConfigError, InstallError, config
 from installer.installer import Installer
 
-# (option, environment variable, help)
-INSTALLER_OPTIONS: tuple[tuple[str, str, str], ...] = (
-    ("--mounted-cni-net-dir", "MOUNTED_CNI_NET_DIR",
-     "The host's CNI config dir as mounted here. [default: /host/etc/cni/net.d]"),
-    ("--cni-conf-name", "CNI_CONF_NAME",
-     "Primary config file to chain into (its .conf/.conflist twin is accepted). "
-     "Default: the first valid .conf/.conflist/.json, as the kubelet picks it."),
-    ("--chained-cni-plugin", "CHAINED_CNI_PLUGIN",
-     "true: add istio-cni to the primary config; false: write our own file. [default: true]"),
-    ("--cni-agent-run-dir", "CNI_AGENT_RUN_DIR",
-     "Where the plugin's kubeconfig goes (same path on host and here). "
-     "[default: /var/run/istio-cni]"),
-    ("--kubeconfig-mode", "KUBECONFIG_MODE", "Octal mode of the kubeconfig. [default: 0600]"),
-    ("--cni-bin-source-dir", "CNI_BIN_SOURCE_DIR",
-     "Binaries to install (every file in it). [default: /opt/cni/bin]"),
-    ("--cni-bin-target-dirs", "CNI_BIN_TARGET_DIRS",
-     "Comma-separated host bin dirs as mounted here. [default: /host/opt/cni/bin]"),
-    ("--exclude-namespaces", "EXCLUDE_NAMESPACES",
-     "Comma-separated namespaces the plugin leaves alone."),
-    ("--plugin-log-level", "PLUGIN_LOG_LEVEL",
-     "debug, info, warn, error or none. [default: info]"),
+# the settings that get a flag: --mounted-cni-net-dir for MOUNTED_CNI_NET_DIR, and so on
+INSTALLER_OPTIONS: tuple[Setting, ...] = (
+    config.MOUNTED_CNI_NET_DIR, config.CNI_CONF_NAME, config.CHAINED_CNI_PLUGIN,
+    config.CNI_AGENT_RUN_DIR, config.KUBECONFIG_MODE, config.CNI_BIN_SOURCE_DIR,
+    config.CNI_BIN_TARGET_DIRS, config.EXCLUDE_NAMESPACES, config.PLUGIN_LOG_LEVEL,
 )
 
 
+def _plain(markdown: str) -> str:
+    return markdown.replace("**", "").replace("`", "")
+
+
 def installer_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The env-backed options shared by install and uninstall."""
-    for flag, env, text in reversed(INSTALLER_OPTIONS):
-        func = click.option(flag, env, envvar=env, default=None, metavar="VALUE",
-                            help=f"{text} (env {env})")(func)
+    """The env-backed options shared by install and uninstall, documented by their settings."""
+    for setting in reversed(INSTALLER_OPTIONS):
+        flag = "--" + setting.name.lower().replace("_", "-")
+        shown = _plain(setting.shown())
+        func = click.option(flag, setting.name, envvar=setting.name, default=None,
+                            metavar="VALUE",
+                            help=f"{_plain(setting.doc)} [default: {shown}] "
+                                 f"(env {setting.name})")(func)
     return func
 
 

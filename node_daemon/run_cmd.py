@@ -1,8 +1,11 @@
 """`istio-cni-node run`: build the config from the environment, wire signals, call `agent.run`.
 
-SIGTERM and SIGINT set the stop event, so the agent shuts down cleanly (uninstalling the
-plugin) within the pod's grace period. The installer is built by `installer_factory`, the
-real `installer.Installer` unless a test passes another.
+The environment is read once: every setting of the agent and of the installer is parsed once
+(`read_configs`) and both configs are built from those values, so the two can never disagree on
+a variable they share (`CNI_AGENT_RUN_DIR`, `FORCE_IPTABLES_BINARY`). SIGTERM and SIGINT set
+the stop event, so the agent shuts down cleanly (uninstalling the plugin) within the pod's grace
+period. The installer is built by `installer_factory`, the real `installer.Installer` unless a
+test passes another.
 """
 
 from __future__ import annotations
@@ -12,41 +15,51 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
+from cni.settings import read_settings
+from installer import config as installer_config
+from installer.config import InstallerConfig
+from node_daemon import config as daemon_config
 from node_daemon.config import ConfigError, DaemonConfig
 
 
-def default_installer(env: dict[str, str]) -> Any:
-    """The installer engineer's `installer.Installer`, configured from the same environment."""
-    from installer import Installer  # type: ignore[attr-defined]
-    from installer.config import InstallerConfig
+def read_configs(env: Mapping[str, str]) -> tuple[DaemonConfig, InstallerConfig]:
+    """The agent's and the installer's configs from one reading of `env`."""
+    settings = {s.name: s for s in (*daemon_config.SETTINGS, *installer_config.SETTINGS)}
+    values = read_settings(env, settings.values())
+    return DaemonConfig.from_values(values), InstallerConfig.from_values(values)
 
-    return Installer(InstallerConfig.from_env(env))
+
+def default_installer(cfg: InstallerConfig) -> Any:
+    """The real `installer.Installer`."""
+    from installer import Installer
+
+    return Installer(cfg)
 
 
-def run_daemon(env: dict[str, str], installer_factory: Callable[[dict[str, str]], Any],
-               stop: threading.Event) -> int:
+def run_daemon(cfg: DaemonConfig, installer_cfg: InstallerConfig,
+               installer_factory: Callable[[InstallerConfig], Any], stop: threading.Event) -> int:
     from node_daemon import agent
     from node_daemon.kubeapi import ApiError, PodApi, load_api_client
 
-    cfg = DaemonConfig.from_env(env)
     api = None
     if cfg.repair.enabled:
         try:
-            api = PodApi(load_api_client(env.get("KUBECONFIG") or None))
+            api = PodApi(load_api_client(cfg.kubeconfig or None))
         except ApiError as exc:
             raise click.ClickException(f"repair controller: {exc.message}") from exc
-    return agent.run(cfg, installer_factory(env), api, stop)
+    return agent.run(cfg, installer_factory(installer_cfg), api, stop)
 
 
 @click.command("run")
-@click.option("--log-level", envvar="LOG_LEVEL", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warn", "error"]), help="Log level.")
-def run_command(log_level: str) -> None:
+@click.option("--log-level", default=None,
+              type=click.Choice(list(daemon_config.RUN_LOG_LEVELS)),
+              help="Log level. [default: LOG_LEVEL, else info]")
+def run_command(log_level: str | None) -> None:
     """Run the node agent (the DaemonSet's main process) until SIGTERM.
 
     Installs the plugin and keeps it installed, repairs broken pods, serves /healthz and
@@ -54,14 +67,19 @@ def run_command(log_level: str) -> None:
     plugin's logs on CNI_AGENT_RUN_DIR/log.sock. Configured by environment variables: see
     docs/node-daemon.md.
     """
-    logging.basicConfig(level=getattr(logging, log_level.upper().replace("WARN", "WARNING")),
+    try:
+        cfg, installer_cfg = read_configs(os.environ)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    level = log_level or cfg.log_level
+    logging.basicConfig(level=getattr(logging, level.upper().replace("WARN", "WARNING")),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        code = run_daemon(dict(os.environ), default_installer, stop)
-    except (ConfigError, ValueError) as exc:  # ours, or the installer's config errors
+        code = run_daemon(cfg, installer_cfg, default_installer, stop)
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     except ImportError as exc:
         raise click.ClickException(f"installer unavailable: {exc}") from exc

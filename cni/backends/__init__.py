@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from cni.ruleset import FamilyRules
-
-BACKENDS = ("auto", "nft", "legacy", "python-iptables")
+from cni.settings import BACKENDS
 
 
 class RuleApplier(Protocol):

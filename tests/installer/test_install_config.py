@@ -41,8 +41,26 @@ def test_values_are_parsed():
     ({"UNINSTALL_ON_SHUTDOWN": "maybe"}, "UNINSTALL_ON_SHUTDOWN='maybe'"),
     ({"FORCE_IPTABLES_BINARY": "ipfw"}, "FORCE_IPTABLES_BINARY='ipfw'"),
     ({"PLUGIN_LOG_LEVEL": "loud"}, "PLUGIN_LOG_LEVEL='loud'"),
+    ({"KUBERNETES_SERVICE_PORT": "443/x"}, "KUBERNETES_SERVICE_PORT='443/x'"),
+    ({"SKIP_TLS_VERIFY": "yes"}, "SKIP_TLS_VERIFY='yes'"),
 ])
 def test_bad_values_name_the_variable(env, message):
     with pytest.raises(InstallerConfigError) as err:
         InstallerConfig.from_env(env)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("value, written", [
+    ("python-iptables", "python-iptables"), ("Legacy", "legacy"), ("auto", ""), (" ", "")])
+def test_forced_backend(value, written):
+    """The names of cni.settings.BACKENDS; `auto` (or nothing) leaves detection to the plugin."""
+    assert InstallerConfig.from_env({"FORCE_IPTABLES_BINARY": value}).force_iptables_binary \
+        == written
+
+
+def test_unset_or_blank_variables_take_the_default():
+    blank = {name: " " for name in ("MOUNTED_CNI_NET_DIR", "CHAINED_CNI_PLUGIN",
+                                    "KUBECONFIG_MODE", "CNI_BIN_TARGET_DIRS", "DAEMONSET_NAME")}
+    assert InstallerConfig.from_env(blank) == InstallerConfig()
+    assert InstallerConfig.from_env({"KUBERNETES_SERVICE_PORT": " 6443 "}).k8s_service_port \
+        == "6443"

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import threading
+
 import pytest
 
+from cni.settings import BACKENDS
 from node_daemon.config import ConfigError, DaemonConfig, RepairConfig
+from node_daemon.run_cmd import default_installer, read_configs, run_daemon
 from node_daemon.workqueue import RateLimiter, WorkQueue
+from tests.installer.installer_support import make_node_dirs
+from tests.node_daemon.conftest import wait_for
 
 
 def test_repair_defaults_are_upstreams():
@@ -45,6 +52,72 @@ def test_daemon_config_node_name_falls_back_and_bad_values_name_the_variable():
         DaemonConfig.from_env({"REPAIR_DELETE_PODS": "yes please"})
     with pytest.raises(ConfigError, match="FORCE_IPTABLES_BINARY"):
         DaemonConfig.from_env({"FORCE_IPTABLES_BINARY": "ebpf"})
+
+
+@pytest.mark.parametrize("value", ["python-iptables", "nft", "legacy", "NFT"])
+def test_every_forced_backend_the_installer_accepts_the_agent_accepts_too(value):
+    """FORCE_IPTABLES_BINARY=python-iptables is what docs/installer.md tells a node without
+    iptables binaries to set; `run` must not refuse it."""
+    daemon, installer = read_configs({"FORCE_IPTABLES_BINARY": value})
+    assert daemon.iptables_backend == installer.force_iptables_binary == value.lower()
+    assert DaemonConfig.from_env({"FORCE_IPTABLES_BINARY": value}).iptables_backend in BACKENDS
+
+
+@pytest.mark.parametrize("value", ["", " ", "auto", "Auto"])
+def test_an_unforced_backend_is_detected_per_netns(value):
+    daemon, installer = read_configs({"FORCE_IPTABLES_BINARY": value})
+    assert (daemon.iptables_backend, installer.force_iptables_binary) == ("auto", "")
+
+
+def test_values_are_typed_and_bad_ones_name_the_variable_and_value():
+    d = DaemonConfig.from_env({"READINESS_PORT": " 8080 ", "REPAIR_WATCH_TIMEOUT": "0x3c",
+                               "DRIFT_CHECK_INTERVAL": "2.5", "LOG_LEVEL": "WARNING",
+                               "KUBECONFIG": "/root/.kube/config"})
+    assert (d.health_port, d.watch_timeout, d.drift_interval) == (8080, 60, 2.5)
+    assert (d.log_level, d.kubeconfig) == ("warn", "/root/.kube/config")
+    for name, value in [("MONITORING_PORT", "65536"), ("READINESS_PORT", "http"),
+                        ("DRIFT_CHECK_INTERVAL", "nan"), ("DRIFT_CHECK_INTERVAL", "-1"),
+                        ("REPAIR_WATCH_TIMEOUT", "-5"), ("LOG_LEVEL", "loud"),
+                        ("REPAIR_INIT_CONTAINER_EXIT_CODE", "one")]:
+        with pytest.raises(ConfigError) as err:
+            DaemonConfig.from_env({name: value})
+        assert f"{name}={value!r}" in str(err.value)
+
+
+def test_free_text_settings_keep_an_empty_value():
+    """`""` means "all pods" / "any init container" for these, so it is not "unset"."""
+    r = RepairConfig.from_env({"REPAIR_SIDECAR_ANNOTATION": "", "REPAIR_INIT_CONTAINER_NAME": ""})
+    assert (r.sidecar_annotation, r.init_container_name) == ("", "")
+    assert DaemonConfig.from_env({"REPAIR_NODE_NAME": "", "KUBERNETES_NODE_NAME": "n-2"}
+                                 ).repair.node_name == "n-2"
+
+
+def test_run_starts_on_a_node_forced_to_python_iptables(tmp_path):
+    """The whole `run` path on a node configured as docs/installer.md says for a host without
+    iptables binaries: it reads its settings, installs the plugin with that backend, serves,
+    and shuts down cleanly."""
+    dirs = make_node_dirs(tmp_path)
+    dirs.put("10-bridge.conf", text='{"cniVersion": "0.3.1", "name": "k8s", "type": "bridge"}')
+    env = dirs.env(FORCE_IPTABLES_BINARY="python-iptables", REPAIR_ENABLED="false",
+                   READINESS_PORT="0", MONITORING_PORT="0", HEALTH_BIND_ADDRESS="127.0.0.1",
+                   DRIFT_CHECK_INTERVAL="0")
+    daemon, installer = read_configs(env)
+    stop = threading.Event()
+    result: list[int] = []
+    thread = threading.Thread(
+        target=lambda: result.append(run_daemon(daemon, installer, default_installer, stop)))
+    thread.start()
+    conflist = dirs.net_dir / "10-bridge.conflist"
+    try:
+        wait_for(lambda: conflist.exists() and (dirs.run_dir / "log.sock").exists(),
+                 what="the plugin installed and the log socket served")
+        entry = json.loads(conflist.read_text())["plugins"][-1]
+        assert (entry["type"], entry["iptables_backend"]) == ("istio-cni", "python-iptables")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result == [0]
+    assert not conflist.exists() and (dirs.net_dir / "10-bridge.conf").exists()  # uninstalled
 
 
 class Clock:

@@ -1,0 +1,128 @@
+"""The settings model: one definition per environment variable, read through one code path.
+
+A `Setting` holds upstream's variable name, the typed default, the parser of its value type
+(`cni.values`), the doc line and where the setting comes from (upstream, or ours). Each
+component defines its own settings next to its config class (`installer.config.SETTINGS`,
+`node_daemon.config.SETTINGS`); the few that more than one component reads are defined here,
+once, so the installer and the agent can never read them differently. The docs tables are
+rendered from these definitions (`markdown_table`) and a test keeps docs/installer.md and
+docs/node-daemon.md equal to them.
+
+Reading rules, the same for every setting: an unset variable, or one holding only whitespace,
+takes the default (as viper does: it ignores empty variables); otherwise the trimmed text is
+parsed and a bad value is a `SettingError` naming the variable and the value. A few free-text
+settings (`keep_empty`) keep their text as given, so that `""` can mean "any".
+
+The plugin imports this module on every call: nothing here imports more than `cni.values`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from cni.values import BadValue, one_of, path
+
+UPSTREAM = "upstream"
+OURS = "ours"
+
+BACKENDS = ("auto", "nft", "legacy", "python-iptables")
+"""The rule backends: `auto` detects nft or legacy per netns as upstream does, `nft` and
+`legacy` force one of the iptables binaries, `python-iptables` programs legacy tables
+in-process (hosts without iptables binaries)."""
+
+PLUGIN_LOG_LEVELS = ("debug", "info", "warn", "error", "none")
+log_level = one_of(PLUGIN_LOG_LEVELS, fold_case=True, aliases={"warning": "warn"})
+"""The plugin's log levels; any case, and `warning` for `warn`."""
+
+
+class SettingError(ValueError):
+    """An environment variable holds a value that cannot be used; the message names both."""
+
+
+class Setting(NamedTuple):
+    """One environment variable, defined once (a NamedTuple: the plugin must not import
+    `dataclasses`)."""
+
+    name: str
+    """Upstream's variable name (ours when upstream has no such setting)."""
+    default: Any
+    """The typed value when the variable is unset or empty."""
+    parse: Callable[[str], Any]
+    """The value type's parser from `cni.values`; raises `BadValue`."""
+    doc: str
+    """One line (markdown) for the docs table."""
+    origin: str = UPSTREAM
+    """`upstream`, `ours`, or a qualified form (`upstream <= 1.22`, ...)."""
+    shown_default: str = ""
+    """How the docs show the default, when the plain value would not say enough."""
+    keep_empty: bool = False
+    """Free text kept as given, `""` included (e.g. `""` = any init container)."""
+
+    def shown(self) -> str:
+        """The default as the docs show it (markdown)."""
+        return self.shown_default or _shown(self.default)
+
+    def read(self, env: Mapping[str, str]) -> Any:
+        """The typed value of this setting in `env`."""
+        raw = env.get(self.name)
+        if raw is None:
+            return self.default
+        if self.keep_empty:
+            return raw
+        text = raw.strip()
+        if not text:
+            return self.default
+        try:
+            return self.parse(text)
+        except BadValue as exc:
+            raise SettingError(f"{self.name}={text!r}: {exc}") from None
+
+
+def read_settings(env: Mapping[str, str], settings: Iterable[Setting]) -> dict[str, Any]:
+    """Every setting's typed value by variable name; the first bad value raises."""
+    return {s.name: s.read(env) for s in settings}
+
+
+_backend = one_of(BACKENDS, fold_case=True)
+
+
+def _forced_backend(value: str) -> str:
+    """A backend name; `auto` is the same as unset (detect), so it reads as ""."""
+    name = _backend(value)
+    return "" if name == "auto" else name
+
+
+# --- read by more than one component ------------------------------------------------------------
+
+CNI_AGENT_RUN_DIR = Setting(
+    "CNI_AGENT_RUN_DIR", Path("/var/run/istio-cni"), path,
+    "Holds the plugin's `istio-cni-kubeconfig`, the agent's `log.sock` and the plugin's "
+    "`istio-cni.log`. It is written into the plugin config, so it must be the same path on "
+    "the host and in the container.")
+FORCE_IPTABLES_BINARY = Setting(
+    "FORCE_IPTABLES_BINARY", "", _forced_backend,
+    "`legacy` or `nft` (ours: also `python-iptables`, for hosts without iptables binaries). "
+    "Written as the plugin's `iptables_backend` and used by repair and drift. Empty (or "
+    "`auto`): detect the backend per pod netns, as upstream.",
+    origin="upstream name, ours in the plugin config")
+
+
+def markdown_table(settings: Iterable[Setting]) -> str:
+    """The docs table of `settings`: variable, default, meaning, origin."""
+    rows = ["| Variable | Default | Meaning | Origin |", "|---|---|---|---|"]
+    rows += [f"| `{s.name}` | {s.shown()} | {s.doc} | {s.origin} |" for s in settings]
+    return "\n".join(rows) + "\n"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if value in ("", ()):
+        return '`""`'
+    if isinstance(value, tuple):
+        return "`" + ",".join(str(v) for v in value) + "`"
+    if isinstance(value, float) and value.is_integer():
+        return f"`{int(value)}`"
+    return f"`{value}`"
