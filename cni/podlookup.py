@@ -8,7 +8,7 @@ Retries follow upstream (30 attempts, 1 s apart: a pod can be created before the
 serves it) but are also bounded by an overall deadline shorter than the runtime's CNI timeout.
 Each attempt is a wall-clock bound (its timeout, capped by what is left of the deadline) on every
 socket operation together, so neither a hanging nor a trickling server can eat the ADD, and the
-answer is capped at `MAX_BODY_BYTES`. Failures are translated here, once: transient (connection,
+answer is capped at `MAX_POD_BYTES`. Failures are translated here, once: transient (connection,
 timeout, 5xx, 429) → `TryAgainLater`; token rejected (401/403), TLS verification failure, an
 answer too large to be a pod, a pod still missing after every attempt → `PodLookupFailed`; an
 unusable TLS setup in the kubeconfig → `PluginNotAvailable`. No message ever contains the
@@ -81,7 +81,7 @@ class HTTPTransport:
     Each `get` is bounded in wall-clock time by its `timeout`, not per socket operation: the
     connection's sockets re-arm their timeout to what is left before every connect, TLS
     handshake, send and receive, so a server trickling one byte at a time cannot stretch a GET
-    past it. The answer's body is capped at `MAX_BODY_BYTES`.
+    past it. The answer's body is capped at `MAX_POD_BYTES`.
     """
 
     def __init__(self, access: KubeAccess) -> None:
@@ -127,8 +127,9 @@ class HTTPTransport:
         self._conn.close()
 
 
-MAX_BODY_BYTES = 8 * 1024 * 1024
-"""The largest answer we read: 8 MiB, over twice the largest pod the API server can hold.
+MAX_POD_BYTES = 8 * 1024 * 1024
+"""The largest answer we read (and `explain --pod-file` reads): 8 MiB, over twice the largest
+pod the API server can hold.
 
 A pod is written to the API server as a request body of at most 3 MiB (the API server's limit)
 and stored in etcd within its 1.5 MiB request limit; the JSON we get back adds status and
@@ -137,20 +138,20 @@ would only grow the plugin (an endless body once took it to 4 GB)."""
 
 
 class ResponseTooLarge(http.client.HTTPException):
-    """The answer's body is over `MAX_BODY_BYTES` (announced, or seen while reading)."""
+    """The answer's body is over `MAX_POD_BYTES` (announced, or seen while reading)."""
 
 
 def _read_body(resp: http.client.HTTPResponse) -> bytes:
     announced = resp.length  # Content-Length, or None (chunked or until the server closes)
-    if announced is not None and announced > MAX_BODY_BYTES:
+    if announced is not None and announced > MAX_POD_BYTES:
         raise ResponseTooLarge(
-            f"the answer announces {announced} bytes, more than the {MAX_BODY_BYTES} bytes "
+            f"the answer announces {announced} bytes, more than the {MAX_POD_BYTES} bytes "
             "any pod can take"
         )
-    body = resp.read(MAX_BODY_BYTES + 1)
-    if len(body) > MAX_BODY_BYTES:
+    body = resp.read(MAX_POD_BYTES + 1)
+    if len(body) > MAX_POD_BYTES:
         raise ResponseTooLarge(
-            f"the answer is larger than the {MAX_BODY_BYTES} bytes any pod can take"
+            f"the answer is larger than the {MAX_POD_BYTES} bytes any pod can take"
         )
     return body
 

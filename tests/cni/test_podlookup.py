@@ -23,7 +23,7 @@ from support.cnirun import Runtime
 
 from cni.errors import CNIError, PluginNotAvailable, PodLookupFailed, TryAgainLater
 from cni.kubeconfig import KubeAccess, load_kubeconfig
-from cni.podlookup import MAX_BODY_BYTES, ApiPodSource, RetryPolicy, get_pod, pod_path
+from cni.podlookup import MAX_POD_BYTES, ApiPodSource, RetryPolicy, get_pod, pod_path
 from tests.kubeapi.fixtures import down_url, write_kubeconfig
 from tests.kubeapi.server import KubeApiServer
 from tests.kubeapi.tls import make_tls_material
@@ -304,10 +304,10 @@ def test_policy_rejects_nonsense(bad: dict[str, float]) -> None:
 
 Behaviour = Callable[[socket.socket, threading.Event], None]
 POD_JSON = json.dumps(POD).encode()
-SAFETY_STOP = 8 * MAX_BODY_BYTES
+SAFETY_STOP = 8 * MAX_POD_BYTES
 """The endless bodies end here, only so that a client without a cap fails the test (it reads
 this much, then finds no JSON) instead of exhausting the machine; the capped client stops at
-`MAX_BODY_BYTES`."""
+`MAX_POD_BYTES`."""
 
 
 @contextmanager
@@ -415,7 +415,7 @@ def test_endless_body_is_cut_at_the_cap_and_not_retried(tmp_path: Path, kind: st
 
         exc = failure(hostile_access(url, tmp_path), PodLookupFailed, policy=policy)
 
-    assert f"larger than the {MAX_BODY_BYTES} bytes" in exc.msg, exc.msg
+    assert f"larger than the {MAX_POD_BYTES} bytes" in exc.msg, exc.msg
     assert PATH in exc.msg and url in exc.msg
     assert conns == [1]  # too large is not transient: no second download
 
@@ -517,5 +517,5 @@ def test_plugin_add_against_an_endless_body_fails_clearly(tmp_path: Path) -> Non
         err = plugin_add(tmp_path, url)
 
     assert err["code"] == PodLookupFailed.code, err
-    assert f"larger than the {MAX_BODY_BYTES} bytes" in err["msg"]
+    assert f"larger than the {MAX_POD_BYTES} bytes" in err["msg"]
     assert conns == [1]
