@@ -86,7 +86,6 @@ class HTTPTransport:
 
     def __init__(self, access: KubeAccess) -> None:
         parts = urlsplit(access.server)
-        self._host = parts.hostname or ""
         self._prefix = parts.path.rstrip("/")
         self._headers = {"Accept": "application/json", "User-Agent": "istio-cni-py"}
         if access.token:
@@ -95,7 +94,7 @@ class HTTPTransport:
         context = tls_context(access) if https else None
         self._deadline = _Deadline()
         self._conn = _Connection(
-            self._host, parts.port or (443 if https else 80), self._deadline, context
+            parts.hostname or "", parts.port or (443 if https else 80), self._deadline, context
         )
 
     def get(self, path: str, timeout: float) -> Response:
