@@ -40,9 +40,9 @@ def main() -> None:
 
     plugin_log.setup_stderr()
     from cni.plugin import Plugin
-    from cni.protocol import dispatch
+    from cni.protocol import dispatch, read_config
 
-    stdin = sys.stdin.buffer.read()
+    stdin = read_config(sys.stdin.buffer)
     plugin = Plugin()
     out, err, status = dispatch(
         os.environ, stdin, plugin, about=ABOUT,

@@ -6,7 +6,8 @@ when the file is not JSON (a hand-written or upstream-written kubeconfig). Suppo
 upstream's installer writes (server, certificate-authority-data or insecure-skip-tls-verify,
 token) and the common rest: CA/cert/key files (relative to the kubeconfig's directory), client
 cert/key data, tokenFile. Every failure is a `PluginNotAvailable` naming the path and the reason.
-A token never appears in a message or a repr.
+A token never appears in a message or a repr. The kubeconfig and its token file are read with
+`cni.fileread.read_regular_file`: a FIFO or a device in their place is an error, not a hang.
 """
 
 from __future__ import annotations
@@ -21,10 +22,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cni.errors import PluginNotAvailable
+from cni.fileread import read_regular_file
 
 CLUSTER_NAME = "local"
 USER_NAME = "istio-cni"
 CONTEXT_NAME = "istio-cni-context"
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""The most we read of the kubeconfig or of a file it names (token, CA bundle, client cert/key).
+
+Generous for every real one: a kubeconfig with dozens of contexts and embedded certificates stays
+well under 1 MiB, and the largest file one names, a full CA bundle such as Debian's
+ca-certificates.crt, is about 220 KiB."""
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,7 @@ def _fail(path: str, reason: str) -> PluginNotAvailable:
 
 def _read(path: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
+        return read_regular_file(path, MAX_FILE_BYTES)
     except FileNotFoundError as exc:
         raise _fail(path, "file does not exist (is the istio-cni node agent running?)") from exc
     except OSError as exc:
@@ -193,7 +201,8 @@ def _token(path: str, user: Mapping[str, Any], base: str) -> str | None:
     if token_file is None:
         return None
     try:
-        with open(token_file, encoding="utf-8") as f:
-            return f.read().strip()
+        return read_regular_file(token_file, MAX_FILE_BYTES).decode("utf-8").strip()
     except OSError as exc:
         raise _fail(path, f"cannot read tokenFile {token_file}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise _fail(path, f"tokenFile {token_file} is not UTF-8 text") from exc

@@ -5,12 +5,14 @@ more than the whole lookup). The TLS context is built once per `HTTPTransport`, 
 connection is reused across retries.
 
 Retries follow upstream (30 attempts, 1 s apart: a pod can be created before the API server
-serves it) but are also bounded by an overall deadline shorter than the runtime's CNI timeout,
-and each attempt's socket timeout is capped by what is left of it, so a hanging server cannot eat
-the ADD. Failures are translated here, once: transient (connection, timeout, 5xx, 429) →
-`TryAgainLater`; token rejected (401/403), TLS verification failure, a pod still missing after
-every attempt → `PodLookupFailed`; an unusable TLS setup in the kubeconfig → `PluginNotAvailable`.
-No message ever contains the bearer token.
+serves it) but are also bounded by an overall deadline shorter than the runtime's CNI timeout.
+Each attempt is a wall-clock bound (its timeout, capped by what is left of the deadline) on every
+socket operation together, so neither a hanging nor a trickling server can eat the ADD, and the
+answer is capped at `MAX_POD_BYTES`. Failures are translated here, once: transient (connection,
+timeout, 5xx, 429) → `TryAgainLater`; token rejected (401/403), TLS verification failure, an
+answer too large to be a pod, a pod still missing after every attempt → `PodLookupFailed`; an
+unusable TLS setup in the kubeconfig → `PluginNotAvailable`. No message ever contains the
+bearer token.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import http.client
 import json
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -28,7 +31,8 @@ from urllib.parse import quote, urlsplit
 
 from cni.config import POD_LOOKUP_ATTEMPTS, POD_LOOKUP_DEADLINE, POD_LOOKUP_INTERVAL
 from cni.errors import CNIError, PluginNotAvailable, PodLookupFailed, TryAgainLater
-from cni.kubeconfig import KubeAccess
+from cni.fileread import read_regular_file
+from cni.kubeconfig import MAX_FILE_BYTES, KubeAccess
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,8 @@ class RetryPolicy:
     deadline: float = POD_LOOKUP_DEADLINE
     """Overall budget (seconds); why 45 s by default: `cni.config.POD_LOOKUP_DEADLINE`."""
     timeout: float = 5.0
-    """Socket timeout of one attempt (seconds), further capped by the deadline."""
+    """Wall-clock bound of one attempt, all its socket operations together (seconds), further
+    capped by the deadline."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.deadline <= 0 or self.timeout <= 0 or self.interval < 0:
@@ -72,36 +77,45 @@ class PodSource(Protocol):
 
 
 class HTTPTransport:
-    """`Transport` over one reusable `http.client` connection to the kubeconfig's server."""
+    """`Transport` over one reusable `http.client` connection to the kubeconfig's server.
+
+    Each `get` is bounded in wall-clock time by its `timeout`, not per socket operation: the
+    connection's sockets re-arm their timeout to what is left before every connect, TLS
+    handshake, send and receive, so a server trickling one byte at a time cannot stretch a GET
+    past it. The answer's body is capped at `MAX_POD_BYTES`.
+    """
 
     def __init__(self, access: KubeAccess) -> None:
         parts = urlsplit(access.server)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path.rstrip("/")
         self._headers = {"Accept": "application/json", "User-Agent": "istio-cni-py"}
         if access.token:
             self._headers["Authorization"] = f"Bearer {access.token}"
-        self._context = tls_context(access) if self._https else None
-        self._conn: http.client.HTTPConnection | None = None
+        https = parts.scheme == "https"
+        context = tls_context(access) if https else None
+        self._deadline = _Deadline()
+        self._conn = _Connection(
+            parts.hostname or "", parts.port or (443 if https else 80), self._deadline, context
+        )
 
     def get(self, path: str, timeout: float) -> Response:
-        reused = self._conn is not None and self._conn.sock is not None
+        self._deadline.start(timeout)
+        reused = self._conn.sock is not None
         try:
-            return self._get_once(path, timeout)
+            return self._get_once(path)
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
             if not reused:
                 raise
-            # The server closed our idle keep-alive connection: a new one is not a retry.
-            return self._get_once(path, timeout)
+            # The server closed our idle keep-alive connection: a new one is not a retry, but
+            # it shares this GET's deadline.
+            return self._get_once(path)
 
-    def _get_once(self, path: str, timeout: float) -> Response:
-        conn = self._connection(timeout)
+    def _get_once(self, path: str) -> Response:
+        conn = self._conn
         try:
             conn.request("GET", self._prefix + path, headers=self._headers)
             resp = conn.getresponse()
-            body = resp.read()
+            body = _read_body(resp)
         except BaseException:
             self.close()  # the connection's state is unknown: start afresh next time
             raise
@@ -110,35 +124,173 @@ class HTTPTransport:
         return Response(resp.status, resp.reason, body)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._conn.close()
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        if self._conn is None:
-            if self._context is not None:
-                self._conn = http.client.HTTPSConnection(
-                    self._host, self._port, timeout=timeout, context=self._context
+
+MAX_POD_BYTES = 8 * 1024 * 1024
+"""The largest answer we read (and `explain --pod-file` reads): 8 MiB, over twice the largest
+pod the API server can hold.
+
+A pod is written to the API server as a request body of at most 3 MiB (the API server's limit)
+and stored in etcd within its 1.5 MiB request limit; the JSON we get back adds status and
+managedFields but stays within a few MiB. An answer larger than this is not a pod: reading it
+would only grow the plugin (an endless body once took it to 4 GB)."""
+
+
+class ResponseTooLarge(http.client.HTTPException):
+    """The answer's body is over `MAX_POD_BYTES` (announced, or seen while reading)."""
+
+
+def _read_body(resp: http.client.HTTPResponse) -> bytes:
+    announced = resp.length  # Content-Length, or None (chunked or until the server closes)
+    if announced is not None and announced > MAX_POD_BYTES:
+        raise ResponseTooLarge(
+            f"the answer announces {announced} bytes, more than the {MAX_POD_BYTES} bytes "
+            "any pod can take"
+        )
+    body = resp.read(MAX_POD_BYTES + 1)
+    if len(body) > MAX_POD_BYTES:
+        raise ResponseTooLarge(
+            f"the answer is larger than the {MAX_POD_BYTES} bytes any pod can take"
+        )
+    return body
+
+
+class _Deadline:
+    """The wall-clock end of the current GET, shared by the connection and its sockets."""
+
+    def __init__(self) -> None:
+        self._at = 0.0
+
+    def start(self, seconds: float) -> None:
+        self._at = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        """Seconds left; `TimeoutError` once there are none (as a socket timeout would)."""
+        left = self._at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("timed out")
+        return left
+
+
+class _Bounded:
+    """Socket mixin: before each blocking operation, the timeout becomes what is left.
+
+    A socket timeout bounds one operation; http.client reads the status line, the headers and
+    the body in many receives, so only re-arming before each one bounds the whole GET.
+    (`sendall`, `connect` and the TLS handshake each honour one timeout for all of their work.)
+    """
+
+    deadline: _Deadline | None = None
+
+    def _arm(self) -> None:
+        if self.deadline is not None:
+            self.settimeout(self.deadline.remaining())  # type: ignore[attr-defined]
+
+    def connect(self, address: Any) -> None:
+        self._arm()
+        super().connect(address)  # type: ignore[misc]
+
+    def do_handshake(self, *args: Any) -> None:
+        self._arm()
+        super().do_handshake(*args)  # type: ignore[misc]
+
+    def recv(self, *args: Any) -> bytes:
+        self._arm()
+        return super().recv(*args)  # type: ignore[misc, no-any-return]
+
+    def recv_into(self, *args: Any) -> int:
+        self._arm()
+        return super().recv_into(*args)  # type: ignore[misc, no-any-return]
+
+    def send(self, *args: Any) -> int:
+        self._arm()
+        return super().send(*args)  # type: ignore[misc, no-any-return]
+
+    def sendall(self, *args: Any) -> None:
+        self._arm()
+        super().sendall(*args)  # type: ignore[misc]
+
+
+class _BoundedSocket(_Bounded, socket.socket):
+    pass
+
+
+class _BoundedSSLSocket(_Bounded, ssl.SSLSocket):
+    pass
+
+
+class _Connection(http.client.HTTPConnection):
+    """An HTTP(S) connection whose every socket operation ends by the shared deadline.
+
+    Plain `HTTPConnection` with our own `connect`: the socket is a `_BoundedSocket`, wrapped
+    (for https) into a `_BoundedSSLSocket` whose handshake runs under the same deadline.
+    """
+
+    def __init__(
+        self, host: str, port: int, deadline: _Deadline, context: ssl.SSLContext | None
+    ) -> None:
+        super().__init__(host, port)
+        self._deadline = deadline
+        self._context = context
+        if context is not None:
+            context.sslsocket_class = _BoundedSSLSocket
+
+    def connect(self) -> None:
+        sock = _open_socket(self.host, self.port, self._deadline)
+        if self._context is not None:
+            try:
+                tls = self._context.wrap_socket(
+                    sock, server_hostname=self.host, do_handshake_on_connect=False
                 )
-            else:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        self._conn.timeout = timeout
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(timeout)
-        return self._conn
+            except BaseException:
+                sock.close()
+                raise
+            assert isinstance(tls, _BoundedSSLSocket)
+            tls.deadline = self._deadline
+            try:
+                tls.do_handshake()
+            except BaseException:
+                tls.close()
+                raise
+            sock = tls
+        self.sock = sock
+
+
+def _open_socket(host: str, port: int, deadline: _Deadline) -> socket.socket:
+    """`socket.create_connection`, with `_BoundedSocket`s (the name is resolved first: the
+    kubeconfig's server is normally an IP address, which resolves without a lookup)."""
+    last: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = _BoundedSocket(family, kind, proto)
+        sock.deadline = deadline
+        try:
+            sock.connect(address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+    raise last or OSError(f"{host}:{port}: no address to connect to")
 
 
 def tls_context(access: KubeAccess) -> ssl.SSLContext:
-    """The client TLS context the kubeconfig asks for; a bad CA/cert is `PluginNotAvailable`."""
+    """The client TLS context the kubeconfig asks for; a bad CA/cert is `PluginNotAvailable`.
+
+    The files the kubeconfig names are read here, bounded and refusing anything but a regular
+    file (`cni.fileread`), and handed to `ssl` as data: OpenSSL would open a FIFO and block.
+    """
     try:
         if access.insecure_skip_tls_verify:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         else:
-            cadata = access.ca_data.decode("ascii") if access.ca_data else None
+            ca = access.ca_data or _read_named(access, "certificate-authority", access.ca_file)
+            # PEM text; like OpenSSL's and Go's PEM readers, ignore what surrounds the blocks.
+            cadata = ca.decode("ascii", "ignore") if ca else None
             # With a CA given, trust only it (kubectl's behaviour), not the system store.
-            ctx = ssl.create_default_context(cafile=access.ca_file, cadata=cadata)
+            ctx = ssl.create_default_context(cadata=cadata)
         _load_client_cert(ctx, access)
     except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
         raise PluginNotAvailable(
@@ -147,19 +299,35 @@ def tls_context(access: KubeAccess) -> ssl.SSLContext:
     return ctx
 
 
-def _load_client_cert(ctx: ssl.SSLContext, access: KubeAccess) -> None:
-    if access.client_cert_file:
-        ctx.load_cert_chain(access.client_cert_file, access.client_key_file)
-    elif access.client_cert_data:
-        import tempfile  # rare path: ssl only loads a cert chain from files
+def _read_named(access: KubeAccess, key: str, path: str | None) -> bytes | None:
+    """The file the kubeconfig names under `key`, or None; a clear error if unreadable."""
+    if path is None:
+        return None
+    try:
+        return read_regular_file(path, MAX_FILE_BYTES)
+    except OSError as exc:
+        raise PluginNotAvailable(
+            f"load kubeconfig {access.source}: cannot read {key} {path}: "
+            f"{exc.strerror or exc}"
+        ) from exc
 
-        with tempfile.TemporaryDirectory() as tmp:
-            cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-            for file, data in ((cert, access.client_cert_data), (key, access.client_key_data)):
-                fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data or b"")
-            ctx.load_cert_chain(cert, key if access.client_key_data else None)
+
+def _load_client_cert(ctx: ssl.SSLContext, access: KubeAccess) -> None:
+    cert = access.client_cert_data or _read_named(
+        access, "client-certificate", access.client_cert_file
+    )
+    if not cert:
+        return
+    key = access.client_key_data or _read_named(access, "client-key", access.client_key_file)
+    import tempfile  # rare path: ssl only loads a cert chain from files
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cert_file, key_file = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        for file, data in ((cert_file, cert), (key_file, key)):
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data or b"")
+        ctx.load_cert_chain(cert_file, key_file if key else None)
 
 
 def pod_path(namespace: str, name: str) -> str:
@@ -287,6 +455,8 @@ def _attempt(transport: Transport, path: str, timeout: float) -> dict[str, Any] 
         )
     except TimeoutError as exc:
         return _Failure("transient", f"timed out after {timeout:.2f}s", exc)
+    except ResponseTooLarge as exc:  # no pod is that large: asking again would not help
+        return _Failure("fatal", str(exc), exc)
     except (OSError, http.client.HTTPException) as exc:
         return _Failure("transient", f"{type(exc).__name__}: {exc}", exc)
     return _classify(resp)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from cni.errors import (
     CNIError,
@@ -102,12 +102,29 @@ def _required_missing(env: Mapping[str, str], command: str) -> list[str]:
 
 
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
+_READ_CHUNK = 64 * 1024
+
+
+def read_config(stream: BinaryIO) -> bytes:
+    """Stdin as `dispatch` takes it: to EOF, but never more than `MAX_CONFIG_BYTES + 1` bytes.
+
+    One byte over the limit is enough for `dispatch` to refuse the config; reading on would only
+    grow the plugin (and wait for a writer that never closes)."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= MAX_CONFIG_BYTES:
+        chunk = stream.read(min(_READ_CHUNK, MAX_CONFIG_BYTES + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return b"".join(chunks)
 
 
 def _decode_conf(stdin: bytes) -> dict[str, Any]:
     if len(stdin) > MAX_CONFIG_BYTES:
         raise DecodingFailure(
-            f"network config on stdin is {len(stdin)} bytes, more than {MAX_CONFIG_BYTES}"
+            f"network config on stdin is larger than {MAX_CONFIG_BYTES} bytes"
         )
     try:
         conf = json.loads(stdin)

@@ -15,6 +15,8 @@ from pathlib import Path
 import click
 
 from cni import __version__ as VERSION
+from cni.fileread import read_file_at_most
+from cni.podlookup import MAX_POD_BYTES
 from node_daemon.install_cmd import register as register_install_commands
 from node_daemon.repair_cmd import drift_command, repair_command
 from node_daemon.rules_cmd import rules_command
@@ -62,7 +64,7 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
         return
     assert pod_file is not None
     try:
-        pod = json.loads(pod_file.read_text())
+        pod = json.loads(read_file_at_most(pod_file, MAX_POD_BYTES))
     except OSError as exc:
         raise click.ClickException(f"cannot read {pod_file}: {exc.strerror}") from exc
     except ValueError as exc:

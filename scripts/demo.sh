@@ -5,13 +5,13 @@
 # CNI protocol for a meshed and a plain pod, and the CNI race repaired in place. It cleans up
 # after itself, also on Ctrl-C. Arguments go to the demo (--help lists them).
 #
-#   sudo bash scripts/demo.sh
-#   DEMO_SKIP_SETUP=1 sudo -E bash scripts/demo.sh --source   # already set up; plugin from source
+#   bash scripts/demo.sh
+#   DEMO_SKIP_SETUP=1 bash scripts/demo.sh --source   # already set up; plugin from source
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ $(id -u) != 0 ]]; then
-    echo "demo: needs root (network namespaces, iptables): sudo bash scripts/demo.sh" >&2
+    echo "demo: needs root (network namespaces, iptables): run bash scripts/demo.sh as root" >&2
     exit 1
 fi
 if [[ ${DEMO_SKIP_SETUP:-0} != 1 ]]; then

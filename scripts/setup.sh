@@ -4,7 +4,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iptables iproute2 containernetworking-plugins conntrack util-linux procps)
+APT_PACKAGES=(iptables nftables libnftables1 iproute2 containernetworking-plugins conntrack
+              util-linux procps)
+# How long to wait for another apt or dpkg (unattended-upgrades on a fresh VM) to finish.
+APT_LOCK_WAIT_SECONDS="${APT_LOCK_WAIT_SECONDS:-900}"
+
+# apt-get, waiting (at most APT_LOCK_WAIT_SECONDS) while another apt or dpkg holds its locks.
+# DPkg::Lock::Timeout makes apt-get itself wait for the dpkg lock; older apt does not apply it
+# to `update`'s lists lock, hence the retry on apt's "Could not get lock" message as well.
+apt_get() {
+    local deadline=$((SECONDS + APT_LOCK_WAIT_SECONDS)) out said=0
+    while true; do
+        if out=$(apt-get -o DPkg::Lock::Timeout="$APT_LOCK_WAIT_SECONDS" "$@" 2>&1); then
+            return 0
+        fi
+        if ! grep -qE "Could not get lock|Unable to (lock|acquire the dpkg)" <<<"$out" \
+                || ((SECONDS >= deadline)); then
+            printf '%s\n' "$out" >&2
+            return 1
+        fi
+        if ((!said)); then
+            echo "setup: another apt or dpkg is running (unattended upgrades?): waiting for it," \
+                 "at most ${APT_LOCK_WAIT_SECONDS}s (APT_LOCK_WAIT_SECONDS)" >&2
+            said=1
+        fi
+        sleep 2
+    done
+}
+
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -12,8 +39,8 @@ done
 if ((${#missing[@]})); then
     echo "setup: installing ${missing[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt_get update -qq
+    apt_get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 PYTHON="${PYTHON:-python3}"

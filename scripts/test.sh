@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the checks and the whole test suite (root tiers need root: run with sudo).
+# Run the checks and the whole test suite, as root (the root tiers skip, with a reason, without).
 # Exits non-zero on the first failing step.
 #
 # The frozen plugin is built once (plugin only, ~25 s): the frozen-binary tests use it, and then

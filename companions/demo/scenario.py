@@ -89,7 +89,7 @@ class Demo:
 
         if os.geteuid() != 0:
             raise DemoError("must run as root (network namespaces, iptables): "
-                            "sudo bash scripts/demo.sh")
+                            "run bash scripts/demo.sh as root")
         missing = [t for t in ("ip", "iptables", "iptables-save", "sh", "sleep")
                    if shutil.which(t) is None]
         if missing:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cni.errors import PluginNotAvailable
-from cni.kubeconfig import KubeAccess, load_kubeconfig, render_kubeconfig
+from cni.kubeconfig import MAX_FILE_BYTES, KubeAccess, load_kubeconfig, render_kubeconfig
 
 TOKEN = "eyJhbGciOiJSUzI1NiJ9.secret-token-value"
 CA = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
@@ -224,3 +225,111 @@ def test_unreadable_token_file(tmp_path: Path) -> None:
     }
     with pytest.raises(PluginNotAvailable, match="tokenFile"):
         load_kubeconfig(write(tmp_path, json.dumps(doc)))
+
+
+# --- files that are not what they seem: an error naming the path, never a hang --------------
+
+LOAD_AND_TLS = """
+import sys
+from cni.errors import CNIError
+from cni.kubeconfig import load_kubeconfig
+from cni.podlookup import tls_context
+try:
+    tls_context(load_kubeconfig(sys.argv[1]))
+except CNIError as exc:
+    print(exc.code, exc.msg)
+else:
+    print("loaded")
+"""
+
+
+def load_elsewhere(path: str) -> str:
+    """Load `path` and build its TLS context in a fresh process: if a read blocks, the test fails
+    by `subprocess.run`'s timeout instead of hanging the session."""
+    proc = subprocess.run([sys.executable, "-c", LOAD_AND_TLS, path], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout.strip()
+
+
+def kubeconfig_naming(tmp_path: Path, cluster: dict, user: dict) -> str:
+    doc = {
+        "current-context": "c",
+        "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u"}}],
+        "clusters": [{"name": "k", "cluster": {"server": "https://127.0.0.1:6443", **cluster}}],
+        "users": [{"name": "u", "user": user}],
+    }
+    return write(tmp_path, json.dumps(doc))
+
+
+def test_fifo_as_the_kubeconfig_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "istio-cni-kubeconfig"
+    os.mkfifo(fifo)
+
+    assert load_elsewhere(str(fifo)) == f"50 load kubeconfig {fifo}: cannot read: " \
+        "not a regular file (a FIFO)"
+
+
+def test_device_as_the_kubeconfig_is_an_error(tmp_path: Path) -> None:
+    link = tmp_path / "istio-cni-kubeconfig"
+    link.symlink_to("/dev/null")  # links are followed: what counts is what is opened
+
+    with pytest.raises(PluginNotAvailable, match="not a regular file \\(a character device\\)"):
+        load_kubeconfig(str(link))
+
+
+def test_oversized_kubeconfig_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, UPSTREAM_YAML + "#" * MAX_FILE_BYTES)
+
+    with pytest.raises(PluginNotAvailable, match=f"larger than {MAX_FILE_BYTES} bytes") as caught:
+        load_kubeconfig(path)
+
+    assert path in caught.value.msg
+
+
+@pytest.mark.parametrize(
+    ("cluster", "user", "named"),
+    [
+        ({"insecure-skip-tls-verify": True}, {"tokenFile": "token"}, "tokenFile"),
+        ({"certificate-authority": "token"}, {"token": TOKEN}, "certificate-authority"),
+        ({"insecure-skip-tls-verify": True},
+         {"client-certificate": "token", "client-key": "key"}, "client-certificate"),
+    ],
+)
+def test_fifo_named_by_the_kubeconfig_is_an_error_not_a_hang(
+    tmp_path: Path, cluster: dict, user: dict, named: str
+) -> None:
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    path = kubeconfig_naming(tmp_path, cluster, user)
+
+    out = load_elsewhere(path)
+
+    assert out.startswith(f"50 load kubeconfig {path}: "), out
+    assert f"{named} {fifo}" in out and "not a regular file (a FIFO)" in out, out
+
+
+def test_files_named_by_the_kubeconfig_may_be_links(tmp_path: Path) -> None:
+    """Secret and projected-token mounts are links (`token -> ..data/token`): they still load."""
+    from tests.kubeapi.tls import make_tls_material, openssl_available
+
+    if not openssl_available():
+        pytest.skip("the openssl CLI is needed to make a test CA")
+    data = tmp_path / "..data"
+    data.mkdir()
+    (data / "token").write_text(TOKEN + "\n")
+    (data / "ca.crt").write_bytes(make_tls_material(tmp_path / "tls").ca_pem)
+    for name in ("token", "ca.crt"):
+        (tmp_path / name).symlink_to(f"..data/{name}")
+    path = kubeconfig_naming(tmp_path, {"certificate-authority": "ca.crt"}, {"tokenFile": "token"})
+
+    assert load_elsewhere(path) == "loaded"
+    assert load_kubeconfig(path).token == TOKEN
+
+
+def test_token_file_that_is_not_text_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "token").write_bytes(b"\xff\xfe binary")
+    path = kubeconfig_naming(tmp_path, {}, {"tokenFile": "token"})
+
+    with pytest.raises(PluginNotAvailable, match="tokenFile .*token is not UTF-8 text"):
+        load_kubeconfig(path)

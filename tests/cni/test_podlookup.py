@@ -1,20 +1,29 @@
 """cni.podlookup against a real local API server: retries, deadline, TLS, error codes.
 
 Faults are caused server-side over a real socket; only the pause between attempts is injected
-(`sleep=`) so the tests do not wait. No assertion is about elapsed time.
+(`sleep=`) so the tests do not wait. No assertion is about elapsed time. Answers no API server
+gives (an endless body, one byte at a time) come from `HostileServer`, a raw TCP server here,
+also through the plugin binary, whose run is bounded by `subprocess.run(timeout=...)`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from support.cnirun import Runtime
 
 from cni.errors import CNIError, PluginNotAvailable, PodLookupFailed, TryAgainLater
 from cni.kubeconfig import KubeAccess, load_kubeconfig
-from cni.podlookup import ApiPodSource, RetryPolicy, get_pod, pod_path
+from cni.podlookup import MAX_POD_BYTES, ApiPodSource, RetryPolicy, get_pod, pod_path
 from tests.kubeapi.fixtures import down_url, write_kubeconfig
 from tests.kubeapi.server import KubeApiServer
 from tests.kubeapi.tls import make_tls_material
@@ -289,3 +298,224 @@ def test_ipv6_server(tmp_path: Path) -> None:
 def test_policy_rejects_nonsense(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**bad)  # type: ignore[arg-type]
+
+
+# --- answers no API server gives: endless, huge, trickled -------------------------------------
+
+Behaviour = Callable[[socket.socket, threading.Event], None]
+POD_JSON = json.dumps(POD).encode()
+SAFETY_STOP = 8 * MAX_POD_BYTES
+"""The endless bodies end here, only so that a client without a cap fails the test (it reads
+this much, then finds no JSON) instead of exhausting the machine; the capped client stops at
+`MAX_POD_BYTES`."""
+
+
+@contextmanager
+def hostile_server(behaviour: Behaviour) -> Iterator[tuple[str, list[int]]]:
+    """A raw TCP server on 127.0.0.1: each connection gets its request read, then `behaviour`.
+    Yields its URL and a list that counts connections. Stops (and closes all) on exit."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stop, conns, threads = threading.Event(), [0], []
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            try:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    request += chunk
+                behaviour(conn, stop)
+            except OSError:
+                pass  # the client gave up: that is what these tests are about
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conns[0] += 1
+            thread = threading.Thread(target=serve, args=(conn,), daemon=True)
+            threads.append(thread)
+            thread.start()
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", conns
+    finally:
+        stop.set()
+        listener.shutdown(socket.SHUT_RDWR)
+        listener.close()
+        acceptor.join(10)
+        for thread in threads:
+            thread.join(10)
+
+
+def endless_body(head: bytes, chunked: bool = False) -> Behaviour:
+    def framed(data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data) if chunked else data
+
+    def behaviour(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(head + framed(b'{"metadata": {"name": "'))
+        block = b"x" * 65536
+        frame = framed(block)
+        sent = 0
+        while sent < SAFETY_STOP and not stop.is_set():
+            conn.sendall(frame)
+            sent += len(block)
+    return behaviour
+
+
+def trickle(data: bytes, every: float = 0.05) -> Behaviour:
+    """Send `data` one byte at a time, `every` seconds apart: each receive gets a byte well
+    within any socket timeout, so only a bound on the whole GET stops it."""
+    def behaviour(conn: socket.socket, stop: threading.Event) -> None:
+        for i in range(len(data)):
+            conn.sendall(data[i:i + 1])
+            if stop.wait(every):
+                return
+    return behaviour
+
+
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+ENDLESS = {
+    "until the server closes": endless_body(OK_HEAD + b"Connection: close\r\n\r\n"),
+    "chunked": endless_body(OK_HEAD + b"Transfer-Encoding: chunked\r\n\r\n", chunked=True),
+}
+ANSWER = OK_HEAD + b"Content-Length: %d\r\n\r\n%s" % (len(POD_JSON), POD_JSON)
+TRICKLED = {
+    # ~120 bytes at 20 a second: an uncapped client has the pod after ~6 s, well past 1 s
+    "the body": lambda: _after_head_trickle(),
+    "the status line and headers": lambda: trickle(ANSWER),
+}
+
+
+def _after_head_trickle() -> Behaviour:
+    head = OK_HEAD + b"Content-Length: %d\r\n\r\n" % len(POD_JSON)
+
+    def behaviour(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(head)
+        trickle(POD_JSON)(conn, stop)
+    return behaviour
+
+
+def hostile_access(url: str, tmp_path: Path) -> KubeAccess:
+    return load_kubeconfig(str(write_kubeconfig(tmp_path, url, token=TOKEN)))
+
+
+@pytest.mark.parametrize("kind", ENDLESS)
+def test_endless_body_is_cut_at_the_cap_and_not_retried(tmp_path: Path, kind: str) -> None:
+    with hostile_server(ENDLESS[kind]) as (url, conns):
+        policy = RetryPolicy(attempts=2, interval=0.0, deadline=60.0, timeout=30.0)
+
+        exc = failure(hostile_access(url, tmp_path), PodLookupFailed, policy=policy)
+
+    assert f"larger than the {MAX_POD_BYTES} bytes" in exc.msg, exc.msg
+    assert PATH in exc.msg and url in exc.msg
+    assert conns == [1]  # too large is not transient: no second download
+
+
+def test_announced_huge_body_is_refused_before_reading_it(tmp_path: Path) -> None:
+    head = OK_HEAD + b"Content-Length: 10000000000\r\n\r\n"
+    with hostile_server(endless_body(head)) as (url, conns):
+        policy = RetryPolicy(attempts=2, interval=0.0, deadline=60.0, timeout=30.0)
+
+        exc = failure(hostile_access(url, tmp_path), PodLookupFailed, policy=policy)
+
+    assert "announces 10000000000 bytes" in exc.msg, exc.msg
+    assert conns == [1]
+
+
+@pytest.mark.parametrize("where", TRICKLED)
+def test_trickling_server_cannot_outlast_the_deadline(tmp_path: Path, where: str) -> None:
+    """One byte every 50 ms never trips a per-receive timeout; the attempt's bound still ends
+    the GET: the lookup fails as timed out instead of returning the pod seconds later."""
+    with hostile_server(TRICKLED[where]()) as (url, _):
+        policy = RetryPolicy(attempts=1, interval=0.0, deadline=1.0, timeout=30.0)
+
+        exc = failure(hostile_access(url, tmp_path), TryAgainLater, policy=policy)
+
+    assert "timed out" in exc.msg and "1 attempt(s)" in exc.msg, exc.msg
+    assert isinstance(exc.__cause__, TimeoutError)
+
+
+def test_trickle_cut_by_the_attempt_bound_leaves_room_for_the_next_attempt(
+    tmp_path: Path,
+) -> None:
+    """The first connection trickles; the attempt's own bound (0.5 s of a 30 s deadline) ends
+    it, and the second attempt, on a fresh connection, gets the pod."""
+    served = [0]
+
+    def first_trickles(conn: socket.socket, stop: threading.Event) -> None:
+        served[0] += 1
+        if served[0] == 1:
+            trickle(ANSWER)(conn, stop)
+        else:
+            conn.sendall(ANSWER)
+
+    with hostile_server(first_trickles) as (url, conns):
+        policy = RetryPolicy(attempts=3, interval=0.0, deadline=30.0, timeout=0.5)
+
+        assert lookup(hostile_access(url, tmp_path), policy)["metadata"]["name"] == NAME
+
+    assert conns == [2]
+
+
+def test_tls_handshake_that_never_comes_is_bounded(tmp_path: Path) -> None:
+    def silent(conn: socket.socket, stop: threading.Event) -> None:
+        stop.wait(60)
+
+    listener = socket.socket()
+    with listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)  # accepts (in the kernel) and never speaks TLS
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        access = load_kubeconfig(str(write_kubeconfig(tmp_path, url, token=TOKEN, insecure=True)))
+        policy = RetryPolicy(attempts=1, interval=0.0, deadline=0.5, timeout=30.0)
+
+        exc = failure(access, TryAgainLater, policy=policy)
+
+    assert "timed out" in exc.msg, exc.msg
+
+
+# --- the same through the plugin binary: pod_lookup_deadline_seconds bounds the ADD --------
+
+def plugin_add(tmp_path: Path, url: str) -> dict:
+    """ADD of a pod that needs a lookup, through `python -m cni`; `Runtime.call` fails the test
+    (TimeoutExpired) if the plugin outlives its generous subprocess timeout."""
+    kubeconfig = write_kubeconfig(tmp_path, url, token=TOKEN)
+    conf = {"cniVersion": "1.0.0", "name": "net", "type": "istio-cni",
+            "cni_agent_run_dir": str(tmp_path), "kubernetes": {"kubeconfig": str(kubeconfig)},
+            "pod_lookup_attempts": 30, "pod_lookup_interval_seconds": 0.01,
+            "pod_lookup_deadline_seconds": 2}
+    runtime = Runtime(binaries={"istio-cni": [sys.executable, "-m", "cni"]},
+                      extra_env={"PYTHONPATH": os.getcwd()})
+    call = runtime.call("istio-cni", "ADD", str(tmp_path / "no-netns"), "c1", conf,
+                        cni_args=f"IgnoreUnknown=1;K8S_POD_NAMESPACE={NS};K8S_POD_NAME={NAME}")
+    assert call.status == 1, call.stdout + call.stderr
+    assert "Traceback" not in call.stdout + call.stderr
+    return call.result
+
+
+@pytest.mark.parametrize("where", TRICKLED)
+def test_plugin_add_against_a_trickling_server_ends_by_the_deadline(
+    tmp_path: Path, where: str
+) -> None:
+    with hostile_server(TRICKLED[where]()) as (url, _):
+        err = plugin_add(tmp_path, url)
+
+    assert err["code"] == TryAgainLater.code and "timed out" in err["msg"], err
+
+
+def test_plugin_add_against_an_endless_body_fails_clearly(tmp_path: Path) -> None:
+    with hostile_server(ENDLESS["until the server closes"]) as (url, conns):
+        err = plugin_add(tmp_path, url)
+
+    assert err["code"] == PodLookupFailed.code, err
+    assert f"larger than the {MAX_POD_BYTES} bytes" in err["msg"]
+    assert conns == [1]

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import subprocess
+import sys
+import threading
 
 import pytest
 
 from cni.errors import RulesApplyFailed
-from cni.protocol import SUPPORTED_VERSIONS, CmdArgs, dispatch, parse_cni_args
+from cni.protocol import (
+    MAX_CONFIG_BYTES,
+    SUPPORTED_VERSIONS,
+    CmdArgs,
+    dispatch,
+    parse_cni_args,
+    read_config,
+)
 
 BASE_ENV = {
     "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc123", "CNI_NETNS": "/var/run/netns/x",
@@ -169,3 +182,67 @@ def test_cni_args_errors(raw, msg):
 
     with pytest.raises(InvalidEnvironment, match=msg.replace("[", r"\[").replace("]", r"\]")):
         parse_cni_args(raw)
+
+
+# --- stdin is bounded while it is read ----------------------------------------------------------
+
+class Endless(io.RawIOBase):
+    """A stream of zeros that never ends, counting what was taken from it."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = len(buffer)
+        buffer[:n] = bytes(n)
+        self.taken += n
+        return n
+
+
+def test_read_config_stops_one_byte_past_the_limit():
+    raw = Endless()
+
+    data = read_config(io.BufferedReader(raw))
+
+    assert len(data) == MAX_CONFIG_BYTES + 1
+    assert raw.taken <= MAX_CONFIG_BYTES + 1 + io.DEFAULT_BUFFER_SIZE
+    out, _, status, h = run(stdin=data)
+    assert (status, out["code"]) == (1, 6) and not h.calls
+    assert f"larger than {MAX_CONFIG_BYTES} bytes" in out["msg"]
+
+
+def test_read_config_reads_a_short_stdin_to_its_end():
+    assert read_config(io.BytesIO(conf())) == conf()
+
+
+def test_plugin_answers_an_oversized_stdin_without_waiting_for_its_end():
+    """More than the limit on a pipe whose writer never closes it: the plugin answers with
+    code 6 after reading one byte too many. Reading to EOF would block for ever; the
+    subprocess timeout fails the test instead of hanging it."""
+    read_end, write_end = os.pipe()
+    writer_done = threading.Event()
+
+    def write() -> None:
+        try:
+            with contextlib.suppress(BrokenPipeError):
+                os.write(write_end, b" " * (MAX_CONFIG_BYTES + 1024 * 1024))
+        finally:
+            writer_done.set()
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cni"], stdin=read_end,
+                              env={**BASE_ENV, "PATH": os.environ.get("PATH", ""),
+                                   "PYTHONPATH": os.getcwd()},
+                              capture_output=True, timeout=120, check=False)
+    finally:
+        os.close(read_end)
+        writer_done.wait(30)  # the plugin has exited: the writer gets EPIPE at the latest now
+        os.close(write_end)
+    assert proc.returncode == 1, proc.stderr
+    err = json.loads(proc.stdout)
+    assert err["code"] == 6 and f"larger than {MAX_CONFIG_BYTES} bytes" in err["msg"]

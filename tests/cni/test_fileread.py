@@ -1,0 +1,83 @@
+"""cni.fileread: files the plugin does not control are read bounded, and never block it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cni.fileread import read_file_at_most, read_regular_file
+
+
+def test_reads_a_regular_file_and_follows_links(tmp_path: Path) -> None:
+    (tmp_path / "data").write_bytes(b"abc")
+    (tmp_path / "link").symlink_to("data")
+
+    assert read_regular_file(str(tmp_path / "link"), 3) == b"abc"
+    assert read_file_at_most(tmp_path / "data", 3) == b"abc"
+
+
+@pytest.mark.parametrize("reader", [read_regular_file, read_file_at_most])
+def test_one_byte_over_the_limit_is_an_error(tmp_path: Path, reader) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(b"abcd")
+
+    with pytest.raises(OSError, match="larger than 3 bytes") as caught:
+        reader(str(path), 3)
+
+    assert caught.value.filename == str(path)
+
+
+def test_an_endless_device_stops_at_the_limit() -> None:
+    with pytest.raises(OSError, match="larger than 1024 bytes"):
+        read_file_at_most("/dev/zero", 1024)
+
+
+def test_a_pipe_is_fine_on_the_command_line(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"{}")
+    os.close(write_end)
+    try:
+        assert read_file_at_most(f"/proc/self/fd/{read_end}", 10) == b"{}"
+    finally:
+        os.close(read_end)
+
+
+def _socket_file(tmp_path: Path) -> str:
+    path = str(tmp_path / "sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    sock.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda p: os.mkfifo(p / "f") or str(p / "f"), "a FIFO"),
+        (lambda p: str(p), "a directory"),
+        (lambda p: "/dev/null", "a character device"),
+    ],
+)
+def test_anything_but_a_regular_file_is_refused_without_blocking(
+    tmp_path: Path, make, kind: str
+) -> None:
+    """Run in a fresh process: a FIFO would block `open()` for ever without `O_NONBLOCK`, and
+    the subprocess timeout fails the test instead of hanging it."""
+    path = make(tmp_path)
+    code = ("import sys\nfrom cni.fileread import read_regular_file\n"
+            "try:\n    read_regular_file(sys.argv[1], 100)\n"
+            "except OSError as exc:\n    print(exc.strerror)\n")
+    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+    assert proc.stdout.strip() == f"not a regular file ({kind})", proc.stderr
+
+
+def test_a_unix_socket_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(OSError):  # open() itself fails on a socket (ENXIO)
+        read_regular_file(_socket_file(tmp_path), 100)
