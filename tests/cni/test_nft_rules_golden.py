@@ -206,3 +206,50 @@ def test_nft_rules_module_is_lean() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).parents[2]).stdout.strip()
     assert out == "[]"
+
+
+# --- the translation from a pod's redirect spec -------------------------------------------------
+
+
+def pod_transaction(annotations: dict[str, str], env: dict[str, str] | None = None,
+                    ipv6: bool = False) -> str:
+    from cni.podinfo import extract_pod_info
+    from cni.redirect import redirect_from_pod, to_iptables_config
+
+    proxy = {"name": "istio-proxy", "args": ["proxy", "sidecar"],
+             "env": [{"name": k, "value": v} for k, v in (env or {}).items()]}
+    pod = extract_pod_info({
+        "metadata": {"name": "p", "namespace": "n",
+                     "annotations": {"sidecar.istio.io/status": "{}", **annotations}},
+        "spec": {"containers": [proxy]}})
+    return build_nft_ruleset(to_iptables_config(redirect_from_pod(pod), ipv6)).transaction()
+
+
+@pytest.mark.parametrize(
+    ("annotations", "env", "golden"),
+    [
+        ({}, {}, "plugin-basic"),
+        ({"sidecar.istio.io/interceptionMode": "TPROXY"}, {}, "plugin-tproxy"),
+        ({}, {"ISTIO_META_DNS_CAPTURE": "true"}, "plugin-dns"),
+    ],
+)
+def test_a_default_injected_pod_gets_the_plugin_transaction(
+    annotations: dict[str, str], env: dict[str, str], golden: str
+) -> None:
+    got = pod_transaction(annotations, env)
+    assert got == (GOLDEN_DIR / f"{golden}.golden").read_text()
+
+
+def test_annotations_reach_the_transaction_in_canonical_form() -> None:
+    got = pod_transaction({
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.0.0.1/8,fd00:0::5/128",
+        "traffic.sidecar.istio.io/includeOutboundPorts": "8080, 09090",
+        "traffic.sidecar.istio.io/excludeInterfaces": "net1",
+        "istio.io/reroute-virtual-interfaces": "tun0",
+    }, ipv6=True)
+    assert "add rule inet istio-proxy-nat istio-output ip daddr 10.0.0.1/8 counter return\n" in got
+    assert "ip6 daddr fd00::5/128 counter return\n" in got
+    assert "tcp dport 9090 counter jump istio-redirect\n" in got and "09090" not in got
+    assert "add rule inet istio-proxy-nat prerouting iifname net1 counter return\n" in got
+    assert "iifname tun0 counter jump istio-redirect\n" in got
+    assert " 8080" in got and ", " not in got.replace("{ 53, ", "")
