@@ -7,8 +7,9 @@ in-process, or the host's `nft -f -`); both leave the same `nft list ruleset`.
   already list exactly like the wanted ones is left alone (a re-ADD is a no-op: counters keep
   counting). Otherwise our tables are replaced the way upstream does it, add + flush + rebuild,
   in the same single transaction, plus what upstream leaves behind: a chain of ours the new
-  rule set does not use is deleted after the flush, and a table of ours it does not use is
-  deleted. Anything else in the netns (other tables, other families) is never touched.
+  rule set does not use is deleted after the flush, a table of ours it does not use is
+  deleted, and one holding objects a flush keeps (a set someone added) is deleted and rebuilt.
+  Anything else in the netns (other tables, other families) is never touched.
 - `check`: the live tables compared with the wanted ones (`cni.nft_state`), missing and extra
   lines as `StateDiff`, the type CHECK, repair and the drift check already consume.
 - `reset`: delete our tables (DEL, or a node switched back to iptables mode).
@@ -113,12 +114,16 @@ class NftablesProgrammer:
 def replacement(ruleset: NftRuleSet, live: dict[str, LiveTable]) -> str:
     """Upstream's transaction, plus deleting what it would leave behind of ours in `live`:
     chains the new rule set does not create (after the table's flush, so nothing jumps to
-    them any more) and whole tables it does not use."""
+    them any more) and whole tables it does not use. A table of ours holding objects a flush
+    keeps (sets, maps, ...: never ours) is deleted and rebuilt instead, still in the one
+    transaction."""
     lines: list[str] = []
     for table in ruleset.tables:
         commands = table.commands()
         stale = live.get(table.name)
-        if stale is not None:
+        if stale is not None and stale.other:
+            commands.insert(0, f"delete table {FAMILY} {table.name}")
+        elif stale is not None:
             keep = {c.name for c in table.chains}
             gone = [c for c in stale.chains if c not in keep]
             commands[2:2] = [f"delete chain {FAMILY} {table.name} {c}" for c in gone]

@@ -104,6 +104,19 @@ def test_check_names_missing_and_extra_rules_and_program_repairs(netns, way: str
     assert prog.check(netns.path, rs).state == "identical"
 
 
+def test_foreign_objects_in_our_table_are_replaced_too(netns, way: str) -> None:  # noqa: ANN001
+    rs = nft_rules("basic")
+    prog = NftablesProgrammer(way)
+    prog.program(netns.path, rs)
+    clean = listing(netns)
+    netns.run("nft", "add set inet istio-proxy-nat stray { type ipv4_addr ; }")
+    diff = prog.check(netns.path, rs)
+    assert diff.extra == ("inet istio-proxy-nat: set stray {",) and not diff.missing
+    assert prog.program(netns.path, rs) == "applied"
+    assert listing(netns) == clean
+    assert prog.program(netns.path, rs) == "already-programmed"
+
+
 def test_reordered_rules_are_a_difference(netns, way: str) -> None:  # noqa: ANN001
     rs = nft_rules("basic")
     prog = NftablesProgrammer(way)
