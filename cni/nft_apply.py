@@ -64,10 +64,11 @@ class NftablesProgrammer:
             if not live:
                 self._run(netns_path, ruleset.transaction(), "program")
                 return "applied"
-            diff = diff_tables(live, self._wanted(ruleset))
+            wanted = self._wanted(ruleset)
+            diff = diff_tables(live, wanted)
             if not diff.missing and not diff.extra:
                 return "already-programmed"
-            self._run(netns_path, replacement(ruleset, live), "replace our tables in")
+            self._run(netns_path, replacement(ruleset, live, wanted), "replace our tables in")
             return "applied"
 
     def check(self, netns_path: str, ruleset: NftRuleSet) -> StateDiff:
@@ -111,12 +112,15 @@ class NftablesProgrammer:
         return listed
 
 
-def replacement(ruleset: NftRuleSet, live: dict[str, LiveTable]) -> str:
+def replacement(
+    ruleset: NftRuleSet, live: dict[str, LiveTable], wanted: dict[str, LiveTable]
+) -> str:
     """Upstream's transaction, plus deleting what it would leave behind of ours in `live`:
-    chains the new rule set does not create (after the table's flush, so nothing jumps to
-    them any more) and whole tables it does not use. A table of ours holding objects a flush
-    keeps (sets, maps, ...: never ours) is deleted and rebuilt instead, still in the one
-    transaction."""
+    chains the new rule set does not create, or whose type, hook, priority or policy differ
+    from the wanted ones (`add chain` would not change them), deleted after the table's flush
+    so nothing jumps to them any more, and whole tables it does not use. A table of ours
+    holding objects a flush keeps (sets, maps, ...: never ours) is deleted and rebuilt
+    instead, still in the one transaction."""
     lines: list[str] = []
     for table in ruleset.tables:
         commands = table.commands()
@@ -124,8 +128,10 @@ def replacement(ruleset: NftRuleSet, live: dict[str, LiveTable]) -> str:
         if stale is not None and stale.other:
             commands.insert(0, f"delete table {FAMILY} {table.name}")
         elif stale is not None:
-            keep = {c.name for c in table.chains}
-            gone = [c for c in stale.chains if c not in keep]
+            want = wanted.get(table.name)
+            want_chains = want.chains if want is not None else {}
+            gone = [name for name, chain in stale.chains.items()
+                    if name not in want_chains or chain.header != want_chains[name].header]
             commands[2:2] = [f"delete chain {FAMILY} {table.name} {c}" for c in gone]
         lines += commands
     wanted = {t.name for t in ruleset.tables}

@@ -17,7 +17,6 @@ by `NftBinary`.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any, Protocol
 
 WAYS = ("auto", "libnftables", "nft")
@@ -97,6 +96,8 @@ class NftBinary:
 
     @classmethod
     def find(cls) -> NftBinary | None:
+        import shutil
+
         path = shutil.which("nft") or next(
             (p for p in NFT_PATHS if os.access(p, os.X_OK)), None)
         return cls(path) if path else None
