@@ -25,6 +25,7 @@ them (`tproxy_routes`, `ipv6_passthrough_addr`) for the same link programming ip
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 
 from cni.errors import RulesApplyFailed
@@ -38,6 +39,7 @@ LIST_OURS = f"list ruleset {FAMILY}"
 CANONICAL_CACHE_SIZE = 64
 
 _canonical: OrderedDict[str, dict[str, LiveTable]] = OrderedDict()
+_canonical_lock = threading.Lock()  # the node agent programs pods from several threads
 
 
 class NftablesProgrammer:
@@ -99,16 +101,18 @@ class NftablesProgrammer:
     def _wanted(self, ruleset: NftRuleSet) -> dict[str, LiveTable]:
         """The wanted tables as the kernel lists them (see the module docstring)."""
         text = ruleset.transaction()
-        cached = _canonical.get(text)
-        if cached is not None:
-            _canonical.move_to_end(text)
-            return cached
+        with _canonical_lock:
+            cached = _canonical.get(text)
+            if cached is not None:
+                _canonical.move_to_end(text)
+                return cached
         with scratch_netns():
             self._run("a scratch netns", text, "program")
             listed = parse_listing(self._run("a scratch netns", LIST_OURS, "list the tables of"))
-        _canonical[text] = listed
-        while len(_canonical) > CANONICAL_CACHE_SIZE:
-            _canonical.popitem(last=False)
+        with _canonical_lock:
+            _canonical[text] = listed
+            while len(_canonical) > CANONICAL_CACHE_SIZE:
+                _canonical.popitem(last=False)
         return listed
 
 
@@ -134,6 +138,6 @@ def replacement(
                     if name not in want_chains or chain.header != want_chains[name].header]
             commands[2:2] = [f"delete chain {FAMILY} {table.name} {c}" for c in gone]
         lines += commands
-    wanted = {t.name for t in ruleset.tables}
-    lines += [f"delete table {FAMILY} {name}" for name in live if name not in wanted]
+    used = {t.name for t in ruleset.tables}
+    lines += [f"delete table {FAMILY} {name}" for name in live if name not in used]
     return "".join(line + "\n" for line in lines)
