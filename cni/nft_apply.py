@@ -25,6 +25,7 @@ them (`tproxy_routes`, `ipv6_passthrough_addr`) for the same link programming ip
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
@@ -37,9 +38,24 @@ from cni.nft_state import LiveTable, diff_tables, parse_listing
 
 LIST_OURS = f"list ruleset {FAMILY}"
 CANONICAL_CACHE_SIZE = 64
+PROGRAM_ATTEMPTS = 5
+NETNS_LOCKS = 64
 
 _canonical: OrderedDict[str, dict[str, LiveTable]] = OrderedDict()
 _canonical_lock = threading.Lock()  # the node agent programs pods from several threads
+_netns_locks = tuple(threading.Lock() for _ in range(NETNS_LOCKS))
+
+
+def _netns_lock(netns_path: str) -> threading.Lock:
+    """One of a fixed set of locks, picked by the netns's identity (a bounded table however
+    many pods come and go); a path that cannot be stat'ed gets a lock too, and `in_netns`
+    reports the problem."""
+    try:
+        st = os.stat(netns_path)
+        key = hash((st.st_dev, st.st_ino))
+    except OSError:
+        key = hash(netns_path)
+    return _netns_locks[key % NETNS_LOCKS]
 
 
 class NftablesProgrammer:
@@ -60,18 +76,33 @@ class NftablesProgrammer:
         return self._nft
 
     def program(self, netns_path: str, ruleset: NftRuleSet) -> str:
-        """Make the netns hold `ruleset`; returns "applied" or "already-programmed"."""
-        with in_netns(netns_path):
-            live = self._read(netns_path)
-            if not live:
-                self._run(netns_path, ruleset.transaction(), "program")
-                return "applied"
-            wanted = self._wanted(ruleset)
-            diff = diff_tables(live, wanted)
-            if not diff.missing and not diff.extra:
-                return "already-programmed"
-            self._run(netns_path, replacement(ruleset, live, wanted), "replace our tables in")
+        """Make the netns hold `ruleset`; returns "applied" or "already-programmed".
+
+        Writers in this process (the agent's threads) take turns per netns. A transaction
+        that fails is retried from a fresh read, up to PROGRAM_ATTEMPTS in all: nft resolves
+        `insert ... index N` against the rules it read before committing, so a writer in
+        another process (the plugin's ADD racing the agent's repair) can make a correct
+        transaction fail with ENOENT; the failed one changed nothing, so trying again is safe."""
+        with _netns_lock(netns_path), in_netns(netns_path):
+            for attempt in range(1, PROGRAM_ATTEMPTS + 1):
+                try:
+                    return self._program_once(netns_path, ruleset)
+                except RulesApplyFailed:
+                    if attempt == PROGRAM_ATTEMPTS:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _program_once(self, netns_path: str, ruleset: NftRuleSet) -> str:
+        live = self._read(netns_path)
+        if not live:
+            self._run(netns_path, ruleset.transaction(), "program")
             return "applied"
+        wanted = self._wanted(ruleset)
+        diff = diff_tables(live, wanted)
+        if not diff.missing and not diff.extra:
+            return "already-programmed"
+        self._run(netns_path, replacement(ruleset, live, wanted), "replace our tables in")
+        return "applied"
 
     def check(self, netns_path: str, ruleset: NftRuleSet) -> StateDiff:
         """What the netns lacks (`missing`) or has beyond (`extra`) `ruleset`."""
@@ -81,7 +112,7 @@ class NftablesProgrammer:
 
     def reset(self, netns_path: str) -> bool:
         """Delete our tables; True if there were any."""
-        with in_netns(netns_path):
+        with _netns_lock(netns_path), in_netns(netns_path):
             live = self._read(netns_path)
             if live:
                 text = "".join(f"delete table {FAMILY} {name}\n" for name in live)
@@ -124,20 +155,26 @@ def replacement(
     from the wanted ones (`add chain` would not change them), deleted after the table's flush
     so nothing jumps to them any more, and whole tables it does not use. A table of ours
     holding objects a flush keeps (sets, maps, ...: never ours) is deleted and rebuilt
-    instead, still in the one transaction."""
+    instead, still in the one transaction. Every delete follows an `add` of the same object
+    (upstream's own cleanup idiom): if another writer removed it since `live` was read, the
+    add recreates it for the delete, instead of failing the whole transaction."""
     lines: list[str] = []
     for table in ruleset.tables:
         commands = table.commands()
         stale = live.get(table.name)
         if stale is not None and stale.other:
-            commands.insert(0, f"delete table {FAMILY} {table.name}")
+            commands[1:1] = [f"delete table {FAMILY} {table.name}",
+                             f"add table {FAMILY} {table.name}"]
         elif stale is not None:
             want = wanted.get(table.name)
             want_chains = want.chains if want is not None else {}
             gone = [name for name, chain in stale.chains.items()
                     if name not in want_chains or chain.header != want_chains[name].header]
-            commands[2:2] = [f"delete chain {FAMILY} {table.name} {c}" for c in gone]
+            commands[2:2] = [line for c in gone for line in (
+                f"add chain {FAMILY} {table.name} {c}", f"delete chain {FAMILY} {table.name} {c}")]
         lines += commands
     used = {t.name for t in ruleset.tables}
-    lines += [f"delete table {FAMILY} {name}" for name in live if name not in used]
+    for name in live:
+        if name not in used:
+            lines += [f"add table {FAMILY} {name}", f"delete table {FAMILY} {name}"]
     return "".join(line + "\n" for line in lines)

@@ -211,3 +211,79 @@ def test_unavailable_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, n
 def test_unknown_way_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown nftables way 'iptables'"):
         NftablesProgrammer("iptables").nft  # noqa: B018
+
+
+def test_concurrent_programs_of_one_netns_converge(netns, way: str) -> None:  # noqa: ANN001
+    """The agent and the plugin may program one pod at the same time: every call succeeds and
+    the netns holds the rule set whole (transactions never interleave)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rs = nft_rules("tproxy")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: NftablesProgrammer(way).program(netns.path, rs),
+                                range(8)))
+    assert "applied" in results and set(results) <= {"applied", "already-programmed"}
+    assert NftablesProgrammer(way).check(netns.path, rs).state == "identical"
+
+
+def test_racing_different_rule_sets_never_fail_and_the_last_program_wins(
+    netns, way: str  # noqa: ANN001
+) -> None:
+    """A pod whose spec changed while a repair ran: replacements race each other. None fails
+    (deletes of objects another writer removed are harmless), and a final program converges."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sets = [nft_rules("ipv6"), nft_rules("basic"), nft_rules("dns"), nft_rules("wide")] * 3
+    NftablesProgrammer(way).program(netns.path, nft_rules("tproxy"))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda rs: NftablesProgrammer(way).program(netns.path, rs), sets))
+    assert set(results) <= {"applied", "already-programmed"}
+    final = nft_rules("dns")
+    NftablesProgrammer(way).program(netns.path, final)
+    assert NftablesProgrammer(way).check(netns.path, final).state == "identical"
+
+
+RACER = """
+import sys
+sys.path.insert(0, ".")
+from cni.nft_apply import NftablesProgrammer
+from cni.nft_rules import build_nft_ruleset
+from tests.cni.netns_fixtures import CONFIGS
+way, path, *names = sys.argv[1:]
+sets = [build_nft_ruleset(CONFIGS[n]) for n in names]
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(20):
+    NftablesProgrammer(way).program(path, sets[i % len(sets)])
+"""
+
+
+def test_writers_in_two_processes_never_fail(netns, way: str) -> None:  # noqa: ANN001
+    """The plugin and the agent are different processes: no shared lock, only the retries."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, way, netns.path, *names],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=root)
+             for names in (("tproxy", "wide"), ("ipv6", "basic"))]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    final = nft_rules("wide")
+    NftablesProgrammer(way).program(netns.path, final)
+    assert NftablesProgrammer(way).check(netns.path, final).state == "identical"
