@@ -287,3 +287,17 @@ def test_writers_in_two_processes_never_fail(netns, way: str) -> None:  # noqa: 
     final = nft_rules("wide")
     NftablesProgrammer(way).program(netns.path, final)
     assert NftablesProgrammer(way).check(netns.path, final).state == "identical"
+
+
+def test_scratch_netns_is_empty_and_the_thread_comes_back(netns) -> None:  # noqa: ANN001
+    import os
+    import socket
+
+    from cni.netns import in_netns, scratch_netns
+
+    with in_netns(netns.path):
+        pod = os.stat("/proc/thread-self/ns/net").st_ino
+        with scratch_netns():
+            assert os.stat("/proc/thread-self/ns/net").st_ino != pod
+            assert [name for _, name in socket.if_nameindex()] == ["lo"]
+        assert os.stat("/proc/thread-self/ns/net").st_ino == pod
