@@ -50,6 +50,16 @@ def _setns(fd: int, nstype: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _unshare(flags: int) -> None:
+    """`unshare(2)` through libc (Python 3.11 has no os.unshare); raises OSError with errno."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.unshare(flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _check_is_netns(fd: int, path: str) -> None:
     """Refuse anything but a network namespace file (NS_GET_NSTYPE; setns catches old kernels)."""
     try:
@@ -179,3 +189,22 @@ def detect_ipv6(addresses: Iterable[Address], dual_stack: bool) -> bool:
     if found:
         return False
     raise NoPodAddress("detect pod IP family: no non-loopback, non-link-local address in netns")
+
+
+@contextmanager
+def scratch_netns() -> Iterator[None]:
+    """Run the body with the current thread in a brand-new, empty netns, then switch back.
+
+    For asking the kernel how it canonicalises something (e.g. how nftables lists a rule set)
+    without touching any real namespace. The netns has no name and no bind mount: it is gone
+    once the body's sockets and children are, so nothing needs cleaning up.
+    """
+    original = os.open(CURRENT_NETNS, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _unshare(CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            _setns(original, CLONE_NEWNET)
+    finally:
+        os.close(original)

@@ -165,6 +165,18 @@ def build_ruleset(cfg: IptablesConfig) -> RuleSet:
     )
 
 
+def validated_plan(cfg: IptablesConfig) -> _Plan:
+    """`build_ruleset`'s validation and planning, shared with the nftables builder
+    (`cni.nft_rules`): upstream's istio-nftables runs the same checks on the same config."""
+    _validate(cfg)
+    return _plan(cfg)
+
+
+def tproxy_routes(cfg: IptablesConfig, plan: _Plan) -> TproxyRoutes | None:
+    """The TPROXY policy routing both modes program (see `_tproxy_routes`)."""
+    return _tproxy_routes(cfg, plan)
+
+
 # --- validation and planning -------------------------------------------------------------
 
 

@@ -20,8 +20,10 @@ Differences from istio-iptables, all because this command must not look at the h
 - Boolean flags are plain switches (no `--redirect-dns=false`).
 
 Output: the IPv4 payload; with `--ipv6`, then the line `# ip6tables-restore` and the IPv6
-payload. Build notes (e.g. DNS capture disabled) go to stderr. Invalid input: one line on
-stderr, exit status 2.
+payload. With `--native-nftables` (upstream's `native_nftables` mode), instead the one nftables
+transaction exactly as fed to `nft -f` (one command per line, upstream istio-nftables' order;
+`--ipv6` adds the IPv6 rules to the same `inet` tables). Build notes (e.g. DNS capture disabled)
+go to stderr. Invalid input: one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 import click
 
 from cni.iptables_config import IptablesConfig, split_list
+from cni.nft_rules import build_nft_ruleset
 from cni.rules import build_ruleset
 from cni.ruleset import RuleSet
 
@@ -137,6 +140,7 @@ _OPTIONS = (
     _switch("--drop-invalid", "Drop conntrack-INVALID packets (mangle ISTIO_DROP)."),
     _switch("--dual-stack", "Recorded only: IPv6 is given by --ipv6 here."),
     _switch("--ipv6", "The pod has IPv6: also print the ip6tables payload."),
+    _switch("--native-nftables", "Print the native nftables transaction (nft -f) instead."),
     _text("--dns-servers-v4", None, "", "IPv4 DNS servers (upstream: from resolv.conf)."),
     _text("--dns-servers-v6", None, "", "IPv6 DNS servers (upstream: from resolv.conf)."),
     _text("--outbound-owner-groups", None, "*", "Groups whose outbound traffic is captured."),
@@ -153,13 +157,20 @@ def _with_options(func: Any) -> Any:
 
 @click.command("rules")
 @_with_options
-def rules_command(**flags: Any) -> None:
-    """Print the iptables-restore payload(s) istio-iptables would apply for these flags."""
+def rules_command(native_nftables: bool, **flags: Any) -> None:
+    """Print the iptables-restore payload(s) istio-iptables would apply for these flags
+    (or, with --native-nftables, the nftables transaction istio-nftables would apply)."""
     try:
-        ruleset = build_ruleset(config_from_flags(**flags))
+        cfg = config_from_flags(**flags)
+        if native_nftables:
+            nft = build_nft_ruleset(cfg)
+            notes, text = nft.notes, nft.transaction()
+        else:
+            ruleset = build_ruleset(cfg)
+            notes, text = ruleset.notes, format_payloads(ruleset)
     except ValueError as err:
         click.echo(f"istio-cni-node rules: error: {err}", err=True)
         raise click.exceptions.Exit(2) from None
-    for note in ruleset.notes:
+    for note in notes:
         click.echo(f"istio-cni-node rules: warning: {note}", err=True)
-    click.echo(format_payloads(ruleset), nl=False)
+    click.echo(text, nl=False)

@@ -125,3 +125,38 @@ def test_format_payloads_marks_the_ipv6_payload() -> None:
     v4, v6 = text.split("# ip6tables-restore\n")
     assert v4.startswith("* nat\n") and v4.endswith("COMMIT\n")
     assert "::6/128" in v6 and "127.0.0.6" not in v6
+
+
+# --- --native-nftables: the istio-nftables transaction ---------------------------------------
+
+NFT_FLAG_CASES: dict[str, list[str]] = {
+    **FLAG_CASES,
+    "capture-inbound-ports-empty-tproxy": ["-m", "TPROXY"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(NFT_FLAG_CASES))
+def test_native_nftables_output_matches_golden(name: str) -> None:
+    """The same flags print the transaction `test_nft_rules_golden.py` pins against upstream."""
+    result = run(["--native-nftables", *NFT_FLAG_CASES[name]])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (GOLDEN_DIR / "nft" / f"{name}.golden").read_text()
+    assert "error" not in result.stderr
+
+
+def test_native_nftables_is_one_command_per_line_for_nft() -> None:
+    out = run(["--native-nftables", *FLAG_CASES["capture-tproxy"]]).stdout
+    lines = out.splitlines()
+    assert out.endswith("\n") and all(lines)
+    assert lines[:2] == ["add table inet istio-proxy-nat", "flush table inet istio-proxy-nat"]
+    assert all(line.startswith(("add ", "flush ", "insert ")) for line in lines)
+    assert "# ip6tables-restore" not in out and "COMMIT" not in out
+
+
+def test_native_nftables_errors_and_notes_like_iptables_mode() -> None:
+    bad = run(["--native-nftables", "-x", "*"])
+    assert bad.exit_code == 2 and bad.stdout == ""
+    assert bad.stderr.startswith("istio-cni-node rules: error: ")
+    note = run(["--native-nftables", "--redirect-dns"])
+    assert note.exit_code == 0 and "DNS capture disabled" in note.stderr
+    assert "istio-output-dns" not in note.stdout

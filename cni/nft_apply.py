@@ -1,0 +1,180 @@
+"""Program, check and reset native nftables mode in a pod netns, one atomic transaction each.
+
+`NftablesProgrammer(way)` talks to nftables one of two ways (`cni.nft_exec`: libnftables
+in-process, or the host's `nft -f -`); both leave the same `nft list ruleset`.
+
+- `program`: a netns without our tables gets upstream's transaction as is. One whose tables
+  already list exactly like the wanted ones is left alone (a re-ADD is a no-op: counters keep
+  counting). Otherwise our tables are replaced the way upstream does it, add + flush + rebuild,
+  in the same single transaction, plus what upstream leaves behind: a chain of ours the new
+  rule set does not use is deleted after the flush, a table of ours it does not use is
+  deleted, and one holding objects a flush keeps (a set someone added) is deleted and rebuilt.
+  Anything else in the netns (other tables, other families) is never touched.
+- `check`: the live tables compared with the wanted ones (`cni.nft_state`), missing and extra
+  lines as `StateDiff`, the type CHECK, repair and the drift check already consume.
+- `reset`: delete our tables (DEL, or a node switched back to iptables mode).
+
+How "exactly like" is decided: the kernel prints rules in its own canonical form, so the
+wanted tables are applied in a throwaway netns (`cni.netns.scratch_netns`), listed, and the
+two listings compared. The result is cached per transaction text, so a repair sweep over many
+pods with the same rule set pays for it once.
+
+TPROXY policy routing and the `::6` address are not nftables objects: `NftRuleSet` carries
+them (`tproxy_routes`, `ipv6_passthrough_addr`) for the same link programming iptables mode uses.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+from cni.errors import RulesApplyFailed
+from cni.live_state import StateDiff
+from cni.netns import in_netns, scratch_netns
+from cni.nft_exec import Nft, NftError, select_nft
+from cni.nft_ruleset import FAMILY, NftRuleSet
+from cni.nft_state import LiveTable, diff_tables, parse_listing
+
+LIST_OURS = f"list ruleset {FAMILY}"
+CANONICAL_CACHE_SIZE = 64
+PROGRAM_ATTEMPTS = 5
+NETNS_LOCKS = 64
+
+_canonical: OrderedDict[str, dict[str, LiveTable]] = OrderedDict()
+_canonical_lock = threading.Lock()  # the node agent programs pods from several threads
+_netns_locks = tuple(threading.Lock() for _ in range(NETNS_LOCKS))
+
+
+def _netns_lock(netns_path: str) -> threading.Lock:
+    """One of a fixed set of locks, picked by the netns's identity (a bounded table however
+    many pods come and go); a path that cannot be stat'ed gets a lock too, and `in_netns`
+    reports the problem."""
+    try:
+        st = os.stat(netns_path)
+        key = hash((st.st_dev, st.st_ino))
+    except OSError:
+        key = hash(netns_path)
+    return _netns_locks[key % NETNS_LOCKS]
+
+
+class NftablesProgrammer:
+    """Native nftables mode for pod netns; `way` is one of `cni.nft_exec.WAYS`."""
+
+    def __init__(self, way: str = "auto") -> None:
+        self.way = way
+        self._nft: Nft | None = None
+
+    @property
+    def nft(self) -> Nft:
+        """The chosen way, resolved on first use (ValueError / RulesApplyFailed if none)."""
+        if self._nft is None:
+            try:
+                self._nft = select_nft(self.way)
+            except NftError as exc:
+                raise RulesApplyFailed(f"native nftables ({self.way}): {exc}") from exc
+        return self._nft
+
+    def program(self, netns_path: str, ruleset: NftRuleSet) -> str:
+        """Make the netns hold `ruleset`; returns "applied" or "already-programmed".
+
+        Writers in this process (the agent's threads) take turns per netns. A transaction
+        that fails is retried from a fresh read, up to PROGRAM_ATTEMPTS in all: nft resolves
+        `insert ... index N` against the rules it read before committing, so a writer in
+        another process (the plugin's ADD racing the agent's repair) can make a correct
+        transaction fail with ENOENT; the failed one changed nothing, so trying again is safe."""
+        with _netns_lock(netns_path), in_netns(netns_path):
+            for attempt in range(1, PROGRAM_ATTEMPTS + 1):
+                try:
+                    return self._program_once(netns_path, ruleset)
+                except RulesApplyFailed:
+                    if attempt == PROGRAM_ATTEMPTS:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _program_once(self, netns_path: str, ruleset: NftRuleSet) -> str:
+        live = self._read(netns_path)
+        if not live:
+            self._run(netns_path, ruleset.transaction(), "program")
+            return "applied"
+        wanted = self._wanted(ruleset)
+        diff = diff_tables(live, wanted)
+        if not diff.missing and not diff.extra:
+            return "already-programmed"
+        self._run(netns_path, replacement(ruleset, live, wanted), "replace our tables in")
+        return "applied"
+
+    def check(self, netns_path: str, ruleset: NftRuleSet) -> StateDiff:
+        """What the netns lacks (`missing`) or has beyond (`extra`) `ruleset`."""
+        with in_netns(netns_path):
+            live = self._read(netns_path)
+            return diff_tables(live, self._wanted(ruleset))
+
+    def reset(self, netns_path: str) -> bool:
+        """Delete our tables; True if there were any."""
+        with _netns_lock(netns_path), in_netns(netns_path):
+            live = self._read(netns_path)
+            if live:
+                text = "".join(f"delete table {FAMILY} {name}\n" for name in live)
+                self._run(netns_path, text, "delete our tables from")
+        return bool(live)
+
+    def _read(self, netns_path: str) -> dict[str, LiveTable]:
+        return parse_listing(self._run(netns_path, LIST_OURS, "list the tables of"))
+
+    def _run(self, netns_path: str, commands: str, what: str) -> str:
+        try:
+            return self.nft.run(commands)
+        except NftError as exc:
+            raise RulesApplyFailed(f"nftables ({self.nft.name}): {what} {netns_path}: {exc}",
+                                   details=commands) from exc
+
+    def _wanted(self, ruleset: NftRuleSet) -> dict[str, LiveTable]:
+        """The wanted tables as the kernel lists them (see the module docstring)."""
+        text = ruleset.transaction()
+        with _canonical_lock:
+            cached = _canonical.get(text)
+            if cached is not None:
+                _canonical.move_to_end(text)
+                return cached
+        with scratch_netns():
+            self._run("a scratch netns", text, "program")
+            listed = parse_listing(self._run("a scratch netns", LIST_OURS, "list the tables of"))
+        with _canonical_lock:
+            _canonical[text] = listed
+            while len(_canonical) > CANONICAL_CACHE_SIZE:
+                _canonical.popitem(last=False)
+        return listed
+
+
+def replacement(
+    ruleset: NftRuleSet, live: dict[str, LiveTable], wanted: dict[str, LiveTable]
+) -> str:
+    """Upstream's transaction, plus deleting what it would leave behind of ours in `live`:
+    chains the new rule set does not create, or whose type, hook, priority or policy differ
+    from the wanted ones (`add chain` would not change them), deleted after the table's flush
+    so nothing jumps to them any more, and whole tables it does not use. A table of ours
+    holding objects a flush keeps (sets, maps, ...: never ours) is deleted and rebuilt
+    instead, still in the one transaction. Every delete follows an `add` of the same object
+    (upstream's own cleanup idiom): if another writer removed it since `live` was read, the
+    add recreates it for the delete, instead of failing the whole transaction."""
+    lines: list[str] = []
+    for table in ruleset.tables:
+        commands = table.commands()
+        stale = live.get(table.name)
+        if stale is not None and stale.other:
+            commands[1:1] = [f"delete table {FAMILY} {table.name}",
+                             f"add table {FAMILY} {table.name}"]
+        elif stale is not None:
+            want = wanted.get(table.name)
+            want_chains = want.chains if want is not None else {}
+            gone = [name for name, chain in stale.chains.items()
+                    if name not in want_chains or chain.header != want_chains[name].header]
+            commands[2:2] = [line for c in gone for line in (
+                f"add chain {FAMILY} {table.name} {c}", f"delete chain {FAMILY} {table.name} {c}")]
+        lines += commands
+    used = {t.name for t in ruleset.tables}
+    for name in live:
+        if name not in used:
+            lines += [f"add table {FAMILY} {name}", f"delete table {FAMILY} {name}"]
+    return "".join(line + "\n" for line in lines)
