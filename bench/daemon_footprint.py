@@ -149,6 +149,7 @@ def run_footprint(pods: int = 1000, churn_seconds: float = 10.0, idle_seconds: f
     """Start the daemon child against the API stand-in and measure it through the phases."""
     from tests.kubeapi.fixtures import write_kubeconfig
     from tests.kubeapi.server import KubeApiServer
+
     from tests.node_daemon.conftest import BROKEN_WAITING
 
     out = Footprint(pods)

@@ -88,6 +88,9 @@ def _pause_in(ns: str) -> subprocess.Popen:
 
 def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[float], list[float]]:
     """(update → rules programmed, update → metric) for `samples` broken pods."""
+    from tests.kubeapi.fixtures import kubernetes_api_client
+    from tests.kubeapi.server import KubeApiServer
+
     from cni import apply
     from node_daemon.actions import Actions, Reporter
     from node_daemon.config import RepairConfig
@@ -96,8 +99,6 @@ def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[floa
     from node_daemon.metrics import Metrics
     from node_daemon.netns_finder import NetnsFinder
     from node_daemon.pod_rules import wanted_ruleset
-    from tests.kubeapi.fixtures import kubernetes_api_client
-    from tests.kubeapi.server import KubeApiServer
     from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, make_pod
 
     programmed: list[float] = []

@@ -15,9 +15,7 @@ import pytest
 from cni.errors import CNIError, PluginNotAvailable, PodLookupFailed, TryAgainLater
 from cni.kubeconfig import KubeAccess, load_kubeconfig
 from cni.podlookup import ApiPodSource, RetryPolicy, get_pod, pod_path
-from tests.kubeapi.fixtures import down_url, write_kubeconfig
-from tests.kubeapi.server import KubeApiServer
-from tests.kubeapi.tls import make_tls_material
+from testbed.kubeapi import KubeApiServer, down_url, make_tls_material, write_kubeconfig
 
 TOKEN = "sa-token-do-not-leak-7f3a9c"
 NS, NAME = "default", "web-0"

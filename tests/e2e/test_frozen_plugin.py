@@ -22,19 +22,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support import netns as nsutil
-from support.node import (
-    REPO,
-    Node,
-    assert_app_traffic_redirected,
-    istio_lines,
-    workload,
-)
 
 from cni.iptables_config import IptablesConfig
 from cni.live_state import parse_rule
 from cni.results import encode_result
 from cni.rules import build_ruleset
+from testbed import netns as nsutil
+from testbed.node import Node, assert_app_traffic_redirected, istio_lines
+from testbed.pods import REPO, workload
 
 pytest.importorskip("PyInstaller", reason="PyInstaller is not installed (pip install -e '.[dev]')")
 pytestmark = pytest.mark.root

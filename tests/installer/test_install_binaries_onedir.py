@@ -21,9 +21,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from installer_support import PLUGIN_BYTES, NodeDirs, wait_for, watching
 
 from installer import Installer, InstallerConfig, InstallError, binaries
+from testbed.nodedirs import PLUGIN_BYTES, NodeDirs, watching
+from testbed.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = binaries.PLUGIN_NAME

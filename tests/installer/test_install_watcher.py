@@ -10,11 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from installer_support import GOLDEN, NodeDirs, rotate_token, wait_for, watching
-
 from cni.kubeconfig import load_kubeconfig
 from installer import Installer
 from installer.watcher import FightDetector, watch
+from testbed.nodedirs import GOLDEN, NodeDirs, rotate_token, watching
+from testbed.wait import wait_for
 
 
 def has_entry(path: Path) -> bool:
