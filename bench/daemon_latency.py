@@ -22,7 +22,6 @@ sample count, so each sample measures the unthrottled path.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -111,15 +110,6 @@ def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[floa
     return programmed, visible
 
 
-def _has_entry(path: Path) -> bool:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    plugins = doc.get("plugins") or []
-    return bool(plugins) and plugins[-1].get("type") == "istio-cni"
-
-
 def reinsertion(samples: int, max_seconds: float = 120.0) -> list[float]:
     """Overwrite → our entry back, `samples` times, with the watch loop in a thread.
 
@@ -137,7 +127,7 @@ def reinsertion(samples: int, max_seconds: float = 120.0) -> list[float]:
 def _reinsertion(samples: int, max_seconds: float) -> list[float]:
     from installer import Installer
     from installer.watcher import FightDetector, watch
-    from testbed.nodedirs import GOLDEN, make_node_dirs
+    from testbed.nodedirs import GOLDEN, has_entry, make_node_dirs
 
     out: list[float] = []
     with tempfile.TemporaryDirectory(prefix=f"{NETNS_PREFIX}-") as tmp:
@@ -156,13 +146,13 @@ def _reinsertion(samples: int, max_seconds: float) -> list[float]:
             for _ in range(samples):
                 if time.monotonic() > deadline:
                     break
-                wait_for(lambda: installer.ready and _has_entry(path), 10, "installed, idle",
+                wait_for(lambda: installer.ready and has_entry(path), 10, "installed, idle",
                          interval=0.001)
                 time.sleep(0.02)  # let our own write's quiet pass finish
                 with open(path, "w") as f:  # Calico: truncate and rewrite in place
                     f.write(original)
                 t0 = time.perf_counter()
-                wait_for(lambda: _has_entry(path), 10, "entry re-inserted", interval=0.001)
+                wait_for(lambda: has_entry(path), 10, "entry re-inserted", interval=0.001)
                 out.append(time.perf_counter() - t0)
         finally:
             stop.set()

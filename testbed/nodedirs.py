@@ -9,6 +9,7 @@ write (Calico, flannel, ...), the installer tests' golden inputs, read as data.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -79,6 +80,16 @@ class NodeDirs:
 
     def names(self) -> list[str]:
         return sorted(os.listdir(self.net_dir))
+
+
+def has_entry(path: Path) -> bool:
+    """Whether the conflist at `path` ends with istio-cni's entry (where the installer puts it)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    plugins = doc.get("plugins") or []
+    return bool(plugins) and plugins[-1].get("type") == "istio-cni"
 
 
 def make_node_dirs(root: Path, token: str = TOKEN) -> NodeDirs:

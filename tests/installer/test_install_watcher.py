@@ -3,7 +3,6 @@ the loop puts things back. Waits are bounded polls of conditions, never sleeps."
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -13,17 +12,8 @@ from pathlib import Path
 from cni.kubeconfig import load_kubeconfig
 from installer import Installer
 from installer.watcher import FightDetector, watch
-from testbed.nodedirs import GOLDEN, NodeDirs, rotate_token, watching
+from testbed.nodedirs import GOLDEN, NodeDirs, has_entry, rotate_token, watching
 from testbed.wait import wait_for
-
-
-def has_entry(path: Path) -> bool:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    plugins = doc.get("plugins") or []
-    return bool(plugins) and plugins[-1].get("type") == "istio-cni"
 
 
 def write_from_another_process(path: Path, text: str) -> None:
