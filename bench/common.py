@@ -1,8 +1,10 @@
-"""Shared pieces of the benchmarks: statistics, tables, the machine, pod netns, the API
-stand-in and a node agent's log socket, the frozen plugin and the frozen hello-world.
+"""Shared pieces of the benchmarks: statistics, tables, the machine, a bench node (the API
+stand-in, a run dir and a node agent's log socket, from `testbed`), the frozen plugin and the
+frozen hello-world.
 
-Every network namespace made here is named `icni-bench-*` and removed again; every process
-started here is waited for or killed by its own handle.
+Every network namespace made here is named `icni-bench-*` and registered on a
+`testbed.cleanup.Cleanup` the moment it exists; every process started here is waited for or
+killed by its own handle.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,15 +29,15 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (str(ROOT / "tests"), str(ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-from tests.kubeapi.fixtures import write_kubeconfig  # noqa: E402
-from tests.kubeapi.server import KubeApiServer  # noqa: E402
-from tests.support.cnirun import CniCall, Runtime, k8s_args  # noqa: E402
+from testbed import netns as nsutil  # noqa: E402
+from testbed.cleanup import Cleanup  # noqa: E402
+from testbed.cnirun import CniCall, Runtime, k8s_args  # noqa: E402
+from testbed.kubeapi import KubeApiServer, write_kubeconfig  # noqa: E402
+from testbed.netns import create_netns, path  # noqa: E402
 
-WORKLOADS = ROOT / "companions" / "workloads"
 FROZEN_PLUGIN = ROOT / "dist" / "istio-cni" / "istio-cni"
 HELLO_SPEC = Path(__file__).with_name("hello.spec")
 HELLO_BUILD = ROOT / "build" / "bench-hello"
@@ -183,34 +184,10 @@ def print_machine() -> None:
 
 # --- network namespaces -------------------------------------------------------------------------
 
-def run(*argv: str, input: str | None = None, check: bool = True) -> str:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, input=input, check=False,
-                          timeout=60)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def netns_path(name: str) -> str:
-    return f"/var/run/netns/{name}"
-
-
-def make_pod_netns(ip: str, tag: str = "pod") -> str:
-    """A fresh `icni-bench-*` netns with lo up and a veth eth0 (peer inside) holding `ip`/24."""
-    name = f"{NETNS_PREFIX}-{tag}-{uuid.uuid4().hex[:8]}"
-    run("ip", "netns", "add", name)
-    try:
-        run("ip", "-n", name, "-batch", "-", input=(
-            "link set lo up\nlink add eth0 type veth peer name peer0\n"
-            f"addr add {ip}/24 dev eth0\nlink set eth0 up\nlink set peer0 up\n"))
-    except RuntimeError:
-        delete_netns(name)
-        raise
-    return name
-
-
-def delete_netns(name: str) -> None:
-    run("ip", "netns", "delete", name, check=False)
+def make_pod_netns(cleanup: Cleanup, ip: str, tag: str = "pod") -> str:
+    """A fresh `icni-bench-<tag>-*` netns with lo up and a veth eth0 (peer inside) holding
+    `ip`/24; deleted when `cleanup` closes."""
+    return create_netns(cleanup, f"{NETNS_PREFIX}-{tag}", v4=ip, ifname="eth0").name
 
 
 def pod_ip(i: int) -> str:
@@ -218,8 +195,8 @@ def pod_ip(i: int) -> str:
 
 
 def leftover_netns() -> list[str]:
-    out = run("ip", "netns", "list", check=False)
-    return [ln.split()[0] for ln in out.splitlines() if ln.startswith(f"{NETNS_PREFIX}-")]
+    """The `icni-bench-*` netns that exist now (none should outlive a benchmark)."""
+    return nsutil.leftover_netns(f"{NETNS_PREFIX}-")
 
 
 # --- the node agent's log socket ----------------------------------------------------------------
@@ -291,17 +268,6 @@ class EventSink:
 
 # --- the plugin and the hello-world -------------------------------------------------------------
 
-def meshed_pod(name: str | None = None, namespace: str | None = None) -> dict[str, Any]:
-    pod = json.loads((WORKLOADS / "meshed-pod.json").read_text())
-    for key in ("uid", "resourceVersion", "creationTimestamp"):
-        pod["metadata"].pop(key, None)
-    if name:
-        pod["metadata"]["name"] = name
-    if namespace:
-        pod["metadata"]["namespace"] = namespace
-    return pod
-
-
 def stage_frozen_plugin(dest: Path, source: Path = FROZEN_PLUGIN) -> Path:
     """A private copy of the onedir bundle (others may rebuild dist/ while we measure)."""
     if not source.exists():
@@ -366,12 +332,12 @@ class BenchNode:
         conf = self.conf(backend)
         conf["prevResult"] = {  # what bridge + host-local would hand on (DEL/CHECK get it too)
             "cniVersion": "1.0.0",
-            "interfaces": [{"name": "eth0", "sandbox": netns_path(netns)}],
+            "interfaces": [{"name": "eth0", "sandbox": path(netns)}],
             "ips": [{"address": f"{ip}/24", "interface": 0}],
         }
         meta = pod["metadata"]
         t0 = time.perf_counter()
-        result = self.runtime.call("istio-cni", command, netns_path(netns), f"c-{netns}", conf,
+        result = self.runtime.call("istio-cni", command, path(netns), f"c-{netns}", conf,
                                    k8s_args(meta["namespace"], meta["name"]))
         return time.perf_counter() - t0, result
 

@@ -29,14 +29,14 @@ from bench.common import (  # noqa: E402
     Stats,
     Table,
     bench_node,
-    delete_netns,
     make_pod_netns,
-    meshed_pod,
     ms,
-    netns_path,
     pod_ip,
     timing_row,
 )
+from testbed.cleanup import Cleanup  # noqa: E402
+from testbed.netns import path  # noqa: E402
+from testbed.pods import workload  # noqa: E402
 
 
 @dataclass
@@ -54,9 +54,9 @@ class ConcurrencyResult:
 
 
 def one_round(node: BenchNode, pods: int, backend: str, result: ConcurrencyResult) -> None:
-    names = [make_pod_netns(pod_ip(1000 + i), "conc") for i in range(pods)]
-    try:
-        specs = [meshed_pod(name=f"bench-conc-{i}") for i in range(pods)]
+    with Cleanup() as cleanup:
+        names = [make_pod_netns(cleanup, pod_ip(1000 + i), "conc") for i in range(pods)]
+        specs = [workload("meshed-pod", name=f"bench-conc-{i}") for i in range(pods)]
         barrier = threading.Barrier(pods + 1)
         lat: list[float] = [0.0] * pods
         ends: list[float] = [0.0] * pods
@@ -89,9 +89,6 @@ def one_round(node: BenchNode, pods: int, backend: str, result: ConcurrencyResul
         result.redirected += sum(1 for e in events if e.get("outcome") == "redirected")
         del node.sink.events[:]
         result.in_place += sum(1 for name in names if _rules_in_place(name, specs[0], backend))
-    finally:
-        for name in names:
-            delete_netns(name)
 
 
 def _rules_in_place(ns: str, pod: dict, backend: str) -> bool:
@@ -101,7 +98,7 @@ def _rules_in_place(ns: str, pod: dict, backend: str) -> bool:
     from cni.rules import build_ruleset
 
     ruleset = build_ruleset(to_iptables_config(redirect_from_pod(extract_pod_info(pod))))
-    diff = apply.check(netns_path(ns), ruleset, backend)
+    diff = apply.check(path(ns), ruleset, backend)
     return not diff.missing and not diff.extra
 
 
@@ -110,7 +107,7 @@ def measure(plugin_argv: list[str], pods: int = 50, backend: str = "nft",
     result = ConcurrencyResult(pods, backend)
     with bench_node(plugin_argv) as node:
         for i in range(pods):
-            node.api.add_pod(meshed_pod(name=f"bench-conc-{i}"))
+            node.api.add_pod(workload("meshed-pod", name=f"bench-conc-{i}"))
         for _ in range(rounds):
             one_round(node, pods, backend, result)
     return result

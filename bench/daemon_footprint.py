@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/daemon_footprint.py [--pods 1000] [--churn-seconds 10] [--rate 50]
 
-The API stand-in (tests/kubeapi) runs in this process; the controller runs in a child process
+The API stand-in (testbed.kubeapi) runs in this process; the controller runs in a child process
 (the real `kubernetes` client, informer, queue and worker, label mode, drift off) so its RSS and
 CPU are its own, sampled with psutil. Phases: idle (no pods), after listing/watching N pods of
 its node (plus N on another node, filtered out server-side), and under churn (status updates at
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]
 
 if TYPE_CHECKING:
     from bench.common import Table
@@ -33,29 +33,26 @@ NODE = "bench-node"
 
 def child(kubeconfig: str) -> None:
     """The daemon side: a repair controller; answers "count" with its cache size."""
-    from node_daemon.actions import Actions, Reporter
     from node_daemon.config import RepairConfig
-    from node_daemon.controller import RepairController
-    from node_daemon.kubeapi import PodApi, load_api_client
-    from node_daemon.metrics import Metrics
+    from node_daemon.kubeapi import load_api_client
+    from testbed.cleanup import Cleanup
+    from testbed.controller import start_controller
 
-    api = PodApi(load_api_client(kubeconfig))
     cfg = RepairConfig(node_name=NODE, label_pods=True)
-    metrics = Metrics()
-    c = RepairController(api, cfg, Actions(cfg, api, Reporter(api, metrics, NODE)), None)
-    c.start()
-    for line in sys.stdin:
-        if line.strip() == "count":
-            labelled = metrics.value("istio_cni_repair_pods_repaired_total", type="label",
-                                     result="success")
-            print(json.dumps({"cached": len(c.informer.cache), "labelled": labelled,
-                              "synced": c.synced}), flush=True)
-    c.stop()
+    with Cleanup() as cleanup:
+        c = start_controller(cleanup, load_api_client(kubeconfig), cfg, synced_within=None)
+        metrics = c.metrics  # type: ignore[attr-defined]
+        for line in sys.stdin:
+            if line.strip() == "count":
+                labelled = metrics.value("istio_cni_repair_pods_repaired_total", type="label",
+                                         result="success")
+                print(json.dumps({"cached": len(c.informer.cache), "labelled": labelled,
+                                  "synced": c.synced}), flush=True)
 
 
 def pod(i: int, node: str, broken: bool = False) -> dict[str, Any]:
     """Pod `i` of the run: the meshed workload on `node`, Running, a unique IP."""
-    from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, make_pod
+    from testbed.pods import BROKEN_WAITING, COMPLETED, make_pod
 
     return make_pod(f"app-{i}", namespace=f"ns-{i % 20}", node=node,
                     init_status=BROKEN_WAITING if broken else COMPLETED,
@@ -147,9 +144,8 @@ def _is_watch(request: object) -> bool:
 def run_footprint(pods: int = 1000, churn_seconds: float = 10.0, idle_seconds: float = 3.0,
                   rate: float = 50.0) -> Footprint:
     """Start the daemon child against the API stand-in and measure it through the phases."""
-    from tests.kubeapi.fixtures import write_kubeconfig
-    from tests.kubeapi.server import KubeApiServer
-    from tests.node_daemon.conftest import BROKEN_WAITING
+    from testbed.kubeapi import KubeApiServer, write_kubeconfig
+    from testbed.pods import BROKEN_WAITING
 
     out = Footprint(pods)
     with KubeApiServer() as api, tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
@@ -184,7 +180,7 @@ def run_footprint(pods: int = 1000, churn_seconds: float = 10.0, idle_seconds: f
             out.rows.append((f"churn {rate:g} updates/s", pods, rss, cpu, len(api.requests)))
             final = daemon.wait(lambda s: s["labelled"] > 0, "broken pods labelled")
             out.labelled = final["labelled"]
-            port = int(api.url.rsplit(":", 1)[1])
+            port = api.port
             out.api_connections = sum(
                 1 for c in daemon.ps.net_connections(kind="tcp")
                 if c.raddr and c.raddr.port == port and c.status == "ESTABLISHED")

@@ -22,15 +22,11 @@ sample count, so each sample measures the unthrottled path.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -38,15 +34,10 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
-    NETNS_PREFIX,
-    ROOT,
-    Table,
-    delete_netns,
-    make_pod_netns,
-    netns_path,
-    timing_row,
-)
+from bench.common import NETNS_PREFIX, Table, timing_row  # noqa: E402
+from testbed.cleanup import Cleanup  # noqa: E402
+from testbed.netns import create_netns  # noqa: E402
+from testbed.wait import wait_for  # noqa: E402
 
 REPAIR_NODE = "bench-node"
 
@@ -60,54 +51,25 @@ class DaemonLatency:
     reinsert: list[float] = field(default_factory=list)
 
 
-def _wait(pred: Callable[[], Any], timeout: float, what: str, pause: float = 0.001) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(pause)
-
-
-def _pause_in(ns: str) -> subprocess.Popen:
-    """A "pause container": a bounded sleep inside the netns, found by the controller via /proc."""
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "600"])
-    ino = os.stat(netns_path(ns)).st_ino
-
-    def inside() -> bool:
-        try:
-            return os.stat(f"/proc/{proc.pid}/ns/net").st_ino == ino
-        except OSError:
-            return False
-
-    _wait(inside, 10, "pause process in its netns")
-    return proc
-
-
 def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[float], list[float]]:
     """(update → rules programmed, update → metric) for `samples` broken pods."""
     from cni import apply
-    from node_daemon.actions import Actions, Reporter
     from node_daemon.config import RepairConfig
-    from node_daemon.controller import RepairController
-    from node_daemon.kubeapi import PodApi
-    from node_daemon.metrics import Metrics
     from node_daemon.netns_finder import NetnsFinder
     from node_daemon.pod_rules import wanted_ruleset
-    from tests.kubeapi.fixtures import kubernetes_api_client
-    from tests.kubeapi.server import KubeApiServer
-    from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, make_pod
+    from testbed.controller import start_controller
+    from testbed.kubeapi import KubeApiServer, kubernetes_api_client
+    from testbed.pods import BROKEN_WAITING, COMPLETED, make_pod
 
     programmed: list[float] = []
     visible: list[float] = []
     done_at: dict[str, float] = {}
-    with KubeApiServer() as kube:
-        api = PodApi(kubernetes_api_client(kube))
+    with KubeApiServer() as kube, Cleanup() as cleanup:
         cfg = RepairConfig(node_name=REPAIR_NODE, repair_pods=True)
-        metrics = Metrics()
-        reporter = Reporter(api, metrics, REPAIR_NODE)
+        controller = start_controller(cleanup, kubernetes_api_client(kube), cfg,
+                                      finder=NetnsFinder(Path("/proc")), synced_within=30)
+        metrics = controller.metrics  # type: ignore[attr-defined]
+        reporter = controller.actions.reporter
         record = reporter.record
 
         def stamped(pod: dict[str, Any], action: str, result: str, message: str) -> Any:
@@ -116,58 +78,36 @@ def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[floa
             return record(pod, action, result, message)
 
         reporter.record = stamped  # type: ignore[method-assign]
-        controller = RepairController(
-            api, cfg, Actions(cfg, api, reporter, NetnsFinder(Path("/proc"))), None)
-        controller.start()
         deadline = time.monotonic() + max_seconds
-        try:
-            _wait(lambda: controller.synced, 30, "controller synced", 0.01)
-            for i in range(samples):
-                if time.monotonic() > deadline:
-                    break
-                name, ip = f"bench-{i}", f"10.218.{i // 250 % 250}.{i % 250 + 2}"
-                ns = make_pod_netns(ip, "repair")
-                pause = None
-                try:
-                    pause = _pause_in(ns)
-                    pod = make_pod(name, namespace="shop", node=REPAIR_NODE, ip=ip,
-                                   init_status=COMPLETED, phase="Pending")
-                    kube.add_pod(pod)
-                    _wait(lambda n=name: controller.informer.get(f"shop/{n}"), 10,
-                          "pod cached", 0.005)
-                    before = metrics.value("istio_cni_repair_pods_repaired_total",
-                                           type="repair", result="success")
-                    t0 = time.perf_counter()
-                    kube.update_pod("shop", name,
-                                    {"status": {"initContainerStatuses": [BROKEN_WAITING]}})
-                    _wait(lambda b=before: metrics.value(
-                        "istio_cni_repair_pods_repaired_total", type="repair",
-                        result="success") > b, 30, "repaired")
-                    t_metric = time.perf_counter()
-                    live = kube.get_pod("shop", name)
-                    diff = apply.check(netns_path(ns), wanted_ruleset(live, netns_path(ns)))
-                    if diff.missing or diff.extra:
-                        raise RuntimeError(f"repair of {name}: rules not in place: {diff}")
-                    programmed.append(done_at[name] - t0)
-                    visible.append(t_metric - t0)
-                    kube.delete_pod("shop", name)
-                finally:
-                    if pause is not None:
-                        pause.kill()
-                        pause.wait()
-                    delete_netns(ns)
-        finally:
-            controller.stop()
+        for i in range(samples):
+            if time.monotonic() > deadline:
+                break
+            name, ip = f"bench-{i}", f"10.218.{i // 250 % 250}.{i % 250 + 2}"
+            with Cleanup() as sample:
+                ns = create_netns(sample, f"{NETNS_PREFIX}-repair", v4=ip, ifname="eth0",
+                                  pause=True)
+                pod = make_pod(name, namespace="shop", node=REPAIR_NODE, ip=ip,
+                               init_status=COMPLETED, phase="Pending")
+                kube.add_pod(pod)
+                wait_for(lambda n=name: controller.informer.get(f"shop/{n}"), 10,
+                         "pod cached", interval=0.005)
+                before = metrics.value("istio_cni_repair_pods_repaired_total",
+                                       type="repair", result="success")
+                t0 = time.perf_counter()
+                kube.update_pod("shop", name,
+                                {"status": {"initContainerStatuses": [BROKEN_WAITING]}})
+                wait_for(lambda b=before: metrics.value(
+                    "istio_cni_repair_pods_repaired_total", type="repair",
+                    result="success") > b, 30, "repaired", interval=0.001)
+                t_metric = time.perf_counter()
+                live = kube.get_pod("shop", name)
+                diff = apply.check(ns.path, wanted_ruleset(live, ns.path))
+                if diff.missing or diff.extra:
+                    raise RuntimeError(f"repair of {name}: rules not in place: {diff}")
+                programmed.append(done_at[name] - t0)
+                visible.append(t_metric - t0)
+                kube.delete_pod("shop", name)
     return programmed, visible
-
-
-def _has_entry(path: Path) -> bool:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    plugins = doc.get("plugins") or []
-    return bool(plugins) and plugins[-1].get("type") == "istio-cni"
 
 
 def reinsertion(samples: int, max_seconds: float = 120.0) -> list[float]:
@@ -185,11 +125,9 @@ def reinsertion(samples: int, max_seconds: float = 120.0) -> list[float]:
 
 
 def _reinsertion(samples: int, max_seconds: float) -> list[float]:
-    sys.path.insert(0, str(ROOT / "tests" / "installer"))
-    from installer_support import GOLDEN, make_node_dirs
-
     from installer import Installer
     from installer.watcher import FightDetector, watch
+    from testbed.nodedirs import GOLDEN, has_entry, make_node_dirs
 
     out: list[float] = []
     with tempfile.TemporaryDirectory(prefix=f"{NETNS_PREFIX}-") as tmp:
@@ -208,12 +146,13 @@ def _reinsertion(samples: int, max_seconds: float) -> list[float]:
             for _ in range(samples):
                 if time.monotonic() > deadline:
                     break
-                _wait(lambda: installer.ready and _has_entry(path), 10, "installed, idle")
+                wait_for(lambda: installer.ready and has_entry(path), 10, "installed, idle",
+                         interval=0.001)
                 time.sleep(0.02)  # let our own write's quiet pass finish
                 with open(path, "w") as f:  # Calico: truncate and rewrite in place
                     f.write(original)
                 t0 = time.perf_counter()
-                _wait(lambda: _has_entry(path), 10, "entry re-inserted")
+                wait_for(lambda: has_entry(path), 10, "entry re-inserted", interval=0.001)
                 out.append(time.perf_counter() - t0)
         finally:
             stop.set()

@@ -41,17 +41,17 @@ from bench.common import (  # noqa: E402
     bench_node,
     build_hello,
     check_ok,
-    delete_netns,
     load,
     make_pod_netns,
-    meshed_pod,
-    netns_path,
     pod_ip,
     print_machine,
     stage_frozen_plugin,
     timed_run,
     timing_row,
 )
+from testbed.cleanup import Cleanup  # noqa: E402
+from testbed.netns import path  # noqa: E402
+from testbed.pods import workload  # noqa: E402
 
 FLOORS = {"nft": "iptables-nft-restore", "legacy": "iptables-legacy-restore"}
 FLOOR_OF = {"nft": "nft", "legacy": "legacy", "python-iptables": "legacy"}
@@ -96,21 +96,19 @@ def restore_payload(pod: dict) -> str:
 class Runner:
     """One bench node and the variants measured against it."""
 
-    def __init__(self, node: BenchNode, hello_argv: list[str], result: LatencyResult) -> None:
+    def __init__(self, node: BenchNode, hello_argv: list[str], result: LatencyResult,
+                 cleanup: Cleanup) -> None:
         self.node = node
         self.hello_argv = hello_argv
         self.r = result
-        self.pod = meshed_pod()
+        self.pod = workload("meshed-pod")
         node.api.add_pod(self.pod)
-        self.skipped_pod = meshed_pod(namespace=SKIPPED_NS)
+        self.skipped_pod = workload("meshed-pod", namespace=SKIPPED_NS)
         self.payload = restore_payload(self.pod)
         meta = self.pod["metadata"]
         self.pod_url = f"{node.api.url}/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-        self.skip_ns = make_pod_netns(pod_ip(0), "skip")
+        self.skip_ns = make_pod_netns(cleanup, pod_ip(0), "skip")
         self.seq = 1
-
-    def close(self) -> None:
-        delete_netns(self.skip_ns)
 
     def _gets(self, kind: str, before: int, record: bool) -> None:
         if record:
@@ -120,8 +118,8 @@ class Runner:
         """ADD, CHECK and DEL of the meshed pod in a fresh netns, with `backend`."""
         self.seq += 1
         ip = pod_ip(self.seq)
-        ns = make_pod_netns(ip)
-        try:
+        with Cleanup() as cleanup:
+            ns = make_pod_netns(cleanup, ip)
             gets = self.node.pod_gets()
             t, call = self.node.call("ADD", ns, self.pod, backend, ip)
             check_ok(call, f"ADD ({backend})")
@@ -135,8 +133,6 @@ class Runner:
             td, dcall = self.node.call("DEL", ns, self.pod, backend, ip)
             check_ok(dcall, f"DEL ({backend})")
             self._gets("DEL", gets, record)
-        finally:
-            delete_netns(ns)
         if record:
             self.r.add[backend].append(t)
             self.r.check[backend].append(tc)
@@ -159,11 +155,11 @@ class Runner:
     def floor(self, variant: str, record: bool = True) -> None:
         """`nsenter --net=NS <variant>-restore --noflush < payload` + `curl` GET of the pod."""
         self.seq += 1
-        ns = make_pod_netns(pod_ip(self.seq), "floor")
         env = {**os.environ, "XTABLES_LOCKFILE": "/proc/self/ns/net"}  # as the plugin's legacy
-        try:
+        with Cleanup() as cleanup:
+            ns = make_pod_netns(cleanup, pod_ip(self.seq), "floor")
             t_restore, proc = timed_run(
-                ["nsenter", f"--net={netns_path(ns)}", FLOORS[variant], "--noflush"],
+                ["nsenter", f"--net={path(ns)}", FLOORS[variant], "--noflush"],
                 input=self.payload.encode(), env=env)
             if proc.returncode != 0:
                 raise RuntimeError(f"floor {variant}: {proc.stderr.decode().strip()}")
@@ -171,8 +167,6 @@ class Runner:
                                       "-H", "Accept: application/json", self.pod_url])
             if proc.returncode != 0:
                 raise RuntimeError(f"floor curl: exit {proc.returncode}")
-        finally:
-            delete_netns(ns)
         if record:
             self.r.floor[variant].append(t_restore + t_curl)
             self.r.floor_restore[variant].append(t_restore)
@@ -207,23 +201,20 @@ def measure(plugin_argv: list[str], hello_argv: list[str], n: int, warmup: int =
             max_seconds: float = 1800.0) -> LatencyResult:
     """Run `warmup` unrecorded then up to `n` recorded iterations (at most `max_seconds`)."""
     result = LatencyResult(load_before=load())
-    with bench_node(plugin_argv) as node:
-        runner = Runner(node, hello_argv, result)
-        try:
-            variants = runner.variants()
-            deadline = time.monotonic() + max_seconds
-            for i in range(warmup + n):
-                if time.monotonic() > deadline:
-                    print(f"plugin_latency: time budget reached after {result.iterations} "
-                          "iterations", file=sys.stderr)
-                    break
-                k = i % len(variants)
-                for _, fn in variants[k:] + variants[:k]:
-                    fn(i >= warmup)  # type: ignore[operator]
-                if i >= warmup:
-                    result.iterations += 1
-        finally:
-            runner.close()
+    with bench_node(plugin_argv) as node, Cleanup() as cleanup:
+        runner = Runner(node, hello_argv, result, cleanup)
+        variants = runner.variants()
+        deadline = time.monotonic() + max_seconds
+        for i in range(warmup + n):
+            if time.monotonic() > deadline:
+                print(f"plugin_latency: time budget reached after {result.iterations} "
+                      "iterations", file=sys.stderr)
+                break
+            k = i % len(variants)
+            for _, fn in variants[k:] + variants[:k]:
+                fn(i >= warmup)  # type: ignore[operator]
+            if i >= warmup:
+                result.iterations += 1
     result.load_after = load()
     return result
 

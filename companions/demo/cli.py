@@ -12,8 +12,9 @@ import argparse
 import logging
 import signal
 
-from companions.demo.console import Console, DemoError, Interrupted
+from companions.demo.console import Console, Interrupted
 from companions.demo.scenario import Demo
+from testbed.procs import HarnessError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         console.line()
         console.line("demo OK: meshed pod redirected and validated, plain pod skipped, "
                      "race pod repaired in place, primary config restored")
-    except DemoError as exc:
+    except HarnessError as exc:  # DemoError included
         console.line(f"FAILED at step {console.current}: {exc}")
         code = 1
     except Interrupted as exc:

@@ -16,9 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from testbed.procs import HarnessError
 
-class DemoError(Exception):
-    """A step failed; the message says why, in one line, for the person running the demo."""
+
+class DemoError(HarnessError):
+    """A step failed; the message says why, in one line, for the person running the demo.
+    (The harness's own failures, `HarnessError`, are reported the same way.)"""
 
 
 class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from companions.demo.console import Console, DemoError
-from companions.demo.sandbox import run
+from testbed.procs import HarnessError, run
 
 PLUGIN = "istio-cni"
 
@@ -87,7 +87,7 @@ def prepare(repo: Path, image_dir: Path, console: Console, *, source: bool,
                 plugin.notes.append("note: cni/ has changed since this build; "
                                     "scripts/build-frozen.sh refreshes it")
             return plugin
-        except DemoError as exc:
+        except HarnessError as exc:
             reason = f"frozen build unavailable: {exc}"
             shutil.rmtree(image_dir, ignore_errors=True)
             image_dir.mkdir(parents=True)

@@ -19,14 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from companions.apiserver import ApiServer
-from companions.demo.cnirun import CniCall, Runtime, VethNetwork, k8s_args, pod_ip
 from companions.demo.console import CapturedLogs, Console, DemoError
 from companions.demo.plugin_binary import PluginBinary, prepare
-from companions.demo.sandbox import Proc, Sandbox, leftover_netns, run
+from companions.demo.sandbox import Sandbox
+from testbed.cnirun import CniCall, Runtime, VethNetwork, k8s_args, pod_ip
+from testbed.kubeapi import KubeApiServer
+from testbed.netns import delete_netns, leftover_netns
+from testbed.pods import workload
+from testbed.procs import HarnessError, Proc, run
 
 REPO = Path(__file__).resolve().parents[2]
-WORKLOADS = REPO / "companions" / "workloads"
 PROBE = REPO / "companions" / "validation_probe.py"
 CNI_BIN = Path("/usr/lib/cni")
 NODE = "demo-node"
@@ -41,15 +43,6 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _pod(fixture: str, **meta: str) -> dict[str, Any]:
-    pod = json.loads((WORKLOADS / f"{fixture}.json").read_text())
-    pod["metadata"].update(meta)
-    if "name" in meta:
-        pod["metadata"].pop("uid", None)
-    pod["spec"]["nodeName"] = NODE
-    return pod
-
-
 class Demo:
     def __init__(self, console: Console, args: argparse.Namespace) -> None:
         self.c = console
@@ -57,7 +50,7 @@ class Demo:
         self.box: Sandbox | None = None
         self.logs = CapturedLogs()
         self.plugin: PluginBinary | None = None
-        self.api: ApiServer | None = None
+        self.api: KubeApiServer | None = None
         self.installer: Any = None
         self.controller: Any = None
         self.runtime: Runtime | None = None
@@ -129,10 +122,12 @@ class Demo:
         self.c.say(f"node filesystem: {box.root}/node (/etc/cni/net.d, /opt/cni/bin, /var/run "
                    "below are in it)")
 
-        self.api = api = ApiServer(token=token)
+        self.api = api = KubeApiServer(token=token)
         box.on_close("stop the API stand-in", api.stop)
-        self.pods = {"meshed": _pod("meshed-pod"), "plain": _pod("plain-pod"),
-                     "race": _pod("meshed-pod", name="productpage-v1-7d9f8b6c5-race1")}
+        self.pods = {"meshed": workload("meshed-pod", node=NODE),
+                     "plain": workload("plain-pod", node=NODE),
+                     "race": workload("meshed-pod", name="productpage-v1-7d9f8b6c5-race1",
+                                      node=NODE)}
         for pod in self.pods.values():
             api.add_pod(pod)
         self.c.say(f"API stand-in {api.url} (bearer token), serving the pods of {NODE}:")
@@ -170,28 +165,24 @@ class Demo:
         self.c.say(f"{net_d / PRIMARY_NAME} now (diff against the original):")
         self.c.say("\n".join(diff), indent=4)
 
-        self.runtime = Runtime([bin_dir, CNI_BIN], self.node_ns,
-                               VethNetwork(subnet, BRIDGE) if self.veth else None)
+        self.runtime = Runtime(node_netns=self.node_ns, cni_path=[bin_dir, CNI_BIN],
+                               veth=VethNetwork(subnet, BRIDGE) if self.veth else None)
         self._start_controller(run_dir / "istio-cni-kubeconfig")
 
     def _start_controller(self, kubeconfig: Path) -> None:
-        from node_daemon.actions import Actions, Reporter
         from node_daemon.config import DaemonConfig
-        from node_daemon.controller import RepairController
-        from node_daemon.kubeapi import PodApi, load_api_client
-        from node_daemon.metrics import Metrics
+        from node_daemon.kubeapi import load_api_client
         from node_daemon.netns_finder import NetnsFinder
+        from testbed.controller import start_controller
 
         assert self.box is not None
         cfg = DaemonConfig.from_env({"REPAIR_REPAIR_PODS": "true", "REPAIR_NODE_NAME": NODE,
                                      "HOST_PROC": "/proc", "DRIFT_CHECK_INTERVAL": "0"})
         rc = cfg.repair
-        api = PodApi(load_api_client(str(kubeconfig)))
-        reporter = Reporter(api, Metrics(), rc.node_name)
-        actions = Actions(rc, api, reporter, NetnsFinder(cfg.host_proc), cfg.iptables_backend)
-        self.controller = RepairController(api, rc, actions, None, cfg.watch_timeout)
-        self.controller.start()
-        self.box.on_close("stop the repair controller", self.controller.stop)
+        self.controller = start_controller(
+            self.box.cleanup, load_api_client(str(kubeconfig)), rc,
+            finder=NetnsFinder(cfg.host_proc), backend=cfg.iptables_backend,
+            watch_timeout=cfg.watch_timeout, synced_within=None)
         if not self.controller.informer.synced.wait(15):
             raise DemoError("the repair controller did not sync with the API stand-in in 15 s")
         self.c.say(f"repair controller (REPAIR_REPAIR_PODS=true, REPAIR_NODE_NAME={NODE}):")
@@ -313,8 +304,8 @@ class Demo:
         ns = self.box.add_netns(role)
         self.box.pause(ns, self._key(pod))
         meta = pod["metadata"]
-        calls = self.runtime.add(conflist, f"/var/run/netns/{ns}", f"demo-{role}",
-                                 k8s_args(meta["namespace"], meta["name"]))
+        calls = self.runtime.run_list(conflist, "ADD", f"/var/run/netns/{ns}", f"demo-{role}",
+                                      k8s_args(meta["namespace"], meta["name"]))
         chain = " -> ".join(str(p["type"]) for p in conflist["plugins"])
         self.c.say(f"pod {self._key(pod)}: netns {ns}, CNI ADD through [{chain}]")
         for call in calls:
@@ -405,10 +396,13 @@ class Demo:
         t0 = time.monotonic()
         procs, netns = len(self.box.procs), list(self.box.netns)
         problems = self.box.close()
+        for name in leftover_netns(self.box.ns_name("")):  # made just before an interrupt
+            try:
+                delete_netns(name)
+            except HarnessError as exc:
+                problems.append(str(exc))
         for problem in problems:
             self.c.say(f"cleanup problem: {problem}")
-        for name in leftover_netns(self.box.ns_name("")):  # made just before an interrupt
-            run(["ip", "netns", "delete", name], check=False)
         left = leftover_netns(self.box.ns_name(""))
         self.c.say(f"stopped {procs} processes; deleted netns {', '.join(netns) or '(none)'}; "
                    f"removed {self.box.root}")

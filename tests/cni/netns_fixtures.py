@@ -1,22 +1,24 @@
-"""Real network namespaces for the netns tier, and rule sets to program into them.
+"""Real network namespaces for the netns tier (`testbed.netns`), and rule sets to program
+into them.
 
-Every namespace is `icni-b-<random>`; interfaces created in it die with it. Fixtures delete
-what they create by name. Nothing here touches the host's own iptables or interfaces.
+Every namespace is `icni-b-<random>`; interfaces created in it die with it. The fixtures
+register each namespace on the test's `cleanup`. Nothing here touches the host's own iptables
+or interfaces.
 """
 
 from __future__ import annotations
 
-import secrets
 import shutil
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
 from cni.iptables_config import IptablesConfig
 from cni.rules import build_ruleset
 from cni.ruleset import RuleSet
+from testbed.cleanup import Cleanup
+from testbed.netns import Netns, create_netns
 
 PLUGIN_DEFAULT = IptablesConfig(
     inbound_ports_include=("*",),
@@ -49,63 +51,15 @@ def need(*binaries: str) -> None:
         pytest.skip(f"binary not installed: {', '.join(missing)}")
 
 
-def sh(*argv: str, ns: str | None = None, check: bool = True) -> str:
-    """Run argv (in netns `ns` if given) and return stdout."""
-    full = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
-    return subprocess.run(full, check=check, capture_output=True, text=True).stdout
-
-
-@dataclass(frozen=True)
-class Netns:
-    name: str
-    v4: str | None = None
-    """The veth end's IPv4 address inside the netns, if any."""
-    v6: str | None = None
-
-    @property
-    def path(self) -> str:
-        return f"/var/run/netns/{self.name}"
-
-    def run(self, *argv: str, check: bool = True) -> str:
-        return sh(*argv, ns=self.name, check=check)
-
-
-def create_netns(v4: str | None = None, v6: str | None = None) -> Netns:
-    """`ip netns add icni-b-X`, lo up, and a veth pair (both ends inside) carrying v4/v6."""
-    need("ip")
-    suffix = secrets.token_hex(4)
-    ns = Netns(f"icni-b-{suffix}", v4, v6)
-    sh("ip", "netns", "add", ns.name)
-    sh("ip", "-n", ns.name, "link", "set", "lo", "up")
-    if v4 or v6:
-        a, b = f"ib{suffix}a", f"ib{suffix}b"
-        sh("ip", "-n", ns.name, "link", "add", a, "type", "veth", "peer", "name", b)
-        if v4:
-            sh("ip", "-n", ns.name, "addr", "add", f"{v4}/24", "dev", a)
-        if v6:
-            sh("ip", "-n", ns.name, "addr", "add", f"{v6}/64", "dev", a, "nodad")
-        sh("ip", "-n", ns.name, "link", "set", a, "up")
-        sh("ip", "-n", ns.name, "link", "set", b, "up")
-    return ns
-
-
-def delete_netns(ns: Netns) -> None:
-    sh("ip", "netns", "del", ns.name, check=False)
-
-
 @pytest.fixture
-def make_netns() -> Iterator:
+def make_netns(cleanup: Cleanup) -> Callable[..., Netns]:
     """Factory: `make_netns(v4=..., v6=...)`; every namespace made is deleted afterwards."""
-    made: list[Netns] = []
+    need("ip")
 
     def make(v4: str | None = None, v6: str | None = None) -> Netns:
-        ns = create_netns(v4, v6)
-        made.append(ns)
-        return ns
+        return create_netns(cleanup, "icni-b", v4=v4, v6=v6)
 
-    yield make
-    for ns in made:
-        delete_netns(ns)
+    return make
 
 
 @pytest.fixture

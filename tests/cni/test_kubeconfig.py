@@ -311,7 +311,7 @@ def test_fifo_named_by_the_kubeconfig_is_an_error_not_a_hang(
 
 def test_files_named_by_the_kubeconfig_may_be_links(tmp_path: Path) -> None:
     """Secret and projected-token mounts are links (`token -> ..data/token`): they still load."""
-    from tests.kubeapi.tls import make_tls_material, openssl_available
+    from testbed.kubeapi.tls import make_tls_material, openssl_available
 
     if not openssl_available():
         pytest.skip("the openssl CLI is needed to make a test CA")

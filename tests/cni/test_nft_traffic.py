@@ -8,11 +8,8 @@ DNS reaches 15053, and TPROXY delivers inbound with the original destination as 
 
 from __future__ import annotations
 
-import secrets
 import socket
 import struct
-import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
@@ -22,8 +19,11 @@ from cni.iptables_config import IptablesConfig
 from cni.netns import in_netns
 from cni.nft_apply import NftablesProgrammer
 from cni.nft_rules import build_nft_ruleset
+from testbed.cleanup import Cleanup
+from testbed.netns import create_netns
+from testbed.procs import sh
+from testbed.traffic import Listener, connect
 from tests.cni.netns_fixtures import PLUGIN_DEFAULT, need
-from tests.support.netns import Listener, connect
 
 pytestmark = pytest.mark.root
 SO_ORIGINAL_DST = 80
@@ -59,29 +59,20 @@ class Pair:
         return "0.0.0.0" if self.family == 4 else "::"
 
 
-def ip(*argv: str) -> None:
-    subprocess.run(["ip", *argv], check=True, capture_output=True)
-
-
 @pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
-def pair(request: pytest.FixtureRequest) -> Iterator[Pair]:
+def pair(request: pytest.FixtureRequest, cleanup: Cleanup) -> Pair:
+    """Two netns joined by a veth pair, each end `eth0`, carrying 10.78.0.0/24 and fd78::/64."""
     need("ip")
-    suffix = secrets.token_hex(4)
-    p = Pair(f"icni-b-{suffix}p", f"icni-b-{suffix}q", request.param)
-    try:
-        for ns in (p.pod, p.peer):
-            ip("netns", "add", ns)
-            ip("-n", ns, "link", "set", "lo", "up")
-        ip("-n", p.pod, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-           "netns", p.peer)
-        for ns, host in ((p.pod, "2"), (p.peer, "1")):
-            ip("-n", ns, "addr", "add", f"10.78.0.{host}/24", "dev", "eth0")
-            ip("-n", ns, "addr", "add", f"fd78::{host}/64", "dev", "eth0", "nodad")
-            ip("-n", ns, "link", "set", "eth0", "up")
-        yield p
-    finally:
-        for ns in (p.pod, p.peer):
-            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+    pod, peer = create_netns(cleanup, "icni-b"), create_netns(cleanup, "icni-b")
+    p = Pair(pod.name, peer.name, request.param)
+    sh("ip", "-n", p.pod, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
+       "netns", p.peer)
+    for ns, host in ((p.pod, "2"), (p.peer, "1")):
+        sh("ip", "-n", ns, "-batch", "-", input=(
+            f"addr add 10.78.0.{host}/24 dev eth0\n"
+            f"addr add fd78::{host}/64 dev eth0 nodad\n"
+            "link set eth0 up\n"))
+    return p
 
 
 @pytest.fixture(params=["libnftables", "nft"])
@@ -182,10 +173,10 @@ def test_tproxy_delivers_inbound_with_original_destination(pair: Pair, way: str)
     routes = build_nft_ruleset(cfg).tproxy_routes
     assert routes is not None
     fam = f"-{pair.family}"
-    ip(fam, "-n", pair.pod, "rule", "add", "fwmark", str(routes.mark), "lookup",
+    sh("ip", fam, "-n", pair.pod, "rule", "add", "fwmark", str(routes.mark), "lookup",
        str(routes.table))
     default = "0.0.0.0/0" if pair.family == 4 else "::/0"
-    ip(fam, "-n", pair.pod, "route", "add", "local", default, "dev", "lo", "table",
+    sh("ip", fam, "-n", pair.pod, "route", "add", "local", default, "dev", "lo", "table",
        str(routes.table))
     with listen_in_pod(pair, 15006, transparent=True) as listener:
         code, out = connect(pair.peer, pair.pod_ip, 8080)

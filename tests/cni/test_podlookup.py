@@ -19,14 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support.cnirun import Runtime
 
 from cni.errors import CNIError, PluginNotAvailable, PodLookupFailed, TryAgainLater
 from cni.kubeconfig import KubeAccess, load_kubeconfig
 from cni.podlookup import MAX_POD_BYTES, ApiPodSource, RetryPolicy, get_pod, pod_path
-from tests.kubeapi.fixtures import down_url, write_kubeconfig
-from tests.kubeapi.server import KubeApiServer
-from tests.kubeapi.tls import make_tls_material
+from testbed.cnirun import Runtime
+from testbed.kubeapi import KubeApiServer, down_url, make_tls_material, write_kubeconfig
 
 TOKEN = "sa-token-do-not-leak-7f3a9c"
 NS, NAME = "default", "web-0"

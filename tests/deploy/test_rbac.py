@@ -20,7 +20,7 @@ DaemonSet the installer looks up.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,14 @@ from cni.kubeconfig import load_kubeconfig
 from cni.podlookup import ApiPodSource, RetryPolicy
 from installer import Installer
 from installer.config import InstallerConfig
-from node_daemon.actions import Actions, Reporter
 from node_daemon.cli import cli
 from node_daemon.config import DaemonConfig
 from node_daemon.controller import RepairController
-from node_daemon.kubeapi import PodApi
-from node_daemon.metrics import Metrics
+from testbed.cleanup import Cleanup
+from testbed.controller import NoNetns, start_controller
+from testbed.kubeapi import KubeApiServer, kubernetes_api_client, write_kubeconfig
+from testbed.pods import BROKEN_WAITING, NODE, make_pod
+from testbed.wait import wait_for
 from tests.deploy.manifest import (
     NAMESPACE,
     Access,
@@ -47,9 +49,6 @@ from tests.deploy.manifest import (
     pod_env,
     rule_accesses,
 )
-from tests.kubeapi.fixtures import kubernetes_api_client, write_kubeconfig
-from tests.kubeapi.server import KubeApiServer
-from tests.node_daemon.conftest import BROKEN_WAITING, NODE, make_pod, wait_for
 
 TOKEN = "istio-cni-sa-token"
 DOCS = documents()
@@ -57,14 +56,6 @@ SA = find(DOCS, "ServiceAccount", "istio-cni")
 DAEMONSET = find(DOCS, "DaemonSet", "istio-cni-node")
 PRIMARY = {"cniVersion": "1.0.0", "name": "k8s-pod-network",
            "plugins": [{"type": "bridge", "bridge": "cni0"}]}
-
-
-class NoNetns:
-    """Repair in place finds no pod netns here (no root tier): the action fails and is
-    reported, which is all the API sees of repair mode either way (an Event)."""
-
-    def find(self, ips: tuple[str, ...]) -> None:
-        return None
 
 
 def observed(api: KubeApiServer, since: int = 0) -> set[Access]:
@@ -114,25 +105,18 @@ def node_env(api: KubeApiServer, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def controller(api: KubeApiServer, node_env: dict[str, str]) -> Iterator[Callable[..., Any]]:
+def controller(api: KubeApiServer, node_env: dict[str, str],
+               cleanup: Cleanup) -> Callable[..., RepairController]:
     """Factory: the repair controller as `run` wires it, for the manifest's config (or a mode)."""
-    made: list[RepairController] = []
 
     def make(mode: str | None = None) -> RepairController:
         cfg = DaemonConfig.from_env(node_env)
         rc = cfg.repair if mode is None else cfg.repair.with_mode(mode)
-        pods = PodApi(kubernetes_api_client(api, TOKEN))
-        reporter = Reporter(pods, Metrics(), rc.node_name)
-        actions = Actions(rc, pods, reporter, NoNetns(), cfg.iptables_backend)
-        c = RepairController(pods, rc, actions, None, cfg.watch_timeout, 0)
-        c.start()
-        made.append(c)
-        wait_for(lambda: c.synced, what="initial list")
-        return c
+        return start_controller(cleanup, kubernetes_api_client(api, TOKEN), rc,
+                                finder=NoNetns(), backend=cfg.iptables_backend,
+                                watch_timeout=cfg.watch_timeout)
 
-    yield make
-    for c in made:
-        c.stop()
+    return make
 
 
 def _drive_repair(api: KubeApiServer, make: Callable[..., Any], mode: str | None,

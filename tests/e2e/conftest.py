@@ -7,15 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.node import Node, sandboxed_node
 
-from tests.kubeapi.server import KubeApiServer
+from testbed.kubeapi import KubeApiServer
+from testbed.node import Node, missing_prerequisites, sandboxed_node
 
 _SUBNETS = iter(range(10, 250))
 
 
 @pytest.fixture
 def node(tmp_path: Path, kube_api: KubeApiServer, request) -> Iterator[Node]:
+    if reason := missing_prerequisites():
+        pytest.skip(reason)
     idx = next(_SUBNETS)
     istio = {"iptables_backend": getattr(request, "param", "auto"), "pod_lookup_attempts": 3,
              "pod_lookup_interval_seconds": 0.05, "pod_lookup_deadline_seconds": 5}

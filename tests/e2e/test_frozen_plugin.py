@@ -17,24 +17,19 @@ import glob
 import json
 import os
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support import netns as nsutil
-from support.node import (
-    REPO,
-    Node,
-    assert_app_traffic_redirected,
-    istio_lines,
-    workload,
-)
 
 from cni.iptables_config import IptablesConfig
 from cni.live_state import parse_rule
 from cni.results import encode_result
 from cni.rules import build_ruleset
+from testbed import netns as nsutil
+from testbed.frozen import build_plugin
+from testbed.node import Node, assert_app_traffic_redirected, istio_lines
+from testbed.pods import workload
 
 pytest.importorskip("PyInstaller", reason="PyInstaller is not installed (pip install -e '.[dev]')")
 pytestmark = pytest.mark.root
@@ -49,16 +44,7 @@ def frozen_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     given = os.environ.get("ISTIO_CNI_FROZEN")
     if given:
         return Path(given)
-    out = tmp_path_factory.mktemp("frozen")
-    proc = subprocess.run(
-        [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
-         "--distpath", str(out / "dist"), "--workpath", str(out / "build"),
-         str(REPO / "build.spec")],
-        cwd=REPO, env={**os.environ, "ISTIO_CNI_PLUGIN_ONLY": "1"},
-        capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
-    binary = out / "dist" / "istio-cni" / "istio-cni"
-    assert proc.returncode == 0 and binary.exists(), proc.stderr[-4000:]
-    return binary
+    return build_plugin(tmp_path_factory.mktemp("frozen"), BUILD_TIMEOUT)
 
 
 def hidden_iptables_argv(binary: Path, tmp_path: Path) -> list[str]:

@@ -6,19 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from support import netns as nsutil
-from support.netns import Listener, connect
-from support.node import (
-    Node,
-    assert_app_traffic_redirected,
-    gateway,
-    istio_lines,
-    pod_ip,
-    saved_rules,
-    workload,
-)
 
 from cni.results import encode_result
+from testbed import netns as nsutil
+from testbed.cnirun import pod_ip
+from testbed.netns import delete_netns
+from testbed.node import Node, assert_app_traffic_redirected, gateway, istio_lines, saved_rules
+from testbed.pods import workload
+from testbed.traffic import Listener, connect
 
 pytestmark = pytest.mark.root
 BACKENDS = ["nft", "legacy", "python-iptables"]
@@ -102,7 +97,7 @@ def test_second_add_is_idempotent_and_check_really_checks(node: Node):
 def test_del_succeeds_without_netns_and_without_api(node: Node):
     pod_ns, pod, calls = add_meshed(node)
     node.api.stop()
-    nsutil.run("ip", "netns", "delete", pod_ns)
+    delete_netns(pod_ns)
     call = node.call_istio(pod_ns, pod, "DEL", prev=calls[-1].result)
     assert (call.status, call.stdout) == (0, "")
 

@@ -9,6 +9,7 @@ on the pod address. The proxy's own connections are exempt only because it reall
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import socket
@@ -19,12 +20,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from support import netns as nsutil
-from support.node import REPO
 
 from cni import apply, netns
 from cni.redirect import Redirect, to_iptables_config
 from cni.rules import build_ruleset
+from testbed import netns as nsutil
+from testbed.cleanup import Cleanup
+from testbed.pods import REPO
+from testbed.procs import sh
 
 pytestmark = pytest.mark.root
 
@@ -45,24 +48,25 @@ class Pod:
 
 
 @pytest.fixture
-def pod() -> Iterator[Pod]:
-    if not nsutil.is_root():
+def pod(cleanup: Cleanup) -> Pod:
+    if os.geteuid() != 0:
         pytest.skip("needs root: network namespaces")
-    with nsutil.netns("icni-f-node") as node, nsutil.netns("icni-f-pod") as pod_ns:
-        veth = f"icf{pod_ns[-8:]}"
-        nsutil.run("ip", "-n", node, "link", "add", veth, "type", "veth", "peer", "name",
-                   "eth0", "netns", pod_ns)
-        for fam, (node_ip, pod_ip, plen) in ADDRS.items():
-            nsutil.run("ip", f"-{fam}", "-n", node, "addr", "add", f"{node_ip}/{plen}",
-                       "dev", veth, "nodad")
-            nsutil.run("ip", f"-{fam}", "-n", pod_ns, "addr", "add", f"{pod_ip}/{plen}",
-                       "dev", "eth0", "nodad")
-        nsutil.run("ip", "-n", node, "link", "set", veth, "up")
-        nsutil.run("ip", "-n", pod_ns, "link", "set", "eth0", "up")
-        # the injected pod's defaults, IPv6 on: what the plugin programs for a dual-stack pod
-        ruleset = build_ruleset(to_iptables_config(Redirect(), enable_ipv6=True))
-        apply.program(nsutil.path(pod_ns), ruleset, "auto")
-        yield Pod(node, pod_ns)
+    node = nsutil.create_netns(cleanup, "icni-f-node").name
+    pod_ns = nsutil.create_netns(cleanup, "icni-f-pod").name
+    veth = f"icf{pod_ns[-8:]}"
+    sh("ip", "-n", node, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns",
+       pod_ns)
+    for fam, (node_ip, pod_ip, plen) in ADDRS.items():
+        sh("ip", f"-{fam}", "-n", node, "addr", "add", f"{node_ip}/{plen}", "dev", veth,
+           "nodad")
+        sh("ip", f"-{fam}", "-n", pod_ns, "addr", "add", f"{pod_ip}/{plen}", "dev", "eth0",
+           "nodad")
+    sh("ip", "-n", node, "link", "set", veth, "up")
+    sh("ip", "-n", pod_ns, "link", "set", "eth0", "up")
+    # the injected pod's defaults, IPv6 on: what the plugin programs for a dual-stack pod
+    ruleset = build_ruleset(to_iptables_config(Redirect(), enable_ipv6=True))
+    apply.program(nsutil.path(pod_ns), ruleset, "auto")
+    return Pod(node, pod_ns)
 
 
 class ProxyProcess:

@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import netns as nsutil
-from support.node import Node, sandboxed_node, workload
 
-from tests.kubeapi.server import KubeApiServer
+from testbed.kubeapi import KubeApiServer
+from testbed.node import Node, istio_lines, missing_prerequisites, sandboxed_node
+from testbed.pods import workload
 
 pytestmark = pytest.mark.root
 POD_GET = r"/api/v1/namespaces/[^/]+/pods/[^/]+$"
@@ -27,6 +27,8 @@ POD_GET = r"/api/v1/namespaces/[^/]+/pods/[^/]+$"
 @pytest.fixture
 def node(tmp_path: Path, kube_api: KubeApiServer) -> Iterator[Node]:
     """The e2e tier's sandboxed node (netns, bridge + host-local, run dir), `icni-h-` names."""
+    if reason := missing_prerequisites():
+        pytest.skip(reason)
     istio = {"pod_lookup_attempts": 5, "pod_lookup_interval_seconds": 0.01,
              "pod_lookup_deadline_seconds": 20}
     with sandboxed_node(tmp_path, kube_api, prefix="icni-h", subnet_index=7,
@@ -36,12 +38,6 @@ def node(tmp_path: Path, kube_api: KubeApiServer) -> Iterator[Node]:
 
 def tune(node: Node, **settings: object) -> None:
     node.istio_entry().update(settings)
-
-
-def istio_lines(pod_ns: str) -> list[str]:
-    return [ln for tool in ("iptables-nft-save", "iptables-legacy-save")
-            for ln in nsutil.ns_exec(pod_ns, tool, check=False).splitlines()
-            if "ISTIO" in ln and not ln.startswith("#")]
 
 
 def add(node: Node, pod: dict) -> tuple[str, list]:

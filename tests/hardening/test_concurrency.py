@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support import netns as nsutil
-from support.node import Node, sandboxed_node, workload
 
-from tests.kubeapi.server import KubeApiServer
+from testbed import netns as nsutil
+from testbed.kubeapi import KubeApiServer
+from testbed.node import Node, missing_prerequisites, sandboxed_node
+from testbed.pods import workload
 
 pytestmark = pytest.mark.root
 PODS = 50
@@ -52,6 +53,8 @@ def host_xtables_lock_held() -> Iterator[subprocess.Popen]:
 
 @pytest.fixture(params=["legacy", "auto"])
 def node(request, tmp_path: Path, kube_api: KubeApiServer) -> Iterator[Node]:
+    if reason := missing_prerequisites():
+        pytest.skip(reason)
     istio = {"plugin_log_level": "info", "iptables_backend": request.param,
              "pod_lookup_deadline_seconds": 50}
     with sandboxed_node(tmp_path, kube_api, prefix="icni-h", subnet_index=8,

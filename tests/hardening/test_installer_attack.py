@@ -28,13 +28,8 @@ from pathlib import Path
 from cni.kubeconfig import load_kubeconfig
 from installer import Installer
 from installer.conflist import chained_entry, insert_plugin, istio_entries
-from tests.installer.installer_support import (
-    GOLDEN,
-    PLUGIN_BYTES,
-    NodeDirs,
-    rotate_token,
-    wait_for,
-)
+from testbed.nodedirs import GOLDEN, PLUGIN_BYTES, NodeDirs, make_node_dirs, rotate_token
+from testbed.wait import wait_for
 
 CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci" or bool(os.environ.get("CI"))
 ATTACK_SECONDS = float(os.environ.get("ATTACK_SECONDS", "60" if CI else "5"))
@@ -77,19 +72,6 @@ print(n)
 """
 
 
-def make_dirs(root: Path) -> NodeDirs:
-    dirs = NodeDirs(root, root / "net.d", root / "image-bin", root / "host-bin", root / "run",
-                    root / "sa")
-    for d in (dirs.net_dir, dirs.bin_src, dirs.bin_dst, dirs.sa_dir):
-        d.mkdir()
-    (dirs.bin_src / "istio-cni").write_bytes(PLUGIN_BYTES)
-    (dirs.bin_src / "istio-cni").chmod(0o755)
-    rotate_token(dirs.sa_dir, "token-generation-1", 1)
-    os.symlink("..data/token", dirs.sa_dir / "token")
-    os.symlink("..data/ca.crt", dirs.sa_dir / "ca.crt")
-    return dirs
-
-
 class Agent:
     """The installer process, restarted after every SIGKILL; its logs kept for inspection."""
 
@@ -123,7 +105,7 @@ class Agent:
 
 def test_rewrite_loop_sigkills_and_token_rotation(tmp_path: Path, record_property):
     rng = random.Random(SEED)
-    dirs = make_dirs(tmp_path)
+    dirs = make_node_dirs(tmp_path, token="token-generation-1")
     primary = dirs.net_dir / PRIMARY
     original = (GOLDEN / "calico.conflist").read_bytes()
     primary.write_bytes(original)

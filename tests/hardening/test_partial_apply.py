@@ -41,14 +41,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import netns as nsutil
-from support.cnirun import k8s_args
-from support.node import REPO, workload
 
 from cni.plugin import Plugin
 from cni.protocol import dispatch
-from tests.kubeapi.fixtures import write_kubeconfig
-from tests.kubeapi.server import KubeApiServer
+from testbed import netns as nsutil
+from testbed.cleanup import Cleanup
+from testbed.cnirun import k8s_args
+from testbed.kubeapi import KubeApiServer, write_kubeconfig
+from testbed.pods import REPO, workload
 
 pytestmark = pytest.mark.root
 CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci" or bool(os.environ.get("CI"))
@@ -178,27 +178,15 @@ def pod(tmp_path: Path, kube_api: KubeApiServer) -> Iterator[Pod]:
 
 
 @pytest.fixture
-def pod_netns() -> Iterator[Callable[[], str]]:
-    """Makes pod netns (lo up, a veth eth0 with an IPv4 and an IPv6 address); deletes them."""
-    made: list[str] = []
+def pod_netns(cleanup: Cleanup) -> Callable[[], str]:
+    """Makes pod netns (lo up, a veth eth0 with an IPv4 and an IPv6 address); deleted after
+    the test."""
 
     def make() -> str:
-        name = nsutil.unique("icni-h-pa")
-        nsutil.run("ip", "netns", "add", name)
-        made.append(name)
-        for argv in (("link", "set", "lo", "up"),
-                     ("link", "add", "eth0", "type", "veth", "peer", "name", "peer0"),
-                     ("link", "set", "peer0", "up"), ("link", "set", "eth0", "up"),
-                     ("addr", "add", POD_V4, "dev", "eth0"),
-                     ("-6", "addr", "add", POD_V6, "dev", "eth0", "nodad")):
-            nsutil.run("ip", "-n", name, *argv)
-        return name
+        return nsutil.create_netns(cleanup, "icni-h-pa", v4=POD_V4.split("/")[0],
+                                   v6=POD_V6.split("/")[0], ifname="eth0").name
 
-    try:
-        yield make
-    finally:
-        for name in made:
-            nsutil.run("ip", "netns", "delete", name, check=False)
+    return make
 
 
 def state(ns: str) -> str:
@@ -317,7 +305,7 @@ def test_sigkill_at_every_side_effect_then_check_and_readd(pod: Pod, pod_netns, 
         assert status == -signal.SIGKILL, f"op {kill_at} ({mode}) was not reached: {err}"
         tally.kills += 1
         verify_after_kill(pod, backend, ns, reference, tally, f"kill {mode} op {kill_at}")
-        nsutil.run("ip", "netns", "delete", ns)
+        nsutil.delete_netns(ns)
 
     # external SIGKILLs at seeded random moments over the length of an uninterrupted run
     start = time.monotonic()
@@ -328,7 +316,7 @@ def test_sigkill_at_every_side_effect_then_check_and_readd(pod: Pod, pod_netns, 
         status, _ = run_plugin(pod, backend, ns, kill_after=rng.uniform(0.0, full))
         tally.kills += status == -signal.SIGKILL
         verify_after_kill(pod, backend, ns, reference, tally, f"random kill {i}")
-        nsutil.run("ip", "netns", "delete", ns)
+        nsutil.delete_netns(ns)
 
     record_property("partial_apply", {"ops": ops, **tally.__dict__})
     print(f"\npartial-apply[{backend}]: {ops} side effects per ADD, {tally}")

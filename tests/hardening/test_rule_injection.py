@@ -134,25 +134,22 @@ def test_annotation_values_are_rejected_or_mean_exactly_what_they_say(key: str, 
 
 # --- the whole ADD: a rejected annotation never reaches the pod netns ---------------------------
 
-def _ready_netns(name: str) -> None:
-    from support import netns as nsutil
+def _ready_netns(cleanup) -> str:
+    """A pod netns with eth0 holding 10.96.3.4/24, deleted when `cleanup` closes."""
+    from testbed.netns import create_netns
 
-    nsutil.run("ip", "netns", "add", name)
-    for argv in (("link", "set", "lo", "up"),
-                 ("link", "add", "eth0", "type", "veth", "peer", "name", "peer0"),
-                 ("link", "set", "eth0", "up"), ("addr", "add", "10.96.3.4/24", "dev", "eth0")):
-        nsutil.run("ip", "-n", name, *argv)
+    return create_netns(cleanup, "icni-h-inj", v4="10.96.3.4", ifname="eth0").name
 
 
 def _istio_state(name: str) -> list[str]:
-    from support import netns as nsutil
+    from testbed.netns import ns_exec
 
     return [ln for tool in ("iptables-nft-save", "iptables-legacy-save")
-            for ln in nsutil.ns_exec(name, tool, check=False).splitlines() if "ISTIO" in ln]
+            for ln in ns_exec(name, tool, check=False).splitlines() if "ISTIO" in ln]
 
 
 @pytest.mark.root
-def test_annotations_through_the_whole_add(tmp_path):
+def test_annotations_through_the_whole_add(tmp_path, cleanup):
     """The full ADD (dispatch, as the binary runs it) of a meshed pod carrying a hostile
     annotation, on a real pod netns: rejected values fail with 101 naming the annotation and
     leave the netns untouched; accepted ones program it and CHECK agrees. One netns serves every
@@ -162,15 +159,15 @@ def test_annotations_through_the_whole_add(tmp_path):
     import os
 
     from hypothesis import settings
-    from support import netns as nsutil
-    from support.cnirun import k8s_args
-    from support.node import workload
 
     from cni.plugin import Plugin
     from cni.protocol import dispatch
+    from testbed import netns as nsutil
+    from testbed.cnirun import k8s_args
+    from testbed.pods import workload
 
     ci = os.environ.get("HYPOTHESIS_PROFILE") == "ci"
-    ns = nsutil.unique("icni-h-inj")
+    ns = ""
     counts = {"rejected": 0, "accepted": 0}
 
     def call(command: str, pod: dict) -> tuple[int, dict]:
@@ -187,6 +184,7 @@ def test_annotations_through_the_whole_add(tmp_path):
     @settings(max_examples=10_000 if ci else 150)
     @given(key=st.sampled_from(sorted(ANNOTATIONS)), value=hostile)
     def case(key: str, value: str) -> None:
+        nonlocal ns
         pod = workload("meshed-pod", name="p", namespace="default", annotations={key: value})
         status, err = call("ADD", pod)
         if status == 0:
@@ -194,8 +192,8 @@ def test_annotations_through_the_whole_add(tmp_path):
             assert _istio_state(ns), "accepted but nothing programmed"
             assert call("CHECK", pod)[0] == 0
             counts["accepted"] += 1
-            nsutil.run("ip", "netns", "delete", ns)
-            _ready_netns(ns)
+            nsutil.delete_netns(ns)
+            ns = _ready_netns(cleanup)
             return
         assert err["code"] in (101, 102), err  # 102: the rule builder refused a combination
         assert key in err["msg"] or err["code"] == 102, err
@@ -203,10 +201,9 @@ def test_annotations_through_the_whole_add(tmp_path):
         counts["rejected"] += 1
 
     logging.disable(logging.CRITICAL)
-    _ready_netns(ns)
+    ns = _ready_netns(cleanup)
     try:
         case()
     finally:
         logging.disable(logging.NOTSET)
-        nsutil.run("ip", "netns", "delete", ns, check=False)
     assert counts["rejected"] and counts["accepted"], counts

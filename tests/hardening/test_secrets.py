@@ -23,35 +23,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import netns as nsutil
-from support.cnirun import k8s_args
-from support.node import REPO, plugin_argv, workload
 
 from installer import Installer, InstallError
 from installer.config import InstallerConfig
-from tests.installer.installer_support import PLUGIN_BYTES, NodeDirs, rotate_token, wait_for
-from tests.kubeapi.fixtures import write_kubeconfig
-from tests.kubeapi.server import KubeApiServer
+from testbed import netns as nsutil
+from testbed.cnirun import k8s_args
+from testbed.kubeapi import KubeApiServer, write_kubeconfig
+from testbed.node import plugin_argv
+from testbed.nodedirs import make_node_dirs
+from testbed.pods import REPO, workload
+from testbed.wait import wait_for
 
 SECRET = "S3CRET-token-must-never-be-logged-7f1c2e9a"
-PACKAGES = ("cni", "installer", "node_daemon", "companions")
+PACKAGES = ("cni", "installer", "node_daemon", "companions", "testbed")
 
 
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
-
-
-def make_dirs(root: Path, token: str = SECRET) -> NodeDirs:
-    dirs = NodeDirs(root, root / "net.d", root / "image-bin", root / "host-bin", root / "run",
-                    root / "sa")
-    for d in (dirs.net_dir, dirs.bin_src, dirs.bin_dst, dirs.sa_dir):
-        d.mkdir()
-    (dirs.bin_src / "istio-cni").write_bytes(PLUGIN_BYTES)
-    (dirs.bin_src / "istio-cni").chmod(0o755)
-    rotate_token(dirs.sa_dir, token, 1)
-    os.symlink("..data/token", dirs.sa_dir / "token")
-    os.symlink("..data/ca.crt", dirs.sa_dir / "ca.crt")
-    return dirs
 
 
 # --- no shell, ever -----------------------------------------------------------------------------
@@ -106,7 +94,7 @@ def test_the_shell_detector_detects():
 def test_installer_files_have_the_narrowest_modes_and_never_log_the_token(tmp_path: Path,
                                                                           caplog):
     caplog.set_level(logging.DEBUG)
-    dirs = make_dirs(tmp_path)
+    dirs = make_node_dirs(tmp_path, token=SECRET)
     primary = dirs.net_dir / "10-bridge.conf"
     primary.write_text('{"cniVersion": "0.3.1", "name": "k8s", "type": "bridge"}\n')
     primary.chmod(0o644)  # the vendor's own mode, which we keep
@@ -177,7 +165,8 @@ def test_plugin_never_reveals_the_token(tmp_path: Path, kube_api: KubeApiServer,
     pod = kube_api.add_pod(workload("meshed-pod"))
     kube_api_tls.add_pod(workload("meshed-pod"))
     seen: list[str] = []
-    with nsutil.netns("icni-h-sec") as ns:
+    with nsutil.temporary_netns("icni-h-sec") as netns:
+        ns = netns.name
         # 401: the token is rejected (expired)
         kube_api.require_token("the-current-token")
         write_kubeconfig(run_dir, kube_api, token=SECRET)
@@ -215,7 +204,7 @@ def test_plugin_never_reveals_the_token(tmp_path: Path, kube_api: KubeApiServer,
 
 @pytest.mark.root
 def test_node_daemon_never_logs_the_token(tmp_path: Path, kube_api: KubeApiServer):
-    dirs = make_dirs(tmp_path)
+    dirs = make_node_dirs(tmp_path, token=SECRET)
     (dirs.net_dir / "10-bridge.conf").write_text(
         '{"cniVersion": "0.3.1", "name": "k8s", "type": "bridge"}\n')
     kube_api.require_token("the-current-token")  # the daemon's token is rejected: 401s

@@ -1,5 +1,5 @@
-"""Installer fixtures: a fake node's directories under tmp_path (helpers in
-installer_support.py, a uniquely named module so it never collides with other test dirs)."""
+"""Installer fixtures: a fake node's directories under tmp_path (`testbed.nodedirs`), and a
+read-only tmpfs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from installer_support import NodeDirs, make_node_dirs
+
+from testbed.nodedirs import NodeDirs, make_node_dirs
 
 
 @pytest.fixture

@@ -21,9 +21,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from installer_support import PLUGIN_BYTES, NodeDirs, wait_for, watching
 
 from installer import Installer, InstallerConfig, InstallError, binaries
+from testbed.frozen import build_plugin
+from testbed.nodedirs import PLUGIN_BYTES, NodeDirs, watching
+from testbed.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = binaries.PLUGIN_NAME
@@ -391,15 +393,7 @@ def frozen_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except ImportError:
         pytest.skip("no dist/istio-cni/ and PyInstaller is not installed "
                     "(pip install -e '.[dev]', or scripts/build-frozen.sh)")
-    out = tmp_path_factory.mktemp("frozen")
-    proc = subprocess.run(
-        [sys.executable, "-m", "PyInstaller", "--noconfirm", "--log-level", "WARN",
-         "--distpath", str(out / "dist"), "--workpath", str(out / "build"),
-         str(REPO / "build.spec")],
-        cwd=REPO, env={**os.environ, "ISTIO_CNI_PLUGIN_ONLY": "1"},
-        capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out / "dist" / NAME
+    return build_plugin(tmp_path_factory.mktemp("frozen"), BUILD_TIMEOUT).parent
 
 
 def test_the_real_frozen_bundle_runs_through_the_symlink(node_dirs: NodeDirs,

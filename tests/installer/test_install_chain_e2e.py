@@ -5,43 +5,31 @@ pod. Root tier: real network namespaces, the real bridge/host-local plugins, rea
 from __future__ import annotations
 
 import json
-import os
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from installer_support import NodeDirs
-from support import netns as nsutil
-from support.cnirun import CNI_BIN_DIR, Runtime, k8s_args
-from support.node import workload
 
 from installer import Installer
-from tests.kubeapi.fixtures import DEFAULT_TOKEN
-from tests.kubeapi.server import KubeApiServer
+from testbed import netns as nsutil
+from testbed.cleanup import Cleanup
+from testbed.cnirun import Runtime, k8s_args
+from testbed.kubeapi import DEFAULT_TOKEN, KubeApiServer
+from testbed.node import missing_prerequisites
+from testbed.nodedirs import NodeDirs
+from testbed.pods import workload
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture
-def netns_pair() -> Iterator[tuple[str, str]]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: network namespaces")
-    if not (CNI_BIN_DIR / "bridge").exists():
-        pytest.skip(f"needs the bridge/host-local CNI plugins in {CNI_BIN_DIR} "
-                    "(Debian package containernetworking-plugins)")
-    made = []
-    try:
-        for role in ("node", "pod"):
-            name = nsutil.unique(f"icni-i-{role}")
-            nsutil.run("ip", "netns", "add", name)
-            made.append(name)
-            nsutil.run("ip", "-n", name, "link", "set", "lo", "up")
-        yield made[0], made[1]
-    finally:
-        for name in made:
-            nsutil.run("ip", "netns", "delete", name, check=False)
+def netns_pair(cleanup: Cleanup) -> tuple[str, str]:
+    """A node netns and a pod netns, deleted after the test."""
+    if reason := missing_prerequisites():
+        pytest.skip(reason)
+    node, pod = (nsutil.create_netns(cleanup, f"icni-i-{role}").name for role in ("node", "pod"))
+    return node, pod
 
 
 def test_installed_conflist_redirects_a_meshed_pod(node_dirs: NodeDirs, kube_api: KubeApiServer,

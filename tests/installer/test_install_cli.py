@@ -4,9 +4,9 @@ one line with exit 1. Real directories, the real Installer (no patching needed: 
 from __future__ import annotations
 
 from click.testing import CliRunner
-from installer_support import GOLDEN, NodeDirs
 
 from node_daemon.cli import cli
+from testbed.nodedirs import GOLDEN, NodeDirs
 
 
 def test_install_then_uninstall_from_the_environment(node_dirs: NodeDirs):

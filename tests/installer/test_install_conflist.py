@@ -12,7 +12,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from installer_support import GOLDEN
 
 from installer import InstallerConfig
 from installer.conflist import (
@@ -25,6 +24,7 @@ from installer.conflist import (
     remove_plugin,
     render_standalone,
 )
+from testbed.nodedirs import GOLDEN
 
 CFG = InstallerConfig(plugin_log_level="debug", cni_agent_run_dir=Path("/path/to/run"),
                       pod_namespace="my-namespace", exclude_namespaces=("istio-system",))

@@ -11,9 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from installer_support import NodeDirs, wait_for
 
 from installer.discovery import check_config, find_primary, first_valid, wait_for_primary
+from testbed.nodedirs import NodeDirs
+from testbed.wait import wait_for
 
 CALICO = '{"name": "k8s-pod-network", "cniVersion": "0.3.1", "plugins": [{"type": "calico"}]}'
 MINIKUBE = '{"cniVersion": "0.3.1", "name": "rkt.kubernetes.io", "type": "bridge"}'

@@ -17,11 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from installer_support import NodeDirs
 
 from installer import Installer
 from installer.conflist import chained_entry, insert_plugin, istio_entries
 from installer.discovery import check_config, first_valid
+from testbed.nodedirs import NodeDirs
 
 CHILD = str(Path(__file__).with_name("crash_child.py"))
 MAX_OPS = 80

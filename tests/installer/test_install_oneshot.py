@@ -9,11 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
-from installer_support import CA, GOLDEN, PLUGIN_BYTES, TOKEN, NodeDirs
 
 from cni.kubeconfig import load_kubeconfig
 from installer import Installer, InstallError
 from installer.primary import BACKUP_SUFFIX
+from testbed.nodedirs import CA, GOLDEN, PLUGIN_BYTES, TOKEN, NodeDirs
 
 
 def entry_of(path: Path) -> dict:

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from installer_support import TOKEN, NodeDirs
 
 from installer import Installer
 from installer.upgrade import ApiDaemonSetProbe, ProbeError
+from testbed.nodedirs import TOKEN, NodeDirs
 
 DS_PATH = "/apis/apps/v1/namespaces/istio-system/daemonsets/istio-cni-node"
 

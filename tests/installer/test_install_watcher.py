@@ -3,27 +3,17 @@ the loop puts things back. Waits are bounded polls of conditions, never sleeps."
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from installer_support import GOLDEN, NodeDirs, rotate_token, wait_for, watching
-
 from cni.kubeconfig import load_kubeconfig
 from installer import Installer
 from installer.watcher import FightDetector, watch
-
-
-def has_entry(path: Path) -> bool:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    plugins = doc.get("plugins") or []
-    return bool(plugins) and plugins[-1].get("type") == "istio-cni"
+from testbed.nodedirs import GOLDEN, NodeDirs, has_entry, rotate_token, watching
+from testbed.wait import wait_for
 
 
 def write_from_another_process(path: Path, text: str) -> None:

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from node_daemon.cli import cli
-from tests.kubeapi.fixtures import down_url, write_kubeconfig
-from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, NODE, make_pod
+from testbed.kubeapi import down_url, write_kubeconfig
+from testbed.pods import BROKEN_WAITING, COMPLETED, NODE, make_pod
 
 
 @pytest.fixture

@@ -8,13 +8,7 @@ import pytest
 
 from node_daemon.broken import diagnose, is_broken
 from node_daemon.config import RepairConfig
-from tests.node_daemon.conftest import (
-    BROKEN_WAITING,
-    COMPLETED,
-    make_pod,
-    terminated,
-    validation_status,
-)
+from testbed.pods import BROKEN_WAITING, COMPLETED, make_pod, terminated, validation_status
 
 CFG = RepairConfig()
 MSG = "Died for some reason"

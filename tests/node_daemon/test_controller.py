@@ -6,60 +6,30 @@ threads. Tests wait on conditions (bounded polls), never on sleeps.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
-from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
 from node_daemon.controller import MAX_ATTEMPTS, RepairController
-from node_daemon.kubeapi import PodApi
-from node_daemon.metrics import Metrics
-from tests.kubeapi.fixtures import kubernetes_api_client
-from tests.node_daemon.conftest import (
-    BROKEN_WAITING,
-    COMPLETED,
-    NODE,
-    make_pod,
-    terminated,
-    validation_status,
-    wait_for,
-)
+from testbed.controller import NoNetns, start_controller
+from testbed.kubeapi import kubernetes_api_client
+from testbed.pods import BROKEN_WAITING, COMPLETED, NODE, make_pod, terminated, validation_status
+from testbed.wait import wait_for
 
 CFG = RepairConfig(node_name=NODE)
 
 
-class NoNetns:
-    """A netns locator that finds nothing (the pure tier has no pod netns)."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def find(self, ips):
-        self.calls += 1
-        return None
-
-
 @pytest.fixture
-def controller(kube_api) -> Iterator:
-    """Factory: a started controller for a config; stopped after the test."""
-    made: list[RepairController] = []
+def controller(kube_api, cleanup) -> Callable[..., RepairController]:
+    """Factory: a started, synced controller for a config; stopped after the test."""
 
-    def make(cfg: RepairConfig, finder=None, watch_timeout: int = 300):
-        api = PodApi(kubernetes_api_client(kube_api))
-        metrics = Metrics()
-        actions = Actions(cfg, api, Reporter(api, metrics, NODE), finder)
-        c = RepairController(api, cfg, actions, None, watch_timeout)
-        c.metrics = metrics
-        c.start()
-        made.append(c)
-        wait_for(lambda: c.synced, what="initial list")
-        return c
+    def make(cfg: RepairConfig, finder=None, watch_timeout: int = 300) -> RepairController:
+        return start_controller(cleanup, kubernetes_api_client(kube_api), cfg, finder=finder,
+                                watch_timeout=watch_timeout)
 
-    yield make
-    for c in made:
-        c.stop()
+    return make
 
 
 def _events(kube_api, reason):
@@ -84,7 +54,7 @@ def test_watch_is_scoped_to_this_node_and_extra_selectors(kube_api, controller):
 
 
 def _all():
-    from tests.kubeapi.store import parse_selector
+    from testbed.kubeapi.store import parse_selector
 
     return parse_selector(None, "", "")
 

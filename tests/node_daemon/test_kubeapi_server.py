@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
-from tests.kubeapi.fixtures import kubernetes_api_client
-from tests.kubeapi.server import KubeApiServer
+from testbed.kubeapi import KubeApiServer, kubernetes_api_client
 
 NODE = "node-a"
 GUARD = 30

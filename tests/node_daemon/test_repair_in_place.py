@@ -10,23 +10,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from cni import apply
-from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
 from node_daemon.controller import RepairController
-from node_daemon.drift import DriftChecker
-from node_daemon.kubeapi import PodApi
-from node_daemon.metrics import Metrics
 from node_daemon.netns_finder import NetnsFinder
 from node_daemon.pod_rules import wanted_ruleset
-from tests.kubeapi.fixtures import kubernetes_api_client
-from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, NODE, make_pod, wait_for
+from testbed.controller import start_controller
+from testbed.kubeapi import kubernetes_api_client
+from testbed.pods import BROKEN_WAITING, COMPLETED, NODE, make_pod
+from testbed.wait import wait_for
 
 pytestmark = pytest.mark.root
 PROBE = str(Path(__file__).resolve().parents[2] / "companions" / "validation_probe.py")
@@ -40,25 +38,16 @@ def probe(ns, timeout: float) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def daemon(kube_api) -> Iterator:
-    made: list[RepairController] = []
+def daemon(kube_api, cleanup) -> Callable[..., RepairController]:
+    """Factory: a started, synced controller finding pod netns through /proc, with the drift
+    check; stopped after the test."""
 
     def make(cfg: RepairConfig, drift_interval: float = 0.0) -> RepairController:
-        api = PodApi(kubernetes_api_client(kube_api))
-        metrics = Metrics()
-        reporter = Reporter(api, metrics, NODE)
-        finder = NetnsFinder(Path("/proc"))
-        c = RepairController(api, cfg, Actions(cfg, api, reporter, finder),
-                             DriftChecker(cfg, reporter, finder), drift_interval=drift_interval)
-        c.metrics = metrics
-        c.start()
-        made.append(c)
-        wait_for(lambda: c.synced, what="synced")
-        return c
+        return start_controller(cleanup, kubernetes_api_client(kube_api), cfg,
+                                finder=NetnsFinder(Path("/proc")), drift=True,
+                                drift_interval=drift_interval)
 
-    yield make
-    for c in made:
-        c.stop()
+    return make
 
 
 def test_finder_maps_each_pod_ip_to_its_netns_and_never_the_host(pod_netns):

@@ -17,7 +17,7 @@ from node_daemon.config import DaemonConfig, RepairConfig
 from node_daemon.health import health_server, metrics_server
 from node_daemon.logsink import LogSink
 from node_daemon.metrics import Metrics
-from tests.node_daemon.conftest import wait_for
+from testbed.wait import wait_for
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -131,7 +131,7 @@ def _cfg(tmp_path, **kw) -> DaemonConfig:
 
 def test_agent_runs_until_stop_ready_only_when_installed_and_synced(tmp_path, kube_api):
     from node_daemon.kubeapi import PodApi
-    from tests.kubeapi.fixtures import kubernetes_api_client
+    from testbed.kubeapi import kubernetes_api_client
 
     installer = FakeInstaller()
     kube_api.hang(r"/api/v1/pods$", count=1, method="GET")  # the first list never answers

@@ -1,4 +1,4 @@
-"""Socket tools run inside pod/node netns by the tests (via `ip netns exec`).
+"""Socket tools run inside pod/node netns by the harness (via `ip netns exec`).
 
   listen PORT [COUNT]       accept COUNT connections on 0.0.0.0:PORT (and [::]:PORT); for each
                             print "conn <peer> orig <original destination>" read with

@@ -1,6 +1,6 @@
 """Stand-in for bridge + host-local when they are not installed: a veth made with pyroute2.
 
-    python -m companions.demo.veth NODE_NETNS POD_NETNS BRIDGE HOST_IF IFNAME ADDRESS/LEN GW
+    python -m testbed.veth NODE_NETNS POD_NETNS BRIDGE HOST_IF IFNAME ADDRESS/LEN GW
 
 Same topology as the bridge plugin: a bridge with the gateway address in the node netns, one
 veth per pod (host end on the bridge, `IFNAME` in the pod with the address and a default
@@ -8,8 +8,8 @@ route). Prints a CNI result of the bridge plugin's shape on stdout, for the next
 prevResult.
 
 Why a separate process, run like a plugin: pyroute2's `NetNS` forks a helper, and forking the
-demo (which runs the repair controller's threads and a signal handler) can deadlock on a lock
-held by another thread, and would hand the child the demo's Ctrl-C handling.
+caller (the demo runs the repair controller's threads and a signal handler) can deadlock on a
+lock held by another thread, and would hand the child the caller's Ctrl-C handling.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""A local Kubernetes API server for tests: real HTTP(S), the real API's JSON, pods and events.
+"""The API stand-in's HTTP side: real HTTP(S), the real API's JSON, pods and events.
 
 Good enough for the official `kubernetes` client (LIST with selectors, WATCH streams with
-resume and 410 expiry, PATCH of pods and pods/status, DELETE with preconditions, events) and for
-the plugin's stdlib client (GET with a bearer token, over TLS). Faults are injected server-side
-(`fail_next`, `delay`, `hang`, `require_token`) so clients meet them over a real socket.
-The test-control API is plain Python; nothing of it is reachable over HTTP.
+resume, bookmarks and 410 expiry, PATCH of pods and pods/status, DELETE with preconditions,
+events) and for the plugin's stdlib client (GET with a bearer token, over TLS). Faults are
+injected server-side (`fail_next`, `delay`, `hang`, `require_token`) so clients meet them over a
+real socket. The control API (what the kubelet, a controller or a test would change) is plain
+Python; nothing of it is reachable over HTTP.
 
 Binds 127.0.0.1 (or ::1) on port 0; `stop()` releases hung requests, ends watches and closes
 every connection.
@@ -17,15 +18,16 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.kubeapi.patches import PatchError, apply_patch, merge_patch
-from tests.kubeapi.store import ApiError, Pod, PodStore, not_found, now, parse_selector
-from tests.kubeapi.tls import TLSMaterial
+from testbed.kubeapi.patches import PatchError, apply_patch, merge_patch
+from testbed.kubeapi.store import ApiError, Pod, PodStore, not_found, now, parse_selector
+from testbed.kubeapi.tls import TLSMaterial
 
 _NS = r"/api/v1/namespaces/(?P<ns>[^/]+)"
 _POD = _NS + r"/pods/(?P<name>[^/]+)"
@@ -67,13 +69,17 @@ class _Reply:
 class KubeApiServer:
     """The server plus its test-control API. Use as a context manager or call `stop()`."""
 
-    def __init__(self, tls: TLSMaterial | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(self, tls: TLSMaterial | None = None, host: str = "127.0.0.1",
+                 token: str | None = None) -> None:
+        """Serve on `host`, port 0; with `token`, as `require_token(token)`."""
         self.store = PodStore()
         self._lock = threading.Lock()
+        self._posted = threading.Condition(self._lock)
+        """Notified when an Event is posted, and on stop."""
         self._faults: list[_Fault] = []
         self._requests: list[RecordedRequest] = []
         self._events: list[dict[str, Any]] = []
-        self._token: str | None = None
+        self._token = token
         self._stopping = threading.Event()
         self.errors: list[BaseException] = []
         """Unexpected exceptions raised while serving (answered with 500)."""
@@ -87,10 +93,17 @@ class KubeApiServer:
     # -- where it is --------------------------------------------------------------------------
 
     @property
+    def host(self) -> str:
+        return str(self._httpd.server_address[0])
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
     def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        host = f"[{host}]" if ":" in str(host) else host
-        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def ca_pem(self) -> bytes | None:
@@ -128,6 +141,18 @@ class KubeApiServer:
         """Events created through either events API, in order."""
         with self._lock:
             return list(self._events)
+
+    def wait_for_event(self, predicate: Callable[[dict[str, Any]], bool],
+                       timeout: float) -> dict[str, Any] | None:
+        """The first Event posted that matches, waiting up to `timeout` s for it (else None)."""
+        deadline = time.monotonic() + timeout
+        with self._posted:
+            while True:
+                found = next((e for e in self._events if predicate(e)), None)
+                left = deadline - time.monotonic()
+                if found is not None or left <= 0 or self._stopping.is_set():
+                    return found
+                self._posted.wait(left)
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -174,6 +199,8 @@ class KubeApiServer:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        with self._posted:
+            self._posted.notify_all()
         self.store.close()
         self._httpd.shutdown()
         self._httpd.close_connections()
@@ -297,8 +324,9 @@ class KubeApiServer:
             meta["name"] = meta["generateName"] + format(self.store.next_rv(), "x")
         meta.update(namespace=args["ns"], resourceVersion=str(self.store.next_rv()))
         meta.setdefault("creationTimestamp", now())
-        with self._lock:
+        with self._posted:
             self._events.append(body)
+            self._posted.notify_all()
         return _Reply(201, body)
 
 

@@ -243,15 +243,19 @@ class PodStore:
             return self._rv
 
     def bookmark(self) -> None:
-        """Send a BOOKMARK at the current resourceVersion to watches that asked for them."""
+        """Send a BOOKMARK at the current resourceVersion to watches that asked for them.
+
+        A watch that reaches its timeout gets one too, as from kube-apiserver, so the client
+        resumes from where it was rather than from its last event."""
         with self._cond:
-            obj = {
-                "kind": "Pod",
-                "apiVersion": "v1",
-                "metadata": {"resourceVersion": str(self._rv)},
-            }
-            self._history.append(Change(self._rv, "BOOKMARK", obj, None))
+            self._history.append(Change(self._rv, "BOOKMARK", self._bookmark_object(), None))
             self._cond.notify_all()
+
+    def _bookmark_object(self) -> Pod:
+        """What a BOOKMARK carries: only the resourceVersion the watch has reached."""
+        with self._cond:
+            return {"kind": "Pod", "apiVersion": "v1",
+                    "metadata": {"resourceVersion": str(self._rv)}}
 
     def close(self) -> None:
         with self._cond:
@@ -274,6 +278,8 @@ class PodStore:
         while True:
             changes, index = self._wait(index, deadline)
             if changes is None:
+                if index >= 0 and not self._closed:  # timed out: let the client resume exactly
+                    yield {"type": "BOOKMARK", "object": self._bookmark_object()}
                 return
             for change in changes:
                 event = _event_for(change, selector)

@@ -1,15 +1,17 @@
-"""Installer test helpers: a fake node's directories under tmp_path, configs, a running watch loop.
+"""A node's filesystem for the installer: net.d, bin dirs, run dir, service account; and the
+installer's watch loop run in a thread.
 
-Everything lives under pytest's tmp_path: net.d, the host bin dir, the image's bin dir, the run
-dir and a service account dir laid out like the kubelet's projected volume (`..data` symlink).
-Waiting is on conditions (`wait_for`), never on sleeps.
+Everything lives under one root dir (a test's tmp_path, a benchmark's temp dir): net.d, the
+host bin dir, the image's bin dir, the run dir and a service account dir laid out like the
+kubelet's projected volume (`..data` symlink). `GOLDEN` holds the conflists real primary CNIs
+write (Calico, flannel, ...), the installer tests' golden inputs, read as data.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -17,20 +19,10 @@ from pathlib import Path
 
 from installer import Installer, InstallerConfig
 
-GOLDEN = Path(__file__).with_name("golden")
+GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "installer" / "golden"
 TOKEN = "service_account_token_string"
 CA = b"-----BEGIN CERTIFICATE-----\nMIIfake\n-----END CERTIFICATE-----\n"
 PLUGIN_BYTES = b"#!/bin/sh\necho fake istio-cni\n"
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 10.0,
-             what: str = "condition") -> None:
-    """Bounded poll of `predicate`; the timeout only fails the test, it never synchronises."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def rotate_token(sa_dir: Path, token: str, generation: int) -> None:
@@ -90,9 +82,20 @@ class NodeDirs:
         return sorted(os.listdir(self.net_dir))
 
 
-def make_node_dirs(root: Path) -> NodeDirs:
+def has_entry(path: Path) -> bool:
+    """Whether the conflist at `path` ends with istio-cni's entry (where the installer puts it)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    plugins = doc.get("plugins") or []
+    return bool(plugins) and plugins[-1].get("type") == "istio-cni"
+
+
+def make_node_dirs(root: Path, token: str = TOKEN) -> NodeDirs:
     """A fake node under `root`: net.d, the image's bin dir with a plugin, the host's bin dir,
-    the run dir and a service-account dir laid out as the kubelet projects it (`..data`)."""
+    the run dir and a service-account dir laid out as the kubelet projects it (`..data`),
+    holding `token`."""
     dirs = NodeDirs(root, root / "net.d", root / "image-bin", root / "host-bin",
                     root / "run", root / "sa")
     for d in (dirs.net_dir, dirs.bin_src, dirs.bin_dst, dirs.sa_dir):
@@ -100,7 +103,7 @@ def make_node_dirs(root: Path) -> NodeDirs:
     plugin = dirs.bin_src / "istio-cni"
     plugin.write_bytes(PLUGIN_BYTES)
     plugin.chmod(0o755)
-    rotate_token(dirs.sa_dir, TOKEN, 1)
+    rotate_token(dirs.sa_dir, token, 1)
     os.symlink("..data/token", dirs.sa_dir / "token")
     os.symlink("..data/ca.crt", dirs.sa_dir / "ca.crt")
     return dirs

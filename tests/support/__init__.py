@@ -1,1 +1,0 @@
-"""Test support shared by the tiers: a CNI runtime, netns helpers, socket tools."""
