@@ -11,8 +11,8 @@ from cni.settings import BACKENDS
 from node_daemon.config import ConfigError, DaemonConfig, RepairConfig
 from node_daemon.run_cmd import default_installer, read_configs, run_daemon
 from node_daemon.workqueue import RateLimiter, WorkQueue
-from tests.installer.installer_support import make_node_dirs
-from tests.node_daemon.conftest import wait_for
+from testbed.nodedirs import make_node_dirs
+from testbed.wait import wait_for
 
 
 def test_repair_defaults_are_upstreams():
