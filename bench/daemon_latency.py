@@ -88,14 +88,13 @@ def _pause_in(ns: str) -> subprocess.Popen:
 
 def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[float], list[float]]:
     """(update → rules programmed, update → metric) for `samples` broken pods."""
-    from cni import apply
+    from cni.pipeline import check_pod, plan
     from node_daemon.actions import Actions, Reporter
     from node_daemon.config import RepairConfig
     from node_daemon.controller import RepairController
     from node_daemon.kubeapi import PodApi
     from node_daemon.metrics import Metrics
     from node_daemon.netns_finder import NetnsFinder
-    from node_daemon.pod_rules import wanted_ruleset
     from tests.kubeapi.fixtures import kubernetes_api_client
     from tests.kubeapi.server import KubeApiServer
     from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, make_pod
@@ -145,7 +144,7 @@ def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[floa
                         result="success") > b, 30, "repaired")
                     t_metric = time.perf_counter()
                     live = kube.get_pod("shop", name)
-                    diff = apply.check(netns_path(ns), wanted_ruleset(live, netns_path(ns)))
+                    diff = check_pod(netns_path(ns), plan(live)[2])
                     if diff.missing or diff.extra:
                         raise RuntimeError(f"repair of {name}: rules not in place: {diff}")
                     programmed.append(done_at[name] - t0)

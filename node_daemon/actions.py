@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from cni.decision import decide
 from cni.errors import CNIError
-from cni.podinfo import extract_pod_info
+from cni.pipeline import decide_pod
+from cni.redirect import redirect_from_pod
 from node_daemon.config import RepairConfig
 from node_daemon.kubeapi import ApiError
 from node_daemon.metrics import Metrics
 from node_daemon.netns_finder import NetnsRef
-from node_daemon.pod_rules import reconcile_rules, wanted_ruleset
+from node_daemon.pod_rules import reconcile_rules
 
 log = logging.getLogger("node_daemon.repair")
 COMPONENT = "cni-repair"
@@ -58,14 +58,8 @@ def pod_key(pod: dict[str, Any]) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def pod_ips(pod: dict[str, Any]) -> tuple[str, ...]:
-    status = pod.get("status") or {}
-    ips = tuple(p["ip"] for p in status.get("podIPs") or [] if p.get("ip"))
-    return ips or ((status["podIP"],) if status.get("podIP") else ())
-
-
 class Reporter:
-    """Log + Event + metric, in one call (practice 12)."""
+    """Log + Event + metric, in one call, so no action is ever told one way and not another."""
 
     def __init__(self, events: EventSink | None, metrics: Metrics, node: str = "") -> None:
         self.events = events
@@ -143,11 +137,15 @@ class Actions:
         if done is not None:
             why = "already repaired" if done == uid else f"already repaired with uid {done}"
             return ActionResult(key, "repair", "skip", why)  # no metric: it is not an attempt
-        decision = decide(extract_pod_info(pod))
+        try:
+            info, decision = decide_pod(pod)
+        except CNIError as exc:
+            return self.reporter.record(pod, "repair", "fail",
+                                        f"pod detected as broken, but unreadable: {exc.msg}")
         if not decision.redirect:
             return self.reporter.record(pod, "repair", "skip",
                                         f"the plugin would not redirect it: {decision.reason}")
-        ips = pod_ips(pod)
+        ips = info.pod_ips
         ref = self.finder.find(ips) if self.finder is not None and ips else None
         if ref is None:
             return self.reporter.record(
@@ -155,7 +153,7 @@ class Actions:
                 f"pod detected as broken, but no network namespace on this node has "
                 f"IP {', '.join(ips) or '(none)'}")
         try:
-            outcome = reconcile_rules(ref.path, wanted_ruleset(pod, ref.path), self.backend)
+            outcome = reconcile_rules(ref.path, redirect_from_pod(info), self.backend)
         except (CNIError, OSError) as exc:
             msg = exc.msg if isinstance(exc, CNIError) else str(exc)
             return self.reporter.record(pod, "repair", "fail",

@@ -9,9 +9,9 @@ import struct
 
 import pytest
 
-from cni.apply import check, detect_ipv6, program
+from cni.apply import check, program
 from cni.errors import InvalidNetNS, RulesApplyFailed, RulesConflict
-from cni.netns import in_netns
+from cni.netns import in_netns, read_facts
 from cni.ruleset import FamilyRules, Rule, RuleSet
 from tests.cni.netns_fixtures import need, ruleset
 
@@ -93,8 +93,10 @@ def test_tproxy_routes_and_passthrough_address(make_netns) -> None:  # noqa: ANN
 
 def test_detect_ipv6_in_netns(make_netns) -> None:  # noqa: ANN001
     ns = make_netns(v4="10.79.0.2", v6="fd00:79::2")
-    assert detect_ipv6(ns.path, dual_stack=False) is False
-    assert detect_ipv6(ns.path, dual_stack=True) is True
+    with in_netns(ns.path):
+        facts = read_facts()
+    assert facts.ipv6(dual_stack=False) is False
+    assert facts.ipv6(dual_stack=True) is True
 
 
 def test_legacy_never_waits_for_the_host_lock(netns) -> None:  # noqa: ANN001

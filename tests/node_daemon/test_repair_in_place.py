@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from cni import apply
+from cni import netns
+from cni.pipeline import check_pod, plan, program_pod
 from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
 from node_daemon.controller import RepairController
@@ -24,13 +25,17 @@ from node_daemon.drift import DriftChecker
 from node_daemon.kubeapi import PodApi
 from node_daemon.metrics import Metrics
 from node_daemon.netns_finder import NetnsFinder
-from node_daemon.pod_rules import wanted_ruleset
 from tests.kubeapi.fixtures import kubernetes_api_client
 from tests.node_daemon.conftest import BROKEN_WAITING, COMPLETED, NODE, make_pod, wait_for
 
 pytestmark = pytest.mark.root
 PROBE = str(Path(__file__).resolve().parents[2] / "companions" / "validation_probe.py")
 CFG = RepairConfig(node_name=NODE)
+
+
+def spec(pod):
+    """The redirect spec the pipeline makes of this pod."""
+    return plan(pod)[2]
 
 
 def probe(ns, timeout: float) -> subprocess.CompletedProcess:
@@ -65,7 +70,8 @@ def test_finder_maps_each_pod_ip_to_its_netns_and_never_the_host(pod_netns):
     a, b = pod_netns(), pod_netns()
     found = NetnsFinder(Path("/proc")).scan()
     assert found[a.ip].pid == a.pause.pid and found[b.ip].pid == b.pause.pid
-    assert apply.detect_ipv6(found[a.ip].path, False) is False
+    with netns.in_netns(found[a.ip].path):
+        assert netns.read_facts().ipv6(dual_stack=False) is False
     assert found[a.ip].path != found[b.ip].path
     assert "127.0.0.1" not in found
     host_ips = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
@@ -89,7 +95,7 @@ def test_repair_in_place_makes_the_validation_probe_pass(kube_api, daemon, pod_n
     after = probe(ns, timeout=5)
     assert after.returncode == 0, after.stderr
     pod = kube_api.get_pod("shop", "broken")
-    assert apply.check(ns.path, wanted_ruleset(pod, ns.path)).missing == ()
+    assert check_pod(ns.path, spec(pod)).missing == ()
     # Later updates of the still-crashlooping pod do not re-program it (upstream's uid memory).
     kube_api.update_pod("shop", "broken", {"metadata": {"labels": {"touch": "1"}}})
     wait_for(lambda: c.informer.get("shop/broken")["metadata"]["labels"].get("touch") == "1"
@@ -114,7 +120,7 @@ def _flush(ns, how: str) -> None:
 def test_drift_check_puts_flushed_or_altered_rules_back(kube_api, daemon, pod_netns, how):
     ns = pod_netns()
     pod = make_pod("app", ip=ns.ip, init_status=COMPLETED, phase="Running")
-    assert apply.program(ns.path, wanted_ruleset(pod, ns.path)) == "applied"
+    assert program_pod(ns.path, spec(pod)) == "applied"
     kube_api.add_pod(pod)
     c = daemon(replace(CFG, label_pods=True))
     wait_for(lambda: "shop/app" in c.informer.cache, what="cached")
@@ -123,11 +129,11 @@ def test_drift_check_puts_flushed_or_altered_rules_back(kube_api, daemon, pod_ne
              what="first check in sync")
 
     _flush(ns, how)
-    assert apply.check(ns.path, wanted_ruleset(pod, ns.path)).missing or how == "alter"
+    assert check_pod(ns.path, spec(pod)).missing or how == "alter"
     c.check_drift_now()
     wait_for(lambda: c.metrics.value("istio_cni_drift_pods_total", result="success") == 1,
              what="drift repaired")
-    diff = apply.check(ns.path, wanted_ruleset(pod, ns.path))
+    diff = check_pod(ns.path, spec(pod))
     assert (diff.missing, diff.extra) == ((), ())
     [event] = [e for e in kube_api.events if e["reason"] == "RulesDrift"]
     assert "missing or altered" in event["message"]
@@ -138,11 +144,11 @@ def test_drift_check_runs_periodically_and_skips_never_programmed_pods(kube_api,
                                                                        pod_netns):
     programmed, never = pod_netns(), pod_netns()
     pod = make_pod("app", ip=programmed.ip, init_status=COMPLETED, phase="Running")
-    apply.program(programmed.path, wanted_ruleset(pod, programmed.path))
+    program_pod(programmed.path, spec(pod))
     kube_api.add_pod(pod)
     kube_api.add_pod(make_pod("racer", ip=never.ip, init_status=BROKEN_WAITING))
     _flush(programmed, "flush")
     c = daemon(CFG, drift_interval=0.1)  # no repair mode: the racer is left alone
     wait_for(lambda: c.metrics.value("istio_cni_drift_pods_total", result="success") >= 1,
              what="periodic drift repair")
-    assert apply.check(never.path, wanted_ruleset(pod, never.path)).clean
+    assert check_pod(never.path, spec(pod)).clean
