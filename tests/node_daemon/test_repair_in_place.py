@@ -8,6 +8,7 @@ flushed or altered.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cni import netns
+from cni.backends.libiptc import find_xtables_libdir
 from cni.pipeline import check_pod, plan, program_pod
 from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
@@ -152,3 +154,31 @@ def test_drift_check_runs_periodically_and_skips_never_programmed_pods(kube_api,
     wait_for(lambda: c.metrics.value("istio_cni_drift_pods_total", result="success") >= 1,
              what="periodic drift repair")
     assert check_pod(never.path, spec(pod)).clean
+
+
+def test_python_iptables_node_repairs_a_pod_with_no_iptables_binaries(pod_netns, tmp_path,
+                                                                       monkeypatch):
+    """The agent's repair action on a node configured for python-iptables: it resets altered
+    rules and programs them again with no iptables binary on PATH."""
+    if shutil.which("iptables-legacy") is None or find_xtables_libdir() is None:
+        pytest.skip("needs iptables-legacy (to alter the rules) and xtables extensions")
+    ns = pod_netns()
+    pod = make_pod("app", ip=ns.ip, init_status=BROKEN_WAITING)
+    assert program_pod(ns.path, spec(pod), "python-iptables") == "applied"
+    ns.run("iptables-legacy", "-t", "nat", "-I", "ISTIO_OUTPUT", "1", "-p", "tcp", "--dport",
+           "9999", "-j", "RETURN")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert shutil.which("iptables-legacy-restore") is None
+
+    metrics = Metrics()
+    actions = Actions(replace(CFG, repair_pods=True), None, Reporter(None, metrics, NODE),
+                      NetnsFinder(Path("/proc")), backend="python-iptables")
+    result = actions.repair(pod)
+    assert (result.result, "repaired" in result.message) == ("success", True), result.message
+    diff = check_pod(ns.path, spec(pod), "python-iptables")
+    assert (diff.missing, diff.extra) == ((), ())
+    monkeypatch.undo()
+    assert "--dport 9999" not in ns.run("iptables-legacy-save")
+    assert probe(ns, timeout=5).returncode == 0
