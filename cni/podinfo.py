@@ -113,9 +113,9 @@ def pod_ips(pod: dict[str, Any]) -> tuple[str, ...]:
         ip = _str(_obj(entry, f"status.podIPs[{i}]").get("ip"), f"status.podIPs[{i}].ip")
         if ip:
             ips.append(ip)
+    single = _str(status.get("podIP"), "status.podIP")
     if ips:
         return tuple(ips)
-    single = _str(status.get("podIP"), "status.podIP")
     return (single,) if single else ()
 
 

@@ -45,6 +45,15 @@ def test_explain_bad_file_is_one_line_not_a_traceback(tmp_path):
     assert "is not JSON" in res.output and "Traceback" not in res.output
 
 
+def test_explain_malformed_pod_is_one_line_naming_the_field(tmp_path):
+    f = tmp_path / "pod.json"
+    f.write_text('{"metadata": "x"}')
+    res = CliRunner().invoke(cli, ["explain", "--pod-file", str(f)])
+    assert res.exit_code == 1, res.output
+    assert "metadata is a string" in res.output and "Traceback" not in res.output
+    assert res.output.count("\n") == 1 and not isinstance(res.exception, AttributeError)
+
+
 def test_rules_default_plugin_flags_match_the_plugin_golden():
     res = CliRunner().invoke(cli, ["rules", "--istio-inbound-ports", "*",
                                    "--istio-local-exclude-ports", "15020,15021,15090",
