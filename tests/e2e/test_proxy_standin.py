@@ -23,8 +23,8 @@ from support import netns as nsutil
 from support.node import REPO
 
 from cni import apply, netns
-from cni.redirect import Redirect, to_iptables_config
-from cni.rules import build_ruleset
+from cni.pipeline import rules_for
+from cni.redirect import Redirect
 
 pytestmark = pytest.mark.root
 
@@ -60,7 +60,7 @@ def pod() -> Iterator[Pod]:
         nsutil.run("ip", "-n", node, "link", "set", veth, "up")
         nsutil.run("ip", "-n", pod_ns, "link", "set", "eth0", "up")
         # the injected pod's defaults, IPv6 on: what the plugin programs for a dual-stack pod
-        ruleset = build_ruleset(to_iptables_config(Redirect(), enable_ipv6=True))
+        ruleset = rules_for(Redirect(), ipv6=True)
         apply.program(nsutil.path(pod_ns), ruleset, "auto")
         yield Pod(node, pod_ns)
 
