@@ -46,23 +46,25 @@ _LINK_LOCAL_MULTICAST = {
 }
 
 
-def _setns(fd: int, nstype: int) -> None:
-    """`setns(2)` through libc (Python 3.11 has no os.setns); raises OSError with errno."""
+def _c() -> ctypes.CDLL:
+    """libc, loaded on first use."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, nstype) != 0:
+    return _libc
+
+
+def _setns(fd: int, nstype: int) -> None:
+    """`setns(2)` through libc (Python 3.11 has no os.setns); raises OSError with errno."""
+    if _c().setns(fd, nstype) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
 def _fstatfs_type(fd: int) -> int:
     """`f_type` of the filesystem holding `fd` (works on O_PATH descriptors)."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
     buf = ctypes.create_string_buffer(STATFS_SIZE)
-    if _libc.fstatfs(fd, buf) != 0:
+    if _c().fstatfs(fd, buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return ctypes.c_long.from_buffer(buf).value  # f_type is the first field, a long
@@ -96,7 +98,9 @@ def _open_netns(path: str) -> int:
     try:
         mode = os.fstat(pfd).st_mode
         if stat.S_ISLNK(mode):
-            pfd = _follow_ns_link(path, pfd)
+            followed = _follow_ns_link(path)
+            os.close(pfd)
+            pfd = followed
             mode = os.fstat(pfd).st_mode
         if not stat.S_ISREG(mode) or _fstatfs_type(pfd) != NSFS_MAGIC:
             raise InvalidNetNS(f"enter netns {path}: {_kind(mode)}, not a namespace file")
@@ -113,13 +117,12 @@ def _open_netns(path: str) -> int:
     return fd
 
 
-def _follow_ns_link(path: str, pfd: int) -> int:
+def _follow_ns_link(path: str) -> int:
     """The O_PATH fd of what a `/proc/PID/ns/net`-style link names; other links are refused."""
     target = os.readlink(path)
     if not NS_LINK_RE.match(target):
         raise InvalidNetNS(
             f"enter netns {path}: a symbolic link (to {target[:200]!r}), not a namespace file")
-    os.close(pfd)
     return os.open(path, os.O_PATH | os.O_CLOEXEC)
 
 
