@@ -53,8 +53,15 @@ class ActionResult:
     message: str
 
 
+def metadata(pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod's metadata, or {} when it has none of the right shape: reporting on a malformed
+    pod must not fail (the pipeline says what is wrong with it)."""
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def pod_key(pod: dict[str, Any]) -> str:
-    meta = pod.get("metadata") or {}
+    meta = metadata(pod)
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
@@ -82,7 +89,7 @@ class Reporter:
         return ActionResult(key, action, result, message)
 
     def _post(self, pod: dict[str, Any], reason: str, message: str, kind: str) -> None:
-        meta = pod.get("metadata") or {}
+        meta = metadata(pod)
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1", "kind": "Event",
@@ -131,7 +138,7 @@ class Actions:
 
     def repair(self, pod: dict[str, Any]) -> ActionResult:
         """Program the plugin's rules into the running pod's netns, found by its IP."""
-        key, uid = pod_key(pod), str((pod.get("metadata") or {}).get("uid", ""))
+        key, uid = pod_key(pod), str(metadata(pod).get("uid", ""))
         with self._lock:
             done = self._repaired.get(key)
         if done is not None:
@@ -166,7 +173,7 @@ class Actions:
             f"{ref.pid}; the validation init container passes on its next restart")
 
     def delete(self, pod: dict[str, Any]) -> ActionResult:
-        meta = pod.get("metadata") or {}
+        meta = metadata(pod)
         assert self.api is not None
         try:
             self.api.delete_pod(meta["namespace"], meta["name"], str(meta.get("uid", "")),
@@ -177,7 +184,7 @@ class Actions:
         return self.reporter.record(pod, "delete", "success", "pod detected as broken, deleted")
 
     def label(self, pod: dict[str, Any]) -> ActionResult:
-        meta = pod.get("metadata") or {}
+        meta = metadata(pod)
         if self.cfg.label_key in (meta.get("labels") or {}):
             return self.reporter.record(pod, "label", "skip",
                                         f"already has label {self.cfg.label_key}")
