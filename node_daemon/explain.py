@@ -46,9 +46,7 @@ def explain_pod(pod_json: dict[str, Any], ipv6: bool = False) -> Explanation:
 
 
 def format_restore(ex: Explanation) -> str:
-    if ex.ruleset is None:
-        return ""
-    return "".join(f.restore_payload() for f in ex.ruleset.families())
+    return "" if ex.ruleset is None else ex.ruleset.restore_text()
 
 
 def format_text(ex: Explanation) -> str:

@@ -33,9 +33,7 @@ import click
 
 from cni.iptables_config import IptablesConfig, split_list
 from cni.rules import build_ruleset
-from cni.ruleset import RuleSet
 
-V6_MARKER = "# ip6tables-restore\n"
 DEFAULT_PROXY_UID = "1337"
 INTERCEPTION_MODES = ("", "REDIRECT", "TPROXY")
 
@@ -96,16 +94,6 @@ def _dns_servers(value: str, version: int, flag: str) -> tuple[str, ...]:
     return servers
 
 
-def format_payloads(ruleset: RuleSet) -> str:
-    """The IPv4 payload, then (IPv6 on) the `# ip6tables-restore` line and the IPv6 payload.
-
-    Each payload is byte for byte what is fed to `iptables-restore --noflush`."""
-    text = ruleset.v4.restore_payload()
-    if ruleset.v6 is not None:
-        text += V6_MARKER + ruleset.v6.restore_payload()
-    return text
-
-
 def _text(long: str, short: str | None, default: str, help_text: str) -> Any:
     names = (long, short) if short else (long,)
     return click.option(*names, default=default, show_default=True, help=help_text)
@@ -162,4 +150,4 @@ def rules_command(**flags: Any) -> None:
         raise click.exceptions.Exit(2) from None
     for note in ruleset.notes:
         click.echo(f"istio-cni-node rules: warning: {note}", err=True)
-    click.echo(format_payloads(ruleset), nl=False)
+    click.echo(ruleset.restore_text(), nl=False)

@@ -20,6 +20,15 @@ def test_explain_meshed_pod_restore_format_is_the_plugin_golden():
     assert res.output == GOLDEN.read_text()
 
 
+def test_explain_restore_format_separates_the_ipv6_payload_like_rules():
+    res = CliRunner().invoke(cli, ["explain", "--pod-file", str(WORKLOADS / "meshed-pod.json"),
+                                   "--ipv6", "--format", "restore"])
+    assert res.exit_code == 0, res.output
+    v4, v6 = res.output.split("# ip6tables-restore\n")
+    assert v4 == GOLDEN.read_text()
+    assert v6.startswith("* nat\n") and "::6/128" in v6
+
+
 def test_explain_text_gives_decision_and_reason():
     res = CliRunner().invoke(cli, ["explain", "--pod-file", str(WORKLOADS / "plain-pod.json")])
     assert res.exit_code == 0
