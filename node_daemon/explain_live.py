@@ -45,7 +45,7 @@ def explain_live(pod: dict[str, Any], cfg: RepairConfig, finder: NetnsFinder | N
     """`explain_pod` with the pod's own first IP deciding IPv6, the repair verdict, and the
     live netns compared through the pipeline (facts read from the netns itself)."""
     ips = pod_ips(pod)
-    ipv6 = bool(ips) and ipaddress.ip_address(ips[0]).version == 6
+    ipv6 = bool(ips) and _is_ipv6(ips[0])
     ex = explain_pod(pod, ipv6=ipv6)
     verdict = diagnose(pod, cfg)
     node = str((pod.get("spec") or {}).get("nodeName", ""))
@@ -62,6 +62,15 @@ def explain_live(pod: dict[str, Any], cfg: RepairConfig, finder: NetnsFinder | N
         msg = exc.msg if isinstance(exc, CNIError) else str(exc)
         return LiveReport(ex, verdict, node, netns_error=msg)
     return LiveReport(ex, verdict, node, ref.path, diff.missing, diff.extra)
+
+
+def _is_ipv6(ip: str) -> bool:
+    """The pod IP's family; an IP that does not parse counts as IPv4 (the live check, which
+    reads the netns itself, is what tells)."""
+    try:
+        return ipaddress.ip_address(ip).version == 6
+    except ValueError:
+        return False
 
 
 def format_live_text(r: LiveReport) -> str:
