@@ -28,9 +28,6 @@ BACKENDS = ("auto", "nft", "legacy", "python-iptables")
 
 
 class Backend(Protocol):
-    name: str
-    """The configured name (one of BACKENDS), for messages."""
-
     def program(self, ruleset: RuleSet) -> bool:
         """Make the netns hold `ruleset`: idempotent (True when anything was added), all or
         nothing across families, and `RulesConflict` (nothing changed) when the netns holds

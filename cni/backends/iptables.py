@@ -17,8 +17,6 @@ from cni.ruleset import FamilyRules, RuleSet
 class IptablesBackend:
     """A `cni.backends.Backend` over iptables tables; subclasses supply the primitives."""
 
-    name = "iptables"
-
     def __init__(self, where: str = "") -> None:
         self.where = where or "current netns"
 

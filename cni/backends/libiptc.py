@@ -98,8 +98,6 @@ def _iptc() -> Any:
 class LibiptcBackend(IptablesBackend):
     """libiptc through python-iptables (legacy tables only); needs no iptables binary."""
 
-    name = "python-iptables"
-
     def apply(self, family: FamilyRules) -> None:
         if family.rules:
             _forked(self._apply_here, family)

@@ -103,7 +103,6 @@ class RestoreBackend(IptablesBackend):
             raise ValueError(f"force must be nft or legacy, not {force!r}")
         super().__init__(where)
         self.force = force
-        self.name = force or "auto"
         self._flavors: dict[bool, Flavor] = {}
         self._dumps: dict[bool, str] = {}
 
