@@ -10,6 +10,8 @@ Rules come from the same parse as CHECK's normaliser (`cni.live_state.parse_rule
 kernel ends up with the same entries as `iptables-legacy-restore` would create, and
 `iptables-legacy-save` prints identical text. Per family: every table is built in memory,
 then committed one by one; if a later commit fails, what earlier commits created is removed.
+A reset finds the rules to delete by their rendered `iptables-save` text, so it removes exactly
+what the shared reset plan (made from that same text) names.
 libiptc takes no xtables lock, so it never waits on the host's `/run/xtables.lock`.
 
 Every libiptc operation runs in a forked child (it inherits this thread's netns). libxtables

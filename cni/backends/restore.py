@@ -13,7 +13,8 @@ upstream locks via the CNI_NETNS path, so the lock is per pod and never the host
 is passed where supported (legacy >= 1.6.2). nft needs no lock.
 
 Apply is one `iptables-restore --noflush` per family with the payload on stdin: the kernel takes
-it whole or not at all. No shell is ever involved (argv lists only).
+it whole or not at all; so is a reset (`-D` our jumps, `-F`/`-X` our chains). No shell is ever
+involved (argv lists only).
 """
 
 from __future__ import annotations
