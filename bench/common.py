@@ -9,12 +9,10 @@ killed by its own handle.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import shutil
-import socketserver
 import statistics
 import subprocess
 import sys
@@ -24,7 +22,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -201,69 +198,33 @@ def leftover_netns() -> list[str]:
 
 # --- the node agent's log socket ----------------------------------------------------------------
 
-class _SinkHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.0"
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path == "/event":  # kept even if the plugin has stopped waiting for the answer
-            try:
-                self.server.events.append(json.loads(body))  # type: ignore[attr-defined]
-            except ValueError:
-                pass
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return None
-
-    def address_string(self) -> str:
-        return "log.sock"
-
-
-class _SinkServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    request_queue_size = 128  # 50 plugins may connect at once
-
-    def __init__(self, path: str) -> None:
-        self.events: list[dict[str, Any]] = []
-        super().__init__(path, _SinkHandler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A plugin that stopped waiting for the answer (its 100 ms timeout) is no error."""
-        if not isinstance(sys.exc_info()[1], OSError):
-            super().handle_error(request, client_address)
-
-
 class EventSink:
-    """`<run dir>/log.sock` as the node agent serves it: collects the plugin's ADD events."""
+    """The node agent's own log socket server on `<run dir>/log.sock`, collecting the plugin's
+    ADD events as they arrive."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / "log.sock"
-        self._server = _SinkServer(str(self.path))
-        os.chmod(self.path, 0o600)
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="log-sock", daemon=True)
-        self._thread.start()
+        from node_daemon.logsink import LogSink
+        from node_daemon.metrics import Metrics
 
-    @property
-    def events(self) -> list[dict[str, Any]]:
-        return self._server.events
+        self.path = run_dir / "log.sock"
+        self.events: list[dict[str, Any]] = []
+        self._arrived = threading.Condition()
+        self._sink = LogSink(self.path, Metrics(), on_report=self._report)
+
+    def _report(self, path: str, body: Any) -> None:
+        if path == "/event":
+            with self._arrived:
+                self.events.append(body)
+                self._arrived.notify_all()
 
     def take(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """The oldest unread event, waiting briefly for it (the plugin posts it at exit)."""
-        deadline = time.monotonic() + timeout
-        while not self._server.events:
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.001)
-        return self._server.events.pop(0)
+        with self._arrived:
+            self._arrived.wait_for(lambda: bool(self.events), timeout=timeout)
+            return self.events.pop(0) if self.events else None
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._sink.stop()
 
 
 # --- the plugin and the hello-world -------------------------------------------------------------

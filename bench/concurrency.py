@@ -92,13 +92,9 @@ def one_round(node: BenchNode, pods: int, backend: str, result: ConcurrencyResul
 
 
 def _rules_in_place(ns: str, pod: dict, backend: str) -> bool:
-    from cni import apply
-    from cni.podinfo import extract_pod_info
-    from cni.redirect import redirect_from_pod, to_iptables_config
-    from cni.rules import build_ruleset
+    from cni.pipeline import check_pod, plan
 
-    ruleset = build_ruleset(to_iptables_config(redirect_from_pod(extract_pod_info(pod))))
-    diff = apply.check(path(ns), ruleset, backend)
+    diff = check_pod(path(ns), plan(pod)[2], backend)
     return not diff.missing and not diff.extra
 
 

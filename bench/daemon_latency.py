@@ -53,10 +53,9 @@ class DaemonLatency:
 
 def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[float], list[float]]:
     """(update → rules programmed, update → metric) for `samples` broken pods."""
-    from cni import apply
+    from cni.pipeline import check_pod, plan
     from node_daemon.config import RepairConfig
     from node_daemon.netns_finder import NetnsFinder
-    from node_daemon.pod_rules import wanted_ruleset
     from testbed.controller import start_controller
     from testbed.kubeapi import KubeApiServer, kubernetes_api_client
     from testbed.pods import BROKEN_WAITING, COMPLETED, make_pod
@@ -101,7 +100,7 @@ def repair_in_place(samples: int, max_seconds: float = 300.0) -> tuple[list[floa
                     result="success") > b, 30, "repaired", interval=0.001)
                 t_metric = time.perf_counter()
                 live = kube.get_pod("shop", name)
-                diff = apply.check(ns.path, wanted_ruleset(live, ns.path))
+                diff = check_pod(ns.path, plan(live)[2])
                 if diff.missing or diff.extra:
                     raise RuntimeError(f"repair of {name}: rules not in place: {diff}")
                 programmed.append(done_at[name] - t0)

@@ -84,11 +84,9 @@ class LatencyResult:
 
 def restore_payload(pod: dict) -> str:
     """The IPv4 `iptables-restore` payload the plugin programs for `pod` (an IPv4-only pod)."""
-    from cni.podinfo import extract_pod_info
-    from cni.redirect import redirect_from_pod, to_iptables_config
-    from cni.rules import build_ruleset
+    from cni.pipeline import plan, rules_for
 
-    ruleset = build_ruleset(to_iptables_config(redirect_from_pod(extract_pod_info(pod))))
+    ruleset = rules_for(plan(pod)[2], ipv6=False)
     [family] = [f for f in ruleset.families() if not f.ipv6]
     return family.restore_payload()
 

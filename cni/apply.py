@@ -1,10 +1,10 @@
-"""Program, check and probe a pod netns: the entry points of the plugin, repair and admin CLI.
+"""Program, check and reset a pod netns: its backend's rules plus routes and addresses.
 
-`program` is idempotent and all-or-nothing across families: the live state of every family is
-read first; identical families are left alone, a family holding other ISTIO_* rules is a
-`RulesConflict` before anything changes, clean families are applied (one atomic restore or
-libiptc commit each), and if a later family fails the earlier ones are removed again so a pod is
-never half-programmed. TPROXY routes and the `::6` address come last ("exists" is fine).
+`PodNetns` is one visit to one pod netns (the calling thread is inside it): the rule set, the
+backend, and the three operations every caller uses. The backend does the packet filter (see
+`cni.backends.Backend`: idempotent, all or nothing, conflicts refused); TPROXY routes and the
+`::6` address come last and are backend-independent ("exists" is fine). `program`, `check`
+and `reset` are the same operations for a caller that is not inside the netns yet.
 
 Hot path: pyroute2 is imported only when a rule set needs routes or `::6`.
 """
@@ -16,65 +16,55 @@ import socket
 from typing import Any
 
 from cni import netns
-from cni.backends import RuleApplier, select_backend
-from cni.errors import RulesApplyFailed, RulesConflict
-from cni.live_state import StateDiff, diff_state
-from cni.ruleset import FamilyRules, RuleSet, TproxyRoutes
+from cni.backends import Backend, select_backend
+from cni.errors import RulesApplyFailed
+from cni.live_state import StateDiff
+from cni.ruleset import RuleSet, TproxyRoutes
 
 PASSTHROUGH_V6 = "::6"
 RT_SCOPE_HOST = 254  # what `ip route add local ...` sets for RTN_LOCAL routes
 
 
+class PodNetns:
+    """A pod netns the current thread has entered, with the rules it should hold."""
+
+    def __init__(self, path: str, ruleset: RuleSet, backend: str | Backend = "auto") -> None:
+        self.path = path
+        self.ruleset = ruleset
+        self.backend = select_backend(backend, path) if isinstance(backend, str) else backend
+
+    def program(self) -> str:
+        """Make the netns hold the rule set; "applied" or "already-programmed"."""
+        changed = self.backend.program(self.ruleset)
+        changed = _program_links(self.path, self.ruleset) or changed
+        return "applied" if changed else "already-programmed"
+
+    def check(self) -> StateDiff:
+        """What the netns lacks or has beyond the rule set; empty = in sync."""
+        diff = self.backend.check(self.ruleset)
+        return StateDiff(diff.missing + _missing_links(self.ruleset), diff.extra, diff.clean)
+
+    def reset(self) -> None:
+        """Remove our rules (routes and `::6` stay: `program` only adds what is missing)."""
+        self.backend.reset(self.ruleset)
+
+
 def program(netns_path: str, ruleset: RuleSet, backend: str = "auto") -> str:
-    """Make the netns hold `ruleset`; returns "applied" or "already-programmed"."""
+    """Enter the netns and `PodNetns.program` there."""
     with netns.in_netns(netns_path):
-        applier = select_backend(backend, netns_path)
-        diffs = [(fam, diff_state(applier.save(fam.ipv6), fam)) for fam in ruleset.families()]
-        _refuse_conflicts(netns_path, [d for _, d in diffs])
-        todo = [fam for fam, d in diffs if d.state == "clean" and fam.rules]
-        _apply_all(applier, todo)
-        changed = _program_links(netns_path, ruleset)
-    return "applied" if todo or changed else "already-programmed"
+        return PodNetns(netns_path, ruleset, backend).program()
 
 
 def check(netns_path: str, ruleset: RuleSet, backend: str = "auto") -> StateDiff:
-    """What the netns lacks (`missing`) or has beyond (`extra`) `ruleset`; empty = in sync."""
+    """Enter the netns and `PodNetns.check` there."""
     with netns.in_netns(netns_path):
-        applier = select_backend(backend, netns_path)
-        diffs = [diff_state(applier.save(fam.ipv6), fam) for fam in ruleset.families()]
-        links = _check_links(ruleset)
-    result = sum(diffs, StateDiff()) + links
-    return StateDiff(result.missing, result.extra, all(d.clean for d in diffs), result.notes)
+        return PodNetns(netns_path, ruleset, backend).check()
 
 
-def detect_ipv6(netns_path: str, dual_stack: bool) -> bool:
-    """Does the pod get ip6tables rules? Upstream's `getLocalIP` on the netns's addresses."""
+def reset(netns_path: str, ruleset: RuleSet, backend: str = "auto") -> None:
+    """Enter the netns and `PodNetns.reset` there."""
     with netns.in_netns(netns_path):
-        return netns.detect_ipv6(netns.pod_addresses(), dual_stack)
-
-
-def _refuse_conflicts(netns_path: str, diffs: list[StateDiff]) -> None:
-    bad = [d for d in diffs if d.state == "conflict"]
-    if not bad:
-        return
-    lines = [f"missing: {r}" for d in bad for r in d.missing]
-    lines += [f"extra: {r}" for d in bad for r in d.extra]
-    raise RulesConflict(
-        f"program {netns_path}: netns already has ISTIO_* rules that differ from this pod's "
-        f"({sum(len(d.missing) for d in bad)} missing, {sum(len(d.extra) for d in bad)} extra)",
-        details="\n".join(lines))
-
-
-def _apply_all(applier: RuleApplier, families: list[FamilyRules]) -> None:
-    applied: list[FamilyRules] = []
-    for fam in families:
-        try:
-            applier.apply(fam)
-        except RulesApplyFailed:
-            for done in reversed(applied):
-                applier.delete(done)
-            raise
-        applied.append(fam)
+        PodNetns(netns_path, ruleset, backend).reset()
 
 
 def _families(ruleset: RuleSet) -> list[int]:
@@ -149,7 +139,7 @@ def _lo_v6() -> list[tuple[int, bytes]]:
     return [(i, a.packed) for i, a in netns._ipv6_addresses() if i == lo]
 
 
-def _check_links(ruleset: RuleSet) -> StateDiff:
+def _missing_links(ruleset: RuleSet) -> tuple[str, ...]:
     missing: list[str] = []
     if ruleset.ipv6_passthrough_addr and not _has_passthrough():
         missing.append("ip -6 addr ::6/128 dev lo")
@@ -166,4 +156,4 @@ def _check_links(ruleset: RuleSet) -> StateDiff:
                 missing.append(f"ip {v} rule fwmark {r.mark} lookup {r.table}")
             if fam not in have_routes:
                 missing.append(f"ip {v} route local default dev lo table {r.table}")
-    return StateDiff(missing=tuple(missing))
+    return tuple(missing)

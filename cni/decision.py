@@ -15,8 +15,6 @@ from cni.values import parse_go_bool
 if TYPE_CHECKING:  # the skip path must not import podinfo (and its dataclasses)
     from cni.podinfo import PodInfo
 
-PROXY_CONTAINER = "istio-proxy"
-
 AGENT_POD_PREFIX = "istio-cni-node-"
 INJECT_KEY = "sidecar.istio.io/inject"
 STATUS_KEY = "sidecar.istio.io/status"
@@ -58,7 +56,7 @@ def decide(pod: PodInfo) -> Decision:
         return Decision(False, "pod has an istio-init container (it programs its own rules)")
     if parse_go_bool(pod.proxy_env.get("DISABLE_ENVOY", "")) is True:
         return Decision(False, "istio-proxy has DISABLE_ENVOY=true")
-    if PROXY_CONTAINER not in pod.containers:
+    if not pod.has_proxy:
         return Decision(False, "pod has no istio-proxy container")
     if pod.proxy_type and pod.proxy_type != "sidecar":
         return Decision(False, f"istio-proxy runs as proxy type {pod.proxy_type!r}, not sidecar")

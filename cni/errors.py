@@ -72,6 +72,11 @@ class PodLookupFailed(CNIError):
     code = 100
 
 
+class InvalidPod(PodLookupFailed):
+    """The API's answer does not have the shape of a Pod (e.g. `metadata` a string): the pod
+    could not be read, so it counts as a failed lookup (same code); the message names the field."""
+
+
 class InvalidAnnotation(CNIError):
     """A redirect annotation (or istio-proxy setting) has a value we refuse to program."""
 

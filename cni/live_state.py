@@ -7,15 +7,16 @@ params into that form (`save_form`) and compare text: one `*-save` per family, n
 The translation covers the vocabulary of `cni.rules` (tests prove it against real nft and legacy
 output for every golden rule set); `parse_rule` is also what the libiptc backend builds from.
 
-Ownership: every ISTIO_* chain is ours; in built-in chains, a rule is ours when it jumps to an
-ISTIO_* chain or equals one we want there. Anything else in built-in chains is foreign and ignored.
+Ownership (`is_ours`): every ISTIO_* chain is ours; in built-in chains, a rule is ours when it
+jumps to an ISTIO_* chain or equals one we want there. Anything else in built-in chains is foreign:
+ignored by the diff, kept by `reset_plan` (what a backend removes to start a pod over).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cni.ruleset import BUILTIN_CHAINS, FamilyRules, Rule
 
@@ -262,7 +263,6 @@ class StateDiff:
     extra: tuple[str, ...] = ()
     clean: bool = False
     """The netns has no ISTIO_* chain at all (so `missing` lists everything wanted)."""
-    notes: tuple[str, ...] = field(default=())
 
     @property
     def state(self) -> str:
@@ -273,18 +273,21 @@ class StateDiff:
 
     def __add__(self, other: StateDiff) -> StateDiff:
         return StateDiff(self.missing + other.missing, self.extra + other.extra,
-                         self.clean and other.clean, self.notes + other.notes)
+                         self.clean and other.clean)
 
 
-def _is_ours(line: str) -> bool:
+def is_ours(line: str, wanted: list[str]) -> bool:
+    """A `-A CHAIN ...` line of a built-in chain is ours when it jumps to an ISTIO_* chain or
+    is one of the lines we want there (e.g. the DNS conntrack zones in raw)."""
     words = line.split()
-    return any(w in ("-j", "-g") and words[i + 1].startswith(CHAIN_PREFIX)
-               for i, w in enumerate(words[:-1]))
+    jumps = any(w in ("-j", "-g") and words[i + 1].startswith(CHAIN_PREFIX)
+                for i, w in enumerate(words[:-1]))
+    return jumps or line in wanted
 
 
 def _diff_chain(table: str, live: list[str], want: list[str], builtin: bool) -> StateDiff:
     if builtin:
-        live_ours = Counter(line for line in live if _is_ours(line) or line in want)
+        live_ours = Counter(line for line in live if is_ours(line, want))
         missing = Counter(want) - live_ours
         extra = live_ours - Counter(want)
     else:
@@ -315,3 +318,42 @@ def diff_state(save_text: str, wanted: FamilyRules) -> StateDiff:
                 result += StateDiff(extra=(f"-t {table} -N {chain}",))
             result += _diff_chain(table, lchains.get(chain, []), wchains.get(chain, []), builtin)
     return StateDiff(result.missing, result.extra, clean)
+
+
+@dataclass(frozen=True)
+class TableReset:
+    """What resetting removes from one table: our rules in built-in chains, then our chains."""
+
+    table: str
+    deletes: tuple[tuple[str, str], ...]
+    """(built-in chain, its `-A CHAIN ...` line as `*-save` printed it), in dump order."""
+    chains: tuple[str, ...]
+    """Every ISTIO_* chain: flushed first (they reference each other), then deleted."""
+
+
+def reset_plan(save_text: str, wanted: FamilyRules) -> tuple[TableReset, ...]:
+    """Pure: what to remove from a netns (its `*-save` dump) so that it holds none of our
+    state for this family; tables with nothing of ours are left out."""
+    want = wanted_state(wanted)
+    plan = []
+    for table, chains in parse_save(save_text).items():
+        wanted_here = want.get(table, {})
+        deletes = tuple((chain, line) for chain, lines in chains.items()
+                        if chain in BUILTIN_CHAINS
+                        for line in lines if is_ours(line, wanted_here.get(chain, [])))
+        ours = tuple(c for c in chains if c.startswith(CHAIN_PREFIX))
+        if deletes or ours:
+            plan.append(TableReset(table, deletes, ours))
+    return tuple(plan)
+
+
+def reset_payload(plan: tuple[TableReset, ...]) -> str:
+    """The `iptables-restore --noflush` text carrying out `plan` (one transaction per table)."""
+    out: list[str] = []
+    for t in plan:
+        out.append(f"*{t.table}")
+        out.extend("-D " + line[len("-A "):] for _, line in t.deletes)
+        out.extend(f"-F {c}" for c in t.chains)
+        out.extend(f"-X {c}" for c in t.chains)
+        out.append("COMMIT")
+    return "".join(line + "\n" for line in out)

@@ -18,15 +18,21 @@ import errno
 import fcntl
 import ipaddress
 import os
+import re
 import socket
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import NamedTuple
 
 from cni.errors import InvalidNetNS, NoPodAddress
 
 CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), Linux >= 4.11
+NSFS_MAGIC = 0x6E736673  # statfs f_type of namespace files (bind-mounted or /proc/PID/ns/*)
+STATFS_SIZE = 256  # >= sizeof(struct statfs) on every Linux ABI
+NS_LINK_RE = re.compile(r"^[a-z_]+:\[[0-9]+\]$")  # what /proc/PID/ns/* links read as
 SIOCGIFCONF = 0x8912
 IFREQ_SIZE = 40  # sizeof(struct ifreq) on 64-bit Linux
 CURRENT_NETNS = "/proc/thread-self/ns/net"
@@ -40,28 +46,95 @@ _LINK_LOCAL_MULTICAST = {
 }
 
 
-def _setns(fd: int, nstype: int) -> None:
-    """`setns(2)` through libc (Python 3.11 has no os.setns); raises OSError with errno."""
+def _c() -> ctypes.CDLL:
+    """libc, loaded on first use."""
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, nstype) != 0:
+    return _libc
+
+
+def _setns(fd: int, nstype: int) -> None:
+    """`setns(2)` through libc (Python 3.11 has no os.setns); raises OSError with errno."""
+    if _c().setns(fd, nstype) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
 def _unshare(flags: int) -> None:
     """`unshare(2)` through libc (Python 3.11 has no os.unshare); raises OSError with errno."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.unshare(flags) != 0:
+    if _c().unshare(flags) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
-def _check_is_netns(fd: int, path: str) -> None:
-    """Refuse anything but a network namespace file (NS_GET_NSTYPE; setns catches old kernels)."""
+def _fstatfs_type(fd: int) -> int:
+    """`f_type` of the filesystem holding `fd` (works on O_PATH descriptors)."""
+    buf = ctypes.create_string_buffer(STATFS_SIZE)
+    if _c().fstatfs(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return ctypes.c_long.from_buffer(buf).value  # f_type is the first field, a long
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "a regular file"
+
+
+def _open_netns(path: str) -> int:
+    """An fd for setns on the netns at `path`; `InvalidNetNS` for anything else.
+
+    Nothing is opened for reading until the path is known to be a namespace: `O_PATH` never
+    blocks (a FIFO would hang a plain open forever) and has no side effect on devices. Links
+    are not followed, except the kernel's own namespace links (`/proc/PID/ns/net`, which read
+    as `net:[INODE]`). What the path names must be an nsfs inode; it is then reopened through
+    `/proc/self/fd` (the inode already checked, no second path lookup) and its namespace type
+    asked with NS_GET_NSTYPE.
+    """
+    try:
+        pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise InvalidNetNS(f"enter netns {path}: path does not exist") from exc
+    except OSError as exc:
+        raise InvalidNetNS(f"enter netns {path}: cannot open: {exc.strerror}") from exc
+    try:
+        mode = os.fstat(pfd).st_mode
+        if stat.S_ISLNK(mode):
+            followed = _follow_ns_link(path)
+            os.close(pfd)
+            pfd = followed
+            mode = os.fstat(pfd).st_mode
+        if not stat.S_ISREG(mode) or _fstatfs_type(pfd) != NSFS_MAGIC:
+            raise InvalidNetNS(f"enter netns {path}: {_kind(mode)}, not a namespace file")
+        fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidNetNS(f"enter netns {path}: cannot open: {exc.strerror}") from exc
+    finally:
+        os.close(pfd)
+    try:
+        _check_nstype(fd, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _follow_ns_link(path: str) -> int:
+    """The O_PATH fd of what a `/proc/PID/ns/net`-style link names; other links are refused."""
+    target = os.readlink(path)
+    if not NS_LINK_RE.match(target):
+        raise InvalidNetNS(
+            f"enter netns {path}: a symbolic link (to {target[:200]!r}), not a namespace file")
+    return os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
+def _check_nstype(fd: int, path: str) -> None:
+    """A namespace of another type (uts, mnt...) is refused before setns."""
     try:
         nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
     except OSError as exc:
@@ -70,15 +143,6 @@ def _check_is_netns(fd: int, path: str) -> None:
         return  # ioctl unsupported (kernel < 4.11): setns(CLONE_NEWNET) will say EINVAL
     if nstype != CLONE_NEWNET:
         raise InvalidNetNS(f"enter netns {path}: namespace type {nstype:#x} is not a netns")
-
-
-def _open_netns(path: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise InvalidNetNS(f"enter netns {path}: path does not exist") from exc
-    except OSError as exc:
-        raise InvalidNetNS(f"enter netns {path}: cannot open: {exc.strerror}") from exc
 
 
 @contextmanager
@@ -90,7 +154,6 @@ def in_netns(path: str) -> Iterator[None]:
     """
     target = _open_netns(path)
     try:
-        _check_is_netns(target, path)
         original = os.open(CURRENT_NETNS, os.O_RDONLY | os.O_CLOEXEC)
         try:
             try:
@@ -189,6 +252,21 @@ def detect_ipv6(addresses: Iterable[Address], dual_stack: bool) -> bool:
     if found:
         return False
     raise NoPodAddress("detect pod IP family: no non-loopback, non-link-local address in netns")
+
+
+class NetnsFacts(NamedTuple):
+    """What a pod's rule set depends on in its netns, read once per visit (`read_facts`)."""
+
+    addresses: tuple[Address, ...]
+
+    def ipv6(self, dual_stack: bool) -> bool:
+        """Does the pod get ip6tables rules? (`detect_ipv6` on these addresses)"""
+        return detect_ipv6(self.addresses, dual_stack)
+
+
+def read_facts() -> NetnsFacts:
+    """The facts of the netns the current thread is in."""
+    return NetnsFacts(tuple(pod_addresses()))
 
 
 @contextmanager

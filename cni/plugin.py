@@ -1,7 +1,8 @@
 """ADD, DEL, CHECK, STATUS and GC for istio-cni: each a short list of stage calls.
 
 Stages, each in its own module: protocol (skel) → config → pre-lookup decision (no API, no
-kubeconfig) → pod lookup → decision → redirect spec → rule set → apply in the pod netns. Fail
+kubeconfig) → pod lookup → then the pod pipeline (`cni.pipeline`: decision → redirect spec →
+one visit to the pod netns: facts, rule set, apply), the same one the agent and `explain` run. Fail
 closed: once a pod may need redirection, every failure fails the ADD so the runtime retries; a
 skip only ever comes out of the decision functions. Heavy stages (API client, rule builder,
 backends) are imported only on the path that needs them, so skipped pods stay cheap.
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 
 from cni import plugin_log
 from cni.config import PluginConfig, parse_plugin_config
-from cni.decision import Decision, decide, decide_before_lookup
+from cni.decision import Decision, decide_before_lookup
 from cni.errors import CNIError, InvalidNetNS, PluginNotAvailable, RulesMismatch
 from cni.protocol import CmdArgs, parse_cni_args
 from cni.results import encode_result
@@ -62,6 +63,7 @@ class Plugin:
     # --- ADD ---------------------------------------------------------------------------------
     def add(self, args: CmdArgs) -> dict[str, Any]:
         start = time.perf_counter()
+        self.phases = {}
         conf, k8s = self._prepare(args)
         pod_name = f"{k8s.get('K8S_POD_NAMESPACE', '')}/{k8s.get('K8S_POD_NAME', '')}"
         try:
@@ -88,10 +90,10 @@ class Plugin:
         decision, pod = self._decide(conf, k8s)
         if not decision.redirect:
             return None
-        from cni import apply
+        from cni import pipeline
+        from cni.redirect import redirect_from_pod
 
-        ruleset = _ruleset_for(args.netns, pod)
-        diff = apply.check(args.netns, ruleset, conf.iptables_backend)
+        diff = pipeline.check_pod(args.netns, redirect_from_pod(pod), conf.iptables_backend)
         if diff.missing or diff.extra:
             details = "\n".join(
                 [f"missing: {r}" for r in diff.missing] + [f"extra: {r}" for r in diff.extra]
@@ -135,43 +137,38 @@ class Plugin:
         early = decide_before_lookup(name, ns, conf.pod_namespace, conf.exclude_namespaces)
         if early is not None:
             return early, None
-        from cni.podinfo import extract_pod_info
+        from cni.pipeline import decide_pod
 
-        pod = extract_pod_info(self.pod_source_factory(conf).get_pod(ns, name))
-        return decide(pod), pod
+        pod, decision = decide_pod(self.pod_source_factory(conf).get_pod(ns, name))
+        return decision, pod
 
     def _program(self, args: CmdArgs, conf: PluginConfig, pod: Any) -> str:
-        from cni import apply
+        """Redirect spec, then one visit to the pod netns: facts, rule set, apply."""
+        from cni import netns, pipeline
+        from cni.redirect import redirect_from_pod
 
         with self._phase("rules"):
-            ruleset = _ruleset_for(args.netns, pod)
-        for note in ruleset.notes:
-            log.warning("%s", note)
-        with self._phase("apply"):
-            return apply.program(args.netns, ruleset, conf.iptables_backend)
+            redirect = redirect_from_pod(pod)
+        with netns.in_netns(args.netns):
+            with self._phase("rules"):
+                pod_ns = pipeline.here(args.netns, redirect, conf.iptables_backend)
+            for note in pod_ns.ruleset.notes:
+                log.warning("%s", note)
+            with self._phase("apply"):
+                return pod_ns.program()
 
     @contextmanager
     def _phase(self, name: str) -> Iterator[None]:
+        """Time the body; a phase entered twice adds up."""
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.phases[name] = round(time.perf_counter() - t0, 6)
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 6)
 
     def _record(self, pod: str, outcome: str, reason: str, start: float) -> None:
         self.phases["total"] = round(time.perf_counter() - start, 6)
         self.event = {"pod": pod, "outcome": outcome, "reason": reason, "phases": self.phases}
-
-
-def _ruleset_for(netns: str, pod: Any) -> Any:
-    """Redirect spec → (IPv6 detected in the pod netns) → rule set."""
-    from cni import apply
-    from cni.redirect import redirect_from_pod, to_iptables_config
-    from cni.rules import build_ruleset
-
-    redirect = redirect_from_pod(pod)
-    ipv6 = apply.detect_ipv6(netns, redirect.dual_stack)
-    return build_ruleset(to_iptables_config(redirect, enable_ipv6=ipv6))
 
 
 def _refuse_own_netns(args: CmdArgs) -> None:

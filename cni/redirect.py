@@ -23,6 +23,7 @@ from cni.values import BadValue, cidr, one_of, parse_go_bool, port
 log = logging.getLogger(__name__)
 
 DEFAULT_PROXY_ID = 1337
+MAX_ID = 4294967294  # the largest uid_t/gid_t; 4294967295 is (uid_t)-1, "no id" to the kernel
 ALWAYS_EXCLUDED_INBOUND = (15020, 15021, 15090)
 _IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-@]{0,14}$")
 _MAX_LIST_ITEMS = 512
@@ -149,6 +150,17 @@ def _dedup(ports: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ports))
 
 
+def _proxy_id(value: int | None, name: str) -> int:
+    """istio-proxy's runAsUser/runAsGroup: unset or 0 keeps the default, as upstream; anything
+    outside the kernel's id range is refused here, before it can reach an owner match."""
+    if value is not None and not 0 <= value <= MAX_ID:
+        shown = str(value) if value.bit_length() <= 128 else f"a {value.bit_length()}-bit number"
+        raise InvalidAnnotation(
+            f"invalid istio-proxy securityContext.{name}={shown}: not an id in 0-{MAX_ID}",
+            f"istio-proxy securityContext.{name}")
+    return value or DEFAULT_PROXY_ID
+
+
 def redirect_from_pod(pod: PodInfo) -> Redirect:
     """Upstream's NewRedirect, with every value validated (InvalidAnnotation on the first bad)."""
     ann = pod.annotations
@@ -165,8 +177,8 @@ def redirect_from_pod(pod: PodInfo) -> Redirect:
         values["exclude_inbound_ports"] + ALWAYS_EXCLUDED_INBOUND  # type: ignore[operator]
     )
     return Redirect(
-        proxy_uid=pod.proxy_uid or DEFAULT_PROXY_ID,
-        proxy_gid=pod.proxy_gid or DEFAULT_PROXY_ID,
+        proxy_uid=_proxy_id(pod.proxy_uid, "runAsUser"),
+        proxy_gid=_proxy_id(pod.proxy_gid, "runAsGroup"),
         dns_capture=_env_flag(pod, "ISTIO_META_DNS_CAPTURE"),
         dual_stack=_env_flag(pod, "ISTIO_DUAL_STACK"),
         drop_invalid=_env_flag(pod, "INVALID_DROP"),

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 BUILTIN_CHAINS = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
 TABLES = ("filter", "mangle", "nat", "raw")
+IP6_MARKER = "# ip6tables-restore\n"
+"""Separates the IPv6 payload in `RuleSet.restore_text` (a comment to iptables-restore)."""
 
 
 @dataclass(frozen=True)
@@ -106,3 +108,12 @@ class RuleSet:
 
     def families(self) -> tuple[FamilyRules, ...]:
         return (self.v4,) if self.v6 is None else (self.v4, self.v6)
+
+    def restore_text(self) -> str:
+        """The IPv4 payload, then (IPv6 on) the `# ip6tables-restore` line and the IPv6 payload:
+        what `rules` and `explain` print, each payload byte for byte what is fed to
+        `iptables-restore --noflush`."""
+        text = self.v4.restore_payload()
+        if self.v6 is not None:
+            text += IP6_MARKER + self.v6.restore_payload()
+        return text

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from cni.decision import decide
 from cni.errors import CNIError
-from cni.podinfo import extract_pod_info
+from cni.pipeline import decide_pod
+from cni.redirect import redirect_from_pod
 from node_daemon.config import RepairConfig
 from node_daemon.kubeapi import ApiError
 from node_daemon.metrics import Metrics
 from node_daemon.netns_finder import NetnsRef
-from node_daemon.pod_rules import reconcile_rules, wanted_ruleset
+from node_daemon.pod_rules import reconcile_rules
 
 log = logging.getLogger("node_daemon.repair")
 COMPONENT = "cni-repair"
@@ -53,19 +53,20 @@ class ActionResult:
     message: str
 
 
+def metadata(pod: dict[str, Any]) -> dict[str, Any]:
+    """The pod's metadata, or {} when it has none of the right shape: reporting on a malformed
+    pod must not fail (the pipeline says what is wrong with it)."""
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def pod_key(pod: dict[str, Any]) -> str:
-    meta = pod.get("metadata") or {}
+    meta = metadata(pod)
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
-def pod_ips(pod: dict[str, Any]) -> tuple[str, ...]:
-    status = pod.get("status") or {}
-    ips = tuple(p["ip"] for p in status.get("podIPs") or [] if p.get("ip"))
-    return ips or ((status["podIP"],) if status.get("podIP") else ())
-
-
 class Reporter:
-    """Log + Event + metric, in one call (practice 12)."""
+    """Log + Event + metric, in one call, so no action is ever told one way and not another."""
 
     def __init__(self, events: EventSink | None, metrics: Metrics, node: str = "") -> None:
         self.events = events
@@ -88,7 +89,7 @@ class Reporter:
         return ActionResult(key, action, result, message)
 
     def _post(self, pod: dict[str, Any], reason: str, message: str, kind: str) -> None:
-        meta = pod.get("metadata") or {}
+        meta = metadata(pod)
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1", "kind": "Event",
@@ -137,17 +138,21 @@ class Actions:
 
     def repair(self, pod: dict[str, Any]) -> ActionResult:
         """Program the plugin's rules into the running pod's netns, found by its IP."""
-        key, uid = pod_key(pod), str((pod.get("metadata") or {}).get("uid", ""))
+        key, uid = pod_key(pod), str(metadata(pod).get("uid", ""))
         with self._lock:
             done = self._repaired.get(key)
         if done is not None:
             why = "already repaired" if done == uid else f"already repaired with uid {done}"
             return ActionResult(key, "repair", "skip", why)  # no metric: it is not an attempt
-        decision = decide(extract_pod_info(pod))
+        try:
+            info, decision = decide_pod(pod)
+        except CNIError as exc:
+            return self.reporter.record(pod, "repair", "fail",
+                                        f"pod detected as broken, but unreadable: {exc.msg}")
         if not decision.redirect:
             return self.reporter.record(pod, "repair", "skip",
                                         f"the plugin would not redirect it: {decision.reason}")
-        ips = pod_ips(pod)
+        ips = info.pod_ips
         ref = self.finder.find(ips) if self.finder is not None and ips else None
         if ref is None:
             return self.reporter.record(
@@ -155,7 +160,7 @@ class Actions:
                 f"pod detected as broken, but no network namespace on this node has "
                 f"IP {', '.join(ips) or '(none)'}")
         try:
-            outcome = reconcile_rules(ref.path, wanted_ruleset(pod, ref.path), self.backend)
+            outcome = reconcile_rules(ref.path, redirect_from_pod(info), self.backend)
         except (CNIError, OSError) as exc:
             msg = exc.msg if isinstance(exc, CNIError) else str(exc)
             return self.reporter.record(pod, "repair", "fail",
@@ -168,7 +173,7 @@ class Actions:
             f"{ref.pid}; the validation init container passes on its next restart")
 
     def delete(self, pod: dict[str, Any]) -> ActionResult:
-        meta = pod.get("metadata") or {}
+        meta = metadata(pod)
         assert self.api is not None
         try:
             self.api.delete_pod(meta["namespace"], meta["name"], str(meta.get("uid", "")),
@@ -179,7 +184,7 @@ class Actions:
         return self.reporter.record(pod, "delete", "success", "pod detected as broken, deleted")
 
     def label(self, pod: dict[str, Any]) -> ActionResult:
-        meta = pod.get("metadata") or {}
+        meta = metadata(pod)
         if self.cfg.label_key in (meta.get("labels") or {}):
             return self.reporter.record(pod, "label", "skip",
                                         f"already has label {self.cfg.label_key}")

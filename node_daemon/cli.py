@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from cni import __version__ as VERSION
+from cni.errors import CNIError
 from cni.fileread import read_file_at_most
 from cni.podlookup import MAX_POD_BYTES
 from node_daemon.install_cmd import register as register_install_commands
@@ -71,7 +72,10 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
         raise click.ClickException(f"{pod_file} is not JSON: {exc}") from exc
     if not isinstance(pod, dict) or pod.get("kind", "Pod") != "Pod":
         raise click.ClickException(f"{pod_file} does not hold a Pod object")
-    ex = explain_pod(pod, ipv6=ipv6)
+    try:
+        ex = explain_pod(pod, ipv6=ipv6)
+    except CNIError as exc:  # not the shape of a Pod
+        raise click.ClickException(f"{pod_file}: {exc.msg}") from exc
     formatter = {"text": format_text, "restore": format_restore, "json": format_json}[fmt]
     click.echo(formatter(ex), nl=False)
     if ex.error:
@@ -96,7 +100,10 @@ def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
         raise click.ClickException(exc.message) from exc
     on_this_node = (pod.get("spec") or {}).get("nodeName") == cfg.repair.node_name
     finder = NetnsFinder(cfg.host_proc) if on_this_node and os.geteuid() == 0 else None
-    report = explain_live(pod, cfg.repair, finder, cfg.iptables_backend)
+    try:
+        report = explain_live(pod, cfg.repair, finder, cfg.iptables_backend)
+    except CNIError as exc:  # the API's answer is not the shape of a Pod
+        raise click.ClickException(f"{target}: {exc.msg}") from exc
     if fmt == "restore":
         click.echo(format_restore(report.explanation), nl=False)
     else:

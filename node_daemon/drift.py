@@ -15,22 +15,28 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from cni.decision import decide
-from cni.errors import CNIError
-from cni.podinfo import extract_pod_info
-from node_daemon.actions import ActionResult, Reporter, pod_ips, pod_key
+from cni.errors import CNIError, InvalidPod
+from cni.pipeline import decide_pod
+from cni.podinfo import pod_ips
+from cni.redirect import redirect_from_pod
+from node_daemon.actions import ActionResult, Reporter, pod_key
 from node_daemon.config import RepairConfig
 from node_daemon.netns_finder import NetnsFinder, NetnsRef
-from node_daemon.pod_rules import reconcile_rules, wanted_ruleset
+from node_daemon.pod_rules import reconcile_rules
 
 
 def is_candidate(pod: dict[str, Any], cfg: RepairConfig) -> bool:
-    """Pure: redirected, on the pod network, and known to have had its rules."""
-    spec, status = pod.get("spec") or {}, pod.get("status") or {}
-    if spec.get("hostNetwork") or not pod_ips(pod) or (pod.get("metadata") or {}).get(
-            "deletionTimestamp"):
+    """Pure: redirected, on the pod network, and known to have had its rules. A pod that is
+    not the shape of a Pod is not (the plugin could not have redirected it either)."""
+    try:
+        info, decision = decide_pod(pod)
+    except InvalidPod:
         return False
-    if not decide(extract_pod_info(pod)).redirect:
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    deleting = (pod.get("metadata") or {}).get("deletionTimestamp")
+    if spec.get("hostNetwork") or not info.pod_ips or deleting:
+        return False
+    if not decision.redirect:
         return False
     for st in status.get("initContainerStatuses") or []:
         if st.get("name") == cfg.init_container_name:
@@ -64,8 +70,8 @@ class DriftChecker:
         if ref is None:  # not (or no longer) running here: nothing to compare, no event
             return ActionResult(pod_key(pod), "drift", "skip", "no netns with the pod's IP")
         try:
-            outcome = reconcile_rules(ref.path, wanted_ruleset(pod, ref.path), self.backend,
-                                      fix=self.fix)
+            redirect = redirect_from_pod(decide_pod(pod)[0])
+            outcome = reconcile_rules(ref.path, redirect, self.backend, fix=self.fix)
         except (CNIError, OSError) as exc:
             msg = exc.msg if isinstance(exc, CNIError) else str(exc)
             return self.reporter.record(pod, "drift", "fail", f"drift check failed: {msg}")

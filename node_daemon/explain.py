@@ -1,7 +1,8 @@
 """Why a pod is or is not redirected, and with which rules: pure formatting for `explain`.
 
-Uses the plugin's own decision, redirect and rule functions, so what `explain` prints is what
-the plugin would do for the same pod (the ADD path minus the netns).
+Runs the plugin's own pod pipeline (`cni.pipeline`) up to the rule set, so what `explain`
+prints is what the plugin would do for the same pod; the one netns fact (does the pod get IPv6
+rules?) is given by the caller instead of read from a netns.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from cni.decision import Decision, decide
+from cni.decision import Decision
 from cni.errors import CNIError
-from cni.podinfo import PodInfo, extract_pod_info
-from cni.redirect import Redirect, redirect_from_pod, to_iptables_config
-from cni.rules import build_ruleset
+from cni.pipeline import decide_pod, rules_for
+from cni.podinfo import PodInfo
+from cni.redirect import Redirect, redirect_from_pod
 from cni.ruleset import RuleSet
 
 
@@ -28,14 +29,15 @@ class Explanation:
 
 
 def explain_pod(pod_json: dict[str, Any], ipv6: bool = False) -> Explanation:
-    """The decision, and for a redirected pod the redirect spec and rule set (or the error)."""
-    info = extract_pod_info(pod_json)
-    decision = decide(info)
+    """The decision, and for a redirected pod the redirect spec and rule set (or the error).
+
+    A pod that is not the shape of a Pod raises `InvalidPod` (nothing to explain)."""
+    info, decision = decide_pod(pod_json)
     if not decision.redirect:
         return Explanation(info, decision)
     try:
         redirect = redirect_from_pod(info)
-        ruleset = build_ruleset(to_iptables_config(redirect, enable_ipv6=ipv6))
+        ruleset = rules_for(redirect, ipv6)
     except CNIError as exc:
         return Explanation(info, Decision(False, "ADD would fail"), error=exc.msg)
     except ValueError as exc:
@@ -44,9 +46,7 @@ def explain_pod(pod_json: dict[str, Any], ipv6: bool = False) -> Explanation:
 
 
 def format_restore(ex: Explanation) -> str:
-    if ex.ruleset is None:
-        return ""
-    return "".join(f.restore_payload() for f in ex.ruleset.families())
+    return "" if ex.ruleset is None else ex.ruleset.restore_text()
 
 
 def format_text(ex: Explanation) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cni.errors import CNIError
-from node_daemon.actions import pod_ips
+from cni.podinfo import pod_ips
 from node_daemon.broken import Verdict, diagnose
 from node_daemon.config import RepairConfig
 from node_daemon.explain import Explanation, explain_pod, format_json, format_text
@@ -42,25 +42,35 @@ class LiveReport:
 
 def explain_live(pod: dict[str, Any], cfg: RepairConfig, finder: NetnsFinder | None,
                  backend: str = "auto") -> LiveReport:
+    """`explain_pod` with the pod's own first IP deciding IPv6, the repair verdict, and the
+    live netns compared through the pipeline (facts read from the netns itself)."""
     ips = pod_ips(pod)
-    ipv6 = bool(ips) and ipaddress.ip_address(ips[0]).version == 6
+    ipv6 = bool(ips) and _is_ipv6(ips[0])
     ex = explain_pod(pod, ipv6=ipv6)
     verdict = diagnose(pod, cfg)
     node = str((pod.get("spec") or {}).get("nodeName", ""))
-    if finder is None or ex.ruleset is None or not ips:
+    if finder is None or ex.redirect is None or not ips:
         return LiveReport(ex, verdict, node)
     try:
         ref = finder.find(ips)
         if ref is None:
             return LiveReport(ex, verdict, node)
-        from cni import apply
-        from node_daemon.pod_rules import wanted_ruleset
+        from cni.pipeline import check_pod
 
-        diff = apply.check(ref.path, wanted_ruleset(pod, ref.path), backend)
+        diff = check_pod(ref.path, ex.redirect, backend)
     except (CNIError, OSError) as exc:
         msg = exc.msg if isinstance(exc, CNIError) else str(exc)
         return LiveReport(ex, verdict, node, netns_error=msg)
     return LiveReport(ex, verdict, node, ref.path, diff.missing, diff.extra)
+
+
+def _is_ipv6(ip: str) -> bool:
+    """The pod IP's family; an IP that does not parse counts as IPv4 (the live check, which
+    reads the netns itself, is what tells)."""
+    try:
+        return ipaddress.ip_address(ip).version == 6
+    except ValueError:
+        return False
 
 
 def format_live_text(r: LiveReport) -> str:

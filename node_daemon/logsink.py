@@ -17,7 +17,9 @@ import logging
 import os
 import socketserver
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from node_daemon.httpserve import BoundedHandler, BoundedServerMixin
 from node_daemon.metrics import ADD_OUTCOMES, ADD_PHASES, Metrics
@@ -76,9 +78,13 @@ class LogSink:
     whether the file at `path` is the socket we serve (readiness reports it).
     """
 
-    def __init__(self, path: Path, metrics: Metrics, check_interval: float = 1.0) -> None:
+    def __init__(self, path: Path, metrics: Metrics, check_interval: float = 1.0,
+                 on_report: Callable[[str, Any], None] | None = None) -> None:
+        """`on_report(path, body)` is called with each accepted request's parsed body, in the
+        order the requests were handled (benchmarks and tests observe the plugin with it)."""
         self.path = path
         self.metrics = metrics
+        self.on_report = on_report
         self.rebinds = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -93,7 +99,8 @@ class LogSink:
             os.unlink(self.path)  # a stale socket from a previous run (upstream does the same)
         except FileNotFoundError:
             pass
-        handler = type("_Handler", (_Handler,), {"metrics": self.metrics})
+        handler = type("_Handler", (_Handler,), {"metrics": self.metrics,
+                                                  "on_report": self.on_report})
         server = _Server(str(self.path), handler)
         os.chmod(self.path, 0o600)
         inode = os.stat(self.path).st_ino
@@ -156,6 +163,7 @@ class _Handler(BoundedHandler):
     deadline_seconds = READ_TIMEOUT
     timeout = READ_TIMEOUT
     metrics: Metrics
+    on_report: Callable[[str, Any], None] | None = None
 
     def address_string(self) -> str:
         return "plugin"
@@ -187,6 +195,8 @@ class _Handler(BoundedHandler):
             log.debug("bad plugin report on %s: %s", self.path, exc)
             self._answer(400, str(exc))
             return
+        if self.on_report is not None:
+            self.on_report(self.path, json.loads(body))
         self._answer(200, "ok")
 
     def _answer(self, code: int, text: str) -> None:

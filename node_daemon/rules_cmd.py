@@ -36,9 +36,7 @@ import click
 from cni.iptables_config import IptablesConfig, split_list
 from cni.nft_rules import build_nft_ruleset
 from cni.rules import build_ruleset
-from cni.ruleset import RuleSet
 
-V6_MARKER = "# ip6tables-restore\n"
 DEFAULT_PROXY_UID = "1337"
 INTERCEPTION_MODES = ("", "REDIRECT", "TPROXY")
 
@@ -99,16 +97,6 @@ def _dns_servers(value: str, version: int, flag: str) -> tuple[str, ...]:
     return servers
 
 
-def format_payloads(ruleset: RuleSet) -> str:
-    """The IPv4 payload, then (IPv6 on) the `# ip6tables-restore` line and the IPv6 payload.
-
-    Each payload is byte for byte what is fed to `iptables-restore --noflush`."""
-    text = ruleset.v4.restore_payload()
-    if ruleset.v6 is not None:
-        text += V6_MARKER + ruleset.v6.restore_payload()
-    return text
-
-
 def _text(long: str, short: str | None, default: str, help_text: str) -> Any:
     names = (long, short) if short else (long,)
     return click.option(*names, default=default, show_default=True, help=help_text)
@@ -167,7 +155,7 @@ def rules_command(native_nftables: bool, **flags: Any) -> None:
             notes, text = nft.notes, nft.transaction()
         else:
             ruleset = build_ruleset(cfg)
-            notes, text = ruleset.notes, format_payloads(ruleset)
+            notes, text = ruleset.notes, ruleset.restore_text()
     except ValueError as err:
         click.echo(f"istio-cni-node rules: error: {err}", err=True)
         raise click.exceptions.Exit(2) from None

@@ -10,6 +10,8 @@ Rules come from the same parse as CHECK's normaliser (`cni.live_state.parse_rule
 kernel ends up with the same entries as `iptables-legacy-restore` would create, and
 `iptables-legacy-save` prints identical text. Per family: every table is built in memory,
 then committed one by one; if a later commit fails, what earlier commits created is removed.
+A reset finds the rules to delete by their rendered `iptables-save` text, so it removes exactly
+what the shared reset plan (made from that same text) names.
 libiptc takes no xtables lock, so it never waits on the host's `/run/xtables.lock`.
 
 Every libiptc operation runs in a forked child (it inherits this thread's netns). libxtables
@@ -29,8 +31,9 @@ import sysconfig
 from collections.abc import Callable
 from typing import Any
 
+from cni.backends.iptables import IptablesBackend
 from cni.errors import RulesApplyFailed
-from cni.live_state import ParsedRule, UnsupportedRule, parse_rule
+from cni.live_state import ParsedRule, TableReset, UnsupportedRule, parse_rule
 from cni.ruleset import BUILTIN_CHAINS, FamilyRules, Rule
 
 LIBDIR_CANDIDATES = ("/usr/lib/xtables", "/usr/lib64/xtables", "/lib/xtables",
@@ -94,11 +97,8 @@ def _iptc() -> Any:
     return iptc
 
 
-class LibiptcBackend:
-    """RuleApplier over libiptc (legacy tables only)."""
-
-    def __init__(self, where: str = "") -> None:
-        self.where = where or "current netns"
+class LibiptcBackend(IptablesBackend):
+    """libiptc through python-iptables (legacy tables only); needs no iptables binary."""
 
     def apply(self, family: FamilyRules) -> None:
         if family.rules:
@@ -111,6 +111,11 @@ class LibiptcBackend:
     def save(self, ipv6: bool) -> str:
         """`iptables-legacy-save`-style text, rendered from libiptc (no binaries needed)."""
         return _forked(self._save_here, ipv6)
+
+    def remove(self, ipv6: bool, plan: tuple[TableReset, ...]) -> None:
+        """Deletes the planned rules (found by their `iptables-save` text), then flushes and
+        deletes our chains; one libiptc commit per table."""
+        _forked(self._remove_here, (ipv6, plan))
 
     def _apply_here(self, family: FamilyRules) -> str:
         iptc = _iptc()
@@ -185,30 +190,70 @@ class LibiptcBackend:
         return ""
 
     def _save_here(self, ipv6: bool) -> str:
-        """Only tables that already exist in this netns are read: opening a legacy table
-        instantiates it, which would change what `iptables-legacy-save` shows.
-        """
-        try:
-            with open(TABLE_NAMES[ipv6]) as f:
-                names = f.read().split()
-        except FileNotFoundError:
-            return ""
-        if not names:
-            return ""
-        iptc = _iptc()
-        cls = iptc.Table6 if ipv6 else iptc.Table
-        # Decoding a jump makes python-iptables probe every table by opening it; tell it which
-        # exist so it opens no others (this runs in a throw-away child: the state dies with it).
-        cls.existing_table_names.update({n: n in names for n in cls.ALL})
-        # All tables stay open while rendering: decoding a jump makes python-iptables ask
-        # every table whether the target is a chain, and a closed handle would crash libiptc.
-        tables = [self._table(iptc, ipv6, name) for name in names]
+        _, tables = self._open_existing(ipv6)
         try:
             out = [line for table in tables for line in render_table(table)]
         finally:
             for table in tables:
                 table.close()
         return "".join(line + "\n" for line in out)
+
+    def _remove_here(self, job: tuple[bool, tuple[TableReset, ...]]) -> str:
+        ipv6, plan = job
+        iptc, tables = self._open_existing(ipv6)
+        by_name = {t.name: t for t in tables}
+        try:
+            for step in plan:
+                table = by_name.get(step.table)
+                if table is None:
+                    continue  # gone since the plan was made: nothing of ours left in it
+                try:
+                    self._remove_table(iptc, table, step)
+                except iptc.IPTCError as exc:
+                    raise RulesApplyFailed(
+                        f"reset ISTIO rules (libiptc) in {self.where}: table {step.table}: "
+                        f"{exc}") from exc
+        finally:
+            for table in tables:
+                table.close()
+        return ""
+
+    def _remove_table(self, iptc: Any, table: Any, step: TableReset) -> None:
+        for chain_name, line in step.deletes:
+            chain = iptc.Chain(table, chain_name)
+            rule = next((r for r in chain.rules
+                         if f"-A {chain_name} {_render_rule(table, r)}" == line), None)
+            if rule is not None:  # else deleted meanwhile: the goal is reached
+                chain.delete_rule(rule)
+        for name in step.chains:
+            if table.is_chain(name):
+                table.flush_entries(name)
+        for name in step.chains:
+            if table.is_chain(name):
+                table.delete_chain(name)
+        table.commit()
+
+    def _open_existing(self, ipv6: bool) -> tuple[Any, list[Any]]:
+        """python-iptables and a handle on every table that already exists in this netns.
+
+        Only existing tables are opened: opening a legacy table instantiates it, which would
+        change what `iptables-legacy-save` shows. All stay open while rules are decoded:
+        decoding a jump makes python-iptables ask every table whether the target is a chain,
+        and a closed handle would crash libiptc.
+        """
+        try:
+            with open(TABLE_NAMES[ipv6]) as f:
+                names = f.read().split()
+        except FileNotFoundError:
+            names = []
+        if not names:
+            return None, []
+        iptc = _iptc()
+        cls = iptc.Table6 if ipv6 else iptc.Table
+        # Tell python-iptables which tables exist so it probes no others (this runs in a
+        # throw-away child: the state dies with it).
+        cls.existing_table_names.update({n: n in names for n in cls.ALL})
+        return iptc, [self._table(iptc, ipv6, name) for name in names]
 
 
 def _forked(fn: Callable[[Any], str], arg: Any) -> str:

@@ -13,7 +13,8 @@ upstream locks via the CNI_NETNS path, so the lock is per pod and never the host
 is passed where supported (legacy >= 1.6.2). nft needs no lock.
 
 Apply is one `iptables-restore --noflush` per family with the payload on stdin: the kernel takes
-it whole or not at all. No shell is ever involved (argv lists only).
+it whole or not at all; so is a reset (`-D` our jumps, `-F`/`-X` our chains). No shell is ever
+involved (argv lists only).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from cni.backends.iptables import IptablesBackend
 from cni.errors import RulesApplyFailed
+from cni.live_state import TableReset, reset_payload
 from cni.ruleset import FamilyRules
 
 POD_LOCKFILE = "/proc/self/ns/net"
@@ -93,14 +96,14 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     return (int(m[1]), int(m[2]), int(m[3])) if m else None
 
 
-class RestoreBackend:
-    """RuleApplier over `iptables-restore` / `iptables-save` (see the module docstring)."""
+class RestoreBackend(IptablesBackend):
+    """The host's `iptables-restore` / `iptables-save` (see the module docstring)."""
 
     def __init__(self, force: str | None = None, where: str = "") -> None:
         if force not in (None, "nft", "legacy"):
             raise ValueError(f"force must be nft or legacy, not {force!r}")
+        super().__init__(where)
         self.force = force
-        self.where = where or "current netns"
         self._flavors: dict[bool, Flavor] = {}
         self._dumps: dict[bool, str] = {}
 
@@ -178,6 +181,17 @@ class RestoreBackend:
             raise RulesApplyFailed(
                 f"apply {flavor.restore_bin} ({flavor.label}) in {self.where}: exit {r.rc}: "
                 f"{r.err.strip()}", details=payload)
+
+    def remove(self, ipv6: bool, plan: tuple[TableReset, ...]) -> None:
+        """One `iptables-restore --noflush` of `-D`/`-F`/`-X` lines: per table, all or nothing."""
+        payload = reset_payload(plan)
+        flavor = self.flavor(ipv6)
+        self._dumps.pop(ipv6, None)
+        r = run(self.restore_argv(flavor), stdin=payload, env=self._env(flavor))
+        if r.rc != 0:
+            raise RulesApplyFailed(
+                f"reset ISTIO rules with {flavor.restore_bin} ({flavor.label}) in {self.where}: "
+                f"exit {r.rc}: {r.err.strip()}", details=payload)
 
     def delete(self, family: FamilyRules) -> None:
         """Best-effort undo of `family` (jump rules out of built-in chains, then our chains).

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import socket
 import struct
 
 import pytest
 
-from cni.apply import check, detect_ipv6, program
+from cni.apply import check, program, reset
 from cni.errors import InvalidNetNS, RulesApplyFailed, RulesConflict
-from cni.netns import in_netns
+from cni.netns import in_netns, read_facts
 from cni.ruleset import FamilyRules, Rule, RuleSet
 from tests.cni.netns_fixtures import need, ruleset
 
@@ -93,8 +94,10 @@ def test_tproxy_routes_and_passthrough_address(make_netns) -> None:  # noqa: ANN
 
 def test_detect_ipv6_in_netns(make_netns) -> None:  # noqa: ANN001
     ns = make_netns(v4="10.79.0.2", v6="fd00:79::2")
-    assert detect_ipv6(ns.path, dual_stack=False) is False
-    assert detect_ipv6(ns.path, dual_stack=True) is True
+    with in_netns(ns.path):
+        facts = read_facts()
+    assert facts.ipv6(dual_stack=False) is False
+    assert facts.ipv6(dual_stack=True) is True
 
 
 def test_legacy_never_waits_for_the_host_lock(netns) -> None:  # noqa: ANN001
@@ -132,3 +135,52 @@ def test_outbound_tcp_is_redirected_to_15001(netns, backend: str) -> None:  # no
             listener.close()
     port, addr = struct.unpack("!2xH4s8x", raw)
     assert (socket.inet_ntoa(addr), port) == ("10.77.0.99", 80)
+
+
+FOREIGN = ("-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "9", "-j", "ACCEPT")
+TOOL = {"nft": "iptables-nft", "legacy": "iptables-legacy", "python-iptables": "iptables-legacy"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reset_removes_our_state_and_keeps_foreign_rules(netns, backend: str) -> None:  # noqa: ANN001
+    """Reset takes away whatever of ours the netns holds (here a conflicting rule set), so
+    that the wanted rules can be programmed; a foreign rule in a built-in chain stays."""
+    need(SAVE[backend], TOOL[backend])
+    netns.run(TOOL[backend], *FOREIGN)
+    program(netns.path, ruleset("dns"), backend)
+    with pytest.raises(RulesConflict):
+        program(netns.path, ruleset("basic"), backend)
+    reset(netns.path, ruleset("basic"), backend)
+    after = netns.run(SAVE[backend])
+    assert "ISTIO" not in after
+    assert "-A OUTPUT -p udp -m udp --dport 9 -j ACCEPT" in after
+    assert check(netns.path, ruleset("basic"), backend).clean
+    assert program(netns.path, ruleset("basic"), backend) == "applied"
+    assert check(netns.path, ruleset("basic"), backend).state == "identical"
+
+
+def test_python_iptables_needs_no_iptables_binary(netns, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """program, check and reset through python-iptables with no iptables binary on PATH."""
+    need("iptables-legacy", "iptables-legacy-save")
+    netns.run("iptables-legacy", *FOREIGN)
+    program(netns.path, ruleset("dns"), "python-iptables")
+    programmed = sorted(rule_lines(netns.run("iptables-legacy-save")))
+    netns.run("iptables-legacy", "-t", "nat", "-I", "ISTIO_OUTPUT", "1", "-p", "tcp",
+              "--dport", "9999", "-j", "RETURN")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert shutil.which("iptables-legacy-restore") is None
+    assert shutil.which("iptables-legacy-save") is None
+    rs = ruleset("dns")
+    assert "-t nat -A ISTIO_OUTPUT -p tcp -m tcp --dport 9999 -j RETURN" in check(
+        netns.path, rs, "python-iptables").extra
+    reset(netns.path, rs, "python-iptables")
+    assert check(netns.path, rs, "python-iptables").clean
+    assert program(netns.path, rs, "python-iptables") == "applied"
+    assert check(netns.path, rs, "python-iptables").state == "identical"
+    monkeypatch.undo()
+    after = netns.run("iptables-legacy-save")
+    assert "--dport 9999" not in after
+    assert "-A OUTPUT -p udp -m udp --dport 9 -j ACCEPT" in after
+    assert sorted(rule_lines(after)) == programmed  # our jumps removed, then put back once

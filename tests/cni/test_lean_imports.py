@@ -49,3 +49,35 @@ def test_plugin_package_never_imports_heavy_modules_at_import_time():
                           check=True)
     loaded = set(json.loads(proc.stdout))
     assert not loaded & set(HEAVY)
+
+
+SKIPPED_AFTER_LOOKUP = r"""
+import json, sys
+from cni.plugin import Plugin
+from cni.protocol import dispatch
+class Source:
+    def get_pod(self, namespace, name):
+        return {"metadata": {"name": name, "namespace": namespace},
+                "spec": {"containers": [{"name": "app"}]}}
+env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/none",
+       "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+       "CNI_ARGS": "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=app-1"}
+conf = {"cniVersion": "1.0.0", "name": "net", "type": "istio-cni",
+        "cni_agent_run_dir": "/nonexistent-run-dir"}
+out, err, status = dispatch(env, json.dumps(conf).encode(), Plugin(lambda c: Source()))
+print(json.dumps({"status": status, "out": out.decode(), "modules": sorted(sys.modules)}))
+"""
+
+
+def test_pod_skipped_after_lookup_imports_no_rule_stage() -> None:
+    """Most pods are fetched and then skipped (no sidecar): they never pay for the stages
+    after the decision (redirect spec, rule builder, netns, backends)."""
+    proc = subprocess.run([sys.executable, "-I", "-c", SKIPPED_AFTER_LOOKUP],
+                          capture_output=True, text=True, check=True, cwd=".")
+    res = json.loads(proc.stdout.splitlines()[-1])
+    assert res["status"] == 0, res["out"]
+    loaded = set(res["modules"])
+    assert "cni.pipeline" in loaded and "cni.decision" in loaded
+    later = {"cni.redirect", "cni.rules", "cni.apply", "cni.netns", "cni.backends",
+             "cni.live_state", "ctypes"}
+    assert not loaded & later

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -52,6 +54,66 @@ def test_regular_file_is_not_a_netns(tmp_path) -> None:  # noqa: ANN001
         pytest.fail("entered a regular file")
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Opening a FIFO for reading blocks until a writer comes: if the check regresses, the child
+# hangs, and the deadline turns the hang into a failure instead of a stuck test session.
+FIFO_CHILD = r"""
+import json, sys
+from cni.errors import InvalidNetNS
+from cni.netns import in_netns
+from cni.plugin import Plugin
+from cni.protocol import dispatch
+path = sys.argv[1]
+try:
+    with in_netns(path):
+        print("entered")
+except InvalidNetNS as exc:
+    print(exc.msg)
+status = {"sidecar.istio.io/status": "{}"}
+pod = {"metadata": {"name": "p", "namespace": "n", "annotations": status},
+       "spec": {"containers": [{"name": "istio-proxy", "args": ["proxy", "sidecar"]}]}}
+class Source:
+    def get_pod(self, namespace, name):
+        return pod
+env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": path, "CNI_IFNAME": "eth0",
+       "CNI_PATH": "/opt/cni/bin", "CNI_ARGS": "K8S_POD_NAMESPACE=n;K8S_POD_NAME=p"}
+conf = {"cniVersion": "1.0.0", "name": "net", "type": "istio-cni", "cni_agent_run_dir": sys.argv[2]}
+out, _, status = dispatch(env, json.dumps(conf).encode(), Plugin(lambda c: Source()))
+print(out.decode())
+"""
+
+
+def _enter_in_child(path: str, run_dir: str) -> tuple[str, dict]:
+    proc = subprocess.run([sys.executable, "-c", FIFO_CHILD, path, run_dir], cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=True)
+    entered, answer = proc.stdout.splitlines()[:2]
+    return entered, json.loads(answer)
+
+
+def test_fifo_as_netns_is_refused_without_hanging(tmp_path) -> None:  # noqa: ANN001
+    fifo = tmp_path / "netns"
+    os.mkfifo(fifo)
+    said, answer = _enter_in_child(str(fifo), str(tmp_path))
+    assert said == f"enter netns {fifo}: a FIFO, not a namespace file"
+    assert answer["code"] == 8 and "a FIFO" in answer["msg"]
+
+
+def test_symlink_is_not_followed(tmp_path) -> None:  # noqa: ANN001
+    fifo, link = tmp_path / "fifo", tmp_path / "netns"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    said, answer = _enter_in_child(str(link), str(tmp_path))
+    assert said.startswith(f"enter netns {link}: a symbolic link (to ")
+    assert answer["code"] == 8
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "/"])
+def test_devices_and_directories_are_refused(path: str) -> None:
+    kind = "a character device" if path == "/dev/null" else "a directory"
+    with pytest.raises(InvalidNetNS, match=f"{kind}, not a namespace file"), in_netns(path):
+        pytest.fail(f"entered {path}")
+
+
 def test_other_namespace_type_is_refused() -> None:
     with pytest.raises(InvalidNetNS, match="not a netns"), in_netns("/proc/self/ns/uts"):
         pytest.fail("entered a UTS namespace as a netns")
@@ -64,6 +126,28 @@ def test_hot_path_imports_no_heavy_modules() -> None:
                          check=True, cwd=os.path.dirname(os.path.dirname(
                              os.path.dirname(os.path.abspath(__file__))))).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.root
+def test_proc_namespace_link_is_followed_and_a_plain_link_is_not(netns, tmp_path) -> None:  # noqa: ANN001
+    """/proc/PID/ns/net is the kernel's own link to a netns (some runtimes pass it)."""
+    pause = subprocess.Popen(["ip", "netns", "exec", netns.name, "sleep", "infinity"])
+    try:
+        proc_link = f"/proc/{pause.pid}/ns/net"
+        want = os.stat(netns.path).st_ino
+        deadline = time.monotonic() + 30
+        while os.stat(proc_link).st_ino != want:  # ip netns exec has not switched yet
+            assert time.monotonic() < deadline, "sleep never entered the netns"
+            time.sleep(0.01)
+        with in_netns(proc_link):
+            assert os.stat("/proc/thread-self/ns/net").st_ino == want
+    finally:
+        pause.kill()
+        pause.wait()
+    link = tmp_path / "ns-link"
+    link.symlink_to(netns.path)
+    with pytest.raises(InvalidNetNS, match="a symbolic link"), in_netns(str(link)):
+        pytest.fail("followed a plain symbolic link")
 
 
 @pytest.mark.root

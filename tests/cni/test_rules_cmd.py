@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from cni.iptables_config import IptablesConfig
-from node_daemon.rules_cmd import config_from_flags, format_payloads, rules_command
+from node_daemon.rules_cmd import config_from_flags, rules_command
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
@@ -118,10 +118,10 @@ def test_notes_go_to_stderr() -> None:
     assert "ISTIO_OUTPUT_DNS" not in result.stdout
 
 
-def test_format_payloads_marks_the_ipv6_payload() -> None:
+def test_restore_text_marks_the_ipv6_payload() -> None:
     from cni.rules import build_ruleset
 
-    text = format_payloads(build_ruleset(IptablesConfig(enable_ipv6=True)))
+    text = build_ruleset(IptablesConfig(enable_ipv6=True)).restore_text()
     v4, v6 = text.split("# ip6tables-restore\n")
     assert v4.startswith("* nat\n") and v4.endswith("COMMIT\n")
     assert "::6/128" in v6 and "127.0.0.6" not in v6

@@ -46,10 +46,9 @@ import pytest
 
 from cni.iptables_config import IptablesConfig
 from cni.rules import build_ruleset
-from cni.ruleset import RuleSet
+from cni.ruleset import IP6_MARKER, RuleSet
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-V6_MARKER = "# ip6tables-restore\n"
 
 # The CNI plugin's fixed inputs for a default injected pod (reference §1.4): include all
 # inbound ports but 15020/15021/15090, exclude outbound port 15020, capture all CIDRs.
@@ -180,10 +179,7 @@ ALL_CASES: dict[str, IptablesConfig] = {
 
 def render(ruleset: RuleSet) -> str:
     """The golden file text for a rule set (format in the module docstring)."""
-    text = ruleset.v4.restore_payload()
-    if ruleset.v6 is not None:
-        text += V6_MARKER + ruleset.v6.restore_payload()
-    return text
+    return ruleset.restore_text()
 
 
 @pytest.mark.parametrize("name", sorted(ALL_CASES))
@@ -289,7 +285,7 @@ def test_matches_upstream_golden(name: str) -> None:
     for delta in deltas:
         payloads = delta(payloads)
     expected = "".join(line + "\n" for p in payloads for line in p)
-    got = render(build_ruleset(ALL_CASES[f"capture-{name}"])).replace(V6_MARKER, "")
+    got = render(build_ruleset(ALL_CASES[f"capture-{name}"])).replace(IP6_MARKER, "")
     assert got == expected
 
 

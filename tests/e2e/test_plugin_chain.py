@@ -4,10 +4,14 @@ in a sandboxed node (network namespaces), with real TCP proving the redirection.
 from __future__ import annotations
 
 import json
+import threading
+from pathlib import Path
 
 import pytest
 
 from cni.results import encode_result
+from node_daemon.logsink import LogSink
+from node_daemon.metrics import Metrics
 from testbed import netns as nsutil
 from testbed.cnirun import pod_ip
 from testbed.netns import delete_netns
@@ -167,42 +171,17 @@ def test_missing_netns_fails_with_code_8(node: Node):
 
 
 class _AgentSocket:
-    """The node agent's side of log.sock, recording what the plugin posts, in order."""
+    """The node agent's own log socket server, recording what the plugin posts, in order."""
 
-    def __init__(self, path: str) -> None:
-        import socketserver
-        import threading
-        from http.server import BaseHTTPRequestHandler
+    def __init__(self, path: Path) -> None:
+        self.posts: list[tuple[str, object]] = []
+        self._arrived = threading.Condition()
+        self._sink = LogSink(path, Metrics(), on_report=self._record)
 
-        posts: list[tuple[str, object]] = []
-        arrived = threading.Condition()
-        self.posts, self._arrived = posts, arrived
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # a plugin pipelines /log and /event on one connection
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with arrived:
-                    posts.append((self.path, json.loads(body)))
-                    arrived.notify_all()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                except OSError:
-                    # The plugin closed without reading (it never waits for answers); a request
-                    # it pipelined after this one is still in the socket: keep reading.
-                    self._headers_buffer = []
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def address_string(self) -> str:
-                return "uds"
-
-        self.server = socketserver.ThreadingUnixStreamServer(path, Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def _record(self, path: str, body: object) -> None:
+        with self._arrived:
+            self.posts.append((path, body))
+            self._arrived.notify_all()
 
     def wait_for_posts(self, count: int, deadline: float = 30.0) -> list[tuple[str, object]]:
         """The first `count` posts, once they have arrived (or as many as did by the deadline)."""
@@ -211,13 +190,12 @@ class _AgentSocket:
             return list(self.posts)
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._sink.stop()
 
 
 def test_plugin_reports_its_logs_then_its_add_event_to_the_agent(node: Node):
     """The promise: one report per call, its lines (`/log`) before its event (`/event`)."""
-    agent = _AgentSocket(str(node.run_dir / "log.sock"))
+    agent = _AgentSocket(node.run_dir / "log.sock")
     try:
         pod_ns, pod, calls = add_meshed(node)
         assert calls[-1].status == 0, calls[-1].stdout

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from cni import apply, netns
-from cni.redirect import Redirect, to_iptables_config
-from cni.rules import build_ruleset
+from cni.pipeline import rules_for
+from cni.redirect import Redirect
 from testbed import netns as nsutil
 from testbed.cleanup import Cleanup
 from testbed.pods import REPO
@@ -64,7 +64,7 @@ def pod(cleanup: Cleanup) -> Pod:
     sh("ip", "-n", node, "link", "set", veth, "up")
     sh("ip", "-n", pod_ns, "link", "set", "eth0", "up")
     # the injected pod's defaults, IPv6 on: what the plugin programs for a dual-stack pod
-    ruleset = build_ruleset(to_iptables_config(Redirect(), enable_ipv6=True))
+    ruleset = rules_for(Redirect(), ipv6=True)
     apply.program(nsutil.path(pod_ns), ruleset, "auto")
     return Pod(node, pod_ns)
 

@@ -20,6 +20,15 @@ def test_explain_meshed_pod_restore_format_is_the_plugin_golden():
     assert res.output == GOLDEN.read_text()
 
 
+def test_explain_restore_format_separates_the_ipv6_payload_like_rules():
+    res = CliRunner().invoke(cli, ["explain", "--pod-file", str(WORKLOADS / "meshed-pod.json"),
+                                   "--ipv6", "--format", "restore"])
+    assert res.exit_code == 0, res.output
+    v4, v6 = res.output.split("# ip6tables-restore\n")
+    assert v4 == GOLDEN.read_text()
+    assert v6.startswith("* nat\n") and "::6/128" in v6
+
+
 def test_explain_text_gives_decision_and_reason():
     res = CliRunner().invoke(cli, ["explain", "--pod-file", str(WORKLOADS / "plain-pod.json")])
     assert res.exit_code == 0
@@ -43,6 +52,15 @@ def test_explain_bad_file_is_one_line_not_a_traceback(tmp_path):
     res = CliRunner().invoke(cli, ["explain", "--pod-file", str(f)])
     assert res.exit_code != 0
     assert "is not JSON" in res.output and "Traceback" not in res.output
+
+
+def test_explain_malformed_pod_is_one_line_naming_the_field(tmp_path):
+    f = tmp_path / "pod.json"
+    f.write_text('{"metadata": "x"}')
+    res = CliRunner().invoke(cli, ["explain", "--pod-file", str(f)])
+    assert res.exit_code == 1, res.output
+    assert "metadata is a string" in res.output and "Traceback" not in res.output
+    assert res.output.count("\n") == 1 and not isinstance(res.exception, AttributeError)
 
 
 def test_rules_default_plugin_flags_match_the_plugin_golden():

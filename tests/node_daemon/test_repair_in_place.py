@@ -8,6 +8,7 @@ flushed or altered.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,11 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from cni import apply
+from cni import netns
+from cni.backends.libiptc import find_xtables_libdir
+from cni.pipeline import check_pod, plan, program_pod
+from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
 from node_daemon.controller import RepairController
+from node_daemon.metrics import Metrics
 from node_daemon.netns_finder import NetnsFinder
-from node_daemon.pod_rules import wanted_ruleset
 from testbed.controller import start_controller
 from testbed.kubeapi import kubernetes_api_client
 from testbed.pods import BROKEN_WAITING, COMPLETED, NODE, make_pod
@@ -29,6 +33,11 @@ from testbed.wait import wait_for
 pytestmark = pytest.mark.root
 PROBE = str(Path(__file__).resolve().parents[2] / "companions" / "validation_probe.py")
 CFG = RepairConfig(node_name=NODE)
+
+
+def spec(pod):
+    """The redirect spec the pipeline makes of this pod."""
+    return plan(pod)[2]
 
 
 def probe(ns, timeout: float) -> subprocess.CompletedProcess:
@@ -54,7 +63,8 @@ def test_finder_maps_each_pod_ip_to_its_netns_and_never_the_host(pod_netns):
     a, b = pod_netns(), pod_netns()
     found = NetnsFinder(Path("/proc")).scan()
     assert found[a.ip].pid == a.pause.pid and found[b.ip].pid == b.pause.pid
-    assert apply.detect_ipv6(found[a.ip].path, False) is False
+    with netns.in_netns(found[a.ip].path):
+        assert netns.read_facts().ipv6(dual_stack=False) is False
     assert found[a.ip].path != found[b.ip].path
     assert "127.0.0.1" not in found
     host_ips = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
@@ -78,7 +88,7 @@ def test_repair_in_place_makes_the_validation_probe_pass(kube_api, daemon, pod_n
     after = probe(ns, timeout=5)
     assert after.returncode == 0, after.stderr
     pod = kube_api.get_pod("shop", "broken")
-    assert apply.check(ns.path, wanted_ruleset(pod, ns.path)).missing == ()
+    assert check_pod(ns.path, spec(pod)).missing == ()
     # Later updates of the still-crashlooping pod do not re-program it (upstream's uid memory).
     kube_api.update_pod("shop", "broken", {"metadata": {"labels": {"touch": "1"}}})
     wait_for(lambda: c.informer.get("shop/broken")["metadata"]["labels"].get("touch") == "1"
@@ -103,7 +113,7 @@ def _flush(ns, how: str) -> None:
 def test_drift_check_puts_flushed_or_altered_rules_back(kube_api, daemon, pod_netns, how):
     ns = pod_netns()
     pod = make_pod("app", ip=ns.ip, init_status=COMPLETED, phase="Running")
-    assert apply.program(ns.path, wanted_ruleset(pod, ns.path)) == "applied"
+    assert program_pod(ns.path, spec(pod)) == "applied"
     kube_api.add_pod(pod)
     c = daemon(replace(CFG, label_pods=True))
     wait_for(lambda: "shop/app" in c.informer.cache, what="cached")
@@ -112,11 +122,11 @@ def test_drift_check_puts_flushed_or_altered_rules_back(kube_api, daemon, pod_ne
              what="first check in sync")
 
     _flush(ns, how)
-    assert apply.check(ns.path, wanted_ruleset(pod, ns.path)).missing or how == "alter"
+    assert check_pod(ns.path, spec(pod)).missing or how == "alter"
     c.check_drift_now()
     wait_for(lambda: c.metrics.value("istio_cni_drift_pods_total", result="success") == 1,
              what="drift repaired")
-    diff = apply.check(ns.path, wanted_ruleset(pod, ns.path))
+    diff = check_pod(ns.path, spec(pod))
     assert (diff.missing, diff.extra) == ((), ())
     [event] = [e for e in kube_api.events if e["reason"] == "RulesDrift"]
     assert "missing or altered" in event["message"]
@@ -127,11 +137,39 @@ def test_drift_check_runs_periodically_and_skips_never_programmed_pods(kube_api,
                                                                        pod_netns):
     programmed, never = pod_netns(), pod_netns()
     pod = make_pod("app", ip=programmed.ip, init_status=COMPLETED, phase="Running")
-    apply.program(programmed.path, wanted_ruleset(pod, programmed.path))
+    program_pod(programmed.path, spec(pod))
     kube_api.add_pod(pod)
     kube_api.add_pod(make_pod("racer", ip=never.ip, init_status=BROKEN_WAITING))
     _flush(programmed, "flush")
     c = daemon(CFG, drift_interval=0.1)  # no repair mode: the racer is left alone
     wait_for(lambda: c.metrics.value("istio_cni_drift_pods_total", result="success") >= 1,
              what="periodic drift repair")
-    assert apply.check(never.path, wanted_ruleset(pod, never.path)).clean
+    assert check_pod(never.path, spec(pod)).clean
+
+
+def test_python_iptables_node_repairs_a_pod_with_no_iptables_binaries(pod_netns, tmp_path,
+                                                                       monkeypatch):
+    """The agent's repair action on a node configured for python-iptables: it resets altered
+    rules and programs them again with no iptables binary on PATH."""
+    if shutil.which("iptables-legacy") is None or find_xtables_libdir() is None:
+        pytest.skip("needs iptables-legacy (to alter the rules) and xtables extensions")
+    ns = pod_netns()
+    pod = make_pod("app", ip=ns.ip, init_status=BROKEN_WAITING)
+    assert program_pod(ns.path, spec(pod), "python-iptables") == "applied"
+    ns.run("iptables-legacy", "-t", "nat", "-I", "ISTIO_OUTPUT", "1", "-p", "tcp", "--dport",
+           "9999", "-j", "RETURN")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert shutil.which("iptables-legacy-restore") is None
+
+    metrics = Metrics()
+    actions = Actions(replace(CFG, repair_pods=True), None, Reporter(None, metrics, NODE),
+                      NetnsFinder(Path("/proc")), backend="python-iptables")
+    result = actions.repair(pod)
+    assert (result.result, "repaired" in result.message) == ("success", True), result.message
+    diff = check_pod(ns.path, spec(pod), "python-iptables")
+    assert (diff.missing, diff.extra) == ((), ())
+    monkeypatch.undo()
+    assert "--dport 9999" not in ns.run("iptables-legacy-save")
+    assert probe(ns, timeout=5).returncode == 0
