@@ -30,6 +30,12 @@ again later" (code 11). The outer bound is the kubelet's RunPodSandbox deadline 
 --runtime-request-timeout, 4 minutes by default; containerd sets none of its own on a CNI call),
 which every plugin of the chain shares."""
 
+AGENT_SERVE_TIMEOUT = 5.0
+"""The default budget, in seconds, for the node agent to answer an agent-served ADD or CHECK
+(connect, send, its work, the answer) before the plugin does the call itself. An agent serves a
+cached pod in milliseconds and a pod it must GET in well under a second; 5 s only matters when
+the agent is stuck, and then bounds what a pod start pays for it before the in-process path."""
+
 _backend = one_of(BACKENDS)
 
 
@@ -62,6 +68,11 @@ class PluginConfig(NamedTuple):
     """Ours: one of `cni.settings.BACKENDS` (auto = upstream's nft/legacy detection)."""
     native_nftables: bool = False
     """Upstream's native nftables switch; we program the same rules through iptables-nft."""
+    agent_serve: bool = True
+    """Ours: hand ADD and CHECK to the node agent over `<cni_agent_run_dir>/cni.sock` when it
+    answers (false: always in-process)."""
+    agent_serve_timeout: float = AGENT_SERVE_TIMEOUT
+    """Ours: agent_serve_timeout_seconds, the budget before falling back to in-process."""
     prev_result: dict[str, Any] | None = None
 
 
@@ -152,5 +163,10 @@ def parse_plugin_config(conf: dict[str, Any]) -> PluginConfig:
             "pod_lookup_deadline_seconds"),
         iptables_backend=backend,
         native_nftables=_typed(conf, "native_nftables", bool, _DEFAULTS["native_nftables"]),
+        agent_serve=_typed(conf, "agent_serve", bool, _DEFAULTS["agent_serve"]),
+        agent_serve_timeout=_positive(
+            float(_typed(conf, "agent_serve_timeout_seconds", (int, float),
+                         _DEFAULTS["agent_serve_timeout"])),
+            "agent_serve_timeout_seconds"),
         prev_result=prev,
     )

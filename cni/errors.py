@@ -105,3 +105,12 @@ class NoPodAddress(CNIError):
     """No usable (non-loopback, non-link-local) address in the pod netns to pick IPv4/IPv6."""
 
     code = 105
+
+
+class AgentAnswered(CNIError):
+    """The CNI error the node agent answered for an agent-served call, with its code: the one
+    the in-process path would have raised for the same pod and netns."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg, details)
+        self.code = code

@@ -33,6 +33,7 @@ NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), Linux >= 4.11
 NSFS_MAGIC = 0x6E736673  # statfs f_type of namespace files (bind-mounted or /proc/PID/ns/*)
 STATFS_SIZE = 256  # >= sizeof(struct statfs) on every Linux ABI
 NS_LINK_RE = re.compile(r"^[a-z_]+:\[[0-9]+\]$")  # what /proc/PID/ns/* links read as
+OWN_FD_RE = re.compile(r"^/proc/self/fd/[0-9]+$")
 SIOCGIFCONF = 0x8912
 IFREQ_SIZE = 40  # sizeof(struct ifreq) on 64-bit Linux
 CURRENT_NETNS = "/proc/thread-self/ns/net"
@@ -125,7 +126,11 @@ def _open_netns(path: str) -> int:
 
 
 def _follow_ns_link(path: str) -> int:
-    """The O_PATH fd of what a `/proc/PID/ns/net`-style link names; other links are refused."""
+    """The O_PATH fd of what a `/proc/PID/ns/net`-style link names, or of what an open
+    descriptor of ours is (`/proc/self/fd/N`: how the agent enters a netns it was handed);
+    other links are refused. What is reached is then checked to be a netns like any path."""
+    if OWN_FD_RE.match(path):
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
     target = os.readlink(path)
     if not NS_LINK_RE.match(target):
         raise InvalidNetNS(
@@ -286,3 +291,20 @@ def scratch_netns() -> Iterator[None]:
             _setns(original, CLONE_NEWNET)
     finally:
         os.close(original)
+
+
+def open_netns(path: str) -> int:
+    """An O_RDONLY descriptor of the network namespace at `path`, checked the way `in_netns`
+    checks it (never blocks, refuses what is not a netns); the caller closes it."""
+    return _open_netns(path)
+
+
+def check_netns_fd(fd: int, what: str) -> None:
+    """Refuse a descriptor that is not a network namespace (`what` names it in the error):
+    for a descriptor that came from another process, which could be any open file."""
+    try:
+        if _fstatfs_type(fd) != NSFS_MAGIC:
+            raise InvalidNetNS(f"{what}: {_kind(os.fstat(fd).st_mode)}, not a namespace file")
+    except OSError as exc:
+        raise InvalidNetNS(f"{what}: cannot inspect: {exc.strerror}") from exc
+    _check_nstype(fd, what)

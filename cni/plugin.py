@@ -20,7 +20,13 @@ from typing import Any, Protocol
 from cni import plugin_log
 from cni.config import PluginConfig, parse_plugin_config
 from cni.decision import Decision, decide_before_lookup
-from cni.errors import CNIError, InvalidNetNS, PluginNotAvailable, RulesMismatch
+from cni.errors import (
+    AgentAnswered,
+    CNIError,
+    InvalidNetNS,
+    PluginNotAvailable,
+    RulesMismatch,
+)
 from cni.protocol import CmdArgs, parse_cni_args
 from cni.results import encode_result
 
@@ -51,9 +57,15 @@ class Plugin:
     A plain class, not a dataclass: `dataclasses` costs several ms of imports per pod start."""
 
     def __init__(
-        self, pod_source_factory: Callable[[PluginConfig], PodSource] = api_pod_source
+        self, pod_source_factory: Callable[[PluginConfig], PodSource] = api_pod_source,
+        *, via_agent: bool = True, own_logging: bool = True,
     ) -> None:
+        """`via_agent`: hand ADD/CHECK to the node agent when the config allows and it answers
+        (the agent's own instance has it off). `own_logging`: configure the process's logging
+        from the config (off in the agent, whose logging is its own)."""
         self.pod_source_factory = pod_source_factory
+        self.via_agent = via_agent
+        self.own_logging = own_logging
         self.event: dict[str, Any] | None = None
         """The ADD event for the node agent (outcome, reason, phase timings), set by add()."""
         self.phases: dict[str, float] = {}
@@ -70,13 +82,18 @@ class Plugin:
             result = encode_result(conf.prev_result, conf.cni_version)
             plog = _pod_logger(args, k8s)
             _refuse_own_netns(args)
+            early = _decide_early(conf, k8s)
+            if early is None and self._served_by_agent(args, conf, plog):
+                return result
             with self._phase("lookup"):
-                decision, pod = self._decide(conf, k8s)
+                decision, pod = (early, None) if early is not None else self._decide(conf, k8s)
             if decision.redirect:
                 outcome = self._program(args, conf, pod)
                 plog.info("redirected: %s (%s)", decision.reason, outcome)
             else:
                 plog.info("skipped: %s", decision.reason)
+        except AgentAnswered:
+            raise  # the agent counted it
         except CNIError as exc:
             self._record(pod_name, "failed", exc.msg, start)
             raise
@@ -87,6 +104,11 @@ class Plugin:
     # --- CHECK -------------------------------------------------------------------------------
     def check(self, args: CmdArgs) -> None:
         conf, k8s = self._prepare(args)
+        early = _decide_early(conf, k8s)
+        if early is not None:
+            return None
+        if self._served_by_agent(args, conf, _pod_logger(args, k8s)):
+            return None
         decision, pod = self._decide(conf, k8s)
         if not decision.redirect:
             return None
@@ -127,16 +149,50 @@ class Plugin:
     # --- stages ------------------------------------------------------------------------------
     def _prepare(self, args: CmdArgs) -> tuple[PluginConfig, dict[str, str]]:
         conf = parse_plugin_config(args.conf)
-        plugin_log.configure(conf.log_level, conf.cni_agent_run_dir)
-        self.agent_socket = conf.log_uds_address
+        if self.own_logging:
+            plugin_log.configure(conf.log_level, conf.cni_agent_run_dir)
+            self.agent_socket = conf.log_uds_address
         return conf, parse_cni_args(args.args)
 
+    def _served_by_agent(self, args: CmdArgs, conf: PluginConfig,
+                         plog: logging.LoggerAdapter) -> bool:
+        """True when the node agent served this ADD or CHECK (its CNI error is raised as ours);
+        False when the call is ours to do: agent serving off, or the agent did not answer."""
+        if not (self.via_agent and conf.agent_serve):
+            return False
+        from cni import agent_client
+
+        path = agent_client.socket_path(conf.cni_agent_run_dir)
+        if not agent_client.usable_socket(path):
+            return False
+        request = {"command": args.command, "containerID": args.container_id,
+                   "netns": args.netns, "ifname": args.ifname, "args": args.args,
+                   "path": args.path, "conf": args.conf}
+        try:
+            # never blocks (a FIFO opens at once) and follows no more than the runtime's path;
+            # the agent checks that what it receives is a netns other than its own
+            fd = os.open(args.netns, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False  # the in-process path reports a bad netns when (if) it needs it
+        try:
+            with self._phase("agent"):
+                answer = agent_client.call_agent(path, request, fd, conf.agent_serve_timeout)
+        finally:
+            os.close(fd)
+        if answer is None:
+            self.phases.pop("agent", None)
+            return False
+        self.event = None  # the agent counts the calls it serves
+        if answer["result"] == "error":
+            raise AgentAnswered(int(answer.get("code", 999)), str(answer.get("msg", "")),
+                                str(answer.get("details", "")))
+        plog.debug("served by the node agent: %s: %s", answer.get("outcome", "?"),
+                   answer.get("reason", ""))
+        return True
+
     def _decide(self, conf: PluginConfig, k8s: dict[str, str]) -> tuple[Decision, Any]:
-        """The decision, and the pod it was made on (None when no lookup was needed)."""
+        """The decision after the pod lookup, and the pod it was made on."""
         name, ns = k8s.get("K8S_POD_NAME", ""), k8s.get("K8S_POD_NAMESPACE", "")
-        early = decide_before_lookup(name, ns, conf.pod_namespace, conf.exclude_namespaces)
-        if early is not None:
-            return early, None
         from cni.pipeline import decide_pod
 
         pod, decision = decide_pod(self.pod_source_factory(conf).get_pod(ns, name))
@@ -169,6 +225,12 @@ class Plugin:
     def _record(self, pod: str, outcome: str, reason: str, start: float) -> None:
         self.phases["total"] = round(time.perf_counter() - start, 6)
         self.event = {"pod": pod, "outcome": outcome, "reason": reason, "phases": self.phases}
+
+
+def _decide_early(conf: PluginConfig, k8s: dict[str, str]) -> Decision | None:
+    """The skips that need no API (agent pods, non-Kubernetes calls, excluded namespaces)."""
+    name, ns = k8s.get("K8S_POD_NAME", ""), k8s.get("K8S_POD_NAMESPACE", "")
+    return decide_before_lookup(name, ns, conf.pod_namespace, conf.exclude_namespaces)
 
 
 def _refuse_own_netns(args: CmdArgs) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from node_daemon.actions import Actions, Reporter
+from node_daemon.cni_server import CniServer, CniService
 from node_daemon.config import DaemonConfig
 from node_daemon.controller import RepairController
 from node_daemon.drift import DriftChecker
@@ -55,6 +56,9 @@ class Agent:
     health: EndpointServer | None = None
     metrics_http: EndpointServer | None = None
     logsink: LogSink | None = None
+    cni_server: CniServer | None = None
+    """Serves the plugin's ADD and CHECK (`<run dir>/cni.sock`); the plugin falls back to
+    doing them itself while this is not ready."""
     started: threading.Event = field(default_factory=threading.Event)
     """Set once installed and the controller started (tests wait on it)."""
     _install_attempted: bool = False
@@ -66,8 +70,9 @@ class Agent:
             return False, "CNI plugin not installed"
         if self.controller is not None and not self.controller.synced:
             return False, "repair controller not synced"
-        if self.logsink is not None and not self.logsink.healthy():
-            return False, f"plugin log socket {self.logsink.path} missing (being recreated)"
+        for server in (self.logsink, self.cni_server):
+            if server is not None and not server.healthy():
+                return False, f"{server.what} {server.path} missing (being recreated)"
         return True, ""
 
     def run(self, stop: threading.Event, keep_plugin: bool = False) -> int:
@@ -118,9 +123,16 @@ class Agent:
         host = self.cfg.bind_address
         self.metrics_http = metrics_server(host, self.cfg.monitoring_port, self.render_metrics)
         self.logsink = LogSink(self.cfg.log_socket, self.metrics)
+        service = CniService(self.metrics, self.ready, self._cached_pod, self.api)
+        self.cni_server = CniServer(self.cfg.run_dir / "cni.sock", service)
         self.health = health_server(host, self.cfg.health_port, self.ready)
         log.info("health on :%d, metrics on :%d, plugin log socket %s", self.health.port,
                  self.metrics_http.port, self.cfg.log_socket)
+
+    def _cached_pod(self, key: str) -> dict[str, Any] | None:
+        """The repair controller's cached pod `namespace/name` (None before it runs)."""
+        controller = self.controller
+        return controller.informer.get(key) if controller is not None else None
 
     def _start_controller(self) -> None:
         rc = self.cfg.repair
@@ -158,7 +170,7 @@ class Agent:
                 self.installer.uninstall(keep_plugin)
             except Exception as exc:
                 log.error("uninstall failed: %s", exc)
-        for server in (self.health, self.logsink, self.metrics_http):
+        for server in (self.health, self.cni_server, self.logsink, self.metrics_http):
             if server is not None:
                 server.stop()
 

@@ -1,4 +1,4 @@
-"""The agent's small HTTP servers, bounded: threads, bytes and time per connection.
+"""The agent's small servers, bounded: threads, bytes and time per connection.
 
 The health/metrics ports and the plugin's log socket are reachable by anything on the node, so
 a client that resets, half-sends a request or trickles bytes must cost us a bounded amount and
@@ -9,17 +9,22 @@ never a traceback:
 - every connection has a wall-clock deadline covering all its reads (a socket timeout alone
   restarts with every byte a trickling client sends);
 - errors a client causes (reset, broken pipe, timeout) are logged at debug in one line.
+
+`KeptUnixServer` is the agent's Unix socket in the run dir (the plugin's log socket, the
+agent-served ADD socket): born 0600, and recreated when the run dir is wiped.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
 import socket
 import socketserver
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -123,3 +128,88 @@ class BoundedHandler(BaseHTTPRequestHandler):
 
     def log_error(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("http: " + format, *args)
+
+
+class _UnixServer(BoundedServerMixin, socketserver.UnixStreamServer):
+    request_queue_size = 128  # every pod of a node may start at once; the cap applies after
+
+
+class KeptUnixServer:
+    """A bounded Unix-socket server at `path` that keeps its socket file.
+
+    The socket is created 0600 (under a umask, so there is no moment it is open to others).
+    If the file is removed (a wiped tmpfs, an admin's `rm -rf` of the run dir), a watchdog
+    rebinds within `check_interval` seconds; `healthy()` says whether the file at `path` is the
+    socket served (readiness reports it). `stop()` closes it and removes its file.
+    """
+
+    def __init__(self, path: Path, handler: type[socketserver.BaseRequestHandler], what: str,
+                 max_connections: int = MAX_CONNECTIONS, check_interval: float = 1.0) -> None:
+        self.path, self.what = path, what
+        self.rebinds = 0
+        self._handler = handler
+        self._server_class = type("_Server", (_UnixServer,), {"max_connections": max_connections})
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._server, self._thread, self._inode = self._bind()
+        self._watchdog = threading.Thread(target=self._watch, args=(check_interval,),
+                                          name=f"{what}-watchdog", daemon=True)
+        self._watchdog.start()
+
+    def _bind(self) -> tuple[socketserver.BaseServer, threading.Thread, int]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.unlink(self.path)  # a stale socket from a previous run
+        except FileNotFoundError:
+            pass
+        old_umask = os.umask(0o177)
+        try:
+            server = self._server_class(str(self.path), self._handler)
+        finally:
+            os.umask(old_umask)
+        inode = os.stat(self.path).st_ino
+        thread = threading.Thread(target=server.serve_forever, args=(0.1,), name=self.what,
+                                  daemon=True)
+        thread.start()
+        return server, thread, inode
+
+    def healthy(self) -> bool:
+        """True while `path` is the socket this server listens on."""
+        try:
+            return os.stat(self.path).st_ino == self._inode
+        except OSError:
+            return False
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            if self.healthy():
+                continue
+            with self._lock:
+                if self._stop.is_set():
+                    return
+                old = (self._server, self._thread)
+                try:
+                    self._server, self._thread, self._inode = self._bind()
+                except OSError as exc:
+                    log.warning("cannot recreate the %s %s: %s", self.what, self.path, exc)
+                    continue
+                self.rebinds += 1
+                log.warning("%s %s was removed; recreated it", self.what, self.path)
+            _close(*old)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            _close(self._server, self._thread)
+        self._watchdog.join(timeout=5)
+        if self.healthy():
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _close(server: socketserver.BaseServer, thread: threading.Thread) -> None:
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)

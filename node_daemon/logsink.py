@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socketserver
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from node_daemon.httpserve import BoundedHandler, BoundedServerMixin
+from node_daemon.httpserve import BoundedHandler, KeptUnixServer
 from node_daemon.metrics import ADD_OUTCOMES, ADD_PHASES, Metrics
 
 log = logging.getLogger(__name__)
@@ -70,89 +67,16 @@ def handle_event(body: bytes, metrics: Metrics) -> None:
     log.debug("plugin ADD %s: %s (%s)", event.get("pod", "?"), outcome, event.get("reason", ""))
 
 
-class LogSink:
-    """The Unix-socket server; `stop()` closes it and removes the socket file.
-
-    The socket file is the agent's to keep: if the run dir is wiped (a tmpfs cleared, an admin's
-    `rm -rf`), a watchdog rebinds it within `check_interval` seconds, and `healthy()` says
-    whether the file at `path` is the socket we serve (readiness reports it).
-    """
+class LogSink(KeptUnixServer):
+    """The plugin's log socket at `path` (see `KeptUnixServer` for its lifecycle)."""
 
     def __init__(self, path: Path, metrics: Metrics, check_interval: float = 1.0,
                  on_report: Callable[[str, Any], None] | None = None) -> None:
         """`on_report(path, body)` is called with each accepted request's parsed body, in the
         order the requests were handled (benchmarks and tests observe the plugin with it)."""
-        self.path = path
         self.metrics = metrics
-        self.on_report = on_report
-        self.rebinds = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._server, self._thread, self._inode = self._bind()
-        self._watchdog = threading.Thread(target=self._watch, args=(check_interval,),
-                                          name="logsink-watchdog", daemon=True)
-        self._watchdog.start()
-
-    def _bind(self) -> tuple[_Server, threading.Thread, int]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.unlink(self.path)  # a stale socket from a previous run (upstream does the same)
-        except FileNotFoundError:
-            pass
-        handler = type("_Handler", (_Handler,), {"metrics": self.metrics,
-                                                  "on_report": self.on_report})
-        server = _Server(str(self.path), handler)
-        os.chmod(self.path, 0o600)
-        inode = os.stat(self.path).st_ino
-        thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="logsink",
-                                  daemon=True)
-        thread.start()
-        return server, thread, inode
-
-    def healthy(self) -> bool:
-        """True while `path` is the socket this sink listens on."""
-        try:
-            return os.stat(self.path).st_ino == self._inode
-        except OSError:
-            return False
-
-    def _watch(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            if self.healthy():
-                continue
-            with self._lock:
-                if self._stop.is_set():
-                    return
-                old = (self._server, self._thread)
-                try:
-                    self._server, self._thread, self._inode = self._bind()
-                except OSError as exc:
-                    log.warning("cannot recreate the plugin log socket %s: %s", self.path, exc)
-                    continue
-                self.rebinds += 1
-                log.warning("plugin log socket %s was removed; recreated it", self.path)
-            _close(*old)
-
-    def stop(self) -> None:
-        self._stop.set()
-        with self._lock:
-            _close(self._server, self._thread)
-        self._watchdog.join(timeout=5)
-        if self.healthy():
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-
-
-def _close(server: socketserver.BaseServer, thread: threading.Thread) -> None:
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
-
-
-class _Server(BoundedServerMixin, socketserver.UnixStreamServer):
-    pass
+        handler = type("_Handler", (_Handler,), {"metrics": metrics, "on_report": on_report})
+        super().__init__(path, handler, "plugin log socket", check_interval=check_interval)
 
 
 class _Handler(BoundedHandler):

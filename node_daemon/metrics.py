@@ -3,7 +3,8 @@
 One `Metrics` object owns its own registry (so tests and the daemon never share global state);
 `run` serves it on MONITORING_PORT. Upstream's: `istio_cni_installs_total{result}`,
 `istio_cni_install_ready`, `istio_cni_repair_pods_repaired_total{type,result}`. Ours: the plugin's
-ADD outcomes and per-phase latency (reported over the log socket), and drift checks.
+ADD outcomes and per-phase latency (reported over the log socket, or recorded here for the ADDs
+the agent serves), agent-served calls and where their pods came from, and drift checks.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ class Metrics:
                              "Redirected pods checked for rule drift, by result "
                              "(in_sync, success = put back, detected = left alone, fail)",
                              ["result"], registry=r)
+        self.served = Counter("istio_cni_agent_served",
+                              "ADD and CHECK calls the plugin handed to the agent, by command "
+                              "and result (ok, error, fallback = the plugin did it itself)",
+                              ["command", "result"], registry=r)
+        self.served_pod_source = Counter(
+            "istio_cni_agent_pod_lookups", "Pods of agent-served calls, by source (cache, get)",
+            ["source"], registry=r)
         self.plugin_log_lines = Counter("istio_cni_plugin_log_lines",
                                         "Plugin log lines received over the log socket",
                                         registry=r)

@@ -1,0 +1,291 @@
+"""Agent-served ADD and CHECK: the plugin hands the call and the pod's netns (an open
+descriptor) to the node agent over `<run dir>/cni.sock`, and falls back to doing it itself
+whenever the agent cannot answer. Real netns, bridge + host-local, real traffic, the agent's
+real server and watch cache against the API stand-in."""
+
+from __future__ import annotations
+
+import array
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cni import agent_client
+from testbed.agent import ServingAgent, serve_plugin_calls
+from testbed.kubeapi import KubeApiServer, kubernetes_api_client
+from testbed.netns import create_netns
+from testbed.node import Node, assert_app_traffic_redirected, istio_lines, saved_rules
+from testbed.pods import workload
+from tests.e2e.conftest import AGENT_SERVES
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(
+    AGENT_SERVES, reason="this module starts its own agent; the run with an agent adds nothing")]
+
+
+def serving(node: Node, kube_api: KubeApiServer, **kwargs: object) -> ServingAgent:
+    return serve_plugin_calls(node.cleanup, node.run_dir, kubernetes_api_client(kube_api),
+                              **kwargs)  # type: ignore[arg-type]
+
+
+def meshed(node: Node, **changes: object) -> tuple[str, dict]:
+    return node.new_pod_netns(), node.api.add_pod(workload("meshed-pod", **changes))
+
+
+def test_a_cached_pod_is_redirected_by_the_agent_with_no_pod_get(node: Node, kube_api):
+    pod = node.api.add_pod(workload("meshed-pod"))
+    agent = serving(node, kube_api)
+    pod_ns = node.new_pod_netns()
+    calls = node.add(pod_ns, pod)
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
+    assert agent.served("ADD", "ok") == 1
+    assert agent.metrics.value("istio_cni_agent_pod_lookups_total", source="cache") == 1
+    assert node.api.count("GET", r"/namespaces/.*/pods/") == 0
+    assert agent.metrics.value("istio_cni_plugin_add_total", outcome="redirected") == 1
+    assert_app_traffic_redirected(node, pod_ns, calls)
+
+
+def test_an_uncached_pod_costs_the_agent_one_get(node: Node, kube_api):
+    agent = serving(node, kube_api, watch=False)
+    pod_ns, pod = meshed(node)
+    calls = node.add(pod_ns, pod)
+    assert calls[-1].status == 0, calls[-1].stdout
+    assert agent.served("ADD", "ok") == 1
+    assert node.api.count("GET", r"/namespaces/.*/pods/") == 1
+    assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns))
+
+
+def test_a_pod_the_agent_cannot_find_is_left_to_the_plugin_s_lookup(node: Node, kube_api):
+    agent = serving(node, kube_api)
+    pod = workload("meshed-pod", name="not-created-yet")
+    pod_ns = node.new_pod_netns()
+    served = node.call_istio(pod_ns, pod, "ADD")
+    alone = node.call_istio(pod_ns, pod, "ADD", conf_changes={"agent_serve": False})
+    assert served.status == alone.status == 1
+    assert served.result["code"] == alone.result["code"]
+    assert agent.served("ADD", "fallback") == 1
+
+
+def test_the_agent_answers_the_error_the_plugin_would_give(node: Node, kube_api):
+    pod_ns, pod = meshed(node, annotations={
+        "traffic.sidecar.istio.io/includeOutboundIPRanges": "10.0.0.0/33"})
+    agent = serving(node, kube_api)
+    served = node.call_istio(pod_ns, pod, "ADD")
+    alone = node.call_istio(pod_ns, pod, "ADD", conf_changes={"agent_serve": False})
+    assert served.status == alone.status == 1
+    assert served.stdout == alone.stdout  # code, message and details, byte for byte
+    assert "includeOutboundIPRanges" in served.result["msg"]
+    assert agent.served("ADD", "error") == 1
+    assert agent.metrics.value("istio_cni_plugin_add_total", outcome="failed") == 1
+
+
+def test_check_is_served_and_really_checks(node: Node, kube_api):
+    pod_ns, pod = meshed(node)
+    agent = serving(node, kube_api)
+    calls = node.add(pod_ns, pod)
+    assert calls[-1].status == 0
+    assert node.call_istio(pod_ns, pod, "CHECK", prev=calls[0].result).status == 0
+    subprocess.run(["ip", "netns", "exec", pod_ns, "iptables", "-t", "nat", "-F",
+                    "ISTIO_OUTPUT"], check=True)
+    served = node.call_istio(pod_ns, pod, "CHECK", prev=calls[0].result)
+    alone = node.call_istio(pod_ns, pod, "CHECK", prev=calls[0].result,
+                            conf_changes={"agent_serve": False})
+    assert served.status == 1 and served.stdout == alone.stdout
+    assert agent.served("CHECK", "ok") == 1 and agent.served("CHECK", "error") == 1
+
+
+def test_a_second_add_through_the_agent_changes_nothing(node: Node, kube_api):
+    pod_ns, pod = meshed(node)
+    serving(node, kube_api)
+    calls = node.add(pod_ns, pod)
+    before = saved_rules(pod_ns)
+    again = node.call_istio(pod_ns, pod, "ADD", prev=calls[0].result)
+    assert again.status == 0 and saved_rules(pod_ns) == before
+
+
+# --- every fallback trigger: the plugin does the ADD itself, and says why ---------------------
+
+def _falls_back(node: Node, pod_ns: str, pod: dict, why: str, **conf: object) -> None:
+    node.istio_entry().update(conf)
+    calls = node.add(pod_ns, pod)
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout
+    assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns))
+    assert why in calls[-1].stderr, calls[-1].stderr
+
+
+def test_no_socket_means_in_process(node: Node):
+    pod_ns, pod = meshed(node)
+    _falls_back(node, pod_ns, pod, "no agent socket")
+
+
+@pytest.mark.parametrize("change, why", [
+    (lambda p: os.chmod(p, 0o666), "has mode 0666, not 0600"),
+    (lambda p: os.chown(p, 65534, 65534), "owned by uid 65534, not root"),
+])
+def test_a_socket_open_to_others_is_never_used(node: Node, kube_api, change, why):
+    agent = serving(node, kube_api)
+    change(node.run_dir / "cni.sock")
+    pod_ns, pod = meshed(node)
+    _falls_back(node, pod_ns, pod, why)
+    assert agent.served("ADD", "ok") == 0
+
+
+def test_an_agent_that_is_not_ready_defers(node: Node, kube_api):
+    agent = serving(node, kube_api, ready=lambda: (False, "CNI plugin not installed"))
+    pod_ns, pod = meshed(node)
+    _falls_back(node, pod_ns, pod, "agent not ready: CNI plugin not installed")
+    assert agent.served("ADD", "fallback") == 1
+
+
+class _StuckAgent:
+    """A root-owned 0600 socket whose "agent" reads the request and then hangs or hangs up."""
+
+    def __init__(self, path: Path, hang_up: bool) -> None:
+        old = os.umask(0o177)
+        try:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.bind(str(path))
+        finally:
+            os.umask(old)
+        self.sock.listen(4)
+        self.release = threading.Event()
+        self.hang_up = hang_up
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            socket.recv_fds(conn, 65536, 1)
+            if not self.hang_up:
+                self.release.wait(60)
+
+    def close(self) -> None:
+        self.release.set()
+        self.thread.join(10)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("hang_up, why", [(False, "did not answer"),
+                                          (True, "closed before a complete frame")])
+def test_an_agent_that_hangs_or_dies_mid_request_is_done_without(node: Node, hang_up, why):
+    stuck = _StuckAgent(node.run_dir / "cni.sock", hang_up)
+    try:
+        pod_ns, pod = meshed(node)
+        _falls_back(node, pod_ns, pod, why, agent_serve_timeout_seconds=0.5)
+    finally:
+        stuck.close()
+
+
+def test_agent_serving_turned_off_is_one_key(node: Node, kube_api):
+    agent = serving(node, kube_api)
+    pod_ns, pod = meshed(node)
+    node.istio_entry()["agent_serve"] = False
+    calls = node.add(pod_ns, pod)
+    assert calls[-1].status == 0 and agent.served("ADD", "ok") == 0
+    assert node.api.count("GET", r"/namespaces/.*/pods/") == 1
+
+
+# --- who may ask, and what may be handed over ------------------------------------------------
+
+def _ask_as(uid: int, path: Path, fd: int) -> dict:
+    """The agent's answer to a request sent by a process running as `uid` (a forked child that
+    drops root before it connects; only socket calls between fork and exit)."""
+    read, write = os.pipe()
+    # the socket's directory, held open: pytest's temp dirs are 0700 to all but root, and a
+    # path through an open descriptor needs no search permission on the dirs above it
+    parent = os.open(path.parent, os.O_PATH)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        status = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(20)
+                sock.connect(f"/proc/self/fd/{parent}/{path.name}")
+                body = agent_client.frame({"command": "ADD"})
+                sock.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                       array.array("i", [fd]).tobytes())])
+                answer = agent_client.read_frame(sock, time.monotonic() + 20, 1 << 20)
+            os.write(write, json.dumps(answer).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    os.close(parent)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0, "the non-root client failed"
+    return json.loads(data)
+
+
+def test_a_non_root_peer_is_refused(node: Node, kube_api):
+    agent = serving(node, kube_api)
+    os.chmod(node.run_dir, 0o755)
+    os.chmod(node.run_dir / "cni.sock", 0o666)  # let the kernel pass the connect
+    pod_ns = create_netns(node.cleanup, "icni-e2e-nr")
+    fd = os.open(pod_ns.path, os.O_RDONLY)
+    try:
+        answer = _ask_as(65534, node.run_dir / "cni.sock", fd)
+    finally:
+        os.close(fd)
+    assert answer == {"result": "fallback", "reason": "only root may use this socket"}
+    assert agent.served("ADD", "ok") == 0 and istio_lines(pod_ns.name) == []
+
+
+def _ask(path: Path, fd: int) -> dict | None:
+    request = {"command": "ADD", "containerID": "c1", "netns": "/what/the/runtime/said",
+               "ifname": "eth0", "args": "", "path": "/opt/cni/bin",
+               "conf": {"cniVersion": "1.0.0", "name": "n", "type": "istio-cni"}}
+    return agent_client.call_agent(str(path), request, fd, 20)
+
+
+def test_a_descriptor_that_is_not_a_pod_netns_is_refused(node: Node, kube_api, tmp_path):
+    serving(node, kube_api)
+    sock = node.run_dir / "cni.sock"
+    regular = tmp_path / "file"
+    regular.write_text("x")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path, what in ((str(regular), "a regular file"), (str(fifo), "a FIFO"),
+                       ("/proc/self/ns/net", "the agent's own")):
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            answer = _ask(sock, fd)
+        finally:
+            os.close(fd)
+        assert answer is not None and answer["result"] == "error", answer
+        assert answer["code"] == 8 and what in answer["msg"], answer
+        assert "/what/the/runtime/said" in answer["msg"]
+
+
+def test_fifty_concurrent_adds_through_the_agent_are_all_redirected(node: Node, kube_api):
+    pods = [node.api.add_pod(workload("meshed-pod", name=f"m-{i}")) for i in range(50)]
+    agent = serving(node, kube_api)
+    netns = [node.new_pod_netns() for _ in pods]
+    results: dict[int, list] = {}
+
+    def add(i: int) -> None:
+        results[i] = node.add(netns[i], pods[i])
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert sorted(results) == list(range(50))
+    failed = {i: calls[-1].stdout for i, calls in results.items()
+              if [c.status for c in calls] != [0, 0]}
+    assert failed == {}
+    for ns in netns:
+        assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(ns))
+    assert agent.served("ADD", "ok") == 50
