@@ -28,11 +28,13 @@ def _finish(out: bytes, err: bytes, status: int) -> None:
 def main() -> None:
     command = os.environ.get("CNI_COMMAND", "")
     if command in ("", "VERSION"):
-        from cni.protocol import about_text, version_json
+        from cni.versions import about_text, version_json
 
         if command:
             _finish(version_json(), b"", 0)
         _finish(b"", about_text(ABOUT).encode(), 0)
+    if command in ("DEL", "GC"):
+        _teardown(command)
 
     import logging
 
@@ -57,6 +59,24 @@ def main() -> None:
         plugin_log.send_report(plugin.agent_socket, plugin.event)
     logging.shutdown()  # flushes the rotating log file
     _finish(b"", err, status)
+
+
+def _teardown(command: str) -> None:
+    """DEL and GC: validated and answered without the plugin's stages; logging is set up only
+    to report a failure (to stderr, as for every command)."""
+    from cni.protocol import dispatch, read_config
+    from cni.teardown import Teardown
+
+    out, err, status = dispatch(os.environ, read_config(sys.stdin.buffer), Teardown())
+    if status != 0:
+        import logging
+
+        from cni import plugin_log
+
+        plugin_log.setup_stderr()
+        logging.getLogger("istio-cni").error("%s failed: %s", command, out.decode().strip())
+        logging.shutdown()
+    _finish(out, err, status)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from cni.choices import BACKENDS, DEFAULT_RUN_DIR, log_level
 from cni.errors import InvalidNetworkConfig
-from cni.settings import BACKENDS, CNI_AGENT_RUN_DIR, log_level
 from cni.values import BadValue, one_of
 
-DEFAULT_RUN_DIR = str(CNI_AGENT_RUN_DIR.default)
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
 
 POD_LOOKUP_ATTEMPTS = 30

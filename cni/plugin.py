@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from cni import plugin_log
+from cni import plugin_log, teardown
 from cni.config import PluginConfig, parse_plugin_config
 from cni.decision import Decision, decide_before_lookup
 from cni.errors import (
@@ -129,8 +129,7 @@ class Plugin:
 
     # --- DEL, STATUS, GC -----------------------------------------------------------------------
     def delete(self, args: CmdArgs) -> None:
-        """Nothing to undo: the rules live and die with the pod netns. Never needs the API."""
-        return None
+        return teardown.delete(args)
 
     def status(self, args: CmdArgs) -> None:
         conf = parse_plugin_config(args.conf)
@@ -143,8 +142,7 @@ class Plugin:
         return None
 
     def gc(self, args: CmdArgs) -> None:
-        """No per-attachment state outside the pod netns, so nothing to collect."""
-        return None
+        return teardown.gc(args)
 
     # --- stages ------------------------------------------------------------------------------
     def _prepare(self, args: CmdArgs) -> tuple[PluginConfig, dict[str, str]]:

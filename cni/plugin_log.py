@@ -23,7 +23,6 @@ import errno
 import json
 import logging
 import os
-import socket
 import stat
 import time
 
@@ -187,6 +186,8 @@ def post_to_agent(socket_path: str, requests: list[tuple[str, bytes]],
     payload = b"".join(
         _request(path, body, last=i == len(requests) - 1) for i, (path, body) in enumerate(requests)
     )
+    import socket  # only a call that reports to an agent pays for it
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)

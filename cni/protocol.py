@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections import namedtuple
 from collections.abc import Callable, Mapping
-from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from cni.errors import (
     CNIError,
@@ -21,9 +21,8 @@ from cni.errors import (
     InvalidEnvironment,
     InvalidNetworkConfig,
 )
+from cni.versions import LATEST_VERSION, SUPPORTED_VERSIONS, about_text, version_json
 
-SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-LATEST_VERSION = "1.1.0"
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 
 # Which environment variables each command requires (libcni skel, plus GC/STATUS from spec 1.1).
@@ -39,35 +38,39 @@ _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
 _MAX_IFNAME = 15
 
 
-class CmdArgs(NamedTuple):
+class CmdArgs(namedtuple("CmdArgs", "command container_id netns ifname args path "
+                                     "netns_override conf")):
     """One invocation: the CNI_* environment and the raw network config.
 
-    A NamedTuple rather than a dataclass: `dataclasses` pulls in `inspect` and `ast`, several ms
-    of imports on every pod start (bench/phases.py)."""
+    Fields (all str but `conf`): command, container_id, netns, ifname, args (CNI_ARGS), path,
+    netns_override (CNI_NETNS_OVERRIDE), and conf, the network config from stdin as a dict,
+    already decoded and validated (name, cniVersion).
 
-    command: str
-    container_id: str
-    netns: str
-    ifname: str
-    args: str
-    path: str
-    netns_override: str
-    conf: dict[str, Any]
-    """The network config from stdin, already decoded and validated (name, cniVersion)."""
+    A plain namedtuple: a dataclass pulls in `inspect` and `ast`, and `typing.NamedTuple`
+    `typing`, milliseconds of imports on every pod start, DEL and GC included."""
+
+    __slots__ = ()
 
     @property
     def version(self) -> str:
         return str(self.conf.get("cniVersion") or "0.1.0")
 
 
-class Handlers(Protocol):
-    """What a plugin implements; each returns the result object to print (or None for none)."""
+TYPE_CHECKING = False  # not typing's: importing typing costs every DEL milliseconds
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Protocol
 
-    def add(self, args: CmdArgs) -> dict[str, Any]: ...
-    def delete(self, args: CmdArgs) -> None: ...
-    def check(self, args: CmdArgs) -> None: ...
-    def status(self, args: CmdArgs) -> None: ...
-    def gc(self, args: CmdArgs) -> None: ...
+    class Handlers(Protocol):
+        """What a plugin implements, per command it answers (`dispatch` calls only the one
+        the command names); each returns the result object to print (or None for none)."""
+
+        def add(self, args: CmdArgs) -> dict[str, Any]: ...
+        def delete(self, args: CmdArgs) -> None: ...
+        def check(self, args: CmdArgs) -> None: ...
+        def status(self, args: CmdArgs) -> None: ...
+        def gc(self, args: CmdArgs) -> None: ...
+
+_METHODS = {"ADD": "add", "DEL": "delete", "CHECK": "check", "STATUS": "status", "GC": "gc"}
 
 
 def version_tuple(version: str) -> tuple[int, int, int]:
@@ -84,16 +87,6 @@ def error_json(err: CNIError, version: str = LATEST_VERSION) -> bytes:
     if err.details:
         obj["details"] = err.details
     return (json.dumps(obj) + "\n").encode()
-
-
-def version_json() -> bytes:
-    """VERSION's answer: the latest version we speak and every version we accept."""
-    obj = {"cniVersion": LATEST_VERSION, "supportedVersions": list(SUPPORTED_VERSIONS)}
-    return (json.dumps(obj) + "\n").encode()
-
-
-def about_text(about: str) -> str:
-    return f"{about}\nCNI protocol versions supported: {', '.join(SUPPORTED_VERSIONS)}\n"
 
 
 def _required_missing(env: Mapping[str, str], command: str) -> list[str]:
@@ -207,14 +200,8 @@ def parse_request(env: Mapping[str, str], stdin: bytes) -> CmdArgs:
 
 
 def _call(handlers: Handlers, args: CmdArgs) -> dict[str, Any] | None:
-    calls: dict[str, Callable[[CmdArgs], Any]] = {
-        "ADD": handlers.add,
-        "DEL": handlers.delete,
-        "CHECK": handlers.check,
-        "STATUS": handlers.status,
-        "GC": handlers.gc,
-    }
-    return calls[args.command](args)
+    result: dict[str, Any] | None = getattr(handlers, _METHODS[args.command])(args)
+    return result
 
 
 def dispatch(

@@ -22,19 +22,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cni.choices import BACKENDS, DEFAULT_RUN_DIR, PLUGIN_LOG_LEVELS, log_level
 from cni.values import BadValue, one_of, path
 
 UPSTREAM = "upstream"
 OURS = "ours"
 
-BACKENDS = ("auto", "nft", "legacy", "python-iptables")
-"""The rule backends: `auto` detects nft or legacy per netns as upstream does, `nft` and
-`legacy` force one of the iptables binaries, `python-iptables` programs legacy tables
-in-process (hosts without iptables binaries)."""
-
-PLUGIN_LOG_LEVELS = ("debug", "info", "warn", "error", "none")
-log_level = one_of(PLUGIN_LOG_LEVELS, fold_case=True, aliases={"warning": "warn"})
-"""The plugin's log levels; any case, and `warning` for `warn`."""
+__all__ = ["BACKENDS", "PLUGIN_LOG_LEVELS", "log_level"]  # defined in cni.choices
 
 
 class SettingError(ValueError):
@@ -97,7 +91,7 @@ def _forced_backend(value: str) -> str:
 # --- read by more than one component ------------------------------------------------------------
 
 CNI_AGENT_RUN_DIR = Setting(
-    "CNI_AGENT_RUN_DIR", Path("/var/run/istio-cni"), path,
+    "CNI_AGENT_RUN_DIR", Path(DEFAULT_RUN_DIR), path,
     "Holds the plugin's `istio-cni-kubeconfig`, the agent's `log.sock` and the plugin's "
     "`istio-cni.log`. It is written into the plugin config, so it must be the same path on "
     "the host and in the container.")

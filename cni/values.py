@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _TRUE = frozenset(("1", "t", "T", "TRUE", "true", "True"))
 _FALSE = frozenset(("0", "f", "F", "FALSE", "false", "False"))
@@ -100,11 +102,15 @@ def text(value: str) -> str:
 
 
 def path(value: str) -> Path:
+    from pathlib import Path  # not at import: the plugin's hot path never needs it
+
     return Path(value)
 
 
 def paths(value: str) -> tuple[Path, ...]:
     """Comma-separated paths (see `names`)."""
+    from pathlib import Path
+
     return tuple(Path(item) for item in names(value))
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from cni.settings import BACKENDS
+from cni.choices import BACKENDS
 
 if TYPE_CHECKING:
     from cni.live_state import StateDiff
