@@ -1,6 +1,6 @@
 """Pod netns owned by a user namespace (`hostUsers: false`), and processes run inside them.
 
-`create_userns_netns` starts a holder process (`python -m testbed.userns hold`) that unshares a
+`create_userns_netns` starts a holder process (this module's `hold`) that unshares a
 user namespace and a network namespace, has its `uid_map`/`gid_map` written by us (host root),
 and is then attached by name (`ip netns attach`: the bind mount a runtime makes), so CNI_NETNS
 and `ip netns exec` work as for any pod. By default both namespaces are made at once, before
@@ -15,7 +15,8 @@ stand-in, `testbed/sockets.py`) as its `__main__` inside the pod's user and netw
 as a uid *of the pod* (1337, 1000; 0 is the pod's root). The interpreter may live where such
 a uid cannot read (a pyenv under /root), so the launcher imports the module and warms the
 codecs while still host root, then enters the namespaces (it is single-threaded, as the kernel
-requires), drops to the uid and runs the already compiled code.
+requires), drops to the uid and runs the already compiled code. `inside_binary` does the same
+for a binary, e.g. the pod's root flushing its own rules as a pod with NET_ADMIN can.
 """
 
 from __future__ import annotations
@@ -69,9 +70,8 @@ def create_userns_netns(cleanup: Cleanup, prefix: str, mapping: str = POD_MAPPIN
     """A netns `<prefix>-<hex>`, lo up, owned by a new user namespace mapped by `mapping`
     (uid_map and gid_map lines); removed when `cleanup` closes."""
     name = nsutil.unique(prefix)
-    argv = [sys.executable, "-m", "testbed.userns", "hold"] + (["--net-after-map"]
-                                                               if net_after_map else [])
-    holder = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    argv = [*_LAUNCHER, "hold", *(["--net-after-map"] if net_after_map else [])]
+    holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     cleanup.add(f"stop the holder of {name}", lambda: _stop(holder))
     _expect(holder, "unshared")
@@ -92,9 +92,21 @@ def create_userns_netns(cleanup: Cleanup, prefix: str, mapping: str = POD_MAPPIN
 
 def inside(ns: UsernsNetns | str, uid: int, module: str, *args: str) -> list[str]:
     """The argv running `module` as `__main__` in `ns`'s user and network namespaces, as the
-    pod's `uid` (and gid); run it with cwd REPO."""
+    pod's `uid` (and gid)."""
     path = ns.path if isinstance(ns, UsernsNetns) else ns
-    return [sys.executable, "-m", "testbed.userns", "exec", path, str(uid), module, *args]
+    return [*_LAUNCHER, "exec", path, str(uid), module, *args]
+
+
+def inside_binary(ns: UsernsNetns | str, uid: int, *argv: str) -> list[str]:
+    """The argv running a binary (`iptables-nft ...`) there as the pod's `uid`: the pod's
+    root (0) keeps its capabilities across the exec, as in a container of the pod."""
+    path = ns.path if isinstance(ns, UsernsNetns) else ns
+    return [*_LAUNCHER, "execv", path, str(uid), *argv]
+
+
+_LAUNCHER = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+             "from testbed.userns import main; sys.exit(main(sys.argv[1:]))"]
+"""This module's `main`, from any working directory."""
 
 
 def _expect(holder: subprocess.Popen, line: str) -> None:
@@ -146,12 +158,8 @@ def hold(net_after_map: bool) -> int:
     return 0
 
 
-def run_inside(netns_path: str, uid: int, module: str, args: list[str]) -> None:
-    """Load `module` as host root, enter the namespaces, become `uid`, run it as __main__."""
-    mod = importlib.import_module(module)
-    assert mod.__file__ is not None
-    code = compile(Path(mod.__file__).read_text(), mod.__file__, "exec")
-    "warm-up".encode("idna")  # getaddrinfo encodes str hosts with it, after the drop
+def _enter(netns_path: str, uid: int) -> None:
+    """Into the netns and the user namespace owning it, then become the pod's `uid`."""
     net = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
     owner = fcntl.ioctl(net, NS_GET_USERNS)
     _libc_call("setns", net, CLONE_NEWNET)
@@ -161,6 +169,16 @@ def run_inside(netns_path: str, uid: int, module: str, args: list[str]) -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+
+
+def run_inside(netns_path: str, uid: int, module: str, args: list[str]) -> None:
+    """Load `module` as host root, enter, become `uid`, run it as __main__."""
+    mod = importlib.import_module(module)
+    assert mod.__file__ is not None
+    code = compile(Path(mod.__file__).read_text(), mod.__file__, "exec")
+    "warm-up".encode("idna")  # getaddrinfo encodes str hosts with it, after the drop
+    importlib.import_module("shutil")  # argparse imports it lazily, for its help formatter
+    _enter(netns_path, uid)
     sys.argv = [mod.__file__, *args]
     exec(code, {"__name__": "__main__", "__file__": mod.__file__})
 
@@ -171,8 +189,12 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["exec"] and len(argv) >= 4:
         run_inside(argv[1], int(argv[2]), argv[3], argv[4:])
         return 0
+    if argv[:1] == ["execv"] and len(argv) >= 4:
+        _enter(argv[1], int(argv[2]))
+        os.execvp(argv[3], argv[3:])
     print("usage: python -m testbed.userns hold [--net-after-map] | "
-          "exec NETNS UID MODULE [ARGS...]", file=sys.stderr)
+          "exec NETNS UID MODULE [ARGS...] | execv NETNS UID BINARY [ARGS...]",
+          file=sys.stderr)
     return 2
 
 
