@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cni.pipeline import check_pod, plan
 from node_daemon.config import RepairConfig
 from node_daemon.netns_finder import NetnsFinder
 from testbed.cnirun import CniCall, pod_ip
@@ -99,6 +100,8 @@ def test_user_namespaced_pod_is_redirected_checked_and_kept(node: Node, request)
     assert any("--uid-owner 1337" in ln for ln in istio_lines(ns.name))
     assert_redirected_inside(node, ns, ip)
     assert (check(node, ns, pod, prev).status, check(node, ns, pod, prev).stdout) == (0, "")
+    # what `explain --live` compares, from this (multi-threaded) process
+    assert check_pod(ns.path, plan(pod)[2], backend).state == "identical"
 
     controller = start_controller(node.cleanup, kubernetes_api_client(node.api),
                                   replace(CFG, repair_pods=True),
