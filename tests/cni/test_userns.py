@@ -154,3 +154,18 @@ def test_native_nftables_programs_checks_and_resets_a_pod_userns(pod_userns, way
     assert "meta skuid 1337" in ns.run("nft", "list", "ruleset")
     assert prog.reset(ns.path) is True
     assert ns.run("nft", "list", "tables", "inet").strip() == ""
+
+
+@pytest.mark.parametrize("via", ["proc", "bind-mount"])
+def test_a_step_that_enters_the_netns_itself_works_from_inside(pod_userns, via: str) -> None:  # noqa: ANN001
+    """Steps may nest: a caller already inside the pod's user namespace (a backend run by
+    `PodNetns` that enters the netns again, by the agent's /proc path or the runtime's bind
+    mount) opens and enters it from there, and its own `as_owner` runs in place."""
+    need("nft")
+    ns = pod_userns()
+    path = f"/proc/{ns.holder.pid}/ns/net" if via == "proc" else ns.path
+    rs = build_nft_ruleset(CONFIGS["basic"])
+    with in_netns(path):
+        done = userns.as_owner(path, NftablesProgrammer("nft").program, path, rs)
+    assert done == "applied"
+    assert "meta skuid 1337" in ns.run("nft", "list", "ruleset")
