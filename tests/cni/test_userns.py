@@ -9,6 +9,7 @@ module exists for. A netns of our own user namespace runs every step in place, n
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Callable
@@ -169,3 +170,19 @@ def test_a_step_that_enters_the_netns_itself_works_from_inside(pod_userns, via: 
         done = userns.as_owner(path, NftablesProgrammer("nft").program, path, rs)
     assert done == "applied"
     assert "meta skuid 1337" in ns.run("nft", "list", "ruleset")
+
+
+def test_legacy_takes_the_pods_own_lock_from_inside(pod_userns) -> None:  # noqa: ANN001
+    """The pod-scoped xtables lock (`/proc/self/ns/net`) opens from inside the user namespace,
+    so a legacy write there never waits on the host's `/run/xtables.lock` (held here, as
+    kube-proxy does) and `--wait=30` never fails."""
+    need("iptables-legacy-restore", "iptables-legacy-save")
+    ns = pod_userns()
+    rs = ruleset("basic")
+    fd = os.open("/run/xtables.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert apply.program(ns.path, rs, "legacy") == "applied"
+    finally:
+        os.close(fd)
+    assert apply.check(ns.path, rs, "legacy").state == "identical"
