@@ -6,6 +6,10 @@ backend, and the three operations every caller uses. The backend does the packet
 `::6` address come last and are backend-independent ("exists" is fine). `program`, `check`
 and `reset` are the same operations for a caller that is not inside the netns yet.
 
+Each operation runs as the netns's owner (`cni.userns.as_owner`): right here for a netns owned
+by our own user namespace, else in a child inside the pod's user namespace (`hostUsers: false`),
+whatever the backend, for every caller (ADD, CHECK, repair, the drift check, `explain`).
+
 Hot path: pyroute2 is imported only when a rule set needs routes or `::6`.
 """
 
@@ -20,6 +24,7 @@ from cni.backends import Backend, select_backend
 from cni.errors import RulesApplyFailed
 from cni.live_state import StateDiff
 from cni.ruleset import RuleSet, TproxyRoutes
+from cni.userns import as_owner
 
 PASSTHROUGH_V6 = "::6"
 RT_SCOPE_HOST = 254  # what `ip route add local ...` sets for RTN_LOCAL routes
@@ -35,18 +40,24 @@ class PodNetns:
 
     def program(self) -> str:
         """Make the netns hold the rule set; "applied" or "already-programmed"."""
+        return as_owner(self.path, self._program)
+
+    def check(self) -> StateDiff:
+        """What the netns lacks or has beyond the rule set; empty = in sync."""
+        return as_owner(self.path, self._check)
+
+    def reset(self) -> None:
+        """Remove our rules (routes and `::6` stay: `program` only adds what is missing)."""
+        as_owner(self.path, self.backend.reset, self.ruleset)
+
+    def _program(self) -> str:
         changed = self.backend.program(self.ruleset)
         changed = _program_links(self.path, self.ruleset) or changed
         return "applied" if changed else "already-programmed"
 
-    def check(self) -> StateDiff:
-        """What the netns lacks or has beyond the rule set; empty = in sync."""
+    def _check(self) -> StateDiff:
         diff = self.backend.check(self.ruleset)
         return StateDiff(diff.missing + _missing_links(self.ruleset), diff.extra, diff.clean)
-
-    def reset(self) -> None:
-        """Remove our rules (routes and `::6` stay: `program` only adds what is missing)."""
-        self.backend.reset(self.ruleset)
 
 
 def program(netns_path: str, ruleset: RuleSet, backend: str = "auto") -> str:

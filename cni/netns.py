@@ -9,6 +9,10 @@ but `import pyroute2` alone costs ~140 ms, several times the plugin's whole budg
 
 `setns(CLONE_NEWNET)` is per thread: everything inside `in_netns()` (sockets, child processes,
 libiptc) runs in the pod netns, on this thread only.
+
+A netns owned by a pod's own user namespace (`hostUsers: false`) is entered the same way, and
+its facts read the same way; what writes or compares its packet filter runs as its owner
+(`cni.userns.as_owner`, which `cni.apply.PodNetns` and `cni.nft_apply` go through).
 """
 
 from __future__ import annotations

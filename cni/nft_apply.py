@@ -19,6 +19,9 @@ wanted tables are applied in a throwaway netns (`cni.netns.scratch_netns`), list
 two listings compared. The result is cached per transaction text, so a repair sweep over many
 pods with the same rule set pays for it once.
 
+Every step runs as the netns's owner (`cni.userns.as_owner`): in a child inside the pod's user
+namespace when the netns belongs to one (`hostUsers: false`), right here otherwise.
+
 TPROXY policy routing and the `::6` address are not nftables objects: `NftRuleSet` carries
 them (`tproxy_routes`, `ipv6_passthrough_addr`) for the same link programming iptables mode uses.
 """
@@ -35,6 +38,7 @@ from cni.netns import in_netns, scratch_netns
 from cni.nft_exec import Nft, NftError, select_nft
 from cni.nft_ruleset import FAMILY, NftRuleSet
 from cni.nft_state import LiveTable, diff_tables, parse_listing
+from cni.userns import as_owner
 
 LIST_OURS = f"list ruleset {FAMILY}"
 CANONICAL_CACHE_SIZE = 64
@@ -44,6 +48,17 @@ NETNS_LOCKS = 64
 _canonical: OrderedDict[str, dict[str, LiveTable]] = OrderedDict()
 _canonical_lock = threading.Lock()  # the node agent programs pods from several threads
 _netns_locks = tuple(threading.Lock() for _ in range(NETNS_LOCKS))
+
+
+def _fresh_locks() -> None:
+    """In a forked child (a step run in a pod's user namespace, `cni.userns`), locks another
+    thread of the agent held at the fork would stay held forever: the child gets new ones."""
+    global _canonical_lock, _netns_locks
+    _canonical_lock = threading.Lock()
+    _netns_locks = tuple(threading.Lock() for _ in range(NETNS_LOCKS))
+
+
+os.register_at_fork(after_in_child=_fresh_locks)
 
 
 def _netns_lock(netns_path: str) -> threading.Lock:
@@ -84,12 +99,15 @@ class NftablesProgrammer:
         another process (the plugin's ADD racing the agent's repair) can make a correct
         transaction fail with ENOENT; the failed one changed nothing, so trying again is safe."""
         with _netns_lock(netns_path), in_netns(netns_path):
-            for attempt in range(1, PROGRAM_ATTEMPTS + 1):
-                try:
-                    return self._program_once(netns_path, ruleset)
-                except RulesApplyFailed:
-                    if attempt == PROGRAM_ATTEMPTS:
-                        raise
+            return as_owner(netns_path, self._program_here, netns_path, ruleset)
+
+    def _program_here(self, netns_path: str, ruleset: NftRuleSet) -> str:
+        for attempt in range(1, PROGRAM_ATTEMPTS + 1):
+            try:
+                return self._program_once(netns_path, ruleset)
+            except RulesApplyFailed:
+                if attempt == PROGRAM_ATTEMPTS:
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _program_once(self, netns_path: str, ruleset: NftRuleSet) -> str:
@@ -107,16 +125,21 @@ class NftablesProgrammer:
     def check(self, netns_path: str, ruleset: NftRuleSet) -> StateDiff:
         """What the netns lacks (`missing`) or has beyond (`extra`) `ruleset`."""
         with in_netns(netns_path):
-            live = self._read(netns_path)
-            return diff_tables(live, self._wanted(ruleset))
+            return as_owner(netns_path, self._check_here, netns_path, ruleset)
+
+    def _check_here(self, netns_path: str, ruleset: NftRuleSet) -> StateDiff:
+        return diff_tables(self._read(netns_path), self._wanted(ruleset))
 
     def reset(self, netns_path: str) -> bool:
         """Delete our tables; True if there were any."""
         with _netns_lock(netns_path), in_netns(netns_path):
-            live = self._read(netns_path)
-            if live:
-                text = "".join(f"delete table {FAMILY} {name}\n" for name in live)
-                self._run(netns_path, text, "delete our tables from")
+            return as_owner(netns_path, self._reset_here, netns_path)
+
+    def _reset_here(self, netns_path: str) -> bool:
+        live = self._read(netns_path)
+        if live:
+            text = "".join(f"delete table {FAMILY} {name}\n" for name in live)
+            self._run(netns_path, text, "delete our tables from")
         return bool(live)
 
     def _read(self, netns_path: str) -> dict[str, LiveTable]:

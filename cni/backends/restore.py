@@ -10,7 +10,9 @@ Locking: legacy writers take an xtables lock, by default the host's `/run/xtable
 kube-proxy holds for long stretches. We point `XTABLES_LOCKFILE` (iptables >= 1.8.6) at
 `/proc/self/ns/net`: opened by the child, it is the pod netns's own nsfs inode, the same inode
 upstream locks via the CNI_NETNS path, so the lock is per pod and never the host's. `--wait=30`
-is passed where supported (legacy >= 1.6.2). nft needs no lock.
+is passed where supported (legacy >= 1.6.2). nft needs no lock. In a pod's own user namespace
+(`cni.userns`) the lock still opens: `/proc/self/ns/net` is the child's own, and the child keeps
+host uid 0, which owns the host's `/run/xtables.lock` that iptables < 1.8.6 would take instead.
 
 Apply is one `iptables-restore --noflush` per family with the payload on stdin: the kernel takes
 it whole or not at all; so is a reset (`-D` our jumps, `-F`/`-X` our chains). No shell is ever
