@@ -114,3 +114,22 @@ def test_report_sends_lines_then_event_on_one_connection(tmp_path):
 
 def test_report_without_an_agent_is_dropped_quietly(tmp_path):
     assert not plugin_log.send_report(str(tmp_path / "log.sock"), {"outcome": "redirected"})
+
+
+def test_the_log_file_rotates_to_one_backup(tmp_path):
+    handler = plugin_log.RotatingLogFile(str(tmp_path / "istio-cni.log"), max_bytes=200)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test-rotation")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(30):
+            logger.warning("line %02d %s", i, "x" * 20)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    current = (tmp_path / "istio-cni.log").read_text()
+    backup = (tmp_path / "istio-cni.log.1").read_text()
+    assert current.endswith("line 29 " + "x" * 20 + "\n")
+    assert len(current) <= 200 and len(backup) <= 200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["istio-cni.log", "istio-cni.log.1"]
