@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from admin.rules_cmd import config_from_flags, rules_command
 from cni.iptables_config import IptablesConfig
-from node_daemon.rules_cmd import config_from_flags, rules_command
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 

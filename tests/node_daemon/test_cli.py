@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from node_daemon.cli import cli
+from admin.cli import cli
 
 WORKLOADS = Path(__file__).resolve().parents[2] / "companions" / "workloads"
 GOLDEN = Path(__file__).resolve().parents[1] / "cni" / "golden" / "plugin-basic.golden"

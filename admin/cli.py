@@ -14,14 +14,14 @@ from pathlib import Path
 
 import click
 
+from admin.install_cmd import register as register_install_commands
+from admin.repair_cmd import drift_command, repair_command
+from admin.rules_cmd import rules_command
+from admin.run_cmd import run_command
 from cni import __version__ as VERSION
 from cni.errors import CNIError
 from cni.fileread import read_file_at_most
 from cni.podlookup import MAX_POD_BYTES
-from node_daemon.install_cmd import register as register_install_commands
-from node_daemon.repair_cmd import drift_command, repair_command
-from node_daemon.rules_cmd import rules_command
-from node_daemon.run_cmd import run_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,7 +56,7 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
                                                  # (on the pod's node) the live netns check
     istio-cni-node explain --pod-file pod.json   # offline: decision and rules only
     """
-    from node_daemon.explain import explain_pod, format_json, format_restore, format_text
+    from admin.explain import explain_pod, format_json, format_restore, format_text
 
     if (target is None) == (pod_file is None):
         raise click.UsageError("give either NAMESPACE/POD or --pod-file")
@@ -83,11 +83,11 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
 
 
 def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
-    from node_daemon.explain import format_restore
-    from node_daemon.explain_live import explain_live, format_live_json, format_live_text
+    from admin.explain import format_restore
+    from admin.explain_live import explain_live, format_live_json, format_live_text
+    from admin.repair_cmd import _api, _daemon_config
     from node_daemon.kubeapi import ApiError
     from node_daemon.netns_finder import NetnsFinder
-    from node_daemon.repair_cmd import _api, _daemon_config
 
     namespace, sep, name = target.partition("/")
     if not sep or not namespace or not name:
