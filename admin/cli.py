@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from admin.context import kubeconfig_option
 from admin.install_cmd import register as register_install_commands
 from admin.repair_cmd import drift_command, repair_command
 from admin.rules_cmd import rules_command
@@ -45,8 +46,7 @@ def version() -> None:
 @click.option("--format", "--output", "-o", "fmt",
               type=click.Choice(["text", "restore", "json"]), default="text",
               show_default=True, help="restore: only the iptables-restore payloads.")
-@click.option("--kubeconfig", envvar="KUBECONFIG", type=click.Path(dir_okay=False),
-              default=None, help="Kubeconfig (default: in-cluster, then ~/.kube/config).")
+@kubeconfig_option
 def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
             kubeconfig: str | None) -> None:
     """Why a pod is or is not redirected, and the rules the plugin would program for it.
@@ -83,17 +83,17 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
 
 
 def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
+    from admin.context import daemon_config, pod_api
     from admin.explain import format_restore
     from admin.explain_live import explain_live, format_live_json, format_live_text
-    from admin.repair_cmd import _api, _daemon_config
     from node_daemon.kubeapi import ApiError
     from node_daemon.netns_finder import NetnsFinder
 
     namespace, sep, name = target.partition("/")
     if not sep or not namespace or not name:
         raise click.UsageError(f"{target!r}: expected NAMESPACE/POD")
-    cfg = _daemon_config()
-    api = _api(kubeconfig)
+    cfg = daemon_config()
+    api = pod_api(kubeconfig)
     try:
         pod = api.get_pod(namespace, name)
     except ApiError as exc:
