@@ -8,7 +8,11 @@ ADD outcomes and per-phase latency (reported over the log socket), and drift che
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 ADD_PHASES = ("lookup", "rules", "apply", "total")
 ADD_OUTCOMES = ("redirected", "skipped", "failed")
@@ -20,8 +24,6 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.installs = Counter("istio_cni_installs", "Total number of CNI plugin installs",
-                                ["result"], registry=r)
         self.install_ready = Gauge("istio_cni_install_ready",
                                    "Whether the CNI plugin installation is ready", registry=r)
         self.repairs = Counter("istio_cni_repair_pods_repaired",
@@ -40,6 +42,13 @@ class Metrics:
                                         "Plugin log lines received over the log socket",
                                         registry=r)
 
+    def export_installs(self, counts: Callable[[], Mapping[str, float]]) -> None:
+        """Serve `istio_cni_installs_total{result}` from `counts()`, read at every scrape.
+
+        The installer keeps the one count of installs (its watch loop re-installs on its own);
+        this exports it rather than keeping a second counter in step with it."""
+        self.registry.register(_InstallsCollector(counts))
+
     def repaired(self, kind: str, result: str) -> None:
         self.repairs.labels(type=kind, result=result).inc()
 
@@ -55,3 +64,17 @@ class Metrics:
         """A sample's current value (0 when absent): for tests and the admin output."""
         got = self.registry.get_sample_value(name, labels)
         return got or 0.0
+
+
+class _InstallsCollector(Collector):
+    """`istio_cni_installs_total{result}` as a view of a count kept elsewhere."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, float]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("istio_cni_installs", "Total number of CNI plugin installs",
+                                     labels=["result"])
+        for result, n in sorted(self._counts().items()):
+            family.add_metric([result], n)
+        yield family
