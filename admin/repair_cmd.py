@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from admin.context import daemon_config, kubeconfig_option, pod_api
-from node_daemon.actions import ActionResult, Actions, Reporter, pod_key
+from node_daemon.actions import Action, ActionResult, Actions, Reporter, Result, pod_key
 from node_daemon.broken import diagnose
 from node_daemon.config import MODES, RepairConfig
 from node_daemon.kubeapi import ApiError
@@ -28,8 +28,8 @@ class Row:
     pod: str
     node: str
     why: str
-    action: str
-    result: str
+    action: Action
+    result: Result
     message: str
 
 
@@ -47,11 +47,11 @@ def repair_once(api: Any, cfg: RepairConfig, node: str | None, local_node: str,
         pod_node = str((pod.get("spec") or {}).get("nodeName", ""))
         mode = cfg.mode
         if mode is None:
-            res = ActionResult(pod_key(pod), "none", "skip", "no repair mode enabled")
+            res = ActionResult(pod_key(pod), Action.NONE, Result.SKIP, "no repair mode enabled")
         elif dry_run:
-            res = ActionResult(pod_key(pod), mode, "dry-run", f"would {mode}")
-        elif mode == "repair" and pod_node != local_node:
-            res = ActionResult(pod_key(pod), mode, "skip",
+            res = ActionResult(pod_key(pod), Action(mode), Result.DRY_RUN, f"would {mode}")
+        elif mode == Action.REPAIR and pod_node != local_node:
+            res = ActionResult(pod_key(pod), Action.REPAIR, Result.SKIP,
                                f"runs on node {pod_node}, not {local_node}: run this there")
         else:
             res = actions.act(pod, mode) or res
@@ -102,7 +102,7 @@ def repair_command(node: str | None, all_nodes: bool, mode: str | None, dry_run:
     rc = cfg.repair.with_mode(mode) if mode else cfg.repair
     api = pod_api(kubeconfig)
     finder = None
-    if rc.mode == "repair" and not dry_run:
+    if rc.mode == Action.REPAIR and not dry_run:
         from node_daemon.netns_finder import NetnsFinder
 
         finder = NetnsFinder(cfg.host_proc)
@@ -114,7 +114,7 @@ def repair_command(node: str | None, all_nodes: bool, mode: str | None, dry_run:
     except ApiError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(format_rows(rows, output), nl=False)
-    if any(r.result == "fail" for r in rows):
+    if any(r.result == Result.FAIL for r in rows):
         sys.exit(1)
 
 
@@ -148,5 +148,5 @@ def drift_command(dry_run: bool, output: str, kubeconfig: str | None) -> None:
     else:
         click.echo(format_rows(rows, output) if rows else "no redirected pods to check\n",
                    nl=False)
-    if any(r.result in ("fail", "detected") for r in rows):
+    if any(r.result in (Result.FAIL, Result.DETECTED) for r in rows):
         sys.exit(1)

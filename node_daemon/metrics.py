@@ -14,8 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from cni.plugin_log import AddOutcome
+
 ADD_PHASES = ("lookup", "rules", "apply", "total")
-ADD_OUTCOMES = ("redirected", "skipped", "failed")
 # ADD latency: an excluded pod takes ~2 ms, a redirected one ~10-50 ms, retries up to 30 s.
 ADD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -52,7 +53,7 @@ class Metrics:
     def repaired(self, kind: str, result: str) -> None:
         self.repairs.labels(type=kind, result=result).inc()
 
-    def plugin_add(self, outcome: str, phases: dict[str, float]) -> None:
+    def plugin_add(self, outcome: AddOutcome, phases: dict[str, float]) -> None:
         self.plugin_adds.labels(outcome=outcome).inc()
         for phase, seconds in phases.items():
             self.plugin_add_seconds.labels(phase=phase).observe(seconds)
