@@ -42,8 +42,6 @@ ISTIO_DROP = "ISTIO_DROP"
 TPROXY = "TPROXY"
 OUTBOUND_MARK = "1338"
 """Marks proxy-to-app packets over `lo` in TPROXY mode so inbound capture skips them."""
-DNS_LISTENER_PORT = "15053"
-"""istio-agent's DNS proxy."""
 MAX_OWNER_GROUPS_INCLUDE = 64
 """Upstream's limit: all included groups go into one rule of `! --gid-owner` matches."""
 
