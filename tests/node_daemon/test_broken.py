@@ -1,4 +1,4 @@
-"""`diagnose` against upstream's TestMatchesFilter cases (reference §4.2), pure tier."""
+"""`diagnose` against upstream's repair controller TestMatchesFilter cases, pure tier."""
 
 from __future__ import annotations
 
