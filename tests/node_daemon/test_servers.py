@@ -189,18 +189,34 @@ def test_installs_total_is_the_installer_s_one_count(tmp_path):
 
 
 @pytest.mark.parametrize("keep", [True, False])
-def test_agent_asks_the_installer_whether_to_keep_the_plugin(tmp_path, keep):
+def test_agent_asks_the_installer_whether_to_keep_the_plugin(tmp_path, keep, mocker):
     """UNINSTALL_ON_SHUTDOWN: the installer's decision (upgrade vs deletion) is called, not
     mistaken for a truthy attribute."""
     installer = FakeInstaller()
-    asked: list[bool] = []
-    installer.keep_plugin_on_shutdown = lambda: asked.append(True) or keep  # type: ignore[attr-defined]
+    asked = mocker.patch.object(installer, "keep_plugin_on_shutdown", return_value=keep)
     agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
     stop = threading.Event()
     stop.set()  # shut down as soon as the watch starts
     assert agent.run(stop) == 0
-    assert asked == [True]
+    asked.assert_called_once_with()
     assert installer.calls[-1] == f"uninstall keep={keep}"
+
+
+def test_agent_uninstalls_when_the_installer_cannot_decide(tmp_path, mocker, caplog):
+    """The upgrade-or-deletion question fails in a way the installer did not foresee: the agent
+    takes the safe default (uninstall, so no pod is left with a plugin nobody repairs) and says
+    why, instead of dying with the plugin in place."""
+    installer = FakeInstaller()
+    mocker.patch.object(installer, "keep_plugin_on_shutdown",
+                        side_effect=OSError(5, "Input/output error"))
+    agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
+    stop = threading.Event()
+    stop.set()
+    with caplog.at_level(logging.ERROR, logger="node_daemon.agent"):
+        assert agent.run(stop) == 0
+    assert installer.calls[-1] == "uninstall keep=False"
+    assert "could not decide whether to keep the plugin: [Errno 5] Input/output error" \
+        in caplog.text
 
 
 def test_a_call_s_lines_are_handled_before_its_event(tmp_path, caplog):
