@@ -3,7 +3,8 @@
 `decide_before_lookup` settles the calls that must never touch the API (the agent's own pods,
 non-Kubernetes calls, excluded namespaces); `decide` settles the rest from the fetched pod.
 Both return a `Decision` whose reason the plugin logs, `explain` prints and repair reuses. The
-order of the checks is part of compatibility (reference §1.3 steps 2, 5, 6, 10).
+order of the checks is part of compatibility: when a pod matches several (an excluded namespace
+and a sidecar-less pod, say), the reason logged is the first one upstream would have given.
 """
 
 from __future__ import annotations

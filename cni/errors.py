@@ -24,16 +24,8 @@ class IncompatibleVersion(CNIError):
     code = 1
 
 
-class UnsupportedField(CNIError):
-    code = 2
-
-
 class InvalidEnvironment(CNIError):
     code = 4
-
-
-class IOFailure(CNIError):
-    code = 5
 
 
 class DecodingFailure(CNIError):
@@ -60,10 +52,6 @@ class PluginNotAvailable(CNIError):
     """STATUS / ADD: the plugin cannot serve pods (e.g. its kubeconfig is missing)."""
 
     code = 50
-
-
-class LimitedConnectivity(CNIError):
-    code = 51
 
 
 class PodLookupFailed(CNIError):

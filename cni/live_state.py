@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from dataclasses import dataclass
+from enum import StrEnum
 
 from cni.ruleset import BUILTIN_CHAINS, FamilyRules, Rule
 
@@ -255,6 +256,17 @@ def wanted_state(family: FamilyRules) -> dict[str, Chains]:
     return tables
 
 
+class DiffState(StrEnum):
+    """What a netns holds compared with the wanted rules."""
+
+    CLEAN = "clean"
+    """Nothing of ours."""
+    IDENTICAL = "identical"
+    """Exactly the wanted rules: nothing to do."""
+    CONFLICT = "conflict"
+    """Some of ours, not the wanted ones."""
+
+
 @dataclass(frozen=True)
 class StateDiff:
     """How the live netns differs from the wanted rules; texts are `-t TABLE <save line>`."""
@@ -265,11 +277,10 @@ class StateDiff:
     """The netns has no ISTIO_* chain at all (so `missing` lists everything wanted)."""
 
     @property
-    def state(self) -> str:
-        """"clean" (nothing of ours), "identical" (nothing to do) or "conflict"."""
+    def state(self) -> DiffState:
         if self.clean:
-            return "clean"
-        return "identical" if not self.missing and not self.extra else "conflict"
+            return DiffState.CLEAN
+        return DiffState.IDENTICAL if not self.missing and not self.extra else DiffState.CONFLICT
 
     def __add__(self, other: StateDiff) -> StateDiff:
         return StateDiff(self.missing + other.missing, self.extra + other.extra,

@@ -1,9 +1,8 @@
 """Enter a pod's network namespace, and read its addresses, for the current thread.
 
 Hot path: the plugin enters the pod netns once per ADD/CHECK, so this module uses only the
-standard library (`ctypes` for `setns(2)`, `fcntl`/`socket` ioctls, `/proc`). DESIGN.md names
-pyroute2 for netns handling; that holds for the node daemon, where import cost does not matter,
-but `import pyroute2` alone costs ~140 ms, several times the plugin's whole budget, and its
+standard library (`ctypes` for `setns(2)`, `fcntl`/`socket` ioctls, `/proc`), not pyroute2:
+`import pyroute2` alone costs ~140 ms, several times the plugin's whole budget, and its
 `setns()` defaults to `O_CREAT` (it silently creates a missing netns). Here a missing path is an
 `InvalidNetNS`, never a new namespace.
 

@@ -27,6 +27,7 @@ from cni.errors import (
     PluginNotAvailable,
     RulesMismatch,
 )
+from cni.plugin_log import AddOutcome
 from cni.protocol import CmdArgs, parse_cni_args
 from cni.results import encode_result
 
@@ -95,9 +96,10 @@ class Plugin:
         except AgentAnswered:
             raise  # the agent counted it
         except CNIError as exc:
-            self._record(pod_name, "failed", exc.msg, start)
+            self._record(pod_name, AddOutcome.FAILED, exc.msg, start)
             raise
-        self._record(pod_name, "redirected" if decision.redirect else "skipped",
+        self._record(pod_name,
+                     AddOutcome.REDIRECTED if decision.redirect else AddOutcome.SKIPPED,
                      decision.reason, start)
         return result
 
@@ -220,7 +222,7 @@ class Plugin:
         finally:
             self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 6)
 
-    def _record(self, pod: str, outcome: str, reason: str, start: float) -> None:
+    def _record(self, pod: str, outcome: AddOutcome, reason: str, start: float) -> None:
         self.phases["total"] = round(time.perf_counter() - start, 6)
         self.event = {"pod": pod, "outcome": outcome, "reason": reason, "phases": self.phases}
 

@@ -25,6 +25,7 @@ import logging
 import os
 import stat
 import time
+from enum import StrEnum
 
 LOG_FILE_NAME = "istio-cni.log"
 LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
@@ -219,6 +220,15 @@ def post_to_agent(socket_path: str, requests: list[tuple[str, bytes]],
     except OSError:
         return False
     return True
+
+
+class AddOutcome(StrEnum):
+    """An ADD's `outcome` in its event; the value is the wire text and the agent's
+    `istio_cni_plugin_add_total{outcome}` label."""
+
+    REDIRECTED = "redirected"
+    SKIPPED = "skipped"
+    FAILED = "failed"
 
 
 def send_report(socket_path: str, event: dict | None = None) -> bool:

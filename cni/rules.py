@@ -10,7 +10,7 @@ on the plugin's per-pod hot path).
 Why this shape: upstream accumulates `(chain, table, params)` rules for IPv4 and IPv6 in one
 builder (`AppendRule`, `AppendRuleV4/V6`, `InsertRule`, `AppendVersionedRule`) and renders them
 with `BuildV4Restore`/`BuildV6Restore`. `_Builder` mirrors that accumulator, and each stage of
-`Run` is one small function below, called in upstream's emission order (reference §2.3). The
+`Run` is one small function below, called in the order upstream's `Run` calls its stages. The
 order *is* the behaviour: iptables evaluates rules top to bottom, and `-N` lines and rule lines are
 rendered in first-use order, so byte-identical payloads need the same call sequence.
 
@@ -42,8 +42,6 @@ ISTIO_DROP = "ISTIO_DROP"
 TPROXY = "TPROXY"
 OUTBOUND_MARK = "1338"
 """Marks proxy-to-app packets over `lo` in TPROXY mode so inbound capture skips them."""
-DNS_LISTENER_PORT = "15053"
-"""istio-agent's DNS proxy."""
 MAX_OWNER_GROUPS_INCLUDE = 64
 """Upstream's limit: all included groups go into one rule of `! --gid-owner` matches."""
 

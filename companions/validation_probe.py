@@ -1,6 +1,6 @@
 """Stand-in for Istio's `istio-validation` init container (`istio-iptables --run-validation`).
 
-Upstream's contract (reference §2.9, `tools/istio-iptables/pkg/validation`): listen on
+What upstream's validation (`tools/istio-iptables/pkg/validation`) does, and so this does: listen on
 127.0.0.1:15001 and :15006 (::1 for an IPv6 pod) with SO_REUSEADDR; as the proxy uid (1337),
 connect from 127.0.0.1 to 127.0.0.6:15002 every second. Only the CNI's redirect turns that
 connection into one accepted by our 15006 listener with SO_ORIGINAL_DST port 15002: then exit 0.

@@ -2,12 +2,14 @@
 
 Layout, edge to core: `config` (settings from the environment) -> `discovery` (which config the
 runtime uses) -> `conflist` (pure text edits) -> `primary` (edits on disk + the backup that makes
-uninstall exact) / `kubeconfig_writer` / `binaries` -> `installer` (the `Installer` the daemon
-drives) -> `watcher` (the inotify loop). Every write goes through `atomic`.
+uninstall exact) / `kubeconfig_writer` / `binaries` -> `watcher` (the inotify loop) ->
+`installer` (the `Installer` the daemon drives). `results` holds the outcomes the last two share;
+every write goes through `atomic`.
 """
 
 from installer.config import InstallerConfig, InstallerConfigError
-from installer.installer import Installer, InstallerMetrics, InstallError, NoPrimaryConfig
+from installer.installer import Installer, InstallerMetrics
+from installer.results import InstallError, InstallResult, NoPrimaryConfig
 
 __all__ = [
     "InstallError",
@@ -15,5 +17,6 @@ __all__ = [
     "InstallerConfig",
     "InstallerConfigError",
     "InstallerMetrics",
+    "InstallResult",
     "NoPrimaryConfig",
 ]

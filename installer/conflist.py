@@ -35,7 +35,7 @@ class ConfigFormatError(ValueError):
 
 
 def plugin_entry(cfg: InstallerConfig) -> dict[str, Any]:
-    """Our plugin entry, as the plugin (cni/config.py) reads it; upstream's §3.4 fields.
+    """Our plugin entry, as the plugin (cni/config.py) reads it, with upstream's field names.
 
     Ambient fields and upstream's empty `ipam`/`dns` are left out: this agent has no ambient
     mode and the plugin ignores them. `iptables_backend` is ours and only written when forced.

@@ -45,8 +45,6 @@ class FsWatch:
         self._inotify = INotify()
         self._dirs: dict[int, Path] = {}
         self._filters: dict[int, Callable[[str], bool]] = {}
-        self.lost = False
-        """A watched directory was deleted or moved away: the caller should re-create us."""
 
     def add(self, directory: Path, mask: int = CHANGE_EVENTS,
             names: Callable[[str], bool] | None = None) -> bool:
@@ -83,7 +81,6 @@ class FsWatch:
             if directory is None:
                 continue
             if ev.mask & (F.DELETE_SELF | F.MOVE_SELF | F.IGNORED):
-                self.lost = True
                 out.append(FsEvent(directory, "", ev.mask))
                 continue
             accept = self._filters.get(ev.wd)

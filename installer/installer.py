@@ -15,18 +15,19 @@ import os
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 from installer import atomic, binaries, conflist, discovery, kubeconfig_writer, primary, upgrade
 from installer.config import DEFAULT_STANDALONE_NAME, InstallerConfig
+from installer.results import InstallError, InstallResult, NoPrimaryConfig, Reconciled
+from installer.watcher import watch
 
 log = logging.getLogger(__name__)
 
-SUCCESS = "SUCCESS"
-COPY_BINARIES_FAILURE = "COPY_BINARIES_FAILURE"
-CREATE_KUBECONFIG_FAILURE = "CREATE_KUBECONFIG_FAILURE"
-CREATE_CNI_CONFIG_FAILURE = "CREATE_CNI_CONFIG_FAILURE"
+SUCCESS = InstallResult.SUCCESS
+COPY_BINARIES_FAILURE = InstallResult.COPY_BINARIES_FAILURE
+CREATE_KUBECONFIG_FAILURE = InstallResult.CREATE_KUBECONFIG_FAILURE
+CREATE_CNI_CONFIG_FAILURE = InstallResult.CREATE_CNI_CONFIG_FAILURE
 INSTALL_RACE_LOG_EVERY = 10
 """While another writer keeps changing the primary config, log one race in this many."""
 
@@ -42,18 +43,6 @@ def _stamp(directory: Path, name: str | None) -> tuple[int, int, int] | None:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-class InstallError(Exception):
-    """Installing or uninstalling failed; `result` is upstream's metric label."""
-
-    def __init__(self, message: str, result: str = CREATE_CNI_CONFIG_FAILURE) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-class NoPrimaryConfig(InstallError):
-    """Chained mode and no valid CNI config in net.d (yet): not an error, a wait."""
-
-
 class InstallerMetrics:
     """Counters the daemon exports: `installs` by upstream result label
     (istio_cni_installs_total), `repairs` (our entry put back after someone else changed the
@@ -61,11 +50,11 @@ class InstallerMetrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._installs: Counter[str] = Counter()
+        self._installs: Counter[InstallResult] = Counter()
         self._repairs = 0
         self._errors = 0
 
-    def count_install(self, result: str) -> None:
+    def count_install(self, result: InstallResult) -> None:
         with self._lock:
             self._installs[result] += 1
             if result != SUCCESS:
@@ -79,20 +68,6 @@ class InstallerMetrics:
         with self._lock:
             return {"installs": dict(self._installs), "repairs": self._repairs,
                     "errors": self._errors}
-
-
-@dataclass(frozen=True)
-class Reconciled:
-    """What one pass changed."""
-
-    binaries: bool = False
-    kubeconfig: bool = False
-    config: bool = False
-    config_path: Path | None = None
-
-    @property
-    def changed(self) -> bool:
-        return self.binaries or self.kubeconfig or self.config
 
 
 class Installer:
@@ -191,7 +166,7 @@ class Installer:
             self.config_path = path
             return Reconciled(bins, kube, changed, path)
 
-    def _fail(self, result: str) -> None:
+    def _fail(self, result: InstallResult) -> None:
         self.set_ready(False)
         self.metrics.count_install(result)
 
@@ -220,8 +195,6 @@ class Installer:
 
     def watch(self, stop: threading.Event) -> None:
         """Block, re-installing on drift, until `stop` is set (see installer.watcher)."""
-        from installer.watcher import watch
-
         watch(self, stop)
 
     def keep_plugin_on_shutdown(self) -> bool:

@@ -25,16 +25,38 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from installer import atomic, binaries
+from installer.config import InstallerConfig
 from installer.fswatch import CHANGE_EVENTS, NET_DIR_EVENTS, FsWatch
 from installer.primary import BACKUP_SUFFIX
-
-if TYPE_CHECKING:
-    from installer.installer import Installer
+from installer.results import InstallError, InstallResult, NoPrimaryConfig, Reconciled
 
 log = logging.getLogger(__name__)
+
+
+class Counts(Protocol):
+    """The installer's tally (`installer.installer.InstallerMetrics`)."""
+
+    def count_install(self, result: InstallResult) -> None: ...
+
+    def count_repair(self) -> None: ...
+
+
+class Reconciler(Protocol):
+    """What the loop drives: `installer.Installer`, which imports this module for `watch`."""
+
+    config: InstallerConfig
+    metrics: Counts
+
+    @property
+    def ready(self) -> bool: ...
+
+    def set_ready(self, ready: bool) -> None: ...
+
+    def reconcile(self) -> Reconciled: ...
+
 
 FIGHT_WINDOW = 30.0
 FIGHT_THRESHOLD = 5
@@ -76,7 +98,7 @@ def _net_dir_name(name: str) -> bool:
     return not atomic.is_temp(name) and not name.endswith(BACKUP_SUFFIX)
 
 
-def add_watches(fs: FsWatch, installer: Installer) -> None:
+def add_watches(fs: FsWatch, installer: Reconciler) -> None:
     cfg = installer.config
     fs.add(cfg.mounted_cni_net_dir, NET_DIR_EVENTS, _net_dir_name)
     ours = binaries.owned_filter(cfg)  # our binaries or links, and our bundles' version dirs
@@ -87,12 +109,10 @@ def add_watches(fs: FsWatch, installer: Installer) -> None:
     fs.add(cfg.service_account_path, CHANGE_EVENTS)
 
 
-def watch(installer: Installer, stop: threading.Event,
+def watch(installer: Reconciler, stop: threading.Event,
           detector: FightDetector | None = None) -> None:
     """Reconcile on every relevant change until `stop` is set. Never raises InstallError:
     failures are logged, counted, make us not ready, and are retried."""
-    from installer.installer import SUCCESS, InstallError, NoPrimaryConfig
-
     detector = detector or FightDetector()
     first = True
     hold_off = 0.0
@@ -123,7 +143,7 @@ def watch(installer: Installer, stop: threading.Event,
                                 "replaced)", result.config_path)
                     hold_off = detector.record(result.config_path)
                 if result.changed or first or not installer.ready:
-                    installer.metrics.count_install(SUCCESS)
+                    installer.metrics.count_install(InstallResult.SUCCESS)
                 first = False
                 installer.set_ready(True)
             events = fs.wait(stop, timeout)

@@ -1,1 +1,1 @@
-"""istio-cni-node: the DaemonSet process (installer loop, repair controller) and the admin CLI."""
+"""The DaemonSet agent: installer loop, repair controller, drift check, log sink, health."""

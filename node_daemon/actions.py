@@ -13,6 +13,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from cni.errors import CNIError
@@ -26,8 +27,35 @@ from node_daemon.pod_rules import reconcile_rules
 
 log = logging.getLogger("node_daemon.repair")
 COMPONENT = "cni-repair"
-REASONS = {"repair": "RepairBrokenPod", "delete": "DeleteBrokenPod", "label": "LabelBrokenPod",
-           "drift": "RulesDrift"}
+
+
+class Action(StrEnum):
+    """What was done to a pod; the value is upstream's `type` metric label (drift: ours)."""
+
+    REPAIR = "repair"
+    DELETE = "delete"
+    LABEL = "label"
+    DRIFT = "drift"
+    NONE = "none"
+    """No repair mode is enabled (the one-shot `repair` command's rows only)."""
+
+
+class Result(StrEnum):
+    """How it went; the value is the `result` metric label and the admin commands' text."""
+
+    SUCCESS = "success"
+    FAIL = "fail"
+    """The controller retries these with backoff."""
+    SKIP = "skip"
+    DRY_RUN = "dry-run"
+    IN_SYNC = "in_sync"
+    """Drift check: the rules match the pod's spec."""
+    DETECTED = "detected"
+    """Drift check: the rules differ and were left alone (DRIFT_REPAIR=false)."""
+
+
+REASONS = {Action.REPAIR: "RepairBrokenPod", Action.DELETE: "DeleteBrokenPod",
+           Action.LABEL: "LabelBrokenPod", Action.DRIFT: "RulesDrift"}
 
 
 class EventSink(Protocol):
@@ -47,9 +75,8 @@ class NetnsLocator(Protocol):
 @dataclass(frozen=True)
 class ActionResult:
     pod: str
-    action: str
-    result: str
-    """success | skip | fail (upstream's metric label values)."""
+    action: Action
+    result: Result
     message: str
 
 
@@ -73,16 +100,17 @@ class Reporter:
         self.metrics = metrics
         self.node = node
 
-    def record(self, pod: dict[str, Any], action: str, result: str, message: str) -> ActionResult:
+    def record(self, pod: dict[str, Any], action: Action, result: Result,
+               message: str) -> ActionResult:
         key = pod_key(pod)
-        level = logging.WARNING if result == "fail" else logging.INFO
+        level = logging.WARNING if result == Result.FAIL else logging.INFO
         log.log(level, "%s %s: %s: %s", action, result, key, message)
-        if self.events is not None and result != "skip":
+        if self.events is not None and result != Result.SKIP:
             self._post(pod, REASONS[action], message,
-                       "Normal" if result == "success" and action in ("repair", "drift")
-                       else "Warning")
+                       "Normal" if result == Result.SUCCESS
+                       and action in (Action.REPAIR, Action.DRIFT) else "Warning")
         # The metric comes last, so whoever sees it can rely on the event having been sent.
-        if action == "drift":
+        if action == Action.DRIFT:
             self.metrics.drift.labels(result=result).inc()
         else:
             self.metrics.repaired(action, result)
@@ -124,11 +152,11 @@ class Actions:
 
     def act(self, pod: dict[str, Any], mode: str | None = None) -> ActionResult | None:
         mode = mode or self.cfg.mode
-        if mode == "repair":
+        if mode == Action.REPAIR:
             return self.repair(pod)
-        if mode == "delete":
+        if mode == Action.DELETE:
             return self.delete(pod)
-        if mode == "label":
+        if mode == Action.LABEL:
             return self.label(pod)
         return None
 
@@ -143,32 +171,33 @@ class Actions:
             done = self._repaired.get(key)
         if done is not None:
             why = "already repaired" if done == uid else f"already repaired with uid {done}"
-            return ActionResult(key, "repair", "skip", why)  # no metric: it is not an attempt
+            # no metric: it is not an attempt
+            return ActionResult(key, Action.REPAIR, Result.SKIP, why)
         try:
             info, decision = decide_pod(pod)
         except CNIError as exc:
-            return self.reporter.record(pod, "repair", "fail",
+            return self.reporter.record(pod, Action.REPAIR, Result.FAIL,
                                         f"pod detected as broken, but unreadable: {exc.msg}")
         if not decision.redirect:
-            return self.reporter.record(pod, "repair", "skip",
+            return self.reporter.record(pod, Action.REPAIR, Result.SKIP,
                                         f"the plugin would not redirect it: {decision.reason}")
         ips = info.pod_ips
         ref = self.finder.find(ips) if self.finder is not None and ips else None
         if ref is None:
             return self.reporter.record(
-                pod, "repair", "fail",
+                pod, Action.REPAIR, Result.FAIL,
                 f"pod detected as broken, but no network namespace on this node has "
                 f"IP {', '.join(ips) or '(none)'}")
         try:
             outcome = reconcile_rules(ref.path, redirect_from_pod(info), self.backend)
         except (CNIError, OSError) as exc:
             msg = exc.msg if isinstance(exc, CNIError) else str(exc)
-            return self.reporter.record(pod, "repair", "fail",
+            return self.reporter.record(pod, Action.REPAIR, Result.FAIL,
                                         f"pod detected as broken, but failed to repair: {msg}")
         with self._lock:
             self._repaired[key] = uid
         return self.reporter.record(
-            pod, "repair", "success",
+            pod, Action.REPAIR, Result.SUCCESS,
             f"pod detected as broken, traffic redirection {outcome.state} in netns of pid "
             f"{ref.pid}; the validation init container passes on its next restart")
 
@@ -179,20 +208,22 @@ class Actions:
             self.api.delete_pod(meta["namespace"], meta["name"], str(meta.get("uid", "")),
                                 str(meta.get("resourceVersion", "")))
         except ApiError as exc:
-            return self.reporter.record(pod, "delete", "fail",
+            return self.reporter.record(pod, Action.DELETE, Result.FAIL,
                                         f"pod detected as broken, but failed to delete: {exc}")
-        return self.reporter.record(pod, "delete", "success", "pod detected as broken, deleted")
+        return self.reporter.record(pod, Action.DELETE, Result.SUCCESS,
+                                    "pod detected as broken, deleted")
 
     def label(self, pod: dict[str, Any]) -> ActionResult:
         meta = metadata(pod)
         if self.cfg.label_key in (meta.get("labels") or {}):
-            return self.reporter.record(pod, "label", "skip",
+            return self.reporter.record(pod, Action.LABEL, Result.SKIP,
                                         f"already has label {self.cfg.label_key}")
         assert self.api is not None
         patch = {"metadata": {"labels": {self.cfg.label_key: self.cfg.label_value}}}
         try:
             self.api.merge_patch_status(meta["namespace"], meta["name"], patch)
         except ApiError as exc:
-            return self.reporter.record(pod, "label", "fail",
+            return self.reporter.record(pod, Action.LABEL, Result.FAIL,
                                         f"pod detected as broken, but failed to label: {exc}")
-        return self.reporter.record(pod, "label", "success", "pod detected as broken, labeled")
+        return self.reporter.record(pod, Action.LABEL, Result.SUCCESS,
+                                    "pod detected as broken, labeled")

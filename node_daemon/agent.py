@@ -6,15 +6,16 @@ On the way out everything is stopped in reverse and the installer uninstalls the
 (sidecar mode: always, unless `keep_plugin`), so pods created while no agent runs are left to
 the validation container and the next agent's repair controller, as upstream.
 
-The installer is passed in (the real one is `installer.Installer(config)`); `run` needs only:
-`install(stop)`, `watch(stop: threading.Event)` (blocks until stop is set, re-installing on drift;
-raising means a fatal install error), `uninstall(keep_plugin: bool)` and a boolean `ready`.
+The installer is passed in (the real one is `installer.Installer(config)`) and used only through
+the `Installer` protocol below. It keeps the one count of installs by result; the agent exports
+that count as `istio_cni_installs_total` and never counts installs itself.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,15 +32,40 @@ from node_daemon.netns_finder import NetnsFinder
 log = logging.getLogger(__name__)
 
 
+class InstallCounts(Protocol):
+    """The installer's tally: `snapshot()["installs"]` maps a result label to a count."""
+
+    def snapshot(self) -> Mapping[str, object]: ...
+
+
 class Installer(Protocol):
+    """What the agent calls on the installer, and nothing else."""
+
     @property
-    def ready(self) -> bool: ...
+    def ready(self) -> bool:
+        """Installed and idle: what /readyz and istio_cni_install_ready report."""
+        ...
 
-    def install(self) -> None: ...
+    @property
+    def metrics(self) -> InstallCounts:
+        """Every install and re-install by result, counted once, by the installer."""
+        ...
 
-    def watch(self, stop: threading.Event) -> None: ...
+    def install(self, stop: threading.Event | None = None) -> None:
+        """Install, waiting for a primary CNI config until `stop`; raise when that fails."""
+        ...
 
-    def uninstall(self, keep_plugin: bool) -> None: ...
+    def watch(self, stop: threading.Event) -> None:
+        """Re-install on drift until `stop` is set; raising means a fatal error."""
+        ...
+
+    def keep_plugin_on_shutdown(self) -> bool:
+        """True when this shutdown is an upgrade or restart (UNINSTALL_ON_SHUTDOWN)."""
+        ...
+
+    def uninstall(self, keep_plugin: bool = False) -> None:
+        """Remove the plugin from the node, or with `keep_plugin` leave it for the next agent."""
+        ...
 
 
 @dataclass
@@ -63,6 +89,15 @@ class Agent:
     """Set once installed and the controller started (tests wait on it)."""
     _install_attempted: bool = False
 
+    def __post_init__(self) -> None:
+        self.metrics.export_installs(self._install_counts)
+
+    def _install_counts(self) -> Mapping[str, float]:
+        counts = self.installer.metrics.snapshot().get("installs")
+        if not isinstance(counts, Mapping):
+            return {}
+        return {str(result): float(n) for result, n in counts.items()}
+
     def ready(self) -> tuple[bool, str]:
         installed = bool(self.installer.ready)
         self.metrics.install_ready.set(1 if installed else 0)
@@ -78,8 +113,8 @@ class Agent:
     def run(self, stop: threading.Event, keep_plugin: bool = False) -> int:
         """Serve until `stop`; 0 on a clean shutdown, 1 on a fatal install error.
 
-        `keep_plugin` (or the installer's own `keep_plugin_on_shutdown`, when it has one) is
-        passed to `uninstall` on the way out."""
+        On the way out the plugin stays installed when `keep_plugin` is set or the installer's
+        `keep_plugin_on_shutdown()` says this is an upgrade."""
         try:
             self._start_servers()
             self._install_attempted = True
@@ -87,10 +122,8 @@ class Agent:
                 # stop= lets SIGTERM interrupt the wait for a primary CNI config
                 self.installer.install(stop=stop)
             except Exception as exc:
-                self._count_install(getattr(exc, "result", "FAILURE"))
                 log.error("install failed: %s", exc)
                 return 1
-            self._count_install("SUCCESS")
             self._start_controller()
             self.started.set()
             try:
@@ -103,20 +136,9 @@ class Agent:
         finally:
             self._shutdown(keep_plugin)
 
-    def _count_install(self, result: str) -> None:
-        """Our own count, unless the installer keeps one (it also counts its re-installs)."""
-        if getattr(self.installer, "metrics", None) is None:
-            self.metrics.installs.labels(result=result).inc()
-
     def render_metrics(self) -> bytes:
-        """Prometheus text; first brings in the installer's install counts, if it keeps them."""
-        counts = getattr(self.installer, "metrics", None)
-        if counts is not None and hasattr(counts, "snapshot"):
-            for result, n in dict(counts.snapshot().get("installs", {})).items():
-                have = self.metrics.value("istio_cni_installs_total", result=result)
-                if n > have:
-                    self.metrics.installs.labels(result=result).inc(n - have)
-        self.ready()  # refreshes istio_cni_install_ready
+        """Prometheus text, with istio_cni_install_ready refreshed first."""
+        self.ready()
         return self.metrics.render()
 
     def _start_servers(self) -> None:
@@ -152,11 +174,8 @@ class Agent:
 
     def _installer_keeps_plugin(self) -> bool:
         """Ask the installer (UNINSTALL_ON_SHUTDOWN: is this an upgrade or a deletion?)."""
-        decide = getattr(self.installer, "keep_plugin_on_shutdown", None)
-        if decide is None:
-            return False
         try:
-            return bool(decide() if callable(decide) else decide)
+            return self.installer.keep_plugin_on_shutdown()
         except Exception as exc:  # noqa: BLE001 - when in doubt, uninstall (safe default)
             log.error("could not decide whether to keep the plugin: %s; uninstalling", exc)
             return False

@@ -21,10 +21,6 @@ class Verdict:
     """Why: the matching container, or why each candidate did not match."""
 
 
-def is_broken(pod: dict[str, Any], cfg: RepairConfig) -> bool:
-    return diagnose(pod, cfg).broken
-
-
 def diagnose(pod: dict[str, Any], cfg: RepairConfig) -> Verdict:
     """Upstream's rule, in its order; the first matching init container decides."""
     annotations = (pod.get("metadata") or {}).get("annotations") or {}

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from node_daemon.actions import Actions, pod_key
+from node_daemon.actions import Actions, Result, pod_key
 from node_daemon.broken import diagnose
 from node_daemon.config import RepairConfig
 from node_daemon.drift import DriftChecker
@@ -230,4 +230,4 @@ class RepairController:
         if not diagnose(pod, self.cfg).broken:
             return True
         result = self.actions.act(pod)
-        return result is None or result.result != "fail"
+        return result is None or result.result != Result.FAIL

@@ -19,10 +19,10 @@ from cni.errors import CNIError, InvalidPod
 from cni.pipeline import decide_pod
 from cni.podinfo import pod_ips
 from cni.redirect import redirect_from_pod
-from node_daemon.actions import ActionResult, Reporter, pod_key
+from node_daemon.actions import Action, ActionResult, Reporter, Result, pod_key
 from node_daemon.config import RepairConfig
 from node_daemon.netns_finder import NetnsFinder, NetnsRef
-from node_daemon.pod_rules import reconcile_rules
+from node_daemon.pod_rules import RulesState, reconcile_rules
 
 
 def is_candidate(pod: dict[str, Any], cfg: RepairConfig) -> bool:
@@ -68,22 +68,25 @@ class DriftChecker:
 
     def check_pod(self, pod: dict[str, Any], ref: NetnsRef | None) -> ActionResult:
         if ref is None:  # not (or no longer) running here: nothing to compare, no event
-            return ActionResult(pod_key(pod), "drift", "skip", "no netns with the pod's IP")
+            return ActionResult(pod_key(pod), Action.DRIFT, Result.SKIP,
+                                "no netns with the pod's IP")
         try:
             redirect = redirect_from_pod(decide_pod(pod)[0])
             outcome = reconcile_rules(ref.path, redirect, self.backend, fix=self.fix)
         except (CNIError, OSError) as exc:
             msg = exc.msg if isinstance(exc, CNIError) else str(exc)
-            return self.reporter.record(pod, "drift", "fail", f"drift check failed: {msg}")
-        if outcome.state == "in_sync":
-            self.reporter.metrics.drift.labels(result="in_sync").inc()
-            return ActionResult(pod_key(pod), "drift", "in_sync", "rules match the pod's spec")
-        if outcome.state == "drifted":
+            return self.reporter.record(pod, Action.DRIFT, Result.FAIL,
+                                        f"drift check failed: {msg}")
+        if outcome.state == RulesState.IN_SYNC:
+            self.reporter.metrics.drift.labels(result=Result.IN_SYNC).inc()
+            return ActionResult(pod_key(pod), Action.DRIFT, Result.IN_SYNC,
+                                "rules match the pod's spec")
+        if outcome.state == RulesState.DRIFTED:
             return self.reporter.record(
-                pod, "drift", "detected",
+                pod, Action.DRIFT, Result.DETECTED,
                 f"traffic redirection rules differ from the pod's spec ({outcome.summary()}); "
                 "not repaired (DRIFT_REPAIR=false)")
         return self.reporter.record(
-            pod, "drift", "success",
+            pod, Action.DRIFT, Result.SUCCESS,
             f"traffic redirection rules were missing or altered ({outcome.summary()}); "
             f"{outcome.state} in place")

@@ -32,10 +32,6 @@ class ApiError(Exception):
     def not_found(self) -> bool:
         return self.status == 404
 
-    @property
-    def conflict(self) -> bool:
-        return self.status == 409
-
 
 @dataclass(frozen=True)
 class PodList:

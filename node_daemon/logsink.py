@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cni.plugin_log import AddOutcome
 from node_daemon.httpserve import BoundedHandler, KeptUnixServer
-from node_daemon.metrics import ADD_OUTCOMES, ADD_PHASES, Metrics
+from node_daemon.metrics import ADD_PHASES, Metrics
 
 log = logging.getLogger(__name__)
 plugin_log = logging.getLogger("cni-plugin")
@@ -57,9 +58,10 @@ def handle_event(body: bytes, metrics: Metrics) -> None:
     event = json.loads(body)
     if not isinstance(event, dict):
         raise ValueError("expected a JSON object")
-    outcome = event.get("outcome")
-    if outcome not in ADD_OUTCOMES:
-        raise ValueError(f"unknown outcome {outcome!r}")
+    try:
+        outcome = AddOutcome(event.get("outcome"))
+    except ValueError:
+        raise ValueError(f"unknown outcome {event.get('outcome')!r}") from None
     raw_phases = event.get("phases") or {}
     phases = {p: float(s) for p, s in raw_phases.items()
               if p in ADD_PHASES and isinstance(s, int | float) and s >= 0}

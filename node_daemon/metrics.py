@@ -9,10 +9,15 @@ the agent serves), agent-served calls and where their pods came from, and drift 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from cni.plugin_log import AddOutcome
 
 ADD_PHASES = ("lookup", "rules", "apply", "total")
-ADD_OUTCOMES = ("redirected", "skipped", "failed")
 # ADD latency: an excluded pod takes ~2 ms, a redirected one ~10-50 ms, retries up to 30 s.
 ADD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -21,8 +26,6 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.installs = Counter("istio_cni_installs", "Total number of CNI plugin installs",
-                                ["result"], registry=r)
         self.install_ready = Gauge("istio_cni_install_ready",
                                    "Whether the CNI plugin installation is ready", registry=r)
         self.repairs = Counter("istio_cni_repair_pods_repaired",
@@ -48,10 +51,17 @@ class Metrics:
                                         "Plugin log lines received over the log socket",
                                         registry=r)
 
+    def export_installs(self, counts: Callable[[], Mapping[str, float]]) -> None:
+        """Serve `istio_cni_installs_total{result}` from `counts()`, read at every scrape.
+
+        The installer keeps the one count of installs (its watch loop re-installs on its own);
+        this exports it rather than keeping a second counter in step with it."""
+        self.registry.register(_InstallsCollector(counts))
+
     def repaired(self, kind: str, result: str) -> None:
         self.repairs.labels(type=kind, result=result).inc()
 
-    def plugin_add(self, outcome: str, phases: dict[str, float]) -> None:
+    def plugin_add(self, outcome: AddOutcome, phases: dict[str, float]) -> None:
         self.plugin_adds.labels(outcome=outcome).inc()
         for phase, seconds in phases.items():
             self.plugin_add_seconds.labels(phase=phase).observe(seconds)
@@ -63,3 +73,17 @@ class Metrics:
         """A sample's current value (0 when absent): for tests and the admin output."""
         got = self.registry.get_sample_value(name, labels)
         return got or 0.0
+
+
+class _InstallsCollector(Collector):
+    """`istio_cni_installs_total{result}` as a view of a count kept elsewhere."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, float]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("istio_cni_installs", "Total number of CNI plugin installs",
+                                     labels=["result"])
+        for result, n in sorted(self._counts().items()):
+            family.add_metric([result], n)
+        yield family

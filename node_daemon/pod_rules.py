@@ -12,22 +12,33 @@ Enters the pod netns on the calling thread: call from one worker thread at a tim
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from cni import pipeline
 from cni.live_state import StateDiff
 from cni.redirect import Redirect
 
 
+class RulesState(StrEnum):
+    """Where a pod netns ended up; the value is the text used in messages."""
+
+    IN_SYNC = "in_sync"
+    PROGRAMMED = "programmed"
+    """The netns had none of our rules; now it has them."""
+    REPAIRED = "repaired"
+    """It had other rules of ours: reset, then programmed."""
+    DRIFTED = "drifted"
+    """It differs and was left alone, because fixing was not asked for."""
+
+
 @dataclass(frozen=True)
 class RulesOutcome:
-    state: str
-    """in_sync | programmed (netns had none) | repaired (reset, then programmed) | drifted
-    (differs; left alone because fixing was not asked for)."""
+    state: RulesState
     diff: StateDiff
 
     @property
     def changed(self) -> bool:
-        return self.state in ("programmed", "repaired")
+        return self.state in (RulesState.PROGRAMMED, RulesState.REPAIRED)
 
     def summary(self) -> str:
         return f"{len(self.diff.missing)} missing, {len(self.diff.extra)} unexpected"
@@ -40,10 +51,10 @@ def reconcile_rules(netns_path: str, redirect: Redirect, backend: str = "auto",
     with pipeline.visit(netns_path, redirect, backend) as pod_ns:
         diff = pod_ns.check()
         if not diff.missing and not diff.extra:
-            return RulesOutcome("in_sync", diff)
+            return RulesOutcome(RulesState.IN_SYNC, diff)
         if not fix:
-            return RulesOutcome("drifted", diff)
+            return RulesOutcome(RulesState.DRIFTED, diff)
         if not diff.clean:
             pod_ns.reset()
         pod_ns.program()
-    return RulesOutcome("programmed" if diff.clean else "repaired", diff)
+    return RulesOutcome(RulesState.PROGRAMMED if diff.clean else RulesState.REPAIRED, diff)

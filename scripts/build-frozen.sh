@@ -70,7 +70,7 @@ old_glibc_build() {
     fi
     src="$OLD_ROOT/usr/src/app"
     rm -rf "$src" && mkdir -p "$src"
-    cp -a pyproject.toml build.spec cni installer node_daemon companions "$src/"
+    cp -a pyproject.toml build.spec cni installer node_daemon admin companions "$src/"
     find "$src" -name __pycache__ -prune -exec rm -rf {} +
     in_chroot "cd /usr/src/app && /opt/venv/bin/pip install -q --disable-pip-version-check \
             . 'pyinstaller>=6.10' \

@@ -69,7 +69,7 @@ fi
 # --- a clean build context: only what the Containerfile copies -----------------------------
 ctx="$WORK/context"
 rm -rf "$ctx" && mkdir -p "$ctx/scripts"
-cp -a Containerfile pyproject.toml README.md build.spec cni installer node_daemon companions "$ctx/"
+cp -a Containerfile pyproject.toml README.md build.spec cni installer node_daemon admin companions "$ctx/"
 cp -a scripts/build-frozen.sh "$ctx/scripts/"
 find "$ctx" -name __pycache__ -prune -exec rm -rf {} +
 

@@ -15,8 +15,6 @@ from testbed.procs import HarnessError
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "istio-cni"
-DIST_PLUGIN = REPO / "dist" / NAME / NAME
-"""The plugin as scripts/build-frozen.sh leaves it."""
 
 
 def build_plugin(out: Path, timeout: float = 600) -> Path:

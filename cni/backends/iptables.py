@@ -10,7 +10,7 @@ text, so the two backends cannot disagree on it.
 from __future__ import annotations
 
 from cni.errors import RulesApplyFailed, RulesConflict
-from cni.live_state import StateDiff, TableReset, diff_state, reset_plan
+from cni.live_state import DiffState, StateDiff, TableReset, diff_state, reset_plan
 from cni.ruleset import FamilyRules, RuleSet
 
 
@@ -27,7 +27,7 @@ class IptablesBackend:
         earlier ones are removed again, so a pod is never half-programmed."""
         diffs = [(fam, diff_state(self.save(fam.ipv6), fam)) for fam in ruleset.families()]
         self._refuse_conflicts([d for _, d in diffs])
-        todo = [fam for fam, d in diffs if d.state == "clean" and fam.rules]
+        todo = [fam for fam, d in diffs if d.state == DiffState.CLEAN and fam.rules]
         applied: list[FamilyRules] = []
         for fam in todo:
             try:
@@ -69,7 +69,7 @@ class IptablesBackend:
         raise NotImplementedError
 
     def _refuse_conflicts(self, diffs: list[StateDiff]) -> None:
-        bad = [d for d in diffs if d.state == "conflict"]
+        bad = [d for d in diffs if d.state == DiffState.CONFLICT]
         if not bad:
             return
         lines = [f"missing: {r}" for d in bad for r in d.missing]

@@ -2,8 +2,8 @@
 
 Each case builds an `IptablesConfig`, renders it, and compares with `golden/NAME.golden`:
 
-- `plugin-*`: the three payloads the upstream CNI plugin programs (reference §2.4 (a), (c), (d),
-  from `cni/pkg/plugin/testdata/{basic,tproxy,dns}.txt.golden`), transcribed verbatim.
+- `plugin-*`: the three payloads the upstream CNI plugin programs (default, TPROXY and DNS
+  capture; upstream's `cni/pkg/plugin/testdata/{basic,tproxy,dns}.txt.golden`), verbatim.
 - `capture-*`: upstream's `tools/istio-iptables/pkg/capture/run_test.go` cases (same names as
   its `testdata/*.golden`), each with the flags that upstream test sets on top of its
   `constructTestConfig()` (UID/GID 1337, owner groups `*`, loopback 127.0.0.1/32, all else
@@ -11,19 +11,18 @@ Each case builds an `IptablesConfig`, renders it, and compares with `golden/NAME
   lines around the `iptables-restore` stdin (v4 payload, then v6 payload). Our golden keeps
   only the payloads.
 
-Upstream's capture goldens at the reference's HEAD (86c9f01) are not available to us; the newest
-stored versions predate three HEAD changes to `capture.Run`. `golden/upstream/` holds four of
-them verbatim (commit in `UPSTREAM_GOLDENS`), and `test_matches_upstream_golden` asserts our
-output equals each one after applying exactly the named deltas below, each a HEAD change the
-reference document and HEAD's run.go agree on:
+`golden/upstream/` holds four of upstream's capture goldens verbatim, from an older commit (in
+`UPSTREAM_GOLDENS`) that predates three later changes to `capture.Run`.
+`test_matches_upstream_golden` asserts our output equals each one after applying exactly the
+named deltas below, each one of those later changes as upstream's current `run.go` makes it:
 
 - `output_jump_all_protocols`: `-A OUTPUT -p tcp -j ISTIO_OUTPUT` became `-A OUTPUT -j
-  ISTIO_OUTPUT` (reference §2.3 step 6, §2.4 (a)).
-- `drop_invalid_chain`: the INVALID drop moved into its own chain (§2.3 step 3).
+  ISTIO_OUTPUT` (the `plugin-basic` payload has it too).
+- `drop_invalid_chain`: the INVALID drop moved into its own chain.
 - `dns_no_owner_udp_return`: `SetupDNSRedir` no longer adds `-p udp --dport 53 -m owner ...
-  -j RETURN` to nat ISTIO_OUTPUT_DNS (§2.3 step 11, §2.4 (d)).
+  -j RETURN` to nat ISTIO_OUTPUT_DNS (as in the `plugin-dns` payload).
 - `dns_v6_jump_only_with_v6_servers`: the nat jump to ISTIO_OUTPUT_DNS is per family, only
-  when capturing all DNS or that family has servers (§2.3 step 11).
+  when capturing all DNS or that family has servers.
 
 Golden file format: the IPv4 `iptables-restore` payload exactly as fed to `iptables-restore
 --noflush`; for IPv6 cases (`enable_ipv6`) it is followed by the line `# ip6tables-restore`
@@ -50,8 +49,9 @@ from cni.ruleset import IP6_MARKER, RuleSet
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
 
-# The CNI plugin's fixed inputs for a default injected pod (reference §1.4): include all
-# inbound ports but 15020/15021/15090, exclude outbound port 15020, capture all CIDRs.
+# The CNI plugin's fixed inputs for a default injected pod (upstream's defaults for the
+# sidecar annotations): include all inbound ports but 15020/15021/15090, exclude outbound port
+# 15020, capture all CIDRs.
 PLUGIN_DEFAULT = IptablesConfig(
     inbound_ports_include=("*",),
     inbound_ports_exclude=("15020", "15021", "15090"),

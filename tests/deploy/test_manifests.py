@@ -19,10 +19,10 @@ import kubernetes_validate
 import pytest
 from kubernetes_validate.utils import all_versions, latest_version
 
+from admin.cli import cli
 from cni.decision import decide_before_lookup
 from installer.config import InstallerConfig
 from installer.upgrade import PROBE_TIMEOUT_SECONDS
-from node_daemon.cli import cli
 from node_daemon.config import DaemonConfig
 from tests.deploy.manifest import (
     MANIFEST,

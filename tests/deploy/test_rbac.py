@@ -27,11 +27,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from admin.cli import cli
 from cni.kubeconfig import load_kubeconfig
 from cni.podlookup import ApiPodSource, RetryPolicy
 from installer import Installer
 from installer.config import InstallerConfig
-from node_daemon.cli import cli
 from node_daemon.config import DaemonConfig
 from node_daemon.controller import RepairController
 from testbed.cleanup import Cleanup

@@ -35,7 +35,7 @@ from testbed.pods import REPO, workload
 from testbed.wait import wait_for
 
 SECRET = "S3CRET-token-must-never-be-logged-7f1c2e9a"
-PACKAGES = ("cni", "installer", "node_daemon", "companions", "testbed")
+PACKAGES = ("cni", "installer", "node_daemon", "admin", "companions", "testbed")
 
 
 def mode(path: Path) -> int:
@@ -215,7 +215,7 @@ def test_node_daemon_never_logs_the_token(tmp_path: Path, kube_api: KubeApiServe
            "MONITORING_PORT": "0", "HEALTH_BIND_ADDRESS": "127.0.0.1", "HOST_PROC": "/proc",
            "DRIFT_CHECK_INTERVAL": "0", "PYTHONPATH": str(REPO)}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "node_daemon.cli", "run"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "admin.cli", "run"], env=env,
                                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
         socket_path = dirs.run_dir / "log.sock"

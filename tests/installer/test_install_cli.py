@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from click.testing import CliRunner
 
-from node_daemon.cli import cli
+from admin.cli import cli
 from testbed.nodedirs import GOLDEN, NodeDirs
 
 

@@ -1,7 +1,7 @@
 """Primary config discovery on real directories, and the inotify wait for a config to appear.
 
-The table follows upstream's install scenarios (reference §3.5: calico, minikube, non_json,
-bad_minikube, noname/noplugins calico, in both orders) plus libcni's validity rules.
+The table follows upstream's install-cni scenarios (calico, minikube, non_json, bad_minikube,
+noname/noplugins calico, in both orders) plus libcni's validity rules.
 """
 
 from __future__ import annotations

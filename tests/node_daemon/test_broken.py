@@ -1,4 +1,4 @@
-"""`diagnose` against upstream's TestMatchesFilter cases (reference §4.2), pure tier."""
+"""`diagnose` against upstream's repair controller TestMatchesFilter cases, pure tier."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from node_daemon.broken import diagnose, is_broken
+from node_daemon.broken import diagnose
 from node_daemon.config import RepairConfig
 from testbed.pods import BROKEN_WAITING, COMPLETED, make_pod, terminated, validation_status
 
@@ -70,7 +70,7 @@ CASES = [
 @pytest.mark.parametrize(("pod", "cfg", "broken"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])
 def test_matches_upstream_filter(pod, cfg, broken):
-    assert is_broken(pod, cfg) is broken
+    assert diagnose(pod, cfg).broken is broken
 
 
 def test_reasons_name_the_container_and_code():

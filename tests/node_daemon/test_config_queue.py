@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
+from admin.run_cmd import default_installer, read_configs, run_daemon
 from cni.settings import BACKENDS
 from node_daemon.config import ConfigError, DaemonConfig, RepairConfig
-from node_daemon.run_cmd import default_installer, read_configs, run_daemon
 from node_daemon.workqueue import RateLimiter, WorkQueue
 from testbed.nodedirs import make_node_dirs
 from testbed.wait import wait_for

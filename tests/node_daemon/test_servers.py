@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cni.plugin_log import post_to_agent
+from installer import InstallerMetrics
 from node_daemon.agent import Agent
 from node_daemon.config import DaemonConfig, RepairConfig
 from node_daemon.health import health_server, metrics_server
@@ -102,24 +103,31 @@ def test_healthz_always_readyz_follows_state_and_metrics_served():
 
 
 class FakeInstaller:
-    """The installer seam `agent.run` needs: install, watch(stop), uninstall, ready."""
+    """The installer seam `agent.Installer`: install, watch(stop), keep_plugin_on_shutdown,
+    uninstall, ready, and the install count (the installer's own `InstallerMetrics`)."""
 
     def __init__(self, fail_install: bool = False) -> None:
         self.ready = False
         self.calls: list[str] = []
         self.fail_install = fail_install
+        self.metrics = InstallerMetrics()
 
     def install(self, stop: threading.Event | None = None) -> None:
         self.calls.append("install")
         if self.fail_install:
+            self.metrics.count_install("FAILURE")
             raise RuntimeError("no primary CNI config")
+        self.metrics.count_install("SUCCESS")
         self.ready = True
 
     def watch(self, stop: threading.Event) -> None:
         self.calls.append("watch")
         stop.wait()
 
-    def uninstall(self, keep_plugin: bool) -> None:
+    def keep_plugin_on_shutdown(self) -> bool:
+        return False
+
+    def uninstall(self, keep_plugin: bool = False) -> None:
         self.calls.append(f"uninstall keep={keep_plugin}")
         self.ready = False
 
@@ -166,19 +174,49 @@ def test_agent_install_failure_exits_1_after_cleanup(tmp_path):
     assert agent.metrics.value("istio_cni_installs_total", result="FAILURE") == 1
 
 
+def test_installs_total_is_the_installer_s_one_count(tmp_path):
+    """istio_cni_installs_total shows the installer's count, re-installs of its watch loop
+    included, and the agent adds none of its own."""
+    installer = FakeInstaller()
+    agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
+    installer.install()
+    assert agent.metrics.value("istio_cni_installs_total", result="SUCCESS") == 1
+    installer.metrics.count_install("SUCCESS")  # as the watch loop counts a re-install
+    installer.metrics.count_install("COPY_BINARIES_FAILURE")
+    body = agent.render_metrics().decode()
+    assert 'istio_cni_installs_total{result="SUCCESS"} 2.0' in body
+    assert 'istio_cni_installs_total{result="COPY_BINARIES_FAILURE"} 1.0' in body
+
+
 @pytest.mark.parametrize("keep", [True, False])
-def test_agent_asks_the_installer_whether_to_keep_the_plugin(tmp_path, keep):
+def test_agent_asks_the_installer_whether_to_keep_the_plugin(tmp_path, keep, mocker):
     """UNINSTALL_ON_SHUTDOWN: the installer's decision (upgrade vs deletion) is called, not
     mistaken for a truthy attribute."""
     installer = FakeInstaller()
-    asked: list[bool] = []
-    installer.keep_plugin_on_shutdown = lambda: asked.append(True) or keep  # type: ignore[attr-defined]
+    asked = mocker.patch.object(installer, "keep_plugin_on_shutdown", return_value=keep)
     agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
     stop = threading.Event()
     stop.set()  # shut down as soon as the watch starts
     assert agent.run(stop) == 0
-    assert asked == [True]
+    asked.assert_called_once_with()
     assert installer.calls[-1] == f"uninstall keep={keep}"
+
+
+def test_agent_uninstalls_when_the_installer_cannot_decide(tmp_path, mocker, caplog):
+    """The upgrade-or-deletion question fails in a way the installer did not foresee: the agent
+    takes the safe default (uninstall, so no pod is left with a plugin nobody repairs) and says
+    why, instead of dying with the plugin in place."""
+    installer = FakeInstaller()
+    mocker.patch.object(installer, "keep_plugin_on_shutdown",
+                        side_effect=OSError(5, "Input/output error"))
+    agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
+    stop = threading.Event()
+    stop.set()
+    with caplog.at_level(logging.ERROR, logger="node_daemon.agent"):
+        assert agent.run(stop) == 0
+    assert installer.calls[-1] == "uninstall keep=False"
+    assert "could not decide whether to keep the plugin: [Errno 5] Input/output error" \
+        in caplog.text
 
 
 def test_a_call_s_lines_are_handled_before_its_event(tmp_path, caplog):

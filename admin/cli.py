@@ -14,14 +14,15 @@ from pathlib import Path
 
 import click
 
+from admin.context import kubeconfig_option
+from admin.install_cmd import register as register_install_commands
+from admin.repair_cmd import drift_command, repair_command
+from admin.rules_cmd import rules_command
+from admin.run_cmd import run_command
 from cni import __version__ as VERSION
 from cni.errors import CNIError
 from cni.fileread import read_file_at_most
 from cni.podlookup import MAX_POD_BYTES
-from node_daemon.install_cmd import register as register_install_commands
-from node_daemon.repair_cmd import drift_command, repair_command
-from node_daemon.rules_cmd import rules_command
-from node_daemon.run_cmd import run_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,8 +46,7 @@ def version() -> None:
 @click.option("--format", "--output", "-o", "fmt",
               type=click.Choice(["text", "restore", "json"]), default="text",
               show_default=True, help="restore: only the iptables-restore payloads.")
-@click.option("--kubeconfig", envvar="KUBECONFIG", type=click.Path(dir_okay=False),
-              default=None, help="Kubeconfig (default: in-cluster, then ~/.kube/config).")
+@kubeconfig_option
 def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
             kubeconfig: str | None) -> None:
     """Why a pod is or is not redirected, and the rules the plugin would program for it.
@@ -56,7 +56,7 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
                                                  # (on the pod's node) the live netns check
     istio-cni-node explain --pod-file pod.json   # offline: decision and rules only
     """
-    from node_daemon.explain import explain_pod, format_json, format_restore, format_text
+    from admin.explain import explain_pod, format_json, format_restore, format_text
 
     if (target is None) == (pod_file is None):
         raise click.UsageError("give either NAMESPACE/POD or --pod-file")
@@ -83,17 +83,17 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
 
 
 def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
-    from node_daemon.explain import format_restore
-    from node_daemon.explain_live import explain_live, format_live_json, format_live_text
+    from admin.context import daemon_config, pod_api
+    from admin.explain import format_restore
+    from admin.explain_live import explain_live, format_live_json, format_live_text
     from node_daemon.kubeapi import ApiError
     from node_daemon.netns_finder import NetnsFinder
-    from node_daemon.repair_cmd import _api, _daemon_config
 
     namespace, sep, name = target.partition("/")
     if not sep or not namespace or not name:
         raise click.UsageError(f"{target!r}: expected NAMESPACE/POD")
-    cfg = _daemon_config()
-    api = _api(kubeconfig)
+    cfg = daemon_config()
+    api = pod_api(kubeconfig)
     try:
         pod = api.get_pod(namespace, name)
     except ApiError as exc:

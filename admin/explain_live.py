@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from admin.explain import Explanation, explain_pod, format_json, format_text
 from cni.errors import CNIError
 from cni.podinfo import pod_ips
 from node_daemon.broken import Verdict, diagnose
 from node_daemon.config import RepairConfig
-from node_daemon.explain import Explanation, explain_pod, format_json, format_text
 from node_daemon.netns_finder import NetnsFinder
 
 

@@ -9,17 +9,16 @@ pod. `format_rows` is pure. Repair in place works only for pods on the node the 
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import click
 
-from node_daemon.actions import ActionResult, Actions, Reporter, pod_key
+from admin.context import daemon_config, kubeconfig_option, pod_api
+from node_daemon.actions import Action, ActionResult, Actions, Reporter, Result, pod_key
 from node_daemon.broken import diagnose
-from node_daemon.config import MODES, ConfigError, DaemonConfig, RepairConfig
+from node_daemon.config import MODES, RepairConfig
 from node_daemon.kubeapi import ApiError
 from node_daemon.metrics import Metrics
 
@@ -29,8 +28,8 @@ class Row:
     pod: str
     node: str
     why: str
-    action: str
-    result: str
+    action: Action
+    result: Result
     message: str
 
 
@@ -48,11 +47,11 @@ def repair_once(api: Any, cfg: RepairConfig, node: str | None, local_node: str,
         pod_node = str((pod.get("spec") or {}).get("nodeName", ""))
         mode = cfg.mode
         if mode is None:
-            res = ActionResult(pod_key(pod), "none", "skip", "no repair mode enabled")
+            res = ActionResult(pod_key(pod), Action.NONE, Result.SKIP, "no repair mode enabled")
         elif dry_run:
-            res = ActionResult(pod_key(pod), mode, "dry-run", f"would {mode}")
-        elif mode == "repair" and pod_node != local_node:
-            res = ActionResult(pod_key(pod), mode, "skip",
+            res = ActionResult(pod_key(pod), Action(mode), Result.DRY_RUN, f"would {mode}")
+        elif mode == Action.REPAIR and pod_node != local_node:
+            res = ActionResult(pod_key(pod), Action.REPAIR, Result.SKIP,
                                f"runs on node {pod_node}, not {local_node}: run this there")
         else:
             res = actions.act(pod, mode) or res
@@ -73,28 +72,6 @@ def format_rows(rows: list[Row], output: str) -> str:
                    + "  " + row[4] + "\n" for row in table)
 
 
-def _daemon_config() -> DaemonConfig:
-    try:
-        cfg = DaemonConfig.from_env(os.environ)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if not cfg.host_proc.exists():  # run on a host rather than in the DaemonSet pod
-        cfg = replace(cfg, host_proc=Path("/proc"))
-    return cfg
-
-
-def _api(kubeconfig: str | None) -> Any:
-    from node_daemon.kubeapi import PodApi, load_api_client
-
-    try:
-        return PodApi(load_api_client(kubeconfig))
-    except ApiError as exc:
-        raise click.ClickException(exc.message) from exc
-
-
-kubeconfig_option = click.option(
-    "--kubeconfig", envvar="KUBECONFIG", type=click.Path(dir_okay=False), default=None,
-    help="Kubeconfig file (default: in-cluster service account, then ~/.kube/config).")
 output_option = click.option("--output", "-o", type=click.Choice(["text", "json"]),
                              default="text", show_default=True, help="Output format.")
 
@@ -121,11 +98,11 @@ def repair_command(node: str | None, all_nodes: bool, mode: str | None, dry_run:
     """
     if node and all_nodes:
         raise click.UsageError("give --node or --all-nodes, not both")
-    cfg = _daemon_config()
+    cfg = daemon_config()
     rc = cfg.repair.with_mode(mode) if mode else cfg.repair
-    api = _api(kubeconfig)
+    api = pod_api(kubeconfig)
     finder = None
-    if rc.mode == "repair" and not dry_run:
+    if rc.mode == Action.REPAIR and not dry_run:
         from node_daemon.netns_finder import NetnsFinder
 
         finder = NetnsFinder(cfg.host_proc)
@@ -137,7 +114,7 @@ def repair_command(node: str | None, all_nodes: bool, mode: str | None, dry_run:
     except ApiError as exc:
         raise click.ClickException(exc.message) from exc
     click.echo(format_rows(rows, output), nl=False)
-    if any(r.result == "fail" for r in rows):
+    if any(r.result == Result.FAIL for r in rows):
         sys.exit(1)
 
 
@@ -154,8 +131,8 @@ def drift_command(dry_run: bool, output: str, kubeconfig: str | None) -> None:
     from node_daemon.drift import DriftChecker
     from node_daemon.netns_finder import NetnsFinder
 
-    cfg = _daemon_config()
-    api = _api(kubeconfig)
+    cfg = daemon_config()
+    api = pod_api(kubeconfig)
     reporter = Reporter(None if dry_run else api, Metrics(), cfg.repair.node_name)
     checker = DriftChecker(cfg.repair, reporter, NetnsFinder(cfg.host_proc),
                            cfg.iptables_backend, fix=not dry_run)
@@ -171,5 +148,5 @@ def drift_command(dry_run: bool, output: str, kubeconfig: str | None) -> None:
     else:
         click.echo(format_rows(rows, output) if rows else "no redirected pods to check\n",
                    nl=False)
-    if any(r.result in ("fail", "detected") for r in rows):
+    if any(r.result in (Result.FAIL, Result.DETECTED) for r in rows):
         sys.exit(1)

@@ -21,7 +21,7 @@ def _cap_memory() -> None:
 
 def test_explain_pod_file_dev_zero_is_refused_at_the_pod_limit() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "node_daemon.cli", "explain", "--pod-file", "/dev/zero"],
+        [sys.executable, "-m", "admin.cli", "explain", "--pod-file", "/dev/zero"],
         capture_output=True, text=True, timeout=120, check=False, preexec_fn=_cap_memory,
     )
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from node_daemon.cli import cli
+from admin.cli import cli
 from testbed.kubeapi import down_url, write_kubeconfig
 from testbed.pods import BROKEN_WAITING, COMPLETED, NODE, make_pod
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from admin.rules_cmd import config_from_flags, rules_command
 from cni.iptables_config import IptablesConfig
-from node_daemon.rules_cmd import config_from_flags, rules_command
 
-GOLDEN_DIR = Path(__file__).parent / "golden"
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "cni" / "golden"
 
 FLAG_CASES: dict[str, list[str]] = {
     # istio-iptables' own defaults (with UID/GID 1337) are upstream's "empty" case.

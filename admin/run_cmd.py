@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -26,6 +26,9 @@ from installer.config import InstallerConfig
 from node_daemon import config as daemon_config
 from node_daemon.config import ConfigError, DaemonConfig
 
+if TYPE_CHECKING:  # the agent's modules load only when `run` runs
+    from node_daemon.agent import Installer
+
 
 def read_configs(env: Mapping[str, str]) -> tuple[DaemonConfig, InstallerConfig]:
     """The agent's and the installer's configs from one reading of `env`."""
@@ -34,7 +37,7 @@ def read_configs(env: Mapping[str, str]) -> tuple[DaemonConfig, InstallerConfig]
     return DaemonConfig.from_values(values), InstallerConfig.from_values(values)
 
 
-def default_installer(cfg: InstallerConfig) -> Any:
+def default_installer(cfg: InstallerConfig) -> Installer:
     """The real `installer.Installer`."""
     from installer import Installer
 
@@ -42,7 +45,8 @@ def default_installer(cfg: InstallerConfig) -> Any:
 
 
 def run_daemon(cfg: DaemonConfig, installer_cfg: InstallerConfig,
-               installer_factory: Callable[[InstallerConfig], Any], stop: threading.Event) -> int:
+               installer_factory: Callable[[InstallerConfig], Installer],
+               stop: threading.Event) -> int:
     from node_daemon import agent
     from node_daemon.kubeapi import ApiError, PodApi, load_api_client
 

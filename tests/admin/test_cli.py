@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 from click.testing import CliRunner
 
-from node_daemon.cli import cli
+from admin.cli import cli
 
 WORKLOADS = Path(__file__).resolve().parents[2] / "companions" / "workloads"
 GOLDEN = Path(__file__).resolve().parents[1] / "cni" / "golden" / "plugin-basic.golden"
@@ -52,6 +54,35 @@ def test_explain_bad_file_is_one_line_not_a_traceback(tmp_path):
     res = CliRunner().invoke(cli, ["explain", "--pod-file", str(f)])
     assert res.exit_code != 0
     assert "is not JSON" in res.output and "Traceback" not in res.output
+
+
+def test_explain_pod_file_read_failing_mid_way_is_one_line(tmp_path, mocker):
+    """The disk fails after the first chunk of the pod file (EIO, which no test can cause on a
+    healthy disk): one line naming the file and the reason, exit 1, no traceback."""
+    from cni import fileread
+
+    pod = json.loads((WORKLOADS / "meshed-pod.json").read_text())
+    pod["metadata"]["annotations"]["padding"] = "x" * (200 * 1024)  # more than one read
+    f = tmp_path / "pod.json"
+    f.write_text(json.dumps(pod))
+    real_read = fileread.os.read
+    inode = f.stat().st_ino
+    chunks = []
+
+    def read(fd: int, n: int) -> bytes:
+        if os.fstat(fd).st_ino != inode:  # only the pod file's reads fail
+            return real_read(fd, n)
+        if chunks:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        chunks.append(real_read(fd, n))
+        return chunks[-1]
+
+    mocker.patch.object(fileread.os, "read", side_effect=read)
+    res = CliRunner().invoke(cli, ["explain", "--pod-file", str(f)])
+    assert res.exit_code == 1
+    assert res.output == f"Error: cannot read {f}: Input/output error\n"
+    assert len(chunks) == 1 and chunks[0]  # it failed after a first, successful chunk
+    assert "Traceback" not in res.output
 
 
 def test_explain_malformed_pod_is_one_line_naming_the_field(tmp_path):
