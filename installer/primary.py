@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from installer import atomic, conflist
+from installer import atomic, conflist, gojson
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +46,25 @@ class Backup:
 
     @property
     def text(self) -> str:
-        return self.data.decode("utf-8")
+        return gojson.text_of(self.data)
 
     @property
     def target(self) -> str:
         """The file our edit of the original lives in."""
         try:
             return conflist.converted_name(self.original_name, self.text)
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:
             return self.original_name
 
 
 def load_backups(directory: Path) -> list[Backup]:
     out = []
     for path in sorted(directory.glob("*" + BACKUP_SUFFIX)):
-        data = atomic.read_bytes(path)
+        try:
+            data = atomic.read_bytes(path)
+        except OSError as exc:
+            raise PrimaryConfigError(f"cannot read the backup {path}: {exc.strerror or exc}") \
+                from exc
         if data is not None and not atomic.is_temp(path.name):
             out.append(Backup(directory, path.name[: -len(BACKUP_SUFFIX)], data,
                               atomic.file_mode(path, 0o600)))
@@ -68,13 +72,13 @@ def load_backups(directory: Path) -> list[Backup]:
 
 
 def _read_text(path: Path) -> str | None:
-    data = atomic.read_bytes(path)
-    if data is None:
-        return None
+    """The file's text with every byte kept (invalid UTF-8 included, as libcni accepts it);
+    None when it does not exist."""
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PrimaryConfigError(f"{path} is not UTF-8 text: {exc}") from exc
+        data = atomic.read_bytes(path)
+    except OSError as exc:
+        raise PrimaryConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return None if data is None else gojson.text_of(data)
 
 
 def derived_from(backup: Backup, text: str) -> bool:
@@ -82,13 +86,13 @@ def derived_from(backup: Backup, text: str) -> bool:
     try:
         entries = conflist.istio_entries(text)
         return len(entries) == 1 and conflist.insert_plugin(backup.text, entries[0]) == text
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         return False
 
 
 def _write(path: Path, text: str, mode: int) -> None:
     try:
-        atomic.atomic_write(path, text.encode(), mode)
+        atomic.atomic_write(path, gojson.bytes_of(text), mode)
     except OSError as exc:
         raise PrimaryConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -118,7 +122,7 @@ def install_chained(directory: Path, name: str, entry: dict[str, Any]) -> tuple[
             desired, original = insert_plugin(base.text, entry), None
         else:
             desired = insert_plugin(text, entry)
-            original = conflist.remove_plugin(text).encode() if current else text.encode()
+            original = gojson.bytes_of(conflist.remove_plugin(text) if current else text)
     except conflist.ConfigFormatError as exc:
         raise PrimaryConfigError(f"primary CNI config {path} left untouched: {exc}") from exc
     target_path = directory / target
@@ -131,9 +135,9 @@ def install_chained(directory: Path, name: str, entry: dict[str, Any]) -> tuple[
     changed = False
     if original is not None:
         backup = Backup(directory, name, original, mode)
-        if atomic.read_bytes(backup.path) != original:
-            _write(backup.path, original.decode(), mode)
-    if atomic.read_bytes(target_path) != desired.encode():
+        if _read_text(backup.path) != gojson.text_of(original):
+            _write(backup.path, gojson.text_of(original), mode)
+    if _read_text(target_path) != desired:
         _write(target_path, desired, mode)
         changed = True
         log.info("inserted istio-cni into %s%s", target_path,
@@ -186,8 +190,8 @@ def _restore_one(directory: Path, target: str, backups: list[Backup]) -> bool:
     base = next((b for b in backups if derived_from(b, text)), None)
     if base is not None:
         original_path = directory / base.original_name
-        existing = atomic.read_bytes(original_path) if original_path != target_path else None
-        if existing is None or existing == base.data:
+        existing = _read_text(original_path) if original_path != target_path else None
+        if existing is None or existing == base.text:
             _write(original_path, base.text, base.mode)
         else:
             log.warning("%s was rewritten by its owner: keeping it, dropping our %s",
