@@ -95,6 +95,7 @@ def watch(installer: Installer, stop: threading.Event,
 
     detector = detector or FightDetector()
     first = True
+    failed = False  # the last pass did not leave the plugin installed
     hold_off = 0.0
     retry = 0.0
     while not stop.is_set():
@@ -108,9 +109,11 @@ def watch(installer: Installer, stop: threading.Event,
                 result = installer.reconcile()
             except NoPrimaryConfig as exc:
                 installer.set_ready(False)
+                failed = True
                 log.warning("%s: waiting for one", exc)
             except InstallError as exc:
                 installer.set_ready(False)
+                failed = True
                 retry = min(RETRY_MAX, retry * 2 or 1.0)
                 timeout = retry
                 log.error("install failed, retrying in %.0f s or on the next change: %s",
@@ -122,9 +125,12 @@ def watch(installer: Installer, stop: threading.Event,
                     log.warning("re-inserted istio-cni into %s (it had been changed or "
                                 "replaced)", result.config_path)
                     hold_off = detector.record(result.config_path)
-                if result.changed or first or not installer.ready:
+                # One count per install: `Installer.install` counted the first one, so a pass
+                # counts only when it put something back or installed after a failed pass (a
+                # pass woken by an event that changed nothing of ours is no install).
+                if result.changed or failed:
                     installer.metrics.count_install(SUCCESS)
-                first = False
+                first = failed = False
                 installer.set_ready(True)
             events = fs.wait(stop, timeout)
             if events:
