@@ -13,11 +13,16 @@ install = backup (atomic) -> our edit (atomic) -> unlink the `.conf` we converte
 superseded backups; uninstall = original (atomic, from the backup) -> unlink our `.conflist` ->
 drop the backup. At every point the original or our edit exists in full, and rerunning either
 operation converges.
+
+A primary config that is a symlink stays one: edits and the restore are written to the file it
+resolves to (`_write_config`), never over the link. A symlinked single-plugin `.conf`, which
+would have to become a `.conflist` under another name, is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +102,24 @@ def _write(path: Path, text: str, mode: int) -> None:
         raise PrimaryConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+def real_path(path: Path) -> Path:
+    """Where a config's bytes live: `path`, or for a symlink the file it resolves to (in this
+    process's view: a link into the mounted net.d resolves; see docs/installer.md)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _write_config(path: Path, text: str, mode: int) -> None:
+    """Replace a vendor's config file's content, writing *through* a symlink: the link stays a
+    link with its target (what uninstall must give back), the runtime reads our edit through it,
+    and whatever the vendor later writes to the target still reaches the runtime (and wakes the
+    watch loop, which watches the target too)."""
+    real = real_path(path)
+    if real != path:
+        atomic.remove_stale_temps(real.parent)
+        log.info("%s is a symlink: writing its target %s", path, real)
+    _write(real, text, mode)
+
+
 def _unlink(path: Path) -> bool:
     try:
         return atomic.remove_file(path)
@@ -126,6 +149,11 @@ def install_chained(directory: Path, name: str, entry: dict[str, Any]) -> tuple[
     except conflist.ConfigFormatError as exc:
         raise PrimaryConfigError(f"primary CNI config {path} left untouched: {exc}") from exc
     target_path = directory / target
+    if target != name and path.is_symlink():
+        raise PrimaryConfigError(
+            f"{path} is a symlink to a single-plugin config ({real_path(path)}): istio-cni "
+            f"would have to replace the link by a plugin list {target_path}, which the link's "
+            "owner would not see: refusing (make the vendor's config a .conflist)")
     if target != name:
         twin = _read_text(target_path)
         if twin is not None and not _has_istio(twin):
@@ -138,7 +166,7 @@ def install_chained(directory: Path, name: str, entry: dict[str, Any]) -> tuple[
         if _read_text(backup.path) != gojson.text_of(original):
             _write(backup.path, gojson.text_of(original), mode)
     if _read_text(target_path) != desired:
-        _write(target_path, desired, mode)
+        _write_config(target_path, desired, mode)
         changed = True
         log.info("inserted istio-cni into %s%s", target_path,
                  f" (converted from {name})" if target != name else "")
@@ -192,7 +220,7 @@ def _restore_one(directory: Path, target: str, backups: list[Backup]) -> bool:
         original_path = directory / base.original_name
         existing = _read_text(original_path) if original_path != target_path else None
         if existing is None or existing == base.text:
-            _write(original_path, base.text, base.mode)
+            _write_config(original_path, base.text, base.mode)
         else:
             log.warning("%s was rewritten by its owner: keeping it, dropping our %s",
                         original_path, target_path)
@@ -217,7 +245,7 @@ def strip(path: Path) -> bool:
         return False
     if stripped == text:
         return False
-    _write(path, stripped, atomic.file_mode(path, 0o600))
+    _write_config(path, stripped, atomic.file_mode(path, 0o600))
     log.info("removed the istio-cni entry from %s (its owner changed it since we inserted it)",
              path)
     return True

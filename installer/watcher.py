@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from installer import atomic, binaries
 from installer.fswatch import CHANGE_EVENTS, NET_DIR_EVENTS, FsWatch
-from installer.primary import BACKUP_SUFFIX
+from installer.primary import BACKUP_SUFFIX, real_path
 
 if TYPE_CHECKING:
     from installer.installer import Installer
@@ -79,6 +79,12 @@ def _net_dir_name(name: str) -> bool:
 def add_watches(fs: FsWatch, installer: Installer) -> None:
     cfg = installer.config
     fs.add(cfg.mounted_cni_net_dir, NET_DIR_EVENTS, _net_dir_name)
+    # A symlinked primary config: the vendor changes the file the link resolves to, which may
+    # live in another directory (a `..data` dir, a subdir); watch it too.
+    if installer.config_path is not None:
+        real = real_path(installer.config_path)
+        if real != installer.config_path and real.parent != cfg.mounted_cni_net_dir:
+            fs.add(real.parent, NET_DIR_EVENTS, real.name.__eq__)
     ours = binaries.owned_filter(cfg)  # our binaries or links, and our bundles' version dirs
     for target in cfg.cni_bin_target_dirs:
         fs.add(target, CHANGE_EVENTS, ours)
