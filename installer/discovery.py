@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -140,6 +141,18 @@ def _inlined_plugins(directory: Path, name: str) -> tuple[int, str | None]:
     return count, None
 
 
+_ATOI = re.compile(r"[+-]?[0-9]+")
+
+
+def _parses_as_version(version: str) -> bool:
+    """libcni version.ParseVersion: "" or up to three dot-separated strconv.Atoi integers."""
+    if version == "":
+        return True
+    parts = version.split(".")
+    return len(parts) <= 3 and all(_ATOI.fullmatch(p) and -2**63 <= int(p) < 2**63
+                                   for p in parts)
+
+
 def check_list(doc: Any, directory: Path) -> str | None:
     """libcni NetworkConfFromBytes + NetworkConfFromFile for a `.conflist`."""
     if not isinstance(doc, dict):
@@ -148,10 +161,14 @@ def check_list(doc: Any, directory: Path) -> str | None:
         return "no network 'name'"
     if "cniVersion" in doc and not isinstance(doc["cniVersion"], str):
         return "'cniVersion' is not a string"
-    versions = doc.get("cniVersions")
-    if versions is not None and not (isinstance(versions, list)
-                                     and all(isinstance(v, str) for v in versions)):
-        return "'cniVersions' is not a list of strings"
+    if "cniVersions" in doc:
+        versions = doc["cniVersions"]
+        if not (isinstance(versions, list) and all(isinstance(v, str) for v in versions)):
+            return "'cniVersions' is not a list of strings"
+        # libcni compares each (and then cniVersion) with its own: each must parse
+        for version in [*versions, doc.get("cniVersion") or ""]:
+            if not _parses_as_version(version):
+                return f"CNI version {version!r} is not a version"
     for key in ("disableCheck", "disableGC", "loadOnlyInlinedPlugins"):
         if reason := _check_bool(doc, key):
             return reason

@@ -194,7 +194,7 @@ class Installer:
                 raise InstallError(str(exc), CREATE_KUBECONFIG_FAILURE) from exc
             try:
                 changed, path = self._install_config()
-            except primary.PrimaryConfigError as exc:
+            except (primary.PrimaryConfigError, OSError) as exc:  # OSError: listing net.d
                 self._fail(CREATE_CNI_CONFIG_FAILURE)
                 raise InstallError(str(exc)) from exc
             self.config_path = path

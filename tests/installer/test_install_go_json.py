@@ -82,6 +82,14 @@ TABLE = {
                                             conflist('{"type":"calico","name":null}'), True),
     "a .conf whose last TYPE is empty": ("05-net.conf", b'{"type":"bridge","TYPE":""}', False),
     "a .conf whose last type is set": ("05-net.conf", b'{"TYPE":"","type":"bridge"}', True),
+    # cniVersions: libcni compares every entry (and cniVersion) with its own version
+    "cniVersions that parse": ("05-net.conflist", conflist(extra='"cniVersions":["0.4.0","1"],'),
+                               True),
+    "a cniVersions entry that does not parse": (
+        "05-net.conflist", conflist(extra='"cniVersions":["1.0.0","1.x"],'), False),
+    "a cniVersion that does not parse, next to cniVersions": (
+        "05-net.conflist", conflist(extra='"cniVersions":["1.0.0"],').replace(
+            b'"cniVersion":"1.0.0"', b'"cniVersion":"1.0.0.0"'), False),
     # listing: Go's filepath.Ext, byte order
     "a file named just .conf": (".conf", b'{"name":"n","type":"bridge"}', True),
     "a .conflist.bak": ("05-net.conflist.bak", conflist(), False),
