@@ -148,3 +148,38 @@ def test_a_write_error_at_any_step_leaves_the_node_working(tmp_path_factory, moc
     Installer(dirs.config()).uninstall()  # and a clean retry converges to the original
     assert dirs.names() == [name] and path.read_bytes() == original
     assert not (dirs.bin_dst / "istio-cni").exists()
+
+
+def test_the_agents_shutdown_uninstall_on_a_full_net_d_keeps_the_node_working(
+        full_net_dir: NodeDirs):
+    """`istio-cni-node run` on SIGTERM: the uninstall fails, the agent says so and exits, and
+    the node still creates pods. Its metrics counted the one install once."""
+    import threading
+    import urllib.request
+
+    from node_daemon.agent import Agent
+    from node_daemon.config import DaemonConfig, RepairConfig
+
+    dirs = full_net_dir
+    dirs.put("10-calico.conflist", "calico.conflist")
+    cfg = DaemonConfig(repair=RepairConfig(node_name="node-a", enabled=False),
+                       run_dir=dirs.run_dir, health_port=0, monitoring_port=0,
+                       bind_address="127.0.0.1")
+    agent = Agent(cfg, Installer(dirs.config()), None)
+    stop = threading.Event()
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(agent.run(stop)), daemon=True)
+    thread.start()
+    try:
+        assert agent.started.wait(30), "the agent did not start"
+        assert agent.metrics_http is not None
+        url = f"http://127.0.0.1:{agent.metrics_http.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - local
+            metrics = resp.read().decode()
+        assert 'istio_cni_installs_total{result="SUCCESS"} 1.0' in metrics
+        fill(dirs.net_dir)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert result == [0]
+    assert loaded_plugins(dirs.net_dir)[-1] == "istio-cni" and node_works(dirs)
