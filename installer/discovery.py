@@ -93,18 +93,21 @@ def plugin_type(pairs: list[tuple[str, Any]]) -> str:
     return ptype
 
 
-def _check_plugin(plugin: Any, where: str, as_marshalled: bool = True) -> str | None:
+MARSHALLED, FILE, BOTH = "marshalled", "file", "both"
+
+
+def _check_plugin(plugin: Any, where: str, decoded_from: str = MARSHALLED) -> str | None:
     """libcni NetworkPluginConfFromBytes: the bytes decode into types.PluginConf (every known
     field, matched case-insensitively, of the right type) and `type` is not empty.
 
-    A list's plugins reach it re-marshalled from a map (keys unique and sorted); a `.conf`
-    file is decoded from its own bytes (every pair, in file order) and then also re-marshalled
-    (ConfListFromConf), so both orders must pass."""
+    What it decodes: a list's plugins re-marshalled from a map (keys unique and sorted); an
+    inlined `<name>/*.conf` its own bytes (every pair, in file order); a `.conf` file both its
+    own bytes and then, in ConfListFromConf, the re-marshalled map."""
     if not isinstance(plugin, dict):
         return f"{where} is not an object"
-    orders = [sorted(plugin.items())]
-    if not as_marshalled and isinstance(plugin, gojson.Object):
-        orders.append(plugin.pairs)
+    pairs_in_file = plugin.pairs if isinstance(plugin, gojson.Object) else list(plugin.items())
+    orders = {MARSHALLED: [sorted(plugin.items())], FILE: [pairs_in_file],
+              BOTH: [pairs_in_file, sorted(plugin.items())]}[decoded_from]
     for pairs in orders:
         for key, value in pairs:
             field = _go_field(PLUGIN_CONF, key)
@@ -132,7 +135,7 @@ def _inlined_plugins(directory: Path, name: str) -> tuple[int, str | None]:
     for entry_name in config_files(sub, (".conf",)):
         entry = sub / entry_name
         try:
-            reason = _check_plugin(conflist.parse(_read(entry)), str(entry), False)
+            reason = _check_plugin(conflist.parse(_read(entry)), str(entry), FILE)
         except (OSError, conflist.ConfigFormatError) as exc:
             reason = f"{entry}: {exc}"
         if reason:
@@ -218,7 +221,7 @@ def check_config(path: Path) -> str | None:
     if path.name.endswith(".conflist"):
         return check_list(doc, path.parent)
     # .conf/.json: ConfFromFile needs a plugin `type`; a list saved as .conf is invalid
-    return _check_plugin(doc, "the config", as_marshalled=False)
+    return _check_plugin(doc, "the config", BOTH)
 
 
 def go_ext(name: str) -> str:
