@@ -12,8 +12,10 @@ killed run left behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 TEMP_MARK = ".istio-cni-tmp-"
@@ -90,12 +92,39 @@ def remove_stale_temps(directory: Path) -> list[str]:
     return removed
 
 
-def read_bytes(path: Path) -> bytes | None:
-    """The file's bytes, or None when it does not exist."""
+MAX_READ_BYTES = 1 << 20
+"""The most any file the installer reads may hold (CNI configs are a few KB): net.d is shared
+with other writers, and one huge file must not grow the agent without bound."""
+
+
+def read_bytes(path: Path, limit: int = MAX_READ_BYTES) -> bytes | None:
+    """The file's bytes, or None when it does not exist.
+
+    Opened without blocking and checked to be a regular file (a FIFO or a device in net.d would
+    otherwise hang or flood the agent), and read up to `limit` bytes: more raises OSError
+    (EFBIG), as does anything that is not a regular file (EINVAL). Symlinks are followed, as
+    the runtime follows them.
+    """
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def file_mode(path: Path, default: int) -> int:

@@ -4,8 +4,9 @@ No I/O here. The functions take and return *text* and splice it: another vendor'
 never decoded and re-encoded, only copied. That is how we keep its key order, whitespace,
 escapes and numbers exactly as written (`1.0` stays `1.0`, 2**64 stays exact; upstream's Go map
 round-trip sorts keys, rounds numbers through float64 and escapes `<>&`). The JSON is still
-fully parsed first, to validate it and to find the spans: `json.JSONDecoder.raw_decode` gives
-the end of each value, so we know where every member and array element starts and ends.
+fully parsed first (with Go's rules, `installer.gojson`), to validate it and to find the spans:
+`gojson.value_end` gives the end of each value, so we know where every member and array element
+starts and ends.
 
 - conflist (`plugins` present): every `type: "istio-cni"` element is dropped (upstream drops
   only the first) and our entry is appended last, indented like its neighbours.
@@ -18,16 +19,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
+from installer import gojson
 from installer.config import InstallerConfig
 
 ISTIO_TYPE = "istio-cni"
 ENTRY_CNI_VERSION = "0.3.1"
 FALLBACK_NETWORK_NAME = "k8s-pod-network"
 _WS = " \t\n\r"
-_DECODER = json.JSONDecoder()
 
 
 class ConfigFormatError(ValueError):
@@ -65,15 +65,11 @@ def render_standalone(entry: dict[str, Any]) -> str:
     return json.dumps(entry, indent=2) + "\n"
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse(text: str) -> Any:
-    """Decode strictly, like Go: no NaN/Infinity; numbers kept exact (ints and Decimals)."""
+    """Decode as libcni does (Go's encoding/json, see installer.gojson); numbers kept exact."""
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
-    except ValueError as exc:
+        return gojson.loads(text)
+    except gojson.GoJSONError as exc:
         raise ConfigFormatError(f"not valid JSON: {exc}") from exc
 
 
@@ -121,7 +117,7 @@ def _skip_ws(text: str, i: int) -> int:
 
 
 def _value_end(text: str, i: int) -> int:
-    return _DECODER.raw_decode(text, i)[1]
+    return gojson.value_end(text, i)
 
 
 def _members(text: str, open_at: int) -> dict[str, tuple[int, int]]:
@@ -190,7 +186,7 @@ def _render_entry(entry: dict[str, Any], lead: str, closing: str) -> str:
 
 
 def _is_istio(body: str) -> bool:
-    value = json.loads(body, parse_float=Decimal)
+    value = gojson.loads(body)
     return isinstance(value, dict) and value.get("type") == ISTIO_TYPE
 
 

@@ -17,7 +17,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from installer import atomic, binaries, conflist, discovery, kubeconfig_writer, primary, upgrade
+from installer import (
+    atomic,
+    binaries,
+    conflist,
+    discovery,
+    kubeconfig_writer,
+    primary,
+    rundir,
+    upgrade,
+)
 from installer.config import DEFAULT_STANDALONE_NAME, InstallerConfig
 from installer.results import InstallError, InstallResult, NoPrimaryConfig, Reconciled
 from installer.watcher import watch
@@ -160,7 +169,7 @@ class Installer:
                 raise InstallError(str(exc), CREATE_KUBECONFIG_FAILURE) from exc
             try:
                 changed, path = self._install_config()
-            except primary.PrimaryConfigError as exc:
+            except (primary.PrimaryConfigError, OSError) as exc:  # OSError: listing net.d
                 self._fail(CREATE_CNI_CONFIG_FAILURE)
                 raise InstallError(str(exc)) from exc
             self.config_path = path
@@ -202,9 +211,15 @@ class Installer:
         return not upgrade.should_uninstall(self.config, self._probe)
 
     def uninstall(self, keep_plugin: bool = False) -> None:
-        """Remove our entry (restoring the original file), the kubeconfig and the binaries.
+        """Remove our entry (restoring the original file), then the kubeconfig, the binaries
+        and what we created in the run dir. Idempotent.
 
-        Idempotent. With `keep_plugin`, leave everything in place for the next agent.
+        The order is what keeps the node able to create pods whatever fails: the kubelet
+        execs `istio-cni` (which reads the kubeconfig) for as long as the config it loads names
+        it, so the entry goes first, and the next step runs only once that config no longer
+        names us. The first failure (a full or read-only net.d, any write error) stops the
+        uninstall with everything after it still in place; running it again finishes the job.
+        With `keep_plugin`, leave everything in place for the next agent.
         """
         with self._lock:
             self.set_ready(False)
@@ -213,22 +228,24 @@ class Installer:
                 log.info("leaving istio-cni installed on this node for the next agent")
                 return
             cfg = self.config
-            errors = []
-            steps = (("config", self._remove_config),
+            steps = (("CNI config entry", self._remove_config),
                      ("kubeconfig", lambda: kubeconfig_writer.remove_kubeconfig(cfg)),
-                     ("binaries", lambda: binaries.remove_binaries(cfg)))
+                     ("binaries", lambda: binaries.remove_binaries(cfg)),
+                     ("run dir files", lambda: rundir.clean(cfg)))
             for what, step in steps:
                 try:
                     step()
                 except (primary.PrimaryConfigError, kubeconfig_writer.KubeconfigError,
                         binaries.BinariesError, OSError) as exc:
-                    log.error("uninstall: cannot remove the %s: %s", what, exc)
-                    errors.append(str(exc))
-            if errors:
-                raise InstallError("uninstall incomplete: " + "; ".join(errors))
+                    log.error("uninstall stopped at the %s, leaving the rest in place so pods "
+                              "on this node can still be created; run it again: %s", what, exc)
+                    raise InstallError(f"uninstall incomplete: cannot remove the {what}: "
+                                       f"{exc}") from exc
             log.info("istio-cni removed from this node")
 
     def _remove_config(self) -> None:
+        """Take our entry out of every config file; raises unless the config the runtime
+        loads is then free of istio-cni (only then may the binary and kubeconfig go)."""
         cfg = self.config
         net_dir = cfg.mounted_cni_net_dir
         if not net_dir.is_dir():
@@ -236,9 +253,14 @@ class Installer:
         atomic.remove_stale_temps(net_dir)
         if not cfg.chained:
             primary.remove_standalone(net_dir / (cfg.cni_conf_name or DEFAULT_STANDALONE_NAME))
-            return
-        primary.restore(net_dir)
-        # An entry we hold no backup for (written by an older installer): strip it too.
-        name = discovery.find_primary(net_dir, cfg.cni_conf_name)
-        if name is not None:
-            primary.strip(net_dir / name)
+        else:
+            primary.restore(net_dir)
+            # An entry we hold no backup for (written by an older installer): strip it too.
+            name = discovery.find_primary(net_dir, cfg.cni_conf_name)
+            if name is not None:
+                primary.strip(net_dir / name)
+        loaded = discovery.loaded_config(net_dir)
+        if loaded is not None and discovery.names_istio(net_dir / loaded):
+            raise primary.PrimaryConfigError(
+                f"{net_dir / loaded}, the config the runtime loads, still names istio-cni "
+                "(it could not be restored or stripped, see above)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cni.kubeconfig import render_kubeconfig
-from installer import atomic
+from installer import atomic, rundir
 from installer.config import InstallerConfig
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def write_kubeconfig(cfg: InstallerConfig) -> bool:
     try:
         if atomic.read_bytes(path) == text and atomic.file_mode(path, -1) == cfg.kubeconfig_mode:
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
+        rundir.ensure(path.parent)
         atomic.atomic_write(path, text, cfg.kubeconfig_mode)
     except OSError as exc:
         raise KubeconfigError(f"cannot write kubeconfig {path}: {exc.strerror or exc}") from exc

@@ -13,16 +13,21 @@ install = backup (atomic) -> our edit (atomic) -> unlink the `.conf` we converte
 superseded backups; uninstall = original (atomic, from the backup) -> unlink our `.conflist` ->
 drop the backup. At every point the original or our edit exists in full, and rerunning either
 operation converges.
+
+A primary config that is a symlink stays one: edits and the restore are written to the file it
+resolves to (`_write_config`), never over the link. A symlinked single-plugin `.conf`, which
+would have to become a `.conflist` under another name, is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from installer import atomic, conflist
+from installer import atomic, conflist, gojson
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +51,25 @@ class Backup:
 
     @property
     def text(self) -> str:
-        return self.data.decode("utf-8")
+        return gojson.text_of(self.data)
 
     @property
     def target(self) -> str:
         """The file our edit of the original lives in."""
         try:
             return conflist.converted_name(self.original_name, self.text)
-        except (ValueError, UnicodeDecodeError):
+        except ValueError:
             return self.original_name
 
 
 def load_backups(directory: Path) -> list[Backup]:
     out = []
     for path in sorted(directory.glob("*" + BACKUP_SUFFIX)):
-        data = atomic.read_bytes(path)
+        try:
+            data = atomic.read_bytes(path)
+        except OSError as exc:
+            raise PrimaryConfigError(f"cannot read the backup {path}: {exc.strerror or exc}") \
+                from exc
         if data is not None and not atomic.is_temp(path.name):
             out.append(Backup(directory, path.name[: -len(BACKUP_SUFFIX)], data,
                               atomic.file_mode(path, 0o600)))
@@ -68,13 +77,13 @@ def load_backups(directory: Path) -> list[Backup]:
 
 
 def _read_text(path: Path) -> str | None:
-    data = atomic.read_bytes(path)
-    if data is None:
-        return None
+    """The file's text with every byte kept (invalid UTF-8 included, as libcni accepts it);
+    None when it does not exist."""
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PrimaryConfigError(f"{path} is not UTF-8 text: {exc}") from exc
+        data = atomic.read_bytes(path)
+    except OSError as exc:
+        raise PrimaryConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return None if data is None else gojson.text_of(data)
 
 
 def derived_from(backup: Backup, text: str) -> bool:
@@ -82,15 +91,33 @@ def derived_from(backup: Backup, text: str) -> bool:
     try:
         entries = conflist.istio_entries(text)
         return len(entries) == 1 and conflist.insert_plugin(backup.text, entries[0]) == text
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         return False
 
 
 def _write(path: Path, text: str, mode: int) -> None:
     try:
-        atomic.atomic_write(path, text.encode(), mode)
+        atomic.atomic_write(path, gojson.bytes_of(text), mode)
     except OSError as exc:
         raise PrimaryConfigError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def real_path(path: Path) -> Path:
+    """Where a config's bytes live: `path`, or for a symlink the file it resolves to (in this
+    process's view: a link into the mounted net.d resolves; see docs/installer.md)."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _write_config(path: Path, text: str, mode: int) -> None:
+    """Replace a vendor's config file's content, writing *through* a symlink: the link stays a
+    link with its target (what uninstall must give back), the runtime reads our edit through it,
+    and whatever the vendor later writes to the target still reaches the runtime (and wakes the
+    watch loop, which watches the target too)."""
+    real = real_path(path)
+    if real != path:
+        atomic.remove_stale_temps(real.parent)
+        log.info("%s is a symlink: writing its target %s", path, real)
+    _write(real, text, mode)
 
 
 def _unlink(path: Path) -> bool:
@@ -118,10 +145,15 @@ def install_chained(directory: Path, name: str, entry: dict[str, Any]) -> tuple[
             desired, original = insert_plugin(base.text, entry), None
         else:
             desired = insert_plugin(text, entry)
-            original = conflist.remove_plugin(text).encode() if current else text.encode()
+            original = gojson.bytes_of(conflist.remove_plugin(text) if current else text)
     except conflist.ConfigFormatError as exc:
         raise PrimaryConfigError(f"primary CNI config {path} left untouched: {exc}") from exc
     target_path = directory / target
+    if target != name and path.is_symlink():
+        raise PrimaryConfigError(
+            f"{path} is a symlink to a single-plugin config ({real_path(path)}): istio-cni "
+            f"would have to replace the link by a plugin list {target_path}, which the link's "
+            "owner would not see: refusing (make the vendor's config a .conflist)")
     if target != name:
         twin = _read_text(target_path)
         if twin is not None and not _has_istio(twin):
@@ -131,10 +163,10 @@ def install_chained(directory: Path, name: str, entry: dict[str, Any]) -> tuple[
     changed = False
     if original is not None:
         backup = Backup(directory, name, original, mode)
-        if atomic.read_bytes(backup.path) != original:
-            _write(backup.path, original.decode(), mode)
-    if atomic.read_bytes(target_path) != desired.encode():
-        _write(target_path, desired, mode)
+        if _read_text(backup.path) != gojson.text_of(original):
+            _write(backup.path, gojson.text_of(original), mode)
+    if _read_text(target_path) != desired:
+        _write_config(target_path, desired, mode)
         changed = True
         log.info("inserted istio-cni into %s%s", target_path,
                  f" (converted from {name})" if target != name else "")
@@ -186,9 +218,9 @@ def _restore_one(directory: Path, target: str, backups: list[Backup]) -> bool:
     base = next((b for b in backups if derived_from(b, text)), None)
     if base is not None:
         original_path = directory / base.original_name
-        existing = atomic.read_bytes(original_path) if original_path != target_path else None
-        if existing is None or existing == base.data:
-            _write(original_path, base.text, base.mode)
+        existing = _read_text(original_path) if original_path != target_path else None
+        if existing is None or existing == base.text:
+            _write_config(original_path, base.text, base.mode)
         else:
             log.warning("%s was rewritten by its owner: keeping it, dropping our %s",
                         original_path, target_path)
@@ -213,7 +245,7 @@ def strip(path: Path) -> bool:
         return False
     if stripped == text:
         return False
-    _write(path, stripped, atomic.file_mode(path, 0o600))
+    _write_config(path, stripped, atomic.file_mode(path, 0o600))
     log.info("removed the istio-cni entry from %s (its owner changed it since we inserted it)",
              path)
     return True

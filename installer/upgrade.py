@@ -81,6 +81,14 @@ class ApiDaemonSetProbe:
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return True
+            if exc.code in (401, 403):
+                # `kubectl delete -f daemonset.yaml` deletes the DaemonSet first, but its pods
+                # are stopped by the garbage collector after kubectl has also deleted the
+                # ServiceAccount (401: its token is void) and the Role (403). Nothing else
+                # takes our grant away while we run, so this is the manifest being deleted.
+                log.info("shutdown: GET %s: HTTP %d: the ServiceAccount or its Role is gone "
+                         "with the DaemonSet", url, exc.code)
+                return True
             raise ProbeError(f"GET {url}: HTTP {exc.code} {exc.reason}") from exc
         except (OSError, ValueError) as exc:
             raise ProbeError(f"GET {url}: {exc}") from exc

@@ -30,7 +30,7 @@ from typing import Protocol
 from installer import atomic, binaries
 from installer.config import InstallerConfig
 from installer.fswatch import CHANGE_EVENTS, NET_DIR_EVENTS, FsWatch
-from installer.primary import BACKUP_SUFFIX
+from installer.primary import BACKUP_SUFFIX, real_path
 from installer.results import InstallError, InstallResult, NoPrimaryConfig, Reconciled
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class Reconciler(Protocol):
 
     config: InstallerConfig
     metrics: Counts
+    config_path: Path | None
+    """The primary config file we last edited (a symlinked one's target is watched too)."""
 
     @property
     def ready(self) -> bool: ...
@@ -101,6 +103,12 @@ def _net_dir_name(name: str) -> bool:
 def add_watches(fs: FsWatch, installer: Reconciler) -> None:
     cfg = installer.config
     fs.add(cfg.mounted_cni_net_dir, NET_DIR_EVENTS, _net_dir_name)
+    # A symlinked primary config: the vendor changes the file the link resolves to, which may
+    # live in another directory (a `..data` dir, a subdir); watch it too.
+    if installer.config_path is not None:
+        real = real_path(installer.config_path)
+        if real != installer.config_path and real.parent != cfg.mounted_cni_net_dir:
+            fs.add(real.parent, NET_DIR_EVENTS, real.name.__eq__)
     ours = binaries.owned_filter(cfg)  # our binaries or links, and our bundles' version dirs
     for target in cfg.cni_bin_target_dirs:
         fs.add(target, CHANGE_EVENTS, ours)
@@ -115,6 +123,7 @@ def watch(installer: Reconciler, stop: threading.Event,
     failures are logged, counted, make us not ready, and are retried."""
     detector = detector or FightDetector()
     first = True
+    failed = False  # the last pass did not leave the plugin installed
     hold_off = 0.0
     retry = 0.0
     while not stop.is_set():
@@ -128,9 +137,11 @@ def watch(installer: Reconciler, stop: threading.Event,
                 result = installer.reconcile()
             except NoPrimaryConfig as exc:
                 installer.set_ready(False)
+                failed = True
                 log.warning("%s: waiting for one", exc)
             except InstallError as exc:
                 installer.set_ready(False)
+                failed = True
                 retry = min(RETRY_MAX, retry * 2 or 1.0)
                 timeout = retry
                 log.error("install failed, retrying in %.0f s or on the next change: %s",
@@ -142,9 +153,12 @@ def watch(installer: Reconciler, stop: threading.Event,
                     log.warning("re-inserted istio-cni into %s (it had been changed or "
                                 "replaced)", result.config_path)
                     hold_off = detector.record(result.config_path)
-                if result.changed or first or not installer.ready:
+                # One count per install: `Installer.install` counted the first one, so a pass
+                # counts only when it put something back or installed after a failed pass (a
+                # pass woken by an event that changed nothing of ours is no install).
+                if result.changed or failed:
                     installer.metrics.count_install(InstallResult.SUCCESS)
-                first = False
+                first = failed = False
                 installer.set_ready(True)
             events = fs.wait(stop, timeout)
             if events:

@@ -132,3 +132,38 @@ def watching(installer: Installer, run: Callable[[threading.Event], None] | None
         assert not thread.is_alive(), "the watch loop did not stop"
         if errors:
             raise errors[0]
+
+
+def loaded_plugins(net_dir: Path) -> list[str] | None:
+    """The plugin types of the config the runtime loads (the first valid .conf/.conflist/.json
+    in byte order), or None when there is none. Plain `json`: test inputs are ordinary files."""
+    import json
+
+    for name in sorted(os.listdir(net_dir), key=os.fsencode):
+        if os.path.splitext(name)[1] not in (".conf", ".conflist", ".json"):
+            continue
+        try:
+            doc = json.loads((net_dir / name).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        if name.endswith(".conflist"):
+            plugins = doc.get("plugins")
+            if isinstance(doc.get("name"), str) and isinstance(plugins, list) and plugins \
+                    and all(isinstance(p, dict) and p.get("type") for p in plugins):
+                return [p["type"] for p in plugins]
+        elif isinstance(doc.get("type"), str) and doc["type"]:
+            return [doc["type"]]
+    return None
+
+
+def node_works(dirs: NodeDirs) -> bool:
+    """A pod can be created: the loaded config names istio-cni only while the plugin (an
+    executable in the bin dir) and the kubeconfig it reads are both there."""
+    plugins = loaded_plugins(dirs.net_dir) or []
+    if "istio-cni" not in plugins:
+        return True
+    plugin = dirs.bin_dst / "istio-cni"
+    return (plugin.is_file() and os.access(plugin, os.X_OK)
+            and (dirs.run_dir / "istio-cni-kubeconfig").is_file())

@@ -11,6 +11,7 @@ against the code's own settings.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -107,10 +108,13 @@ def test_strict_validation_catches_a_misspelled_field() -> None:
 
 def test_everything_namespaced_is_in_istio_system() -> None:
     kinds = [d["kind"] for d in DOCS]
-    assert kinds == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterRole",
-                     "ClusterRoleBinding", "Role", "RoleBinding", "ConfigMap", "DaemonSet"]
+    assert kinds == ["Namespace", "ConfigMap", "DaemonSet", "ServiceAccount", "ClusterRole",
+                     "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding", "Role",
+                     "RoleBinding"]
     for d in DOCS:
-        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] == "Namespace":
+            assert d["metadata"]["name"] == NAMESPACE
+        elif d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert d["metadata"]["namespace"] == NAMESPACE, d["kind"]
 
 
@@ -277,3 +281,35 @@ def test_istiod_values_turn_on_cni_mode_for_both_chart_generations() -> None:
     assert values["pilot"]["cni"] == values["cni"] == {"enabled": True, "provider": "default"}
     # the taint the untaint controller removes must name where this DaemonSet runs
     assert values["pilot"]["taint"]["namespace"] == values["taint"]["namespace"] == NAMESPACE
+
+
+def test_the_image_tag_built_is_the_one_deployed() -> None:
+    """build-image.sh reads the version the way pyproject.toml does (cni.__version__)."""
+    import subprocess
+
+    from cni import __version__
+
+    env = {k: v for k, v in os.environ.items() if k != "IMAGE"}
+    built = subprocess.run(["bash", str(REPO / "scripts" / "build-image.sh"), "--print-image"],
+                           capture_output=True, text=True, check=True, env=env).stdout.strip()
+    assert built == C["image"] == f"localhost/istio-cni-node:{__version__}"
+
+
+def test_the_namespace_comes_first_and_the_daemonset_before_what_it_runs_with() -> None:
+    """kubectl applies and deletes in file order: the first apply needs the Namespace first; a
+    delete must stop the DaemonSet before its ServiceAccount (token) and RBAC go."""
+    kinds = [d["kind"] for d in DOCS]
+    assert DOCS[0]["kind"] == "Namespace" and DOCS[0]["metadata"]["name"] == NAMESPACE
+    daemonset = kinds.index("DaemonSet")
+    for i, doc in enumerate(DOCS):
+        if doc["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                           "RoleBinding"):
+            assert i > daemonset, f"{doc['kind']} {doc['metadata']['name']} comes first"
+
+
+def test_the_agent_can_be_removed_without_its_namespace() -> None:
+    """`kubectl delete -f daemonset.yaml -l app.kubernetes.io/name=istio-cni` (docs/deploy.md)
+    removes everything of ours and keeps istio-system, which istiod shares."""
+    for doc in DOCS:
+        labelled = (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/name")
+        assert (labelled == "istio-cni") is (doc["kind"] != "Namespace"), doc["kind"]

@@ -223,3 +223,25 @@ def test_metrics_count_installs(node_dirs: NodeDirs, caplog):
     assert installer.metrics.snapshot() == {"installs": {"SUCCESS": 1}, "repairs": 0,
                                             "errors": 0}
     assert any("inserted istio-cni into" in r.getMessage() for r in caplog.records)
+
+
+def test_uninstall_removes_the_run_dir_it_created_with_the_plugins_log(node_dirs: NodeDirs):
+    node_dirs.put("10-net.conflist", "list.conflist")
+    installer = Installer(node_dirs.config())
+    installer.install()
+    assert node_dirs.run_dir.is_dir()  # the installer made it (for the kubeconfig)
+    for name in ("istio-cni.log", "istio-cni.log.1"):  # what the plugin writes there
+        (node_dirs.run_dir / name).write_text("{}\n")
+    installer.uninstall()
+    assert not node_dirs.run_dir.exists()
+
+
+def test_uninstall_empties_a_run_dir_it_did_not_create_of_what_is_ours(node_dirs: NodeDirs):
+    node_dirs.put("10-net.conflist", "list.conflist")
+    node_dirs.run_dir.mkdir()  # as the kubelet makes it (hostPath DirectoryOrCreate)
+    (node_dirs.run_dir / "someone-elses").write_text("x")
+    installer = Installer(node_dirs.config())
+    installer.install()
+    (node_dirs.run_dir / "istio-cni.log").write_text("{}\n")
+    installer.uninstall()
+    assert sorted(os.listdir(node_dirs.run_dir)) == ["someone-elses"]

@@ -4,6 +4,7 @@ real HTTP server answering like the API server's apps/v1 DaemonSet endpoint."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +19,8 @@ DS_PATH = "/apis/apps/v1/namespaces/istio-system/daemonsets/istio-cni-node"
 
 
 class DaemonSetApi:
-    """Serves one DaemonSet; `state` is 'present', 'deleting', 'gone' or 'broken'."""
+    """Serves one DaemonSet; `state` is 'present', 'deleting', 'gone', 'broken', or
+    'unbound'/'no-token' (the Role, the ServiceAccount deleted with the manifest)."""
 
     def __init__(self) -> None:
         self.state = "present"
@@ -31,7 +33,8 @@ class DaemonSetApi:
                 meta = {"name": "istio-cni-node", "namespace": "istio-system"}
                 if api.state == "deleting":
                     meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-                status = {"present": 200, "deleting": 200, "gone": 404, "broken": 500}[api.state]
+                status = {"present": 200, "deleting": 200, "gone": 404, "broken": 500,
+                          "unbound": 403, "no-token": 401}[api.state]
                 if self.path != DS_PATH:
                     status = 404
                 body = json.dumps({"kind": "DaemonSet", "metadata": meta}).encode()
@@ -107,3 +110,17 @@ def test_unreachable_api_means_uninstall(node_dirs: NodeDirs, ds_api: DaemonSetA
         ApiDaemonSetProbe(cfg, timeout=2).being_deleted()
     assert Installer(cfg, daemonset_probe=ApiDaemonSetProbe(cfg, timeout=2)
                      ).keep_plugin_on_shutdown() is False
+
+
+@pytest.mark.parametrize("state", ["unbound", "no-token"])
+def test_a_manifest_deleted_with_its_rbac_means_uninstall_without_a_warning(
+        node_dirs: NodeDirs, ds_api: DaemonSetApi, caplog: pytest.LogCaptureFixture,
+        state: str):
+    """`kubectl delete -f` removes the DaemonSet, then its ServiceAccount and Role, before the
+    garbage collector stops the pods: the lookup's 401/403 is that deletion, not a fault."""
+    installer = installer_for(node_dirs, ds_api)
+    ds_api.state = state
+    with caplog.at_level(logging.INFO, logger="installer.upgrade"):
+        assert installer.keep_plugin_on_shutdown() is False
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "is gone with the DaemonSet" in caplog.text

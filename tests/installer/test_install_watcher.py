@@ -154,3 +154,22 @@ def test_stop_ends_the_loop_and_uninstall_is_final(node_dirs: NodeDirs):
         stop.set()
     installer.uninstall()
     assert not installer.ready and not has_entry(path)
+
+
+def test_one_install_counts_once_and_each_repair_once_more(node_dirs: NodeDirs):
+    """istio_cni_installs_total{result="SUCCESS"}: install() counts the install; the watch
+    loop counts only passes that put something back, not its first pass or quiet wake-ups."""
+    path = node_dirs.put("10-net.conflist", "list.conflist")
+    installer = Installer(node_dirs.config())
+    installer.install()
+    installer.set_ready(False)  # so that ready again means: the loop's first pass is done
+    with watching(installer):
+        wait_for(lambda: installer.ready, what="the watch loop's first pass")
+        assert installer.metrics.snapshot()["installs"] == {"SUCCESS": 1}
+        node_dirs.put("99-unrelated.txt", text="not a config")  # wakes it, changes nothing
+        new = node_dirs.put("vendor.tmp", "list.conflist")
+        os.rename(new, path)  # then the vendor replaces its config (after that wake-up)
+        wait_for(lambda: installer.metrics.snapshot()["repairs"] == 1, what="the repair")
+        # ready again only once the repairing pass is over (it was cleared by the event)
+        wait_for(lambda: installer.ready, what="the end of the repairing pass")
+    assert installer.metrics.snapshot()["installs"] == {"SUCCESS": 2}
