@@ -8,10 +8,13 @@ without redirection.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cni.errors import InvalidNetworkConfig
-from cni.settings import BACKENDS, CNI_AGENT_RUN_DIR, log_level
+from cni.settings import BACKENDS, CNI_AGENT_RUN_DIR, NFTABLES_BACKENDS, log_level
+
+if TYPE_CHECKING:
+    from cni.backends import RuleMode
 from cni.values import BadValue, one_of
 
 DEFAULT_RUN_DIR = str(CNI_AGENT_RUN_DIR.default)
@@ -31,6 +34,7 @@ again later" (code 11). The outer bound is the kubelet's RunPodSandbox deadline 
 which every plugin of the chain shares."""
 
 _backend = one_of(BACKENDS)
+_nft_backend = one_of(NFTABLES_BACKENDS)
 
 
 class PluginConfig(NamedTuple):
@@ -61,8 +65,19 @@ class PluginConfig(NamedTuple):
     iptables_backend: str = BACKENDS[0]
     """Ours: one of `cni.settings.BACKENDS` (auto = upstream's nft/legacy detection)."""
     native_nftables: bool = False
-    """Upstream's native nftables switch; we program the same rules through iptables-nft."""
+    """native_nftables (upstream's): pods get upstream's `inet istio-proxy-*` tables instead
+    of iptables rules."""
+    nftables_backend: str = NFTABLES_BACKENDS[0]
+    """Ours: how native nftables mode talks to nftables, one of
+    `cni.settings.NFTABLES_BACKENDS` (auto = libnftables, else the host's `nft`)."""
     prev_result: dict[str, Any] | None = None
+
+    @property
+    def rule_mode(self) -> RuleMode:
+        """The mode and backends the pod pipeline programs and checks with."""
+        from cni.backends import RuleMode
+
+        return RuleMode(self.native_nftables, self.iptables_backend, self.nftables_backend)
 
 
 _DEFAULTS = PluginConfig._field_defaults
@@ -152,5 +167,8 @@ def parse_plugin_config(conf: dict[str, Any]) -> PluginConfig:
             "pod_lookup_deadline_seconds"),
         iptables_backend=backend,
         native_nftables=_typed(conf, "native_nftables", bool, _DEFAULTS["native_nftables"]),
+        nftables_backend=_choice(
+            _typed(conf, "nftables_backend", str, _DEFAULTS["nftables_backend"]),
+            "nftables_backend", _nft_backend),
         prev_result=prev,
     )

@@ -19,7 +19,9 @@ from __future__ import annotations
 import os
 from typing import Any, Protocol
 
-WAYS = ("auto", "libnftables", "nft")
+from cni.settings import NFTABLES_BACKENDS
+
+WAYS = NFTABLES_BACKENDS
 LIBRARY = "libnftables.so.1"
 NFT_TIMEOUT_S = 10.0
 MAX_OUTPUT = 4 << 20

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cni.values import BadValue, one_of, path
+from cni.values import BadValue, go_bool, one_of, path
 
 UPSTREAM = "upstream"
 OURS = "ours"
@@ -31,6 +31,11 @@ BACKENDS = ("auto", "nft", "legacy", "python-iptables")
 """The rule backends: `auto` detects nft or legacy per netns as upstream does, `nft` and
 `legacy` force one of the iptables binaries, `python-iptables` programs legacy tables
 in-process (hosts without iptables binaries)."""
+
+NFTABLES_BACKENDS = ("auto", "libnftables", "nft")
+"""How native nftables mode talks to nftables: `libnftables` in-process (bundled with the
+frozen plugin, so no `nft` binary is needed), the host's `nft -f -`, or `auto` (the library,
+else the binary)."""
 
 PLUGIN_LOG_LEVELS = ("debug", "info", "warn", "error", "none")
 log_level = one_of(PLUGIN_LOG_LEVELS, fold_case=True, aliases={"warning": "warn"})
@@ -107,6 +112,18 @@ FORCE_IPTABLES_BINARY = Setting(
     "Written as the plugin's `iptables_backend` and used by repair and drift. Empty (or "
     "`auto`): detect the backend per pod netns, as upstream.",
     origin="upstream name, ours in the plugin config")
+
+
+NATIVE_NFTABLES = Setting(
+    "NATIVE_NFTABLES", False, go_bool,
+    "Native nftables mode: written as the plugin's `native_nftables` (pods get upstream's "
+    "`inet istio-proxy-*` tables instead of iptables rules) and used by repair and drift.")
+NFTABLES_BACKEND = Setting(
+    "NFTABLES_BACKEND", "auto", one_of(NFTABLES_BACKENDS, fold_case=True),
+    "How native nftables mode talks to nftables: `libnftables` (in-process; bundled with the "
+    "frozen plugin), `nft` (the host's `nft -f -`) or `auto` (the library, else the binary). "
+    "Written as the plugin's `nftables_backend` when not `auto`; used by repair and drift.",
+    origin=OURS)
 
 
 def markdown_table(settings: Iterable[Setting]) -> str:

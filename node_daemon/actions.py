@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from cni.backends import RuleMode
 from cni.errors import CNIError
 from cni.pipeline import decide_pod
 from cni.redirect import redirect_from_pod
@@ -113,7 +114,7 @@ class Actions:
     """The three modes. `finder` is needed for repair in place only."""
 
     def __init__(self, cfg: RepairConfig, api: PodWriter | None, reporter: Reporter,
-                 finder: NetnsLocator | None = None, backend: str = "auto") -> None:
+                 finder: NetnsLocator | None = None, backend: str | RuleMode = "auto") -> None:
         self.cfg = cfg
         self.api = api
         self.reporter = reporter

@@ -101,7 +101,7 @@ def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
     on_this_node = (pod.get("spec") or {}).get("nodeName") == cfg.repair.node_name
     finder = NetnsFinder(cfg.host_proc) if on_this_node and os.geteuid() == 0 else None
     try:
-        report = explain_live(pod, cfg.repair, finder, cfg.iptables_backend)
+        report = explain_live(pod, cfg.repair, finder, cfg.rule_mode)
     except CNIError as exc:  # the API's answer is not the shape of a Pod
         raise click.ClickException(f"{target}: {exc.msg}") from exc
     if fmt == "restore":

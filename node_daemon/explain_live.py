@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from cni.backends import RuleMode
 from cni.errors import CNIError
 from cni.podinfo import pod_ips
 from node_daemon.broken import Verdict, diagnose
@@ -41,7 +42,7 @@ class LiveReport:
 
 
 def explain_live(pod: dict[str, Any], cfg: RepairConfig, finder: NetnsFinder | None,
-                 backend: str = "auto") -> LiveReport:
+                 backend: str | RuleMode = "auto") -> LiveReport:
     """`explain_pod` with the pod's own first IP deciding IPv6, the repair verdict, and the
     live netns compared through the pipeline (facts read from the netns itself)."""
     ips = pod_ips(pod)
