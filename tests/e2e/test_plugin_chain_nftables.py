@@ -107,3 +107,23 @@ def test_check_in_the_other_mode_names_the_mode_the_pod_was_programmed_in(node: 
     assert check.status == 1
     assert "holds native nftables mode's rules" in check.result["msg"]
     assert "missing:" not in check.result["details"]
+
+
+@pytest.mark.parametrize("node", [nftables_node("auto")], indirect=True)
+def test_tproxy_dual_stack_pod_gets_the_mangle_table_routes_and_passthrough_address(node: Node):
+    """TPROXY policy routing and `::6` come from the same link step as in iptables mode."""
+    pod = node.api.add_pod(workload(
+        "meshed-pod", annotations={"sidecar.istio.io/interceptionMode": "TPROXY"},
+        proxy_env={"ISTIO_DUAL_STACK": "true"}))
+    pod_ns = node.new_pod_netns()
+    calls = node.add(pod_ns, pod)
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
+    mangle = nsutil.ns_exec(pod_ns, "nft", "list", "table", "inet", "istio-proxy-mangle")
+    assert "tproxy ip to :15006" in mangle and "tproxy ip6 to :15006" in mangle
+    assert "::6/128" in nsutil.ns_exec(pod_ns, "ip", "-6", "addr", "show", "dev", "lo")
+    for fam in ("-4", "-6"):
+        assert "lookup 133" in nsutil.ns_exec(pod_ns, "ip", fam, "rule")
+        assert "local default dev lo" in nsutil.ns_exec(pod_ns, "ip", fam, "route", "show",
+                                                        "table", "133")
+    check = node.call_istio(pod_ns, pod, "CHECK", prev=calls[-1].result)
+    assert (check.status, check.stdout) == (0, "")
