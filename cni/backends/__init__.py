@@ -70,16 +70,18 @@ class Backend(Protocol):
 
     def program(self, ruleset: AnyRuleSet) -> bool:
         """Make the netns hold `ruleset`: idempotent (True when anything was added), all or
-        nothing across families, and `RulesConflict` (nothing changed) when the netns holds
-        other state of ours; foreign rules are never touched."""
+        nothing across families; other state of ours is refused with `RulesConflict` (nothing
+        changed) in iptables mode, replaced in the same transaction in nftables mode (as
+        upstream does); foreign rules are never touched. The other mode's state is not
+        looked at (`cni.apply`)."""
 
     def check(self, ruleset: AnyRuleSet) -> StateDiff:
         """What the netns lacks (`missing`) or has beyond (`extra`) `ruleset`; `clean` when
         it holds nothing of ours at all."""
 
     def reset(self, ruleset: AnyRuleSet) -> None:
-        """Remove everything of ours (whatever rules it holds now, per family of `ruleset`),
-        so that `program` starts from clean; foreign rules stay."""
+        """Remove everything of this mode's that is ours (whatever rules it holds now, per
+        family of `ruleset`), so that `program` starts from clean; foreign rules stay."""
 
 
 def select_backend(choice: str | RuleMode, where: str = "") -> Backend:
