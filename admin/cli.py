@@ -43,12 +43,16 @@ def version() -> None:
                    "instead of fetching NAMESPACE/POD from the API.")
 @click.option("--ipv6", is_flag=True, help="Render as if the pod had an IPv6 address "
               "(--pod-file only; a fetched pod's own IP decides).")
+@click.option("--native-nftables", is_flag=True, help="Render native nftables mode's "
+              "transaction (--pod-file only; a fetched pod uses NATIVE_NFTABLES, as the "
+              "installer writes it into the plugin config).")
 @click.option("--format", "--output", "-o", "fmt",
               type=click.Choice(["text", "restore", "json"]), default="text",
-              show_default=True, help="restore: only the iptables-restore payloads.")
+              show_default=True, help="restore: only what is fed to iptables-restore (or, in "
+              "native nftables mode, to nft -f).")
 @kubeconfig_option
-def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
-            kubeconfig: str | None) -> None:
+def explain(target: str | None, pod_file: Path | None, ipv6: bool, native_nftables: bool,
+            fmt: str, kubeconfig: str | None) -> None:
     """Why a pod is or is not redirected, and the rules the plugin would program for it.
 
     \b
@@ -73,7 +77,7 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, fmt: str,
     if not isinstance(pod, dict) or pod.get("kind", "Pod") != "Pod":
         raise click.ClickException(f"{pod_file} does not hold a Pod object")
     try:
-        ex = explain_pod(pod, ipv6=ipv6)
+        ex = explain_pod(pod, ipv6=ipv6, native_nftables=native_nftables)
     except CNIError as exc:  # not the shape of a Pod
         raise click.ClickException(f"{pod_file}: {exc.msg}") from exc
     formatter = {"text": format_text, "restore": format_restore, "json": format_json}[fmt]
@@ -101,7 +105,7 @@ def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
     on_this_node = (pod.get("spec") or {}).get("nodeName") == cfg.repair.node_name
     finder = NetnsFinder(cfg.host_proc) if on_this_node and os.geteuid() == 0 else None
     try:
-        report = explain_live(pod, cfg.repair, finder, cfg.iptables_backend)
+        report = explain_live(pod, cfg.repair, finder, cfg.rule_mode)
     except CNIError as exc:  # the API's answer is not the shape of a Pod
         raise click.ClickException(f"{target}: {exc.msg}") from exc
     if fmt == "restore":

@@ -2,7 +2,9 @@
 
 Runs the plugin's own pod pipeline (`cni.pipeline`) up to the rule set, so what `explain`
 prints is what the plugin would do for the same pod; the one netns fact (does the pod get IPv6
-rules?) is given by the caller instead of read from a netns.
+rules?) is given by the caller instead of read from a netns, and so is the mode (the plugin
+config's `native_nftables`, which the installer writes from `NATIVE_NFTABLES`): in native
+nftables mode the rules shown are the nftables transaction, exactly as fed to `nft -f`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from cni.decision import Decision
 from cni.errors import CNIError
+from cni.nft_ruleset import NftRuleSet
 from cni.pipeline import decide_pod, rules_for
 from cni.podinfo import PodInfo
 from cni.redirect import Redirect, redirect_from_pod
@@ -24,12 +27,14 @@ class Explanation:
     pod: PodInfo
     decision: Decision
     redirect: Redirect | None = None
-    ruleset: RuleSet | None = None
+    ruleset: RuleSet | NftRuleSet | None = None
     error: str = ""
 
 
-def explain_pod(pod_json: dict[str, Any], ipv6: bool = False) -> Explanation:
-    """The decision, and for a redirected pod the redirect spec and rule set (or the error).
+def explain_pod(pod_json: dict[str, Any], ipv6: bool = False,
+                native_nftables: bool = False) -> Explanation:
+    """The decision, and for a redirected pod the redirect spec and rule set (or the error),
+    of the mode the plugin config selects.
 
     A pod that is not the shape of a Pod raises `InvalidPod` (nothing to explain)."""
     info, decision = decide_pod(pod_json)
@@ -37,7 +42,7 @@ def explain_pod(pod_json: dict[str, Any], ipv6: bool = False) -> Explanation:
         return Explanation(info, decision)
     try:
         redirect = redirect_from_pod(info)
-        ruleset = rules_for(redirect, ipv6)
+        ruleset = rules_for(redirect, ipv6, native_nftables)
     except CNIError as exc:
         return Explanation(info, Decision(False, "ADD would fail"), error=exc.msg)
     except ValueError as exc:
@@ -46,6 +51,9 @@ def explain_pod(pod_json: dict[str, Any], ipv6: bool = False) -> Explanation:
 
 
 def format_restore(ex: Explanation) -> str:
+    """What is fed to the tool: the `iptables-restore` payloads, or the `nft -f` transaction."""
+    if isinstance(ex.ruleset, NftRuleSet):
+        return ex.ruleset.transaction()
     return "" if ex.ruleset is None else ex.ruleset.restore_text()
 
 
@@ -69,12 +77,15 @@ def format_text(ex: Explanation) -> str:
         if r.exclude_interfaces or r.reroute_interfaces:
             lines.append(f"interfaces: exclude {_show(r.exclude_interfaces)}, "
                          f"reroute {_show(r.reroute_interfaces)}")
-    if ex.ruleset is not None:
+    if isinstance(ex.ruleset, NftRuleSet):
+        lines.append("--- native nftables transaction (nft -f) ---")
+        lines.append(ex.ruleset.transaction().rstrip("\n"))
+    elif ex.ruleset is not None:
         for fam in ex.ruleset.families():
             lines.append(f"--- {'ip6tables' if fam.ipv6 else 'iptables'}-restore payload ---")
             lines.append(fam.restore_payload().rstrip("\n"))
-        for note in ex.ruleset.notes:
-            lines.append(f"note: {note}")
+    if ex.ruleset is not None:
+        lines += [f"note: {note}" for note in ex.ruleset.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -86,7 +97,9 @@ def format_json(ex: Explanation) -> str:
     }
     if ex.error:
         obj["error"] = ex.error
-    if ex.ruleset is not None:
+    if isinstance(ex.ruleset, NftRuleSet):
+        obj["nftables"] = ex.ruleset.transaction()
+    elif ex.ruleset is not None:
         obj["payloads"] = {
             ("v6" if f.ipv6 else "v4"): f.restore_payload() for f in ex.ruleset.families()
         }

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from admin.explain import Explanation, explain_pod, format_json, format_text
+from cni.backends import RuleMode, rule_mode
 from cni.errors import CNIError
 from cni.podinfo import pod_ips
 from node_daemon.broken import Verdict, diagnose
@@ -30,6 +31,8 @@ class LiveReport:
     missing: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
     netns_error: str = ""
+    other_mode: str = ""
+    """The other mode, when the netns holds its state (a node switched between modes)."""
 
     @property
     def live_state(self) -> str:
@@ -41,12 +44,12 @@ class LiveReport:
 
 
 def explain_live(pod: dict[str, Any], cfg: RepairConfig, finder: NetnsFinder | None,
-                 backend: str = "auto") -> LiveReport:
+                 backend: str | RuleMode = "auto") -> LiveReport:
     """`explain_pod` with the pod's own first IP deciding IPv6, the repair verdict, and the
     live netns compared through the pipeline (facts read from the netns itself)."""
     ips = pod_ips(pod)
     ipv6 = bool(ips) and _is_ipv6(ips[0])
-    ex = explain_pod(pod, ipv6=ipv6)
+    ex = explain_pod(pod, ipv6=ipv6, native_nftables=rule_mode(backend).native_nftables)
     verdict = diagnose(pod, cfg)
     node = str((pod.get("spec") or {}).get("nodeName", ""))
     if finder is None or ex.redirect is None or not ips:
@@ -61,7 +64,8 @@ def explain_live(pod: dict[str, Any], cfg: RepairConfig, finder: NetnsFinder | N
     except (CNIError, OSError) as exc:
         msg = exc.msg if isinstance(exc, CNIError) else str(exc)
         return LiveReport(ex, verdict, node, netns_error=msg)
-    return LiveReport(ex, verdict, node, ref.path, diff.missing, diff.extra)
+    return LiveReport(ex, verdict, node, ref.path, diff.missing, diff.extra,
+                      other_mode=diff.other_mode)
 
 
 def _is_ipv6(ip: str) -> bool:
@@ -79,7 +83,8 @@ def format_live_text(r: LiveReport) -> str:
              + "; ".join(r.verdict.reasons)]
     state = r.live_state
     where = f" ({r.netns})" if r.netns else ""
-    lines.append(f"live rules: {state}{where}" + (f": {r.netns_error}" if r.netns_error else ""))
+    lines.append(f"live rules: {state}{where}" + (f": {r.netns_error}" if r.netns_error else "")
+                 + (f" (programmed in {r.other_mode} mode)" if r.other_mode else ""))
     lines += [f"  missing: {m}" for m in r.missing] + [f"  unexpected: {e}" for e in r.extra]
     return "\n".join(lines) + "\n"
 
@@ -88,5 +93,6 @@ def format_live_json(r: LiveReport) -> str:
     obj = json.loads(format_json(r.explanation))
     obj.update(node=r.node, broken=r.verdict.broken, broken_reasons=list(r.verdict.reasons),
                live_rules={"state": r.live_state, "netns": r.netns, "missing": list(r.missing),
-                           "unexpected": list(r.extra), "error": r.netns_error})
+                           "unexpected": list(r.extra), "error": r.netns_error,
+                           "other_mode": r.other_mode})
     return json.dumps(obj, indent=2) + "\n"

@@ -107,7 +107,7 @@ def repair_command(node: str | None, all_nodes: bool, mode: str | None, dry_run:
 
         finder = NetnsFinder(cfg.host_proc)
     actions = Actions(rc, api, Reporter(api, Metrics(), rc.node_name), finder,
-                      cfg.iptables_backend)
+                      cfg.rule_mode)
     try:
         rows = repair_once(api, rc, None if all_nodes else (node or rc.node_name),
                            rc.node_name, dry_run, actions)
@@ -135,7 +135,7 @@ def drift_command(dry_run: bool, output: str, kubeconfig: str | None) -> None:
     api = pod_api(kubeconfig)
     reporter = Reporter(None if dry_run else api, Metrics(), cfg.repair.node_name)
     checker = DriftChecker(cfg.repair, reporter, NetnsFinder(cfg.host_proc),
-                           cfg.iptables_backend, fix=not dry_run)
+                           cfg.rule_mode, fix=not dry_run)
     try:
         pods = api.list_pods(cfg.repair.field_selector(), cfg.repair.label_selectors).items
     except ApiError as exc:

@@ -13,6 +13,11 @@ BACKENDS = ("auto", "nft", "legacy", "python-iptables")
 `legacy` force one of the iptables binaries, `python-iptables` programs legacy tables
 in-process (hosts without iptables binaries)."""
 
+NFTABLES_BACKENDS = ("auto", "libnftables", "nft")
+"""How native nftables mode talks to nftables: `libnftables` in-process (bundled with the
+frozen plugin, so no `nft` binary is needed), the host's `nft -f -`, or `auto` (the library,
+else the binary)."""
+
 PLUGIN_LOG_LEVELS = ("debug", "info", "warn", "error", "none")
 log_level = one_of(PLUGIN_LOG_LEVELS, fold_case=True, aliases={"warning": "warn"})
 """The plugin's log levels; any case, and `warning` for `warn`."""

@@ -8,10 +8,13 @@ without redirection.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from cni.choices import BACKENDS, DEFAULT_RUN_DIR, log_level
+from cni.choices import BACKENDS, DEFAULT_RUN_DIR, NFTABLES_BACKENDS, log_level
 from cni.errors import InvalidNetworkConfig
+
+if TYPE_CHECKING:
+    from cni.backends import RuleMode
 from cni.values import BadValue, one_of
 
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
@@ -36,6 +39,7 @@ cached pod in milliseconds and a pod it must GET in well under a second; 5 s onl
 the agent is stuck, and then bounds what a pod start pays for it before the in-process path."""
 
 _backend = one_of(BACKENDS)
+_nft_backend = one_of(NFTABLES_BACKENDS)
 
 
 class PluginConfig(NamedTuple):
@@ -66,13 +70,24 @@ class PluginConfig(NamedTuple):
     iptables_backend: str = BACKENDS[0]
     """Ours: one of `cni.settings.BACKENDS` (auto = upstream's nft/legacy detection)."""
     native_nftables: bool = False
-    """Upstream's native nftables switch; we program the same rules through iptables-nft."""
+    """native_nftables (upstream's): pods get upstream's `inet istio-proxy-*` tables instead
+    of iptables rules."""
+    nftables_backend: str = NFTABLES_BACKENDS[0]
+    """Ours: how native nftables mode talks to nftables, one of
+    `cni.choices.NFTABLES_BACKENDS` (auto = libnftables, else the host's `nft`)."""
     agent_serve: bool = True
     """Ours: hand ADD and CHECK to the node agent over `<cni_agent_run_dir>/cni.sock` when it
     answers (false: always in-process)."""
     agent_serve_timeout: float = AGENT_SERVE_TIMEOUT
     """Ours: agent_serve_timeout_seconds, the budget before falling back to in-process."""
     prev_result: dict[str, Any] | None = None
+
+    @property
+    def rule_mode(self) -> RuleMode:
+        """The mode and backends the pod pipeline programs and checks with."""
+        from cni.backends import RuleMode
+
+        return RuleMode(self.native_nftables, self.iptables_backend, self.nftables_backend)
 
 
 _DEFAULTS = PluginConfig._field_defaults
@@ -162,6 +177,9 @@ def parse_plugin_config(conf: dict[str, Any]) -> PluginConfig:
             "pod_lookup_deadline_seconds"),
         iptables_backend=backend,
         native_nftables=_typed(conf, "native_nftables", bool, _DEFAULTS["native_nftables"]),
+        nftables_backend=_choice(
+            _typed(conf, "nftables_backend", str, _DEFAULTS["nftables_backend"]),
+            "nftables_backend", _nft_backend),
         agent_serve=_typed(conf, "agent_serve", bool, _DEFAULTS["agent_serve"]),
         agent_serve_timeout=_positive(
             float(_typed(conf, "agent_serve_timeout_seconds", (int, float),

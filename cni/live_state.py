@@ -275,6 +275,9 @@ class StateDiff:
     extra: tuple[str, ...] = ()
     clean: bool = False
     """The netns has no ISTIO_* chain at all (so `missing` lists everything wanted)."""
+    other_mode: str = ""
+    """The other mode (`iptables`, `native nftables`) when the netns also holds its state: a
+    node switched between modes (`cni.apply`); that state is listed in `extra`."""
 
     @property
     def state(self) -> DiffState:
@@ -284,7 +287,7 @@ class StateDiff:
 
     def __add__(self, other: StateDiff) -> StateDiff:
         return StateDiff(self.missing + other.missing, self.extra + other.extra,
-                         self.clean and other.clean)
+                         self.clean and other.clean, self.other_mode or other.other_mode)
 
 
 def is_ours(line: str, wanted: list[str]) -> bool:

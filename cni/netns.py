@@ -11,7 +11,7 @@ libiptc) runs in the pod netns, on this thread only.
 
 A netns owned by a pod's own user namespace (`hostUsers: false`) is entered the same way, and
 its facts read the same way; what writes or compares its packet filter runs as its owner
-(`cni.userns.as_owner`, which `cni.apply.PodNetns` and `cni.nft_apply` go through).
+(`cni.userns.as_owner`, which `cni.apply.PodNetns` goes through for every backend).
 """
 
 from __future__ import annotations

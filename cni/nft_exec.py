@@ -10,6 +10,11 @@ Netns: `setns` is per thread. A libnftables context is created and freed inside 
 its netlink socket always belongs to the netns the calling thread is in at that moment; `nft` is
 a child process of this thread, so it inherits the same netns.
 
+The frozen plugin carries libnftables and every library it links in `<bundle>/nftables`
+(build.spec), loaded by absolute path in the bundle's `load-order`: each dependency is then
+already loaded under its soname when libnftables needs it, so the host's library path is never
+searched, and the host needs neither `nft` nor libnftables.
+
 Nothing heavy is imported until a way is chosen: ctypes only by `LibNftables`, subprocess only
 by `NftBinary`.
 """
@@ -17,14 +22,38 @@ by `NftBinary`.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Protocol
 
-WAYS = ("auto", "libnftables", "nft")
+from cni.settings import NFTABLES_BACKENDS
+
+WAYS = NFTABLES_BACKENDS
 LIBRARY = "libnftables.so.1"
 NFT_TIMEOUT_S = 10.0
 MAX_OUTPUT = 4 << 20
 """A pod netns holds a few hundred lines of rules; anything near this is not ours to parse."""
 NFT_PATHS = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
+LOAD_ORDER = "load-order"
+MAX_LOAD_ORDER = 4096
+
+
+def bundled_nftables_dir() -> str | None:
+    """`<bundle>/nftables` of a frozen build (PyInstaller; see build.spec), else None."""
+    if not getattr(sys, "frozen", False):
+        return None
+    base = getattr(sys, "_MEIPASS", None) or os.path.dirname(sys.executable)
+    path = os.path.join(base, "nftables")
+    return path if os.path.isfile(os.path.join(path, LOAD_ORDER)) else None
+
+
+def _load_bundled(ctypes: Any, path: str) -> Any:
+    """Load the bundle's libraries in its order (dependencies first); the last one loaded
+    under LIBRARY's name is libnftables itself."""
+    with open(os.path.join(path, LOAD_ORDER), "rb") as f:
+        names = f.read(MAX_LOAD_ORDER).decode().split()
+    loaded = {name: ctypes.CDLL(os.path.join(path, os.path.basename(name)), use_errno=True)
+              for name in names}
+    return loaded[LIBRARY]
 
 
 class NftError(Exception):
@@ -48,12 +77,16 @@ class LibNftables:
 
     @classmethod
     def load(cls) -> LibNftables | None:
-        """The library, or None when it is not installed (or not bundled)."""
+        """The bundled library in a frozen build, else the host's; None when neither loads."""
         import ctypes
 
+        bundle = bundled_nftables_dir()
         try:
-            lib = ctypes.CDLL(LIBRARY, use_errno=True)
-        except OSError:
+            if bundle is not None:
+                lib = _load_bundled(ctypes, bundle)
+            else:
+                lib = ctypes.CDLL(LIBRARY, use_errno=True)
+        except (OSError, KeyError):
             return None
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
@@ -105,9 +138,12 @@ class NftBinary:
     def run(self, commands: str) -> str:
         import subprocess
 
+        from cni.backends.restore import host_env  # the host's nft loads the host's libraries
+
         try:
             proc = subprocess.run([self.path, "-f", "-"], input=commands.encode(),
-                                  capture_output=True, timeout=NFT_TIMEOUT_S, check=False)
+                                  capture_output=True, timeout=NFT_TIMEOUT_S, check=False,
+                                  env=host_env(None))
         except subprocess.TimeoutExpired:
             raise NftError(f"{self.path}: no answer within {NFT_TIMEOUT_S:g}s") from None
         except OSError as exc:

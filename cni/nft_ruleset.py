@@ -1,7 +1,8 @@
 """The nftables rule set as data, and its rendering as the transaction fed to `nft -f`.
 
 Pure: no I/O, standard library only. `cni.nft_rules.build_nft_ruleset` produces an
-`NftRuleSet`; `cni.nft_apply` programs it, `istio-cni-node rules --native-nftables` prints it.
+`NftRuleSet`; `cni.backends.nftables` programs it, `istio-cni-node rules --native-nftables`
+prints it.
 
 Rendering follows upstream's istio-nftables (its knftables transaction) command for command:
 per table (nat, mangle, raw; a table with no rules is left out) `add table`, `flush table`,

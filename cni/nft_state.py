@@ -4,7 +4,7 @@ Pure: no I/O. Why compare listings rather than our transaction text: the kernel 
 in its own form and `nft` prints that canonical form back (`ip daddr != 127.0.0.1/32` comes
 back as `ip daddr != 127.0.0.1`, `mark 1337` as `meta mark 0x00000539`, group names as
 numbers, a `meta l4proto tcp` made redundant by `tcp dport` disappears, ...). Rather than
-re-implement that canonicalisation, `cni.nft_apply` lets the kernel do it (the wanted tables
+re-implement that canonicalisation, `cni.backends.nftables` lets the kernel do it (the wanted tables
 are applied in a throwaway netns and listed the same way), so both sides of a comparison are
 listings and compare as text. Counter values are the only live data and are dropped.
 

@@ -8,6 +8,11 @@ starts at the rule set, from flags). The stages stay in their own pure modules (
 entering the pod netns once, reading its facts once, and handing back a `PodNetns` whose rule
 set was built from those facts, ready to program, check or reset.
 
+Modes: the caller's `backend` is a `cni.backends.RuleMode` (or, for iptables mode, a backend
+name): iptables mode builds a `RuleSet`, native nftables mode an `NftRuleSet`, both from the
+same redirect spec and netns facts, and the pod netns is told about the other mode for a node
+switched between them (`cni.apply.OtherMode`).
+
 Hot path: a pod the decision skips (most pods of most clusters) pays for the decision's imports
 only; the later stages are imported by the functions that run them.
 """
@@ -23,10 +28,9 @@ from cni.podinfo import PodInfo, extract_pod_info
 
 if TYPE_CHECKING:  # the stages after the decision are imported only when a pod gets that far
     from cni.apply import PodNetns
-    from cni.backends import Backend
+    from cni.backends import AnyRuleSet, Backend, RuleMode
     from cni.live_state import StateDiff
     from cni.redirect import Redirect
-    from cni.ruleset import RuleSet
 
 
 def decide_pod(pod: Any) -> tuple[PodInfo, Decision]:
@@ -44,26 +48,44 @@ def plan(pod: Any) -> tuple[PodInfo, Decision, Redirect | None]:
     return info, decision, redirect_from_pod(info) if decision.redirect else None
 
 
-def rules_for(redirect: Redirect, ipv6: bool) -> RuleSet:
-    """The rule set for a redirect spec, given whether the pod gets IPv6 rules. Pure."""
+def rules_for(redirect: Redirect, ipv6: bool, native_nftables: bool = False) -> AnyRuleSet:
+    """The rule set for a redirect spec, given whether the pod gets IPv6 rules: upstream's
+    iptables rules, or with `native_nftables` its nftables tables. Pure."""
     from cni.redirect import to_iptables_config
+
+    cfg = to_iptables_config(redirect, enable_ipv6=ipv6)
+    if native_nftables:
+        from cni.nft_rules import build_nft_ruleset
+
+        return build_nft_ruleset(cfg)
     from cni.rules import build_ruleset
 
-    return build_ruleset(to_iptables_config(redirect, enable_ipv6=ipv6))
+    return build_ruleset(cfg)
 
 
-def here(netns_path: str, redirect: Redirect, backend: str | Backend = "auto") -> PodNetns:
+def here(netns_path: str, redirect: Redirect,
+         backend: str | RuleMode | Backend = "auto") -> PodNetns:
     """The pod netns the calling thread is in: facts read once, rule set built from them."""
     from cni import netns
-    from cni.apply import PodNetns
+    from cni.apply import OtherMode, PodNetns
+    from cni.backends import RuleMode, rule_mode, select_backend
 
     facts = netns.read_facts()
-    return PodNetns(netns_path, rules_for(redirect, facts.ipv6(redirect.dual_stack)), backend)
+    ipv6 = facts.ipv6(redirect.dual_stack)
+    if isinstance(backend, str | RuleMode):
+        mode = rule_mode(backend)
+        chosen: Backend = select_backend(mode, netns_path)
+    else:
+        mode, chosen = RuleMode(native_nftables=backend.native_nftables), backend
+    other = mode.other()
+    return PodNetns(
+        netns_path, rules_for(redirect, ipv6, mode.native_nftables), chosen, ipv6,
+        OtherMode(other, netns_path, lambda: rules_for(redirect, ipv6, other.native_nftables)))
 
 
 @contextmanager
 def visit(netns_path: str, redirect: Redirect,
-          backend: str | Backend = "auto") -> Iterator[PodNetns]:
+          backend: str | RuleMode | Backend = "auto") -> Iterator[PodNetns]:
     """Enter the pod netns once (this thread) and yield it as `here` sees it."""
     from cni import netns
 
@@ -71,13 +93,14 @@ def visit(netns_path: str, redirect: Redirect,
         yield here(netns_path, redirect, backend)
 
 
-def program_pod(netns_path: str, redirect: Redirect, backend: str = "auto") -> str:
+def program_pod(netns_path: str, redirect: Redirect, backend: str | RuleMode = "auto") -> str:
     """Program the pod netns for this spec: "applied" or "already-programmed"."""
     with visit(netns_path, redirect, backend) as pod_ns:
         return pod_ns.program()
 
 
-def check_pod(netns_path: str, redirect: Redirect, backend: str = "auto") -> StateDiff:
+def check_pod(netns_path: str, redirect: Redirect,
+              backend: str | RuleMode = "auto") -> StateDiff:
     """How the pod netns differs from what this spec requires."""
     with visit(netns_path, redirect, backend) as pod_ns:
         return pod_ns.check()

@@ -117,14 +117,17 @@ class Plugin:
         from cni import pipeline
         from cni.redirect import redirect_from_pod
 
-        diff = pipeline.check_pod(args.netns, redirect_from_pod(pod), conf.iptables_backend)
+        mode = conf.rule_mode
+        diff = pipeline.check_pod(args.netns, redirect_from_pod(pod), mode)
         if diff.missing or diff.extra:
             details = "\n".join(
                 [f"missing: {r}" for r in diff.missing] + [f"extra: {r}" for r in diff.extra]
             )
+            switched = (f"; it holds {diff.other_mode} mode's rules, but the plugin config "
+                        f"selects {mode.label} mode" if diff.other_mode else "")
             raise RulesMismatch(
                 f"pod rules in {args.netns} differ from what the pod's spec requires "
-                f"({len(diff.missing)} missing, {len(diff.extra)} unexpected)",
+                f"({len(diff.missing)} missing, {len(diff.extra)} unexpected{switched})",
                 details,
             )
         return None
@@ -207,7 +210,7 @@ class Plugin:
             redirect = redirect_from_pod(pod)
         with netns.in_netns(args.netns):
             with self._phase("rules"):
-                pod_ns = pipeline.here(args.netns, redirect, conf.iptables_backend)
+                pod_ns = pipeline.here(args.netns, redirect, conf.rule_mode)
             for note in pod_ns.ruleset.notes:
                 log.warning("%s", note)
             with self._phase("apply"):

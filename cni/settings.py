@@ -22,13 +22,19 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cni.choices import BACKENDS, DEFAULT_RUN_DIR, PLUGIN_LOG_LEVELS, log_level
-from cni.values import BadValue, one_of, path
+from cni.choices import (
+    BACKENDS,
+    DEFAULT_RUN_DIR,
+    NFTABLES_BACKENDS,
+    PLUGIN_LOG_LEVELS,
+    log_level,
+)
+from cni.values import BadValue, go_bool, one_of, path
 
 UPSTREAM = "upstream"
 OURS = "ours"
 
-__all__ = ["BACKENDS", "PLUGIN_LOG_LEVELS", "log_level"]  # defined in cni.choices
+__all__ = ["BACKENDS", "NFTABLES_BACKENDS", "PLUGIN_LOG_LEVELS", "log_level"]  # cni.choices
 
 
 class SettingError(ValueError):
@@ -101,6 +107,18 @@ FORCE_IPTABLES_BINARY = Setting(
     "Written as the plugin's `iptables_backend` and used by repair and drift. Empty (or "
     "`auto`): detect the backend per pod netns, as upstream.",
     origin="upstream name, ours in the plugin config")
+
+
+NATIVE_NFTABLES = Setting(
+    "NATIVE_NFTABLES", False, go_bool,
+    "Native nftables mode: written as the plugin's `native_nftables` (pods get upstream's "
+    "`inet istio-proxy-*` tables instead of iptables rules) and used by repair and drift.")
+NFTABLES_BACKEND = Setting(
+    "NFTABLES_BACKEND", "auto", one_of(NFTABLES_BACKENDS, fold_case=True),
+    "How native nftables mode talks to nftables: `libnftables` (in-process; bundled with the "
+    "frozen plugin), `nft` (the host's `nft -f -`) or `auto` (the library, else the binary). "
+    "Written as the plugin's `nftables_backend` when not `auto`; used by repair and drift.",
+    origin=OURS)
 
 
 def markdown_table(settings: Iterable[Setting]) -> str:

@@ -3,7 +3,8 @@
 Each variable is defined once below (`SETTINGS`, in the order of the docs table) with
 upstream's name and default wherever upstream has the setting; the few that upstream
 hard-codes or lacks are ours and say so. The model, the value parsers and the settings the
-agent shares (`CNI_AGENT_RUN_DIR`, `FORCE_IPTABLES_BINARY`) are in `cni.settings`. Nothing
+agent shares (`CNI_AGENT_RUN_DIR`, `FORCE_IPTABLES_BINARY`, `NATIVE_NFTABLES`,
+`NFTABLES_BACKEND`) are in `cni.settings`. Nothing
 below `InstallerConfig.from_env` reads `os.environ`: tests and the CLI build configs by hand or
 from a dict. A bad value is an `InstallerConfigError` naming the variable and the value.
 """
@@ -19,6 +20,8 @@ from cni.config import KUBECONFIG_NAME
 from cni.settings import (
     CNI_AGENT_RUN_DIR,
     FORCE_IPTABLES_BINARY,
+    NATIVE_NFTABLES,
+    NFTABLES_BACKEND,
     OURS,
     Setting,
     SettingError,
@@ -77,8 +80,6 @@ POD_NAMESPACE = Setting(
     "POD_NAMESPACE", "", text,
     "The agent's own namespace. Its pods pass through the plugin (`pod_namespace`), and this "
     "is where the DaemonSet is looked up on shutdown.", shown_default='`""` (downward API)')
-NATIVE_NFTABLES = Setting(
-    "NATIVE_NFTABLES", False, go_bool, "Written as `native_nftables`.")
 UPDATE_CNI_BINARIES = Setting(
     "UPDATE_CNI_BINARIES", True, go_bool,
     "`false` leaves a binary alone if one already exists at the target.",
@@ -114,9 +115,9 @@ SETTINGS: tuple[Setting, ...] = (
     MOUNTED_CNI_NET_DIR, CNI_CONF_NAME, CHAINED_CNI_PLUGIN, CNI_AGENT_RUN_DIR, KUBECONFIG_MODE,
     CNI_CONF_GROUP_READ, KUBE_CA_FILE, SKIP_TLS_VERIFY, KUBERNETES_SERVICE_PROTOCOL,
     KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, EXCLUDE_NAMESPACES, POD_NAMESPACE,
-    NATIVE_NFTABLES, FORCE_IPTABLES_BINARY, UPDATE_CNI_BINARIES, SKIP_CNI_BINARIES,
-    PLUGIN_LOG_LEVEL, K8S_SERVICE_ACCOUNT_PATH, CNI_BIN_SOURCE_DIR, CNI_BIN_TARGET_DIRS,
-    UNINSTALL_ON_SHUTDOWN, DAEMONSET_NAME,
+    NATIVE_NFTABLES, NFTABLES_BACKEND, FORCE_IPTABLES_BINARY, UPDATE_CNI_BINARIES,
+    SKIP_CNI_BINARIES, PLUGIN_LOG_LEVEL, K8S_SERVICE_ACCOUNT_PATH, CNI_BIN_SOURCE_DIR,
+    CNI_BIN_TARGET_DIRS, UNINSTALL_ON_SHUTDOWN, DAEMONSET_NAME,
 )
 """Every variable the installer reads, in the order of docs/installer.md's table."""
 
@@ -133,6 +134,7 @@ _FIELDS: tuple[tuple[str, Setting], ...] = (
     ("update_cni_binaries", UPDATE_CNI_BINARIES), ("skip_cni_binaries", SKIP_CNI_BINARIES),
     ("exclude_namespaces", EXCLUDE_NAMESPACES), ("pod_namespace", POD_NAMESPACE),
     ("plugin_log_level", PLUGIN_LOG_LEVEL), ("native_nftables", NATIVE_NFTABLES),
+    ("nftables_backend", NFTABLES_BACKEND),
     ("force_iptables_binary", FORCE_IPTABLES_BINARY),
     ("uninstall_on_shutdown", UNINSTALL_ON_SHUTDOWN), ("daemonset_name", DAEMONSET_NAME),
 )
@@ -183,6 +185,8 @@ class InstallerConfig:
     """PLUGIN_LOG_LEVEL."""
     native_nftables: bool = NATIVE_NFTABLES.default
     """NATIVE_NFTABLES."""
+    nftables_backend: str = NFTABLES_BACKEND.default
+    """NFTABLES_BACKEND: written as `nftables_backend` only when not `auto`."""
     force_iptables_binary: str = FORCE_IPTABLES_BINARY.default
     """FORCE_IPTABLES_BINARY: "" = the plugin detects per pod (no `iptables_backend`)."""
     uninstall_on_shutdown: str = UNINSTALL_ON_SHUTDOWN.default

@@ -38,7 +38,8 @@ def plugin_entry(cfg: InstallerConfig) -> dict[str, Any]:
     """Our plugin entry, as the plugin (cni/config.py) reads it, with upstream's field names.
 
     Ambient fields and upstream's empty `ipam`/`dns` are left out: this agent has no ambient
-    mode and the plugin ignores them. `iptables_backend` is ours and only written when forced.
+    mode and the plugin ignores them. `iptables_backend` and `nftables_backend` are ours and
+    only written when not `auto`.
     """
     entry: dict[str, Any] = {
         "cniVersion": ENTRY_CNI_VERSION,
@@ -52,6 +53,8 @@ def plugin_entry(cfg: InstallerConfig) -> dict[str, Any]:
     }
     if cfg.force_iptables_binary:
         entry["iptables_backend"] = cfg.force_iptables_binary
+    if cfg.nftables_backend != "auto":
+        entry["nftables_backend"] = cfg.nftables_backend
     return entry
 
 

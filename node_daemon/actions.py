@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from cni.backends import RuleMode
 from cni.errors import CNIError
 from cni.pipeline import decide_pod
 from cni.redirect import redirect_from_pod
@@ -141,7 +142,7 @@ class Actions:
     """The three modes. `finder` is needed for repair in place only."""
 
     def __init__(self, cfg: RepairConfig, api: PodWriter | None, reporter: Reporter,
-                 finder: NetnsLocator | None = None, backend: str = "auto") -> None:
+                 finder: NetnsLocator | None = None, backend: str | RuleMode = "auto") -> None:
         self.cfg = cfg
         self.api = api
         self.reporter = reporter

@@ -163,8 +163,8 @@ class Agent:
             return
         finder = self.finder or NetnsFinder(self.cfg.host_proc)
         reporter = Reporter(self.api, self.metrics, rc.node_name)
-        actions = Actions(rc, self.api, reporter, finder, self.cfg.iptables_backend)
-        drift = DriftChecker(rc, reporter, finder, self.cfg.iptables_backend,
+        actions = Actions(rc, self.api, reporter, finder, self.cfg.rule_mode)
+        drift = DriftChecker(rc, reporter, finder, self.cfg.rule_mode,
                              fix=self.cfg.drift_repair)
         self.controller = RepairController(self.api, rc, actions, drift, self.cfg.watch_timeout,
                                            self.cfg.drift_interval)

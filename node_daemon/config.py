@@ -4,8 +4,8 @@ Each variable is defined once below (`SETTINGS`, in the order of docs/node-daemo
 with upstream's name and default (`cni/pkg/cmd/root.go`, `cni/pkg/constants`): viper binds the
 flag `repair-broken-pod-label-key` to the env var `REPAIR_BROKEN_POD_LABEL_KEY`, and so on. The
 model, the value parsers and the settings the installer shares (`CNI_AGENT_RUN_DIR`,
-`FORCE_IPTABLES_BINARY`) are in `cni.settings`. Nothing below the entry point reads
-`os.environ`; tests build these dataclasses by hand.
+`FORCE_IPTABLES_BINARY`, `NATIVE_NFTABLES`, `NFTABLES_BACKEND`) are in `cni.settings`.
+Nothing below the entry point reads `os.environ`; tests build these dataclasses by hand.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cni.backends import RuleMode
 from cni.settings import (
     CNI_AGENT_RUN_DIR,
     FORCE_IPTABLES_BINARY,
+    NATIVE_NFTABLES,
+    NFTABLES_BACKEND,
     OURS,
     Setting,
     SettingError,
@@ -112,7 +115,8 @@ SETTINGS: tuple[Setting, ...] = (
     REPAIR_BROKEN_POD_LABEL_KEY, REPAIR_BROKEN_POD_LABEL_VALUE, REPAIR_NODE_NAME,
     KUBERNETES_NODE_NAME, REPAIR_SIDECAR_ANNOTATION, REPAIR_INIT_CONTAINER_NAME,
     REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE, REPAIR_INIT_CONTAINER_EXIT_CODE,
-    REPAIR_LABEL_SELECTORS, REPAIR_FIELD_SELECTORS, FORCE_IPTABLES_BINARY, CNI_AGENT_RUN_DIR,
+    REPAIR_LABEL_SELECTORS, REPAIR_FIELD_SELECTORS, FORCE_IPTABLES_BINARY, NATIVE_NFTABLES,
+    NFTABLES_BACKEND, CNI_AGENT_RUN_DIR,
     MONITORING_PORT, READINESS_PORT, HEALTH_BIND_ADDRESS, HOST_PROC, DRIFT_CHECK_INTERVAL,
     DRIFT_REPAIR, REPAIR_WATCH_TIMEOUT, KUBECONFIG, LOG_LEVEL,
 )
@@ -197,6 +201,10 @@ class DaemonConfig:
     """HOST_PROC."""
     iptables_backend: str = "auto"
     """FORCE_IPTABLES_BINARY, or `auto` when it is empty (one of `cni.settings.BACKENDS`)."""
+    native_nftables: bool = NATIVE_NFTABLES.default
+    """NATIVE_NFTABLES: repair and drift program and check native nftables mode."""
+    nftables_backend: str = NFTABLES_BACKEND.default
+    """NFTABLES_BACKEND."""
     drift_interval: float = DRIFT_CHECK_INTERVAL.default
     """DRIFT_CHECK_INTERVAL: seconds, 0 = off."""
     drift_repair: bool = DRIFT_REPAIR.default
@@ -230,12 +238,20 @@ class DaemonConfig:
             bind_address=values[HEALTH_BIND_ADDRESS.name],
             host_proc=values[HOST_PROC.name],
             iptables_backend=values[FORCE_IPTABLES_BINARY.name] or "auto",
+            native_nftables=values[NATIVE_NFTABLES.name],
+            nftables_backend=values[NFTABLES_BACKEND.name],
             drift_interval=values[DRIFT_CHECK_INTERVAL.name],
             drift_repair=values[DRIFT_REPAIR.name],
             watch_timeout=values[REPAIR_WATCH_TIMEOUT.name],
             kubeconfig=values[KUBECONFIG.name],
             log_level=values[LOG_LEVEL.name],
         )
+
+    @property
+    def rule_mode(self) -> RuleMode:
+        """The mode repair, drift and `explain` use: the one the installer writes into the
+        plugin's config from the same variables."""
+        return RuleMode(self.native_nftables, self.iptables_backend, self.nftables_backend)
 
     @property
     def log_socket(self) -> Path:

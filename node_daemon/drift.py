@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from cni.backends import RuleMode
 from cni.errors import CNIError, InvalidPod
 from cni.pipeline import decide_pod
 from cni.podinfo import pod_ips
@@ -47,7 +48,7 @@ def is_candidate(pod: dict[str, Any], cfg: RepairConfig) -> bool:
 
 class DriftChecker:
     def __init__(self, cfg: RepairConfig, reporter: Reporter, finder: NetnsFinder,
-                 backend: str = "auto", fix: bool = True) -> None:
+                 backend: str | RuleMode = "auto", fix: bool = True) -> None:
         self.cfg = cfg
         self.reporter = reporter
         self.finder = finder

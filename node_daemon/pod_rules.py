@@ -4,7 +4,9 @@ The rules come from the plugin's own pod pipeline (`cni.pipeline`), so repair an
 byte-for-byte what the ADD would have. Unlike the ADD, which refuses a netns holding other
 ISTIO_* rules, repair owns the outcome: a netns whose rules were flushed or altered is reset
 (the backend removes our state) and programmed again, all in one visit to the netns, through the
-configured backend only (python-iptables needs no iptables binary for any of it).
+configured backend only (python-iptables needs no iptables binary for any of it). A netns
+programmed in the other mode (a node switched between iptables and native nftables mode) is
+the same case: its check reports the other mode's state, the reset removes it (`cni.apply`).
 
 Enters the pod netns on the calling thread: call from one worker thread at a time.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cni import pipeline
+from cni.backends import RuleMode
 from cni.live_state import StateDiff
 from cni.redirect import Redirect
 
@@ -41,10 +44,13 @@ class RulesOutcome:
         return self.state in (RulesState.PROGRAMMED, RulesState.REPAIRED)
 
     def summary(self) -> str:
-        return f"{len(self.diff.missing)} missing, {len(self.diff.extra)} unexpected"
+        text = f"{len(self.diff.missing)} missing, {len(self.diff.extra)} unexpected"
+        if self.diff.other_mode:
+            text += f"; programmed in {self.diff.other_mode} mode"
+        return text
 
 
-def reconcile_rules(netns_path: str, redirect: Redirect, backend: str = "auto",
+def reconcile_rules(netns_path: str, redirect: Redirect, backend: str | RuleMode = "auto",
                     fix: bool = True) -> RulesOutcome:
     """Compare the pod netns with what `redirect` requires; with `fix`, make it hold exactly
     that (reset first when it holds anything of ours)."""

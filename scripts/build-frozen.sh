@@ -10,7 +10,8 @@
 #                                          CPython 3.11 from source; later runs reuse both)
 #
 # Needs the dev extras (.venv/bin/pip install -e '.[dev]') and the host's libip4tc, libip6tc,
-# libxtables and xtables extensions (Debian: iptables), which are bundled into the plugin.
+# libxtables and xtables extensions (Debian: iptables) and libnftables with the libraries it
+# links (Debian: libnftables1), which are bundled into the plugin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,7 +57,7 @@ old_glibc_build() {
         in_chroot "apt-get update -qq && apt-get install -y -qq --no-install-recommends \
             build-essential ca-certificates xz-utils libssl-dev libffi-dev zlib1g-dev \
             libbz2-dev liblzma-dev libsqlite3-dev libreadline-dev libncurses-dev uuid-dev \
-            iptables binutils >/dev/null"
+            iptables libnftables1 binutils >/dev/null"
         # CPython's source from Debian's own archive (bookworm's python3.11 orig tarball,
         # 3.11.2): the chroot's mirror is the only download site needed
         echo "deb-src $MIRROR bookworm main" > "$OLD_ROOT/etc/apt/sources.list.d/src.list"

@@ -17,6 +17,8 @@ from cni.ruleset import FamilyRules, RuleSet
 class IptablesBackend:
     """A `cni.backends.Backend` over iptables tables; subclasses supply the primitives."""
 
+    native_nftables = False
+
     def __init__(self, where: str = "") -> None:
         self.where = where or "current netns"
 

@@ -31,6 +31,21 @@ def test_explain_restore_format_separates_the_ipv6_payload_like_rules():
     assert v6.startswith("* nat\n") and "::6/128" in v6
 
 
+def test_explain_native_nftables_prints_the_transaction_the_plugin_programs():
+    from cni.pipeline import plan, rules_for
+
+    pod = json.loads((WORKLOADS / "meshed-pod.json").read_text())
+    want = rules_for(plan(pod)[2], ipv6=False, native_nftables=True).transaction()
+    args = ["explain", "--pod-file", str(WORKLOADS / "meshed-pod.json"), "--native-nftables"]
+    res = CliRunner().invoke(cli, [*args, "--format", "restore"])
+    assert res.exit_code == 0, res.output
+    assert res.output == want and want.startswith("add table inet istio-proxy-nat\n")
+    text = CliRunner().invoke(cli, args).output
+    assert "--- native nftables transaction (nft -f) ---\n" + want in text
+    assert "iptables-restore payload" not in text
+    assert json.loads(CliRunner().invoke(cli, [*args, "-o", "json"]).output)["nftables"] == want
+
+
 def test_explain_text_gives_decision_and_reason():
     res = CliRunner().invoke(cli, ["explain", "--pod-file", str(WORKLOADS / "plain-pod.json")])
     assert res.exit_code == 0

@@ -27,6 +27,20 @@ def test_select_backend_names() -> None:
         select_backend("iptables")
 
 
+def test_select_backend_for_a_mode() -> None:
+    from cni.backends import RuleMode
+    from cni.backends.nftables import NftablesBackend
+
+    nft = select_backend(RuleMode(native_nftables=True, nftables_backend="nft"))
+    assert isinstance(nft, NftablesBackend) and nft.way == "nft" and nft.native_nftables
+    legacy = select_backend(RuleMode(iptables_backend="legacy"))
+    assert legacy.force == "legacy" and not legacy.native_nftables  # type: ignore[attr-defined]
+    assert RuleMode().other() == RuleMode(native_nftables=True)
+    assert (RuleMode().label, RuleMode(True).label) == ("iptables", "native nftables")
+    with pytest.raises(ValueError, match="unknown nftables backend 'iptables'"):
+        select_backend(RuleMode(native_nftables=True, nftables_backend="iptables"))
+
+
 def test_parse_version() -> None:
     assert parse_version("iptables-save v1.8.9 (legacy)") == (1, 8, 9)
     assert parse_version("garbage") is None

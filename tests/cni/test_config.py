@@ -45,6 +45,8 @@ def test_legacy_keys():
         ({"kubernetes": "x"}, "kubernetes"),
         ({"kubernetes": {"intercept_type": "ebpf"}}, "intercept_type"),
         ({"iptables_backend": "bpf"}, "iptables_backend"),
+        ({"native_nftables": "true"}, "native_nftables"),
+        ({"nftables_backend": "iptables"}, "nftables_backend"),
         ({"pod_lookup_attempts": 0}, "pod_lookup_attempts"),
         ({"pod_lookup_attempts": True}, "pod_lookup_attempts"),
         ({"pod_lookup_deadline_seconds": -1}, "pod_lookup_deadline_seconds"),
@@ -56,3 +58,11 @@ def test_bad_values_are_refused_naming_the_field(extra, field):
     with pytest.raises(InvalidNetworkConfig) as exc:
         parse_plugin_config({**BASE, **extra})
     assert exc.value.code == 7 and field in exc.value.msg
+
+
+def test_native_nftables_selects_the_mode_and_nftables_backend_the_way():
+    from cni.backends import RuleMode
+
+    assert parse_plugin_config(BASE).rule_mode == RuleMode()
+    conf = {**BASE, "native_nftables": True, "nftables_backend": "libnftables"}
+    assert parse_plugin_config(conf).rule_mode == RuleMode(True, "auto", "libnftables")

@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("kubernetes", "click", "pyroute2", "iptc", "yaml", "urllib3", "requests", "psutil")
 
 PROBE = r"""
@@ -81,3 +83,41 @@ def test_pod_skipped_after_lookup_imports_no_rule_stage() -> None:
     later = {"cni.redirect", "cni.rules", "cni.apply", "cni.netns", "cni.backends",
              "cni.live_state", "ctypes"}
     assert not loaded & later
+
+
+REDIRECTED = r"""
+import json, sys
+from cni.plugin import Plugin
+from cni.protocol import dispatch
+from testbed.pods import workload
+class Source:
+    def get_pod(self, namespace, name):
+        return workload("meshed-pod")
+env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": sys.argv[1],
+       "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+       "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=meshed-pod"}
+conf = {"cniVersion": "1.0.0", "name": "net", "type": "istio-cni",
+        "cni_agent_run_dir": "/nonexistent-run-dir", **json.loads(sys.argv[2])}
+out, err, status = dispatch(env, json.dumps(conf).encode(), Plugin(lambda c: Source()))
+print(json.dumps({"status": status, "out": out.decode(), "modules": sorted(sys.modules)}))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("native_nftables", [False, True], ids=["iptables", "nftables"])
+def test_a_redirected_pod_loads_only_its_own_modes_modules(netns, native_nftables: bool) -> None:  # noqa: ANN001
+    """iptables mode never loads anything of nftables mode (and the reverse): each mode's ADD
+    pays only for its own backend."""
+    conf = {"native_nftables": native_nftables}
+    proc = subprocess.run([sys.executable, "-I", "-c", REDIRECTED, netns.path, json.dumps(conf)],
+                          capture_output=True, text=True, check=True, cwd=".")
+    res = json.loads(proc.stdout.splitlines()[-1])
+    assert res["status"] == 0, res["out"]
+    loaded = set(res["modules"])
+    nftables = {m for m in loaded if m.startswith(("cni.nft", "cni.backends.nftables"))}
+    iptables = {m for m in loaded if m in ("cni.rules", "cni.backends.restore",
+                                           "cni.backends.iptables", "cni.backends.libiptc")}
+    if native_nftables:
+        assert "cni.backends.nftables" in nftables and not iptables - {"cni.rules"}
+    else:
+        assert "cni.backends.restore" in iptables and not nftables

@@ -1,4 +1,6 @@
-"""cni.nft_apply in real netns, both ways (libnftables in-process and `nft -f -`).
+"""The nftables backend in real netns, both ways (libnftables in-process and `nft -f -`).
+
+Driven as the pod pipeline drives every backend (`cni.apply`, the link step included).
 
 Program is one transaction, idempotent (a re-ADD leaves the rules' handles alone), replaces
 our own tables when they differ and never touches anything else; CHECK names missing and
@@ -12,9 +14,12 @@ from dataclasses import replace
 
 import pytest
 
-from cni import nft_exec
+from cni import apply, nft_exec
+from cni.backends import RuleMode
+from cni.backends.nftables import NftablesBackend
 from cni.errors import InvalidNetNS, RulesApplyFailed
-from cni.nft_apply import NftablesProgrammer
+from cni.live_state import StateDiff
+from cni.netns import in_netns
 from cni.nft_rules import build_nft_ruleset
 from cni.nft_ruleset import NftRuleSet
 from tests.cni.netns_fixtures import CONFIGS, Netns, need
@@ -29,6 +34,30 @@ add table ip nat
 add chain ip nat OUTPUT { type nat hook output priority -100 ; }
 add rule ip nat OUTPUT tcp dport 7 counter return
 """
+
+
+class Nft:
+    """One nftables way, driven through `cni.apply` in the pod netns (IPv6 on: the TPROXY
+    rule sets get both families' routes)."""
+
+    def __init__(self, way: str = "auto") -> None:
+        self.mode = RuleMode(native_nftables=True, nftables_backend=way)
+        self.backend = NftablesBackend(way)
+
+    def program(self, path: str, rs: NftRuleSet) -> str:
+        return apply.program(path, rs, self.mode, ipv6=True)
+
+    def check(self, path: str, rs: NftRuleSet) -> StateDiff:
+        return apply.check(path, rs, self.mode, ipv6=True)
+
+    def reset(self, path: str) -> bool:
+        """The backend's reset: True if there were tables of ours."""
+        with in_netns(path):
+            return self.backend.reset()
+
+    @property
+    def nft(self) -> nft_exec.Nft:
+        return self.backend.nft
 
 
 def nft_rules(name: str) -> NftRuleSet:
@@ -59,7 +88,7 @@ def table_names(ns: Netns) -> list[str]:
 
 def test_missing_netns_is_invalid_netns() -> None:
     with pytest.raises(InvalidNetNS):
-        NftablesProgrammer().program("/var/run/netns/icni-b-does-not-exist", nft_rules("basic"))
+        Nft().program("/var/run/netns/icni-b-does-not-exist", nft_rules("basic"))
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -68,15 +97,15 @@ def test_both_ways_leave_the_same_ruleset(make_netns, name: str) -> None:  # noq
         available(w)
     lib_ns, bin_ns = make_netns(), make_netns()
     rs = nft_rules(name)
-    assert NftablesProgrammer("libnftables").program(lib_ns.path, rs) == "applied"
-    assert NftablesProgrammer("nft").program(bin_ns.path, rs) == "applied"
+    assert Nft("libnftables").program(lib_ns.path, rs) == "applied"
+    assert Nft("nft").program(bin_ns.path, rs) == "applied"
     assert listing(lib_ns) == listing(bin_ns)
     assert table_names(lib_ns) == [t.name for t in rs.tables]
 
 
 def test_program_is_idempotent_and_keeps_the_rules(netns, way: str) -> None:  # noqa: ANN001
     rs = nft_rules("dns")
-    prog = NftablesProgrammer(way)
+    prog = Nft(way)
     assert prog.program(netns.path, rs) == "applied"
     first = listing(netns, "-a")  # with rule handles: a rebuild would renumber them
     assert prog.program(netns.path, rs) == "already-programmed"
@@ -87,7 +116,7 @@ def test_program_is_idempotent_and_keeps_the_rules(netns, way: str) -> None:  # 
 
 def test_check_names_missing_and_extra_rules_and_program_repairs(netns, way: str) -> None:  # noqa: ANN001
     rs = nft_rules("basic")
-    prog = NftablesProgrammer(way)
+    prog = Nft(way)
     prog.program(netns.path, rs)
     clean = listing(netns)
     netns.run("nft", "add rule inet istio-proxy-nat istio-output tcp dport 4444 return")
@@ -106,7 +135,7 @@ def test_check_names_missing_and_extra_rules_and_program_repairs(netns, way: str
 
 def test_foreign_objects_in_our_table_are_replaced_too(netns, way: str) -> None:  # noqa: ANN001
     rs = nft_rules("basic")
-    prog = NftablesProgrammer(way)
+    prog = Nft(way)
     prog.program(netns.path, rs)
     clean = listing(netns)
     netns.run("nft", "add set inet istio-proxy-nat stray { type ipv4_addr ; }")
@@ -119,7 +148,7 @@ def test_foreign_objects_in_our_table_are_replaced_too(netns, way: str) -> None:
 
 def test_a_changed_base_chain_policy_is_repaired(netns, way: str) -> None:  # noqa: ANN001
     rs = nft_rules("basic")
-    prog = NftablesProgrammer(way)
+    prog = Nft(way)
     prog.program(netns.path, rs)
     clean = listing(netns)
     netns.run("nft", "chain inet istio-proxy-nat prerouting { policy drop ; }")
@@ -134,7 +163,7 @@ def test_a_changed_base_chain_policy_is_repaired(netns, way: str) -> None:  # no
 
 def test_reordered_rules_are_a_difference(netns, way: str) -> None:  # noqa: ANN001
     rs = nft_rules("basic")
-    prog = NftablesProgrammer(way)
+    prog = Nft(way)
     prog.program(netns.path, rs)
     netns.run("nft", "insert rule inet istio-proxy-nat istio-output counter jump istio-redirect")
     netns.run("nft", "delete rule inet istio-proxy-nat istio-output handle "
@@ -151,7 +180,7 @@ def last_handle(ns: Netns, chain: str) -> str:
 def test_switching_rule_sets_replaces_ours_and_spares_the_rest(netns, way: str) -> None:  # noqa: ANN001
     apply_foreign(netns)
     foreign = foreign_part(netns)
-    prog = NftablesProgrammer(way)
+    prog = Nft(way)
     prog.program(netns.path, nft_rules("ipv6"))  # nat + mangle (TPROXY) + raw (DNS)
     assert set(table_names(netns)) >= {"istio-proxy-mangle", "istio-proxy-raw"}
     basic = nft_rules("basic")
@@ -160,7 +189,7 @@ def test_switching_rule_sets_replaces_ours_and_spares_the_rest(netns, way: str) 
     assert "istio-output-dns" not in listing(netns)
     assert prog.check(netns.path, basic).state == "identical"
     assert foreign_part(netns) == foreign
-    fresh = NftablesProgrammer(way)
+    fresh = Nft(way)
     assert prog.reset(netns.path) is True
     assert not any(n.startswith("istio-") for n in table_names(netns))
     assert fresh.reset(netns.path) is False
@@ -181,7 +210,7 @@ def foreign_part(ns: Netns) -> str:
 
 
 def test_failed_transaction_changes_nothing(netns, way: str) -> None:  # noqa: ANN001
-    prog = NftablesProgrammer(way)
+    prog = Nft(way)
     prog.program(netns.path, nft_rules("basic"))
     before = listing(netns, "-a")
     bad = build_nft_ruleset(replace(CONFIGS["basic"], owner_groups_include=("no-such-group-x",)))
@@ -193,7 +222,7 @@ def test_failed_transaction_changes_nothing(netns, way: str) -> None:  # noqa: A
 
 
 def test_check_of_an_unprogrammed_netns_is_clean_and_missing_everything(netns, way: str) -> None:  # noqa: ANN001
-    diff = NftablesProgrammer(way).check(netns.path, nft_rules("basic"))
+    diff = Nft(way).check(netns.path, nft_rules("basic"))
     assert diff.clean and diff.state == "clean" and not diff.extra
     assert diff.missing[0] == "table inet istio-proxy-nat"
 
@@ -201,16 +230,16 @@ def test_check_of_an_unprogrammed_netns_is_clean_and_missing_everything(netns, w
 def test_unavailable_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, netns) -> None:  # noqa: ANN001
     monkeypatch.setattr(nft_exec, "LIBRARY", "libnftables-not-here.so.1")
     with pytest.raises(RulesApplyFailed, match="libnftables-not-here.so.1 cannot be loaded"):
-        NftablesProgrammer("libnftables").program(netns.path, nft_rules("basic"))
+        Nft("libnftables").program(netns.path, nft_rules("basic"))
     need("nft")
-    prog = NftablesProgrammer("auto")
+    prog = Nft("auto")
     assert prog.program(netns.path, nft_rules("basic")) == "applied"
     assert prog.nft.name == "nft"  # auto falls back to the host's binary
 
 
 def test_unknown_way_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown nftables way 'iptables'"):
-        NftablesProgrammer("iptables").nft  # noqa: B018
+        NftablesBackend("iptables").nft  # noqa: B018
 
 
 def test_concurrent_programs_of_one_netns_converge(netns, way: str) -> None:  # noqa: ANN001
@@ -220,10 +249,10 @@ def test_concurrent_programs_of_one_netns_converge(netns, way: str) -> None:  # 
 
     rs = nft_rules("tproxy")
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda _: NftablesProgrammer(way).program(netns.path, rs),
+        results = list(pool.map(lambda _: Nft(way).program(netns.path, rs),
                                 range(8)))
     assert "applied" in results and set(results) <= {"applied", "already-programmed"}
-    assert NftablesProgrammer(way).check(netns.path, rs).state == "identical"
+    assert Nft(way).check(netns.path, rs).state == "identical"
 
 
 def test_racing_different_rule_sets_never_fail_and_the_last_program_wins(
@@ -234,27 +263,29 @@ def test_racing_different_rule_sets_never_fail_and_the_last_program_wins(
     from concurrent.futures import ThreadPoolExecutor
 
     sets = [nft_rules("ipv6"), nft_rules("basic"), nft_rules("dns"), nft_rules("wide")] * 3
-    NftablesProgrammer(way).program(netns.path, nft_rules("tproxy"))
+    Nft(way).program(netns.path, nft_rules("tproxy"))
     with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda rs: NftablesProgrammer(way).program(netns.path, rs), sets))
+        results = list(pool.map(lambda rs: Nft(way).program(netns.path, rs), sets))
     assert set(results) <= {"applied", "already-programmed"}
     final = nft_rules("dns")
-    NftablesProgrammer(way).program(netns.path, final)
-    assert NftablesProgrammer(way).check(netns.path, final).state == "identical"
+    Nft(way).program(netns.path, final)
+    assert Nft(way).check(netns.path, final).state == "identical"
 
 
 RACER = """
 import sys
 sys.path.insert(0, ".")
-from cni.nft_apply import NftablesProgrammer
+from cni import apply
+from cni.backends import RuleMode
 from cni.nft_rules import build_nft_ruleset
 from tests.cni.netns_fixtures import CONFIGS
 way, path, *names = sys.argv[1:]
 sets = [build_nft_ruleset(CONFIGS[n]) for n in names]
 print("ready", flush=True)
 sys.stdin.readline()
+mode = RuleMode(native_nftables=True, nftables_backend=way)
 for i in range(20):
-    NftablesProgrammer(way).program(path, sets[i % len(sets)])
+    apply.program(path, sets[i % len(sets)], mode, ipv6=True)
 """
 
 
@@ -285,8 +316,8 @@ def test_writers_in_two_processes_never_fail(netns, way: str) -> None:  # noqa: 
                 proc.kill()
                 proc.wait()
     final = nft_rules("wide")
-    NftablesProgrammer(way).program(netns.path, final)
-    assert NftablesProgrammer(way).check(netns.path, final).state == "identical"
+    Nft(way).program(netns.path, final)
+    assert Nft(way).check(netns.path, final).state == "identical"
 
 
 def test_scratch_netns_is_empty_and_the_thread_comes_back(netns) -> None:  # noqa: ANN001

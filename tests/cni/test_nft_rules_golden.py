@@ -208,7 +208,7 @@ def test_nft_rules_module_is_lean() -> None:
                          check=True, cwd=Path(__file__).parents[2]).stdout.strip()
     assert out == "[]"
     code = (
-        "import sys; before = set(sys.modules); import cni.nft_apply; "
+        "import sys; before = set(sys.modules); import cni.backends.nftables; "
         "bad = {'click', 'kubernetes', 'pyroute2', 'subprocess', 'json', 'shutil'} "
         "& (set(sys.modules) - before); print(sorted(bad))"
     )

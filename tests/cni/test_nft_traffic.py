@@ -1,9 +1,11 @@
 """Native nftables mode redirects real traffic: both ways, IPv4 and IPv6.
 
 A pod netns and a peer netns joined by a veth. With the plugin's rule sets programmed by
-`cni.nft_apply`: outbound TCP reaches 15001 with its original destination (`SO_ORIGINAL_DST`
-works for nft `redirect` too), inbound reaches 15006, the proxy's uid 1337 bypasses capture,
-DNS reaches 15053, and TPROXY delivers inbound with the original destination as local address.
+`cni.apply` (the link step included) with the nftables backend: outbound TCP reaches 15001
+with its original destination (`SO_ORIGINAL_DST` works for nft `redirect` too), inbound
+reaches 15006, the proxy's uid 1337 bypasses capture, DNS reaches 15053, and TPROXY (its
+policy routing added by the link step) delivers inbound with the original destination as
+local address.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from cni import nft_exec
+from cni import apply, nft_exec
+from cni.backends import RuleMode
 from cni.iptables_config import IptablesConfig
 from cni.netns import in_netns
-from cni.nft_apply import NftablesProgrammer
 from cni.nft_rules import build_nft_ruleset
 from testbed.cleanup import Cleanup
 from testbed.netns import create_netns
@@ -85,7 +87,8 @@ def way(request: pytest.FixtureRequest) -> str:
 
 def program(p: Pair, way: str, cfg: IptablesConfig) -> None:
     rs = build_nft_ruleset(replace(cfg, enable_ipv6=p.family == 6))
-    assert NftablesProgrammer(way).program(p.pod_path, rs) == "applied"
+    mode = RuleMode(native_nftables=True, nftables_backend=way)
+    assert apply.program(p.pod_path, rs, mode, ipv6=p.family == 6) == "applied"
 
 
 def listen_in_pod(p: Pair, port: int, transparent: bool = False) -> socket.socket:
@@ -172,12 +175,11 @@ def test_tproxy_delivers_inbound_with_original_destination(pair: Pair, way: str)
     program(pair, way, cfg)
     routes = build_nft_ruleset(cfg).tproxy_routes
     assert routes is not None
-    fam = f"-{pair.family}"
-    sh("ip", fam, "-n", pair.pod, "rule", "add", "fwmark", str(routes.mark), "lookup",
-       str(routes.table))
-    default = "0.0.0.0/0" if pair.family == 4 else "::/0"
-    sh("ip", fam, "-n", pair.pod, "route", "add", "local", default, "dev", "lo", "table",
-       str(routes.table))
+    fam = f"-{pair.family}"  # the link step added the policy routing, as in iptables mode
+    assert f"fwmark {hex(routes.mark)} lookup {routes.table}" in sh(
+        "ip", fam, "-n", pair.pod, "rule", "show")
+    assert "local default dev lo" in sh(
+        "ip", fam, "-n", pair.pod, "route", "show", "table", str(routes.table))
     with listen_in_pod(pair, 15006, transparent=True) as listener:
         code, out = connect(pair.peer, pair.pod_ip, 8080)
         assert code == 0, out

@@ -18,9 +18,9 @@ import pytest
 
 from cni import apply, nft_exec, userns
 from cni.apply import PodNetns
+from cni.backends import RuleMode
 from cni.errors import RulesApplyFailed, RulesConflict
 from cni.netns import in_netns
-from cni.nft_apply import NftablesProgrammer
 from cni.nft_rules import build_nft_ruleset
 from testbed.cleanup import Cleanup
 from testbed.userns import UsernsNetns, create_userns_netns, ns_key, owner_of
@@ -147,13 +147,13 @@ def test_native_nftables_programs_checks_and_resets_a_pod_userns(pod_userns, way
     need("nft")
     ns = pod_userns()
     rs = build_nft_ruleset(CONFIGS["ipv6"])
-    prog = NftablesProgrammer(way)
-    assert prog.program(ns.path, rs) == "applied"
-    assert prog.program(ns.path, rs) == "already-programmed"
-    diff = prog.check(ns.path, rs)
+    mode = RuleMode(native_nftables=True, nftables_backend=way)
+    assert apply.program(ns.path, rs, mode, ipv6=True) == "applied"
+    assert apply.program(ns.path, rs, mode, ipv6=True) == "already-programmed"
+    diff = apply.check(ns.path, rs, mode, ipv6=True)
     assert (diff.missing, diff.extra) == ((), ())
     assert "meta skuid 1337" in ns.run("nft", "list", "ruleset")
-    assert prog.reset(ns.path) is True
+    apply.reset(ns.path, rs, mode, ipv6=True)
     assert ns.run("nft", "list", "tables", "inet").strip() == ""
 
 
@@ -167,7 +167,8 @@ def test_a_step_that_enters_the_netns_itself_works_from_inside(pod_userns, via: 
     path = f"/proc/{ns.holder.pid}/ns/net" if via == "proc" else ns.path
     rs = build_nft_ruleset(CONFIGS["basic"])
     with in_netns(path):
-        done = userns.as_owner(path, NftablesProgrammer("nft").program, path, rs)
+        mode = RuleMode(native_nftables=True, nftables_backend="nft")
+        done = userns.as_owner(path, lambda: apply.program(path, rs, mode, ipv6=False))
     assert done == "applied"
     assert "meta skuid 1337" in ns.run("nft", "list", "ruleset")
 

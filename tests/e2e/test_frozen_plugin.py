@@ -5,7 +5,9 @@ it for every backend: what PyInstaller left out (a lazily imported module, a dat
 shared library) only shows up on the path that needs it. The python-iptables case runs with
 the host's iptables hidden — no binaries on PATH, and the host's libip4tc/libip6tc/libxtables
 and xtables extensions masked in a private mount namespace — to prove the bundled copies work
-on a host with no iptables package.
+on a host with no iptables package. Native nftables mode runs the same way with nftables hidden
+too (no `nft`, the host's libnftables and the libraries it links masked): the bundled
+libnftables programs the pod, where upstream's plugin fails every ADD.
 
 The binary is built once per session into a temp dir (plugin only: ~25 s on 2 cores), or taken
 from ISTIO_CNI_FROZEN if set (e.g. dist/istio-cni/istio-cni from scripts/build-frozen.sh).
@@ -16,6 +18,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -47,8 +50,15 @@ def frozen_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_plugin(tmp_path_factory.mktemp("frozen"), BUILD_TIMEOUT)
 
 
-def hidden_iptables_argv(binary: Path, tmp_path: Path) -> list[str]:
-    """argv running `binary` as on a host without the iptables package.
+IPTABLES_LIBS = ("libip4tc.so*", "libip6tc.so*", "libxtables.so*")
+NFTABLES_LIBS = ("libnftables.so*", "libnftnl.so*", "libmnl.so*", "libjansson.so*",
+                 "libgmp.so*")
+NFT_BINARIES = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
+
+
+def hidden_iptables_argv(binary: Path, tmp_path: Path, nftables: bool = False) -> list[str]:
+    """argv running `binary` as on a host without the iptables package (and, with
+    `nftables`, without the nftables package and libnftables either).
 
     A private mount namespace (so nothing leaks to the host) with the host's iptables libraries
     bound over by /dev/null and its extension dir by an empty dir, and PATH holding nothing.
@@ -57,9 +67,11 @@ def hidden_iptables_argv(binary: Path, tmp_path: Path) -> list[str]:
     empty = tmp_path / "empty"
     empty.mkdir()
     libdirs = ["/usr/lib", "/usr/lib64", "/lib", "/lib64", *glob.glob("/usr/lib/*-linux-*")]
-    libs = sorted({os.path.realpath(p) for d in libdirs
-                   for pattern in ("libip4tc.so*", "libip6tc.so*", "libxtables.so*")
+    patterns = IPTABLES_LIBS + (NFTABLES_LIBS if nftables else ())
+    libs = sorted({os.path.realpath(p) for d in libdirs for pattern in patterns
                    for p in glob.glob(f"{d}/{pattern}")})
+    if nftables:
+        libs += sorted({os.path.realpath(p) for p in NFT_BINARIES if os.path.exists(p)})
     xtdirs = sorted({os.path.realpath(p) for d in libdirs for p in glob.glob(f"{d}/xtables")})
     masks = [f"mount --bind /dev/null {lib}" for lib in libs]
     masks += [f"mount --bind {empty} {d}" for d in xtdirs]
@@ -72,7 +84,11 @@ def hidden_iptables_argv(binary: Path, tmp_path: Path) -> list[str]:
 @pytest.fixture
 def frozen_node(node: Node, frozen_plugin: Path, tmp_path: Path) -> Node:
     """The e2e node (tests/e2e/conftest.py), with istio-cni replaced by the frozen binary."""
-    if node.istio_entry()["iptables_backend"] == "python-iptables":
+    entry = node.istio_entry()
+    if entry.get("native_nftables"):
+        node.runtime.binaries["istio-cni"] = hidden_iptables_argv(frozen_plugin, tmp_path,
+                                                                  nftables=True)
+    elif entry.get("iptables_backend") == "python-iptables":
         node.runtime.binaries["istio-cni"] = hidden_iptables_argv(frozen_plugin, tmp_path)
     else:
         node.runtime.binaries["istio-cni"] = [str(frozen_plugin)]
@@ -135,6 +151,42 @@ def test_tproxy_dual_stack_pod_uses_pyroute2_and_every_bundled_extension(frozen_
     assert "::6/128" in nsutil.ns_exec(pod_ns, "ip", "-6", "addr", "show", "dev", "lo")
     assert "lookup 133" in nsutil.ns_exec(pod_ns, "ip", "-4", "rule")
     assert "lookup 133" in nsutil.ns_exec(pod_ns, "ip", "-6", "rule")
+
+
+@pytest.mark.parametrize("node", [{"native_nftables": True}], indirect=True)
+def test_native_nftables_on_a_host_without_nft_uses_the_bundled_libnftables(frozen_node: Node):
+    """No `nft`, no libnftables, no iptables on the plugin's host: the bundle programs
+    upstream's tables (auto way), traffic is redirected, re-ADD is a no-op, CHECK passes."""
+    node = frozen_node
+    pod = node.api.add_pod(workload("meshed-pod"))
+    pod_ns = node.new_pod_netns()
+    calls = node.add(pod_ns, pod)
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
+    assert "table inet istio-proxy-nat" in nsutil.ns_exec(pod_ns, "nft", "list", "tables")
+    assert istio_lines(pod_ns) == []
+    assert_app_traffic_redirected(node, pod_ns, calls)
+    listed = nsutil.ns_exec(pod_ns, "nft", "-a", "list", "table", "inet", "istio-proxy-nat")
+    again = node.call_istio(pod_ns, pod, "ADD", prev=calls[0].result)
+    assert again.status == 0, again.stdout + again.stderr
+    handles = re.compile(r"# handle \d+")
+    assert handles.findall(listed) == handles.findall(nsutil.ns_exec(
+        pod_ns, "nft", "-a", "list", "table", "inet", "istio-proxy-nat"))
+    check = node.call_istio(pod_ns, pod, "CHECK", prev=calls[-1].result)
+    assert (check.status, check.stdout) == (0, ""), check.stderr
+
+
+def test_bundled_libnftables_needs_nothing_from_the_host_but_glibc(frozen_plugin: Path):
+    """Every library the bundled libnftables links resolves inside the bundle."""
+    bundle = frozen_plugin.parent / "_internal" / "nftables"
+    order = (bundle / "load-order").read_text().split()
+    assert order[-1] == "libnftables.so.1" and all((bundle / n).is_file() for n in order)
+    out = subprocess.run(["ldd", str(bundle / "libnftables.so.1")], capture_output=True,
+                         text=True, check=True, env={"LD_LIBRARY_PATH": str(bundle)}).stdout
+    for line in out.splitlines():
+        name, _, target = line.strip().partition(" => ")
+        if target and not name.startswith(("libc.so", "libm.so", "ld-linux")):
+            assert target.startswith(str(bundle)), line
+            assert name in order, line
 
 
 def test_version_from_the_frozen_binary(frozen_plugin: Path):

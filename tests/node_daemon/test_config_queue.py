@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from admin.run_cmd import default_installer, read_configs, run_daemon
+from cni.backends import RuleMode
 from cni.settings import BACKENDS
 from node_daemon.config import ConfigError, DaemonConfig, RepairConfig
 from node_daemon.workqueue import RateLimiter, WorkQueue
@@ -170,3 +171,28 @@ def test_queue_dedups_and_never_hands_out_an_item_twice_at_once():
     assert q.idle()
     q.shutdown()
     assert q.get() is None
+
+
+@pytest.mark.parametrize(("env", "mode"), [
+    ({}, RuleMode()),
+    ({"NATIVE_NFTABLES": "true"}, RuleMode(native_nftables=True)),
+    ({"NATIVE_NFTABLES": "1", "NFTABLES_BACKEND": "NFT", "FORCE_IPTABLES_BINARY": "legacy"},
+     RuleMode(True, "legacy", "nft")),
+])
+def test_native_nftables_reaches_the_plugin_config_and_the_agents_repair_and_drift(env, mode):
+    """One environment, read once: the agent repairs and checks in the mode the installer
+    writes into the plugin's config, with the same backends."""
+    from cni.config import parse_plugin_config
+    from installer.conflist import plugin_entry
+
+    daemon, installer = read_configs(env)
+    entry = {**plugin_entry(installer), "name": "k8s-pod-network"}
+    assert daemon.rule_mode == parse_plugin_config(entry).rule_mode == mode
+    assert ("nftables_backend" in entry) == (mode.nftables_backend != "auto")
+
+
+def test_a_bad_nftables_setting_names_the_variable_and_value():
+    with pytest.raises(ConfigError, match="NFTABLES_BACKEND='nftx'"):
+        DaemonConfig.from_env({"NFTABLES_BACKEND": "nftx"})
+    with pytest.raises(ConfigError, match="NATIVE_NFTABLES='maybe'"):
+        read_configs({"NATIVE_NFTABLES": "maybe"})

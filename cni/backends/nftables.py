@@ -1,7 +1,9 @@
-"""Program, check and reset native nftables mode in a pod netns, one atomic transaction each.
+"""The native nftables backend: upstream's `inet istio-proxy-*` tables, one transaction each.
 
-`NftablesProgrammer(way)` talks to nftables one of two ways (`cni.nft_exec`: libnftables
-in-process, or the host's `nft -f -`); both leave the same `nft list ruleset`.
+`NftablesBackend(way)` talks to nftables one of two ways (`cni.nft_exec`: libnftables
+in-process, or the host's `nft -f -`); both leave the same `nft list ruleset`. Like every
+backend it works on the netns the calling thread has entered and takes the pod's whole rule
+set, here an `NftRuleSet` (one rule list for both families).
 
 - `program`: a netns without our tables gets upstream's transaction as is. One whose tables
   already list exactly like the wanted ones is left alone (a re-ADD is a no-op: counters keep
@@ -9,21 +11,24 @@ in-process, or the host's `nft -f -`); both leave the same `nft list ruleset`.
   in the same single transaction, plus what upstream leaves behind: a chain of ours the new
   rule set does not use is deleted after the flush, a table of ours it does not use is
   deleted, and one holding objects a flush keeps (a set someone added) is deleted and rebuilt.
-  Anything else in the netns (other tables, other families) is never touched.
+  Anything else in the netns (other tables, other families) is never touched. Unlike the
+  iptables backends, other tables of ours are not a conflict: replacing them is upstream's way.
 - `check`: the live tables compared with the wanted ones (`cni.nft_state`), missing and extra
-  lines as `StateDiff`, the type CHECK, repair and the drift check already consume.
-- `reset`: delete our tables (DEL, or a node switched back to iptables mode).
+  lines as `StateDiff`, the type CHECK, repair and the drift check consume.
+- `reset`: delete our tables (repair, or a node switched back to iptables mode).
 
 How "exactly like" is decided: the kernel prints rules in its own canonical form, so the
 wanted tables are applied in a throwaway netns (`cni.netns.scratch_netns`), listed, and the
 two listings compared. The result is cached per transaction text, so a repair sweep over many
 pods with the same rule set pays for it once.
 
-Every step runs as the netns's owner (`cni.userns.as_owner`): in a child inside the pod's user
-namespace when the netns belongs to one (`hostUsers: false`), right here otherwise.
+Its caller (`cni.apply.PodNetns`) runs every step as the netns's owner (`cni.userns`): in a
+forked child inside the pod's user namespace when the netns belongs to one, so the locks here
+are made anew in a forked child.
 
 TPROXY policy routing and the `::6` address are not nftables objects: `NftRuleSet` carries
-them (`tproxy_routes`, `ipv6_passthrough_addr`) for the same link programming iptables mode uses.
+them (`tproxy_routes`, `ipv6_passthrough_addr`) for the link step every mode shares
+(`cni.apply`).
 """
 
 from __future__ import annotations
@@ -34,16 +39,16 @@ from collections import OrderedDict
 
 from cni.errors import RulesApplyFailed
 from cni.live_state import StateDiff
-from cni.netns import in_netns, scratch_netns
+from cni.netns import scratch_netns
 from cni.nft_exec import Nft, NftError, select_nft
 from cni.nft_ruleset import FAMILY, NftRuleSet
 from cni.nft_state import LiveTable, diff_tables, parse_listing
-from cni.userns import as_owner
 
 LIST_OURS = f"list ruleset {FAMILY}"
 CANONICAL_CACHE_SIZE = 64
 PROGRAM_ATTEMPTS = 5
 NETNS_LOCKS = 64
+THREAD_NETNS = "/proc/thread-self/ns/net"
 
 _canonical: OrderedDict[str, dict[str, LiveTable]] = OrderedDict()
 _canonical_lock = threading.Lock()  # the node agent programs pods from several threads
@@ -61,23 +66,21 @@ def _fresh_locks() -> None:
 os.register_at_fork(after_in_child=_fresh_locks)
 
 
-def _netns_lock(netns_path: str) -> threading.Lock:
-    """One of a fixed set of locks, picked by the netns's identity (a bounded table however
-    many pods come and go); a path that cannot be stat'ed gets a lock too, and `in_netns`
-    reports the problem."""
-    try:
-        st = os.stat(netns_path)
-        key = hash((st.st_dev, st.st_ino))
-    except OSError:
-        key = hash(netns_path)
-    return _netns_locks[key % NETNS_LOCKS]
+def _netns_lock() -> threading.Lock:
+    """One of a fixed set of locks, picked by the identity of the netns this thread is in (a
+    bounded table however many pods come and go)."""
+    st = os.stat(THREAD_NETNS)
+    return _netns_locks[hash((st.st_dev, st.st_ino)) % NETNS_LOCKS]
 
 
-class NftablesProgrammer:
-    """Native nftables mode for pod netns; `way` is one of `cni.nft_exec.WAYS`."""
+class NftablesBackend:
+    """A `cni.backends.Backend` for native nftables mode; `way` is one of `cni.nft_exec.WAYS`."""
 
-    def __init__(self, way: str = "auto") -> None:
+    native_nftables = True
+
+    def __init__(self, way: str = "auto", where: str = "") -> None:
         self.way = way
+        self.where = where or "current netns"
         self._nft: Nft | None = None
 
     @property
@@ -90,71 +93,64 @@ class NftablesProgrammer:
                 raise RulesApplyFailed(f"native nftables ({self.way}): {exc}") from exc
         return self._nft
 
-    def program(self, netns_path: str, ruleset: NftRuleSet) -> str:
-        """Make the netns hold `ruleset`; returns "applied" or "already-programmed".
+    def program(self, ruleset: NftRuleSet) -> bool:
+        """Make the netns hold `ruleset`; True when anything changed.
 
         Writers in this process (the agent's threads) take turns per netns. A transaction
         that fails is retried from a fresh read, up to PROGRAM_ATTEMPTS in all: nft resolves
         `insert ... index N` against the rules it read before committing, so a writer in
         another process (the plugin's ADD racing the agent's repair) can make a correct
         transaction fail with ENOENT; the failed one changed nothing, so trying again is safe."""
-        with _netns_lock(netns_path), in_netns(netns_path):
-            return as_owner(netns_path, self._program_here, netns_path, ruleset)
-
-    def _program_here(self, netns_path: str, ruleset: NftRuleSet) -> str:
-        for attempt in range(1, PROGRAM_ATTEMPTS + 1):
-            try:
-                return self._program_once(netns_path, ruleset)
-            except RulesApplyFailed:
-                if attempt == PROGRAM_ATTEMPTS:
-                    raise
+        with _netns_lock():
+            for attempt in range(1, PROGRAM_ATTEMPTS + 1):
+                try:
+                    return self._program_once(ruleset)
+                except RulesApplyFailed:
+                    if attempt == PROGRAM_ATTEMPTS:
+                        raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _program_once(self, netns_path: str, ruleset: NftRuleSet) -> str:
-        live = self._read(netns_path)
+    def _program_once(self, ruleset: NftRuleSet) -> bool:
+        live = self._read(self.where)
         if not live:
-            self._run(netns_path, ruleset.transaction(), "program")
-            return "applied"
+            self._run(self.where, ruleset.transaction(), "program")
+            return True
         wanted = self._wanted(ruleset)
         diff = diff_tables(live, wanted)
         if not diff.missing and not diff.extra:
-            return "already-programmed"
-        self._run(netns_path, replacement(ruleset, live, wanted), "replace our tables in")
-        return "applied"
+            return False
+        self._run(self.where, replacement(ruleset, live, wanted), "replace our tables in")
+        return True
 
-    def check(self, netns_path: str, ruleset: NftRuleSet) -> StateDiff:
+    def check(self, ruleset: NftRuleSet) -> StateDiff:
         """What the netns lacks (`missing`) or has beyond (`extra`) `ruleset`."""
-        with in_netns(netns_path):
-            return as_owner(netns_path, self._check_here, netns_path, ruleset)
+        return diff_tables(self._read(self.where), self._wanted(ruleset))
 
-    def _check_here(self, netns_path: str, ruleset: NftRuleSet) -> StateDiff:
-        return diff_tables(self._read(netns_path), self._wanted(ruleset))
-
-    def reset(self, netns_path: str) -> bool:
-        """Delete our tables; True if there were any."""
-        with _netns_lock(netns_path), in_netns(netns_path):
-            return as_owner(netns_path, self._reset_here, netns_path)
-
-    def _reset_here(self, netns_path: str) -> bool:
-        live = self._read(netns_path)
-        if live:
-            text = "".join(f"delete table {FAMILY} {name}\n" for name in live)
-            self._run(netns_path, text, "delete our tables from")
+    def reset(self, ruleset: NftRuleSet | None = None) -> bool:
+        """Delete our tables, whatever they hold (`ruleset` is not needed to find them); True
+        if there were any."""
+        with _netns_lock():
+            live = self._read(self.where)
+            if live:
+                text = "".join(f"delete table {FAMILY} {name}\n" for name in live)
+                self._run(self.where, text, "delete our tables from")
         return bool(live)
 
-    def _read(self, netns_path: str) -> dict[str, LiveTable]:
-        return parse_listing(self._run(netns_path, LIST_OURS, "list the tables of"))
+    def _read(self, where: str) -> dict[str, LiveTable]:
+        return parse_listing(self._run(where, LIST_OURS, "list the tables of"))
 
-    def _run(self, netns_path: str, commands: str, what: str) -> str:
+    def _run(self, where: str, commands: str, what: str) -> str:
         try:
             return self.nft.run(commands)
         except NftError as exc:
-            raise RulesApplyFailed(f"nftables ({self.nft.name}): {what} {netns_path}: {exc}",
+            raise RulesApplyFailed(f"nftables ({self.nft.name}): {what} {where}: {exc}",
                                    details=commands) from exc
 
     def _wanted(self, ruleset: NftRuleSet) -> dict[str, LiveTable]:
         """The wanted tables as the kernel lists them (see the module docstring)."""
         text = ruleset.transaction()
+        if not text:
+            return {}
         with _canonical_lock:
             cached = _canonical.get(text)
             if cached is not None:
@@ -162,7 +158,7 @@ class NftablesProgrammer:
                 return cached
         with scratch_netns():
             self._run("a scratch netns", text, "program")
-            listed = parse_listing(self._run("a scratch netns", LIST_OURS, "list the tables of"))
+            listed = self._read("a scratch netns")
         with _canonical_lock:
             _canonical[text] = listed
             while len(_canonical) > CANONICAL_CACHE_SIZE:
