@@ -107,6 +107,11 @@ CNI_BIN_TARGET_DIRS = Setting(
 UNINSTALL_ON_SHUTDOWN = Setting(
     "UNINSTALL_ON_SHUTDOWN", "auto", one_of(SHUTDOWN_POLICIES, fold_case=True),
     "What happens on SIGTERM: `auto`, `true` or `false`. See below.", origin=OURS)
+AGENT_SERVE = Setting(
+    "AGENT_SERVE", True, go_bool,
+    "Let the plugin hand ADD and CHECK to this agent over `<run dir>/cni.sock` (README, "
+    "\"Agent-served ADD and CHECK\"). `false` is written as the plugin's `agent_serve: false`: "
+    "every call is then done in-process.", origin=OURS)
 DAEMONSET_NAME = Setting(
     "DAEMONSET_NAME", "istio-cni-node", text,
     "The DaemonSet that `auto` checks, in `POD_NAMESPACE`.", origin=OURS)
@@ -117,7 +122,7 @@ SETTINGS: tuple[Setting, ...] = (
     KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, EXCLUDE_NAMESPACES, POD_NAMESPACE,
     NATIVE_NFTABLES, NFTABLES_BACKEND, FORCE_IPTABLES_BINARY, UPDATE_CNI_BINARIES,
     SKIP_CNI_BINARIES, PLUGIN_LOG_LEVEL, K8S_SERVICE_ACCOUNT_PATH, CNI_BIN_SOURCE_DIR,
-    CNI_BIN_TARGET_DIRS, UNINSTALL_ON_SHUTDOWN, DAEMONSET_NAME,
+    CNI_BIN_TARGET_DIRS, UNINSTALL_ON_SHUTDOWN, DAEMONSET_NAME, AGENT_SERVE,
 )
 """Every variable the installer reads, in the order of docs/installer.md's table."""
 
@@ -137,6 +142,7 @@ _FIELDS: tuple[tuple[str, Setting], ...] = (
     ("nftables_backend", NFTABLES_BACKEND),
     ("force_iptables_binary", FORCE_IPTABLES_BINARY),
     ("uninstall_on_shutdown", UNINSTALL_ON_SHUTDOWN), ("daemonset_name", DAEMONSET_NAME),
+    ("agent_serve", AGENT_SERVE),
 )
 
 
@@ -187,6 +193,8 @@ class InstallerConfig:
     """NATIVE_NFTABLES."""
     nftables_backend: str = NFTABLES_BACKEND.default
     """NFTABLES_BACKEND: written as `nftables_backend` only when not `auto`."""
+    agent_serve: bool = AGENT_SERVE.default
+    """AGENT_SERVE: written as `agent_serve: false` only when off."""
     force_iptables_binary: str = FORCE_IPTABLES_BINARY.default
     """FORCE_IPTABLES_BINARY: "" = the plugin detects per pod (no `iptables_backend`)."""
     uninstall_on_shutdown: str = UNINSTALL_ON_SHUTDOWN.default

@@ -39,7 +39,7 @@ def plugin_entry(cfg: InstallerConfig) -> dict[str, Any]:
 
     Ambient fields and upstream's empty `ipam`/`dns` are left out: this agent has no ambient
     mode and the plugin ignores them. `iptables_backend` and `nftables_backend` are ours and
-    only written when not `auto`.
+    only written when not `auto`; `agent_serve` (ours) only when off.
     """
     entry: dict[str, Any] = {
         "cniVersion": ENTRY_CNI_VERSION,
@@ -55,6 +55,8 @@ def plugin_entry(cfg: InstallerConfig) -> dict[str, Any]:
         entry["iptables_backend"] = cfg.force_iptables_binary
     if cfg.nftables_backend != "auto":
         entry["nftables_backend"] = cfg.nftables_backend
+    if not cfg.agent_serve:
+        entry["agent_serve"] = False
     return entry
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 
@@ -136,3 +137,14 @@ def test_istio_entries_and_converted_names():
     assert converted_name("10-a.json", single) == "10-a.conflist"
     assert converted_name("undetectable.file", single) == "undetectable.file"
     assert converted_name("10-a.conf", listed) == "10-a.conf"
+
+
+def test_agent_serving_off_is_written_into_the_plugin_entry():
+    from installer.conflist import plugin_entry
+
+    assert "agent_serve" not in plugin_entry(CFG)
+    entry = plugin_entry(replace(CFG, agent_serve=False))
+    assert entry["agent_serve"] is False
+    from cni.config import parse_plugin_config
+
+    assert parse_plugin_config({**entry, "name": "n"}).agent_serve is False
