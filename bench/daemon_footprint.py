@@ -1,4 +1,5 @@
-"""Memory and CPU of the node daemon's repair controller with 1,000 pods on its node.
+"""Memory and CPU of the node daemon (repair controller, agent-served ADD socket) with 1,000
+pods on its node.
 
     .venv/bin/python bench/daemon_footprint.py [--pods 1000] [--churn-seconds 10] [--rate 50]
 
@@ -32,16 +33,23 @@ NODE = "bench-node"
 
 
 def child(kubeconfig: str) -> None:
-    """The daemon side: a repair controller; answers "count" with its cache size."""
+    """The daemon side: a repair controller and the agent-served ADD socket on its cache (so
+    the figure includes the plugin's stages the agent loads to serve ADDs); answers "count"
+    with its cache size."""
+    from node_daemon.cni_server import CniServer, CniService
     from node_daemon.config import RepairConfig
-    from node_daemon.kubeapi import load_api_client
+    from node_daemon.kubeapi import PodApi, load_api_client
     from testbed.cleanup import Cleanup
     from testbed.controller import start_controller
 
     cfg = RepairConfig(node_name=NODE, label_pods=True)
-    with Cleanup() as cleanup:
-        c = start_controller(cleanup, load_api_client(kubeconfig), cfg, synced_within=None)
+    with Cleanup() as cleanup, tempfile.TemporaryDirectory(prefix="icni-bench-") as run_dir:
+        client = load_api_client(kubeconfig)
+        c = start_controller(cleanup, client, cfg, synced_within=None)
         metrics = c.metrics  # type: ignore[attr-defined]
+        service = CniService(metrics, lambda: (True, ""), c.informer.get, PodApi(client))
+        cleanup.add("stop cni.sock", CniServer(Path(run_dir) / "cni.sock", service).stop)
+        import cni.plugin  # noqa: F401 - what serving the first ADD loads
         for line in sys.stdin:
             if line.strip() == "count":
                 labelled = metrics.value("istio_cni_repair_pods_repaired_total", type="label",
