@@ -51,11 +51,12 @@ def run_daemon(cfg: DaemonConfig, installer_cfg: InstallerConfig,
     from node_daemon.kubeapi import ApiError, PodApi, load_api_client
 
     api = None
-    if cfg.repair.enabled:
+    if cfg.repair.enabled or cfg.node_gate.enabled:
         try:
             api = PodApi(load_api_client(cfg.kubeconfig or None))
         except ApiError as exc:
-            raise click.ClickException(f"repair controller: {exc.message}") from exc
+            user = "repair controller" if cfg.repair.enabled else "node readiness gate"
+            raise click.ClickException(f"{user}: {exc.message}") from exc
     return agent.run(cfg, installer_factory(installer_cfg), api, stop)
 
 
