@@ -4,8 +4,8 @@ Good enough for the official `kubernetes` client (LIST with selectors, WATCH str
 resume, bookmarks and 410 expiry, PATCH of pods and pods/status, DELETE with preconditions,
 events; GET, LIST and PATCH of nodes and nodes/status) and for the plugin's stdlib client
 (GET with a bearer token, over TLS). Faults are injected server-side (`fail_next`, `delay`,
-`hang`, `require_token`) so clients meet them over a real socket. The control API (what the kubelet, a controller or a test would change) is plain
-Python; nothing of it is reachable over HTTP.
+`hang`, `require_token`) so clients meet them over a real socket. The control API (what the
+kubelet, a controller or a test would change) is plain Python; nothing of it is reachable over HTTP.
 
 Binds 127.0.0.1 (or ::1) on port 0; `stop()` releases hung requests, ends watches and closes
 every connection.
