@@ -109,8 +109,8 @@ def test_strict_validation_catches_a_misspelled_field() -> None:
 def test_everything_namespaced_is_in_istio_system() -> None:
     kinds = [d["kind"] for d in DOCS]
     assert kinds == ["Namespace", "ConfigMap", "DaemonSet", "ServiceAccount", "ClusterRole",
-                     "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding", "Role",
-                     "RoleBinding"]
+                     "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding", "ClusterRole",
+                     "ClusterRoleBinding", "Role", "RoleBinding"]
     for d in DOCS:
         if d["kind"] == "Namespace":
             assert d["metadata"]["name"] == NAMESPACE
