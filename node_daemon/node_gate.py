@@ -180,7 +180,7 @@ class NodeGate:
                     self.synced = None
                     self.failures += 1
                     delay = min(self.backoff[1], self.backoff[0] * 2 ** (self.failures - 1))
-                    log.warning("node %s: readiness gate: %s; retrying in %.1fs",
+                    log.warning("node %s: readiness gate: %s; retrying in %gs",
                                 self.node_name, exc, delay,
                                 exc_info=not isinstance(exc, ApiError))
                     if self._stop.wait(delay):
