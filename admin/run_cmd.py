@@ -55,8 +55,10 @@ def run_daemon(cfg: DaemonConfig, installer_cfg: InstallerConfig,
         try:
             api = PodApi(load_api_client(cfg.kubeconfig or None))
         except ApiError as exc:
-            user = "repair controller" if cfg.repair.enabled else "node readiness gate"
-            raise click.ClickException(f"{user}: {exc.message}") from exc
+            if cfg.repair.enabled:
+                raise click.ClickException(f"repair controller: {exc.message}") from exc
+            # the gate is optional: without API access the agent runs without it
+            logging.getLogger(__name__).warning("node readiness gate: %s", exc.message)
     return agent.run(cfg, installer_factory(installer_cfg), api, stop)
 
 
