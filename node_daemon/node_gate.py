@@ -163,30 +163,28 @@ class NodeGate:
             patch = condition_patch(node, self.cfg.condition_type, readiness, _now())
             if patch is not None:
                 self.api.patch_node_status(self.node_name, patch, FINAL_TIMEOUT)
-        except ApiError as exc:
-            log.warning("node %s: could not set condition %s to False: %s", self.node_name,
-                        self.cfg.condition_type, exc)
+        except Exception as exc:  # noqa: BLE001 - shutdown goes on whatever happens here
+            log.warning("node %s: could not set condition %s to %s: %s", self.node_name,
+                        self.cfg.condition_type, readiness.reason, exc)
 
     def _run(self) -> None:
         due = 0.0  # the next API visit even if readiness stays the same
         while not self._stop.is_set():
-            readiness = self.readiness()
-            if readiness != self.synced or time.monotonic() >= due:
-                try:
-                    self.sync(readiness)
-                    self.failures = 0
-                    due = time.monotonic() + self.resync
-                except Exception as exc:  # noqa: BLE001 - the gate must never end the agent
-                    self.synced = None
-                    self.failures += 1
-                    delay = min(self.backoff[1], self.backoff[0] * 2 ** (self.failures - 1))
-                    log.warning("node %s: readiness gate: %s; retrying in %gs",
-                                self.node_name, exc, delay,
-                                exc_info=not isinstance(exc, ApiError))
-                    if self._stop.wait(delay):
-                        return
+            try:
+                readiness = self.readiness()
+                if readiness == self.synced and time.monotonic() < due:
+                    self._stop.wait(self.poll)
                     continue
-            self._stop.wait(self.poll)
+                self.sync(readiness)
+                self.failures = 0
+                due = time.monotonic() + self.resync
+            except Exception as exc:  # noqa: BLE001 - the gate must never end the agent
+                self.synced = None
+                self.failures += 1
+                delay = min(self.backoff[1], self.backoff[0] * 2 ** (self.failures - 1))
+                log.warning("node %s: readiness gate: %s; retrying in %gs", self.node_name,
+                            exc, delay, exc_info=not isinstance(exc, ApiError))
+                self._stop.wait(delay)
 
     def sync(self, readiness: Readiness) -> None:
         """Make the node say `readiness`: condition first, then (when ready) the taint."""
