@@ -51,11 +51,14 @@ def run_daemon(cfg: DaemonConfig, installer_cfg: InstallerConfig,
     from node_daemon.kubeapi import ApiError, PodApi, load_api_client
 
     api = None
-    if cfg.repair.enabled:
+    if cfg.repair.enabled or cfg.node_gate.enabled:
         try:
             api = PodApi(load_api_client(cfg.kubeconfig or None))
         except ApiError as exc:
-            raise click.ClickException(f"repair controller: {exc.message}") from exc
+            if cfg.repair.enabled:
+                raise click.ClickException(f"repair controller: {exc.message}") from exc
+            # the gate is optional: without API access the agent runs without it
+            logging.getLogger(__name__).warning("node readiness gate: %s", exc.message)
     return agent.run(cfg, installer_factory(installer_cfg), api, stop)
 
 

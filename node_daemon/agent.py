@@ -2,9 +2,11 @@
 
 Order follows upstream's `root.go`: metrics, the plugin's log socket, health, install, the repair
 controller, then the installer's watch loop in the calling thread until `stop` is set (SIGTERM).
-On the way out everything is stopped in reverse and the installer uninstalls the plugin
-(sidecar mode: always, unless `keep_plugin`), so pods created while no agent runs are left to
-the validation container and the next agent's repair controller, as upstream.
+The node readiness gate (ours, `node_gate.py`) starts with the servers, so the node's condition
+says why it is not ready while the install waits. On the way out everything is stopped in
+reverse and the installer uninstalls the plugin (sidecar mode: always, unless `keep_plugin`),
+so pods created while no agent runs are left to the validation container and the next agent's
+repair controller, as upstream; the gate then sets the condition False.
 
 The installer is passed in (the real one is `installer.Installer(config)`) and used only through
 the `Installer` protocol below. It keeps the one count of installs by result; the agent exports
@@ -25,9 +27,11 @@ from node_daemon.config import DaemonConfig
 from node_daemon.controller import RepairController
 from node_daemon.drift import DriftChecker
 from node_daemon.health import EndpointServer, health_server, metrics_server
+from node_daemon.kubeapi import NodeApi
 from node_daemon.logsink import LogSink
 from node_daemon.metrics import Metrics
 from node_daemon.netns_finder import NetnsFinder
+from node_daemon.node_gate import READY, NodeGate, Readiness, Reason
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +89,9 @@ class Agent:
     cni_server: CniServer | None = None
     """Serves the plugin's ADD and CHECK (`<run dir>/cni.sock`); the plugin falls back to
     doing them itself while this is not ready."""
+    nodes: Any = None
+    """A `kubeapi.NodeApi` for the readiness gate; None: one sharing `api`'s client."""
+    node_gate: NodeGate | None = None
     started: threading.Event = field(default_factory=threading.Event)
     """Set once installed and the controller started (tests wait on it)."""
     _install_attempted: bool = False
@@ -99,16 +106,24 @@ class Agent:
         return {str(result): float(n) for result, n in counts.items()}
 
     def ready(self) -> tuple[bool, str]:
+        """What /readyz answers: (ready, why not)."""
+        readiness = self.readiness()
+        return readiness.ready, "" if readiness.ready else readiness.message
+
+    def readiness(self) -> Readiness:
+        """Installed, the repair controller synced, the plugin's sockets in place; the reason
+        is the readiness gate's node condition reason."""
         installed = bool(self.installer.ready)
         self.metrics.install_ready.set(1 if installed else 0)
         if not installed:
-            return False, "CNI plugin not installed"
+            return Readiness(False, Reason.PLUGIN_NOT_INSTALLED, "CNI plugin not installed")
         if self.controller is not None and not self.controller.synced:
-            return False, "repair controller not synced"
+            return Readiness(False, Reason.CONTROLLER_NOT_SYNCED, "repair controller not synced")
         for server in (self.logsink, self.cni_server):
             if server is not None and not server.healthy():
-                return False, f"{server.what} {server.path} missing (being recreated)"
-        return True, ""
+                return Readiness(False, Reason.SOCKET_MISSING,
+                                 f"{server.what} {server.path} missing (being recreated)")
+        return READY
 
     def run(self, stop: threading.Event, keep_plugin: bool = False) -> int:
         """Serve until `stop`; 0 on a clean shutdown, 1 on a fatal install error.
@@ -117,6 +132,7 @@ class Agent:
         `keep_plugin_on_shutdown()` says this is an upgrade."""
         try:
             self._start_servers()
+            self._start_node_gate()
             self._install_attempted = True
             try:
                 # stop= lets SIGTERM interrupt the wait for a primary CNI config
@@ -172,6 +188,21 @@ class Agent:
         log.info("repair controller watching pods with %s (mode: %s)", rc.field_selector(),
                  rc.mode or "none")
 
+    def _start_node_gate(self) -> None:
+        """From the start, so the condition says False while the install waits."""
+        gate = self.cfg.node_gate
+        if not gate.enabled:
+            return
+        nodes = self.nodes
+        if nodes is None and self.api is not None:
+            nodes = NodeApi(self.api.api_client)
+        if nodes is None:
+            log.warning("node readiness gate: no API access; the node's taint and condition "
+                        "are left alone")
+            return
+        self.node_gate = NodeGate(nodes, self.cfg.repair.node_name, gate, self.readiness)
+        self.node_gate.start()
+
     def _installer_keeps_plugin(self) -> bool:
         """Ask the installer (UNINSTALL_ON_SHUTDOWN: is this an upgrade or a deletion?)."""
         try:
@@ -181,6 +212,9 @@ class Agent:
             return False
 
     def _shutdown(self, keep_plugin: bool) -> None:
+        # the gate first: stopping the controller is no readiness loss to publish
+        if self.node_gate is not None:
+            self.node_gate.stop()
         if self.controller is not None:
             self.controller.stop()
         if self._install_attempted:
@@ -189,6 +223,11 @@ class Agent:
                 self.installer.uninstall(keep_plugin)
             except Exception as exc:
                 log.error("uninstall failed: %s", exc)
+            if not keep_plugin and self.node_gate is not None:
+                # a restart keeps the plugin and the node stays ready; this node has none now
+                self.node_gate.publish_final(Readiness(
+                    False, Reason.PLUGIN_UNINSTALLED, "istio-cni plugin uninstalled (agent "
+                    "stopped)"))
         for server in (self.health, self.cni_server, self.logsink, self.metrics_http):
             if server is not None:
                 server.stop()

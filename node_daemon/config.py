@@ -10,6 +10,7 @@ Nothing below the entry point reads `os.environ`; tests build these dataclasses 
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,17 @@ from cni.settings import (
     SettingError,
     read_settings,
 )
-from cni.values import go_bool, integer, non_negative_integer, one_of, path, port, seconds, text
+from cni.values import (
+    BadValue,
+    go_bool,
+    integer,
+    non_negative_integer,
+    one_of,
+    path,
+    port,
+    seconds,
+    text,
+)
 
 MODES = ("repair", "delete", "label")
 RUN_LOG_LEVELS = ("debug", "info", "warn", "error")
@@ -110,6 +121,81 @@ LOG_LEVEL = Setting(
     "The agent's log level (`debug`, `info`, `warn`, `error`); `run --log-level` overrides "
     "it.", origin=OURS)
 
+# --- the node readiness gate (node_daemon/node_gate.py) ---------------------------------------
+
+TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
+KUBELET_CONDITIONS = ("Ready", "MemoryPressure", "DiskPressure", "PIDPressure",
+                      "NetworkUnavailable")
+_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def qualified_name(value: str) -> str:
+    """A Kubernetes qualified name (`[prefix/]name`, as taint keys are validated): a name of
+    at most 63 characters, alphanumeric at both ends, with an optional DNS subdomain prefix."""
+    prefix, _, name = value.rpartition("/")
+    if not _NAME.fullmatch(name) or prefix and (len(prefix) > 253
+                                                  or not _PREFIX.fullmatch(prefix)):
+        raise BadValue(f"{value!r} is not a qualified name ([dns-prefix/]name, name at most 63 "
+                       "characters, alphanumeric at both ends)")
+    return value
+
+
+def condition_type(value: str) -> str:
+    """A node condition type of ours: a qualified name that is none of the kubelet's."""
+    if value in KUBELET_CONDITIONS:
+        raise BadValue(f"{value!r} is a condition the kubelet owns; choose another type")
+    return qualified_name(value)
+
+
+NODE_READINESS_TAINT_KEY = Setting(
+    "NODE_READINESS_TAINT_KEY", "cni.istio.io/not-ready", qualified_name,
+    "Key of the startup taint the agent removes from its own node once the plugin is "
+    "installed and the agent ready (upstream's docs and istiod's untaint controller use this "
+    "key). A node without it is left alone; `none` turns removal off. Needs `nodes: get, "
+    "patch`.", origin=OURS)
+NODE_READINESS_TAINT_EFFECT = Setting(
+    "NODE_READINESS_TAINT_EFFECT", "", one_of(TAINT_EFFECTS),
+    "Remove the taint only with this effect (`NoSchedule`, `PreferNoSchedule`, `NoExecute`); "
+    "empty: with any effect.", origin=OURS, shown_default='`""` (any)')
+NODE_READINESS_CONDITION_TYPE = Setting(
+    "NODE_READINESS_CONDITION_TYPE", "", condition_type,
+    "Publish a node condition of this type (e.g. `IstioCNIReady`) on the agent's node: "
+    "`True` while the plugin is installed and the agent ready, `False` with the reason "
+    "otherwise. Empty: none. Needs `nodes: get` and `nodes/status: patch`.", origin=OURS)
+GATE_OFF = "none"
+"""The taint key that turns taint removal off (a qualified name cannot be empty here: an
+empty variable takes the default)."""
+
+
+@dataclass(frozen=True)
+class NodeGateConfig:
+    """What the readiness gate does to the agent's own node; each field names its variable."""
+
+    taint_key: str = NODE_READINESS_TAINT_KEY.default
+    """NODE_READINESS_TAINT_KEY: "" = leave taints alone."""
+    taint_effect: str = NODE_READINESS_TAINT_EFFECT.default
+    """NODE_READINESS_TAINT_EFFECT: "" = any effect."""
+    condition_type: str = NODE_READINESS_CONDITION_TYPE.default
+    """NODE_READINESS_CONDITION_TYPE: "" = publish no condition."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.taint_key or self.condition_type)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> NodeGateConfig:
+        key = values[NODE_READINESS_TAINT_KEY.name]
+        return cls(taint_key="" if key == GATE_OFF else key,
+                   taint_effect=values[NODE_READINESS_TAINT_EFFECT.name],
+                   condition_type=values[NODE_READINESS_CONDITION_TYPE.name])
+
+
+NODE_GATE_SETTINGS = (NODE_READINESS_TAINT_KEY, NODE_READINESS_TAINT_EFFECT,
+                      NODE_READINESS_CONDITION_TYPE)
+
+# --- end of the node readiness gate -------------------------------------------------------------
+
 SETTINGS: tuple[Setting, ...] = (
     REPAIR_ENABLED, REPAIR_REPAIR_PODS, REPAIR_DELETE_PODS, REPAIR_LABEL_PODS,
     REPAIR_BROKEN_POD_LABEL_KEY, REPAIR_BROKEN_POD_LABEL_VALUE, REPAIR_NODE_NAME,
@@ -119,6 +205,7 @@ SETTINGS: tuple[Setting, ...] = (
     NFTABLES_BACKEND, CNI_AGENT_RUN_DIR,
     MONITORING_PORT, READINESS_PORT, HEALTH_BIND_ADDRESS, HOST_PROC, DRIFT_CHECK_INTERVAL,
     DRIFT_REPAIR, REPAIR_WATCH_TIMEOUT, KUBECONFIG, LOG_LEVEL,
+    *NODE_GATE_SETTINGS,
 )
 """Every variable the agent reads, in the order of docs/node-daemon.md's table."""
 
@@ -215,6 +302,8 @@ class DaemonConfig:
     """KUBECONFIG: "" = in-cluster service account (then ~/.kube/config)."""
     log_level: str = LOG_LEVEL.default
     """LOG_LEVEL."""
+    node_gate: NodeGateConfig = field(default_factory=NodeGateConfig)
+    """NODE_READINESS_*: the readiness gate on the agent's node."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DaemonConfig:
@@ -245,6 +334,7 @@ class DaemonConfig:
             watch_timeout=values[REPAIR_WATCH_TIMEOUT.name],
             kubeconfig=values[KUBECONFIG.name],
             log_level=values[LOG_LEVEL.name],
+            node_gate=NodeGateConfig.from_values(values),
         )
 
     @property

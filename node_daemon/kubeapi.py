@@ -83,6 +83,11 @@ class PodApi:
 
         self._core = client.CoreV1Api(api_client)
 
+    @property
+    def api_client(self) -> Any:
+        """The `ApiClient` underneath, for the other APIs (`NodeApi`) to share its connection."""
+        return self._core.api_client
+
     def list_pods(self, field_selector: str = "", label_selector: str = "") -> PodList:
         with _translated("list pods"):
             resp = self._core.list_pod_for_all_namespaces(
@@ -126,6 +131,38 @@ class PodApi:
         with _translated(f"create event in {namespace}"):
             self._core.create_namespaced_event(namespace, event, _preload_content=False,
                                                _request_timeout=REQUEST_TIMEOUT)
+
+
+class NodeApi:
+    """One node and its status, as JSON: what the readiness gate reads and patches."""
+
+    def __init__(self, api_client: Any) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(api_client)
+
+    def get_node(self, name: str, timeout: tuple[float, float] = REQUEST_TIMEOUT
+                 ) -> dict[str, Any]:
+        with _translated(f"get node {name}"):
+            resp = self._core.read_node(name, _preload_content=False, _request_timeout=timeout)
+            return json.loads(resp.data)
+
+    def json_patch_node(self, name: str, ops: list[dict[str, Any]],
+                        timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
+        """A JSON patch (RFC 6902) on the node: its `test` ops make it fail (422) rather than
+        overwrite a field someone changed since we read it."""
+        with _translated(f"patch node {name}"):
+            self._core.patch_node(name, ops, _content_type="application/json-patch+json",
+                                  _preload_content=False, _request_timeout=timeout)
+
+    def patch_node_status(self, name: str, patch: dict[str, Any],
+                          timeout: tuple[float, float] = REQUEST_TIMEOUT) -> None:
+        """A strategic merge patch on nodes/status: `status.conditions` merge by `type`, so
+        one condition is set without touching the kubelet's (needs only `nodes/status`)."""
+        with _translated(f"patch node {name} status"):
+            self._core.patch_node_status(
+                name, patch, _content_type="application/strategic-merge-patch+json",
+                _preload_content=False, _request_timeout=timeout)
 
 
 class PodWatch:

@@ -8,8 +8,8 @@ machine, with no cluster.
   protocol); `nodedirs`: a node's filesystem for the installer;
 - `netns`, `traffic`, `sockets`: network namespaces, and real TCP through them;
 - `controller`: the repair controller wired as the agent wires it; `pods`: pods from the
-  companion workloads; `frozen`: the PyInstaller plugin; `procs`, `wait`: bounded commands and
-  waits.
+  companion workloads; `nodes`: nodes as a kubelet registers them; `frozen`: the PyInstaller
+  plugin; `procs`, `wait`: bounded commands and waits.
 
 One cleanup convention (`testbed.cleanup.Cleanup`): whatever creates a resource registers its
 removal the moment it exists; removals run newest first, each on its own, and are idempotent.

@@ -1,13 +1,24 @@
-"""PATCH bodies for the test API server: JSON merge patch (RFC 7386) and JSON patch (RFC 6902).
+"""PATCH bodies for the test API server: JSON merge patch (RFC 7386), JSON patch (RFC 6902)
+and strategic merge patch.
 
-Strategic merge patch is treated as a merge patch: our clients only patch maps (labels,
-annotations, status fields), where the two agree. Pure functions on copies; no I/O.
+A strategic merge patch is a merge patch except for the lists the API's schema gives a merge
+key: their items are merged by that key (a node's or a pod's `status.conditions` by `type`, so
+a patch of one condition keeps the kubelet's), and an item `{"$patch": "delete", <key>: ...}`
+removes one. Every other list is replaced, as the API does for lists without a patch strategy
+(a node's `spec.taints`). Pure functions on copies; no I/O.
 """
 
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+MERGE_KEYS: dict[tuple[str, ...], str] = {
+    ("status", "conditions"): "type",
+    ("status", "addresses"): "type",
+}
+"""The merge key of each list a strategic merge patch merges (by path from the object's root;
+the `patchMergeKey` of the Node and Pod schemas); the other lists are replaced."""
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
@@ -28,7 +39,7 @@ def apply_patch(content_type: str, target: dict[str, Any], patch: Any) -> dict[s
     if kind in (MERGE, STRATEGIC):
         if not isinstance(patch, dict):
             raise PatchError("a merge patch must be a JSON object", 400)
-        return merge_patch(target, patch)
+        return merge_patch(target, patch) if kind == MERGE else strategic_merge(target, patch)
     if kind == JSON_PATCH:
         if not isinstance(patch, list):
             raise PatchError("a JSON patch must be a JSON array", 400)
@@ -47,6 +58,39 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def strategic_merge(target: Any, patch: Any, at: tuple[str, ...] = ()) -> Any:
+    """A merge patch that merges the lists of `MERGE_KEYS` by key (see the module docstring)."""
+    if not isinstance(patch, dict):
+        key = MERGE_KEYS.get(at)
+        if key is not None and isinstance(patch, list):
+            return _merge_list(target if isinstance(target, list) else [], patch, key, at)
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for name, value in patch.items():
+        if value is None:
+            result.pop(name, None)
+        else:
+            result[name] = strategic_merge(result.get(name), value, (*at, name))
+    return result
+
+
+def _merge_list(items: list[Any], patch: list[Any], key: str, at: tuple[str, ...]) -> list[Any]:
+    merged = copy.deepcopy(items)
+    for entry in patch:
+        if not isinstance(entry, dict) or key not in entry:
+            raise PatchError(f"{'.'.join(at)}: every item needs its merge key {key!r}", 400)
+        index = next((i for i, item in enumerate(merged)
+                      if isinstance(item, dict) and item.get(key) == entry[key]), None)
+        if entry.get("$patch") == "delete":
+            if index is not None:
+                del merged[index]
+        elif index is None:
+            merged.append(strategic_merge(None, entry, at))
+        else:
+            merged[index] = strategic_merge(merged[index], entry, at)
+    return merged
 
 
 def json_patch(target: dict[str, Any], ops: list[Any]) -> dict[str, Any]:

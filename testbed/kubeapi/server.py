@@ -1,11 +1,11 @@
-"""The API stand-in's HTTP side: real HTTP(S), the real API's JSON, pods and events.
+"""The API stand-in's HTTP side: real HTTP(S), the real API's JSON, pods, nodes and events.
 
 Good enough for the official `kubernetes` client (LIST with selectors, WATCH streams with
 resume, bookmarks and 410 expiry, PATCH of pods and pods/status, DELETE with preconditions,
-events) and for the plugin's stdlib client (GET with a bearer token, over TLS). Faults are
-injected server-side (`fail_next`, `delay`, `hang`, `require_token`) so clients meet them over a
-real socket. The control API (what the kubelet, a controller or a test would change) is plain
-Python; nothing of it is reachable over HTTP.
+events; GET, LIST and PATCH of nodes and nodes/status) and for the plugin's stdlib client
+(GET with a bearer token, over TLS). Faults are injected server-side (`fail_next`, `delay`,
+`hang`, `require_token`) so clients meet them over a real socket. The control API (what the
+kubelet, a controller or a test would change) is plain Python; nothing of it is reachable over HTTP.
 
 Binds 127.0.0.1 (or ::1) on port 0; `stop()` releases hung requests, ends watches and closes
 every connection.
@@ -26,11 +26,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from testbed.kubeapi.patches import PatchError, apply_patch, merge_patch
-from testbed.kubeapi.store import ApiError, Pod, PodStore, not_found, now, parse_selector
+from testbed.kubeapi.store import ApiError, ObjectStore, Pod, not_found, now, parse_selector
 from testbed.kubeapi.tls import TLSMaterial
 
 _NS = r"/api/v1/namespaces/(?P<ns>[^/]+)"
 _POD = _NS + r"/pods/(?P<name>[^/]+)"
+_NODE = r"/api/v1/nodes/(?P<name>[^/]+)"
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ class KubeApiServer:
     def __init__(self, tls: TLSMaterial | None = None, host: str = "127.0.0.1",
                  token: str | None = None) -> None:
         """Serve on `host`, port 0; with `token`, as `require_token(token)`."""
-        self.store = PodStore()
+        self.store = ObjectStore()
+        """Pods."""
+        self.nodes = ObjectStore("Node", "nodes", namespaced=False)
         self._lock = threading.Lock()
         self._posted = threading.Condition(self._lock)
         """Notified when an Event is posted, and on stop."""
@@ -128,6 +131,17 @@ class KubeApiServer:
 
     def get_pod(self, namespace: str, name: str) -> Pod:
         return self.store.get(namespace, name)
+
+    def add_node(self, node: dict[str, Any]) -> dict[str, Any]:
+        """Create a node (cluster-scoped: no namespace); fills uid and resourceVersion."""
+        return self.nodes.add(node)
+
+    def update_node(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch a node as the kubelet or an admin would; `None` values delete keys."""
+        return self.nodes.update("", name, lambda node: merge_patch(node, patch))
+
+    def get_node(self, name: str) -> dict[str, Any]:
+        return self.nodes.get("", name)
 
     def compact(self) -> int:
         """Expire all older resourceVersions: a watch from one of them gets a 410 ERROR event."""
@@ -286,6 +300,28 @@ class KubeApiServer:
         return _Reply(200, body)
 
     def _patch_pod(self, args: dict[str, str], _q: Any, headers: Any, body: Any) -> _Reply:
+        return self._patch(self.store, args["ns"], args, headers, body)
+
+    def _patch_node(self, args: dict[str, str], _q: Any, headers: Any, body: Any) -> _Reply:
+        return self._patch(self.nodes, "", args, headers, body)
+
+    def _get_node(self, args: dict[str, str], *_: Any) -> _Reply:
+        return _Reply(200, self.nodes.get("", args["name"]))
+
+    def _list_nodes(self, _args: dict[str, str], query: dict[str, str], *_: Any) -> _Reply:
+        selector = parse_selector(None, query.get("fieldSelector", ""),
+                                  query.get("labelSelector", ""))
+        items, rv = self.nodes.list(selector)
+        for item in items:
+            item.pop("kind", None)
+            item.pop("apiVersion", None)
+        body = {"kind": "NodeList", "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(rv)}, "items": items}
+        return _Reply(200, body)
+
+    def _patch(self, store: ObjectStore, namespace: str, args: dict[str, str], headers: Any,
+               body: Any) -> _Reply:
+        """PATCH of an object or its status subresource, as the API server applies it."""
         content_type = headers.get("Content-Type", "")
         status_only = args.get("sub") == "status"
 
@@ -298,8 +334,9 @@ class KubeApiServer:
             if want != old["metadata"]["resourceVersion"]:
                 raise ApiError(
                     409,
-                    f'Operation cannot be fulfilled on pods "{args["name"]}": the object has '
-                    "been modified; please apply your changes to the latest version and try again",
+                    f'Operation cannot be fulfilled on {store.resource} "{args["name"]}": the '
+                    "object has been modified; please apply your changes to the latest version "
+                    "and try again",
                 )
             # The status subresource only changes status (and metadata); the main one never does.
             kept = "spec" if status_only else "status"
@@ -308,7 +345,7 @@ class KubeApiServer:
                 new[kept] = old[kept]
             return new
 
-        return _Reply(200, self.store.update(args["ns"], args["name"], change))
+        return _Reply(200, store.update(namespace, args["name"], change))
 
     def _delete_pod(self, args: dict[str, str], _q: Any, _h: Any, body: Any) -> _Reply:
         preconditions = body.get("preconditions") if isinstance(body, dict) else None
@@ -345,6 +382,10 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
     ("GET", re.compile(_NS + r"/pods"), KubeApiServer._list_pods),
     ("PATCH", re.compile(_POD + r"(?:/(?P<sub>status))?"), KubeApiServer._patch_pod),
     ("DELETE", re.compile(_POD), KubeApiServer._delete_pod),
+    ("GET", re.compile(_NODE), KubeApiServer._get_node),
+    ("GET", re.compile(_NODE + r"/status"), KubeApiServer._get_node),
+    ("GET", re.compile(r"/api/v1/nodes"), KubeApiServer._list_nodes),
+    ("PATCH", re.compile(_NODE + r"(?:/(?P<sub>status))?"), KubeApiServer._patch_node),
     ("POST", re.compile(_NS + r"/events"), KubeApiServer._create_event),
     (
         "POST",

@@ -1,4 +1,5 @@
-"""State of the test API server: pods, monotonic resourceVersions, watch history, selectors.
+"""State of the test API server: pods and nodes, monotonic resourceVersions, watch history,
+selectors.
 
 No sockets here (`server.py` speaks HTTP around it), so the semantics the real API server has
 and our code depends on are in one place: every change gets the next resourceVersion and is
@@ -78,8 +79,8 @@ class ApiError(Exception):
         self.status = status_object(code, message, reason, **details)
 
 
-def not_found(name: str) -> ApiError:
-    return ApiError(404, f'pods "{name}" not found', name=name, kind="pods")
+def not_found(name: str, resource: str = "pods") -> ApiError:
+    return ApiError(404, f'{resource} "{name}" not found', name=name, kind=resource)
 
 
 def now() -> str:
@@ -167,10 +168,15 @@ def _label_ok(labels: dict[str, str], op: str, key: str, value: str) -> bool:
     return labels.get(key) != value
 
 
-class PodStore:
-    """Thread-safe pods + history. Mutations notify waiting watches."""
+class ObjectStore:
+    """Thread-safe objects of one resource + history. Mutations notify waiting watches.
 
-    def __init__(self) -> None:
+    Pods by default; a cluster-scoped resource (nodes) is keyed by name alone (`namespaced`
+    False: its objects have no namespace and its key's namespace is "")."""
+
+    def __init__(self, kind: str = "Pod", resource: str = "pods",
+                 namespaced: bool = True) -> None:
+        self.kind, self.resource, self.namespaced = kind, resource, namespaced
         self._cond = threading.Condition()
         self._pods: dict[tuple[str, str], Pod] = {}
         self._history: list[Change] = []
@@ -192,7 +198,7 @@ class PodStore:
         with self._cond:
             pod = self._pods.get((namespace, name))
             if pod is None:
-                raise not_found(name)
+                raise not_found(name, self.resource)
             return copy.deepcopy(pod)
 
     def list(self, selector: Selector) -> tuple[list[Pod], int]:
@@ -204,16 +210,20 @@ class PodStore:
         pod = copy.deepcopy(pod)
         meta = pod.setdefault("metadata", {})
         if not meta.get("name"):
-            raise ApiError(422, "Pod is invalid: metadata.name: Required value")
-        meta.setdefault("namespace", "default")
+            raise ApiError(422, f"{self.kind} is invalid: metadata.name: Required value")
+        if self.namespaced:
+            meta.setdefault("namespace", "default")
+        else:
+            meta.pop("namespace", None)
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", now())
         pod.setdefault("apiVersion", "v1")
-        pod.setdefault("kind", "Pod")
-        key = (meta["namespace"], meta["name"])
+        pod.setdefault("kind", self.kind)
+        key = (meta.get("namespace", ""), meta["name"])
         with self._cond:
             if key in self._pods:
-                raise ApiError(409, f'pods "{key[1]}" already exists', "AlreadyExists")
+                raise ApiError(409, f'{self.resource} "{key[1]}" already exists',
+                               "AlreadyExists")
             return self._commit("ADDED", key, pod, None)
 
     def update(self, namespace: str, name: str, change: Callable[[Pod], Pod]) -> Pod:
@@ -221,17 +231,18 @@ class PodStore:
         with self._cond:
             old = self._pods.get((namespace, name))
             if old is None:
-                raise not_found(name)
+                raise not_found(name, self.resource)
             new = change(copy.deepcopy(old))
             for key in ("name", "namespace", "uid", "creationTimestamp"):
-                new.setdefault("metadata", {})[key] = old["metadata"].get(key)
+                if key in old["metadata"]:
+                    new.setdefault("metadata", {})[key] = old["metadata"][key]
             return self._commit("MODIFIED", (namespace, name), new, old)
 
     def delete(self, namespace: str, name: str, preconditions: dict[str, Any] | None) -> Pod:
         with self._cond:
             old = self._pods.get((namespace, name))
             if old is None:
-                raise not_found(name)
+                raise not_found(name, self.resource)
             _check_preconditions(old, preconditions or {})
             del self._pods[(namespace, name)]
             return self._commit("DELETED", (namespace, name), copy.deepcopy(old), old)
@@ -254,7 +265,7 @@ class PodStore:
     def _bookmark_object(self) -> Pod:
         """What a BOOKMARK carries: only the resourceVersion the watch has reached."""
         with self._cond:
-            return {"kind": "Pod", "apiVersion": "v1",
+            return {"kind": self.kind, "apiVersion": "v1",
                     "metadata": {"resourceVersion": str(self._rv)}}
 
     def close(self) -> None:

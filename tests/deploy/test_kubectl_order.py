@@ -117,7 +117,8 @@ def test_kubectl_deletes_the_daemonset_before_its_service_account_and_rbac(api: 
                                                                             tmp_path: Path):
     kinds = kubectl_delete(api, tmp_path, "-l", "app.kubernetes.io/name=istio-cni")
     assert kinds == ["configmaps", "daemonsets", "serviceaccounts", "clusterroles",
-                     "clusterrolebindings", "clusterroles", "clusterrolebindings", "roles",
+                     "clusterrolebindings", "clusterroles", "clusterrolebindings",
+                     "clusterroles", "clusterrolebindings", "roles",
                      "rolebindings"]  # file order, and no namespaces
 
 

@@ -24,7 +24,7 @@ from admin.cli import cli
 from cni.decision import decide_before_lookup
 from installer.config import InstallerConfig
 from installer.upgrade import PROBE_TIMEOUT_SECONDS
-from node_daemon.config import DaemonConfig
+from node_daemon.config import DaemonConfig, NodeGateConfig
 from tests.deploy.manifest import (
     MANIFEST,
     NAMESPACE,
@@ -109,8 +109,8 @@ def test_strict_validation_catches_a_misspelled_field() -> None:
 def test_everything_namespaced_is_in_istio_system() -> None:
     kinds = [d["kind"] for d in DOCS]
     assert kinds == ["Namespace", "ConfigMap", "DaemonSet", "ServiceAccount", "ClusterRole",
-                     "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding", "Role",
-                     "RoleBinding"]
+                     "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding", "ClusterRole",
+                     "ClusterRoleBinding", "Role", "RoleBinding"]
     for d in DOCS:
         if d["kind"] == "Namespace":
             assert d["metadata"]["name"] == NAMESPACE
@@ -163,6 +163,7 @@ def test_the_configs_build_from_the_manifest_with_the_intended_settings() -> Non
     assert daemon.repair.node_name == "node-7"
     assert daemon.repair.mode == "repair"  # upstream's chart default
     assert daemon.repair.enabled and daemon.drift_repair
+    assert daemon.node_gate == NodeGateConfig("cni.istio.io/not-ready", "", "IstioCNIReady")
     assert installer.chained and installer.uninstall_on_shutdown == "auto"
     assert installer.exclude_namespaces == ("kube-system",)
     assert installer.pod_namespace == NAMESPACE

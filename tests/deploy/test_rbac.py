@@ -10,6 +10,8 @@ manifest gives it and the service account token, and each recorded request is ma
 - the node daemon: the repair controller in the shipped mode (repair in place) over a broken
   pod, plus the admin commands run in the pod (`explain NS/POD`, `repair --dry-run`), and the
   same controller in delete and label modes for the commented additions;
+- the node daemon's readiness gate, with the manifest's settings, over a tainted node from
+  not ready to ready and to the condition it publishes on the way out;
 - the installer: `Installer.keep_plugin_on_shutdown()` with UNINSTALL_ON_SHUTDOWN=auto.
 
 Each observed set must equal what that component's role grants. A static check follows: every
@@ -32,11 +34,14 @@ from cni.kubeconfig import load_kubeconfig
 from cni.podlookup import ApiPodSource, RetryPolicy
 from installer import Installer
 from installer.config import InstallerConfig
-from node_daemon.config import DaemonConfig
+from node_daemon.config import DaemonConfig, NodeGateConfig
 from node_daemon.controller import RepairController
+from node_daemon.kubeapi import NodeApi
+from node_daemon.node_gate import READY, NodeGate, Readiness, Reason
 from testbed.cleanup import Cleanup
 from testbed.controller import NoNetns, start_controller
 from testbed.kubeapi import KubeApiServer, kubernetes_api_client, write_kubeconfig
+from testbed.nodes import READINESS_TAINT, make_node
 from testbed.pods import BROKEN_WAITING, NODE, make_pod
 from testbed.wait import wait_for
 from tests.deploy.manifest import (
@@ -186,6 +191,30 @@ def test_commented_additions_cover_exactly_the_two_other_modes() -> None:
     assert set(commented_rules()) == {"REPAIR_DELETE_PODS", "REPAIR_LABEL_PODS"}
 
 
+def test_readiness_gate_needs_exactly_the_node_readiness_role(
+        api: KubeApiServer, node_env: dict[str, str], cleanup: Cleanup) -> None:
+    cfg = DaemonConfig.from_env(node_env)
+    assert cfg.node_gate == NodeGateConfig(condition_type="IstioCNIReady"), "the ConfigMap's"
+    api.add_node(make_node(NODE, taints=[READINESS_TAINT]))
+    api.add_node(make_node("node-b", taints=[READINESS_TAINT]))
+    state = [Readiness(False, Reason.PLUGIN_NOT_INSTALLED, "CNI plugin not installed")]
+    gate = NodeGate(NodeApi(kubernetes_api_client(api, TOKEN)), cfg.repair.node_name,
+                    cfg.node_gate, lambda: state[0], poll=0.01)
+    gate.start()
+    cleanup.add("stop the readiness gate", gate.stop)
+    wait_for(lambda: gate.synced is not None, what="the condition while not ready")
+    state[0] = READY
+    wait_for(gate.taint_removed.is_set, what="the taint removed")
+    gate.stop()
+    gate.publish_final(Readiness(False, Reason.PLUGIN_UNINSTALLED, "uninstalled"))
+    seen = observed(api)
+    assert rules_of(seen) == {("", "nodes", "get"), ("", "nodes", "patch"),
+                              ("", "nodes/status", "patch")}
+    assert rules_of(seen) == role_rules("ClusterRole", "istio-cni-node-readiness")
+    assert {a.name for a in seen} == {NODE}, "its own node only"
+    assert api.get_node("node-b")["spec"]["taints"] == [READINESS_TAINT]
+
+
 def test_installer_shutdown_probe_needs_exactly_the_namespaced_role(
         api: KubeApiServer, node_env: dict[str, str]) -> None:
     cfg = InstallerConfig.from_env(node_env)
@@ -216,6 +245,7 @@ def test_every_role_is_bound_to_the_daemonsets_service_account_and_nothing_else(
             assert binding["metadata"]["namespace"] == NAMESPACE
         bound.add((ref["kind"], ref["name"]))
     assert bound == roles == {("ClusterRole", "istio-cni"), ("ClusterRole", "istio-cni-repair"),
+                              ("ClusterRole", "istio-cni-node-readiness"),
                               ("Role", "istio-cni-node")}
 
 
@@ -226,7 +256,9 @@ def test_everything_granted_is_on_a_short_allow_list() -> None:
         if doc["kind"] in ("ClusterRole", "Role"):
             granted |= rule_accesses(doc["rules"])
     assert granted == {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
-                       ("", "events", "create"), ("apps", "daemonsets", "get")}
+                       ("", "events", "create"), ("apps", "daemonsets", "get"),
+                       ("", "nodes", "get"), ("", "nodes", "patch"),
+                       ("", "nodes/status", "patch")}
 
 
 def test_access_mapping_follows_the_api_servers_request_info() -> None:

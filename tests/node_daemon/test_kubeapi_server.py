@@ -2,7 +2,8 @@
 
 What the node agent relies on: LIST with field/label selectors, WATCH replay from a
 resourceVersion, 410 expiry and resume by re-listing, bookmarks, PATCH of pods/status,
-DELETE with preconditions, and events through both events APIs.
+DELETE with preconditions, events through both events APIs, and its node: GET, and PATCH of
+nodes and nodes/status with the patch types the API applies (strategic merge by merge key).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 from kubernetes import client, watch
 
 from testbed.kubeapi import KubeApiServer, kubernetes_api_client
+from testbed.nodes import READINESS_TAINT, make_node
 
 NODE = "node-a"
 GUARD = 30
@@ -310,3 +312,88 @@ def test_tls_with_the_servers_ca(kube_api_tls: KubeApiServer) -> None:
     core = client.CoreV1Api(kubernetes_api_client(kube_api_tls))
 
     assert core.read_namespaced_pod("a", "default").spec.node_name == NODE
+
+
+# --- nodes --------------------------------------------------------------------------------------
+
+def _conditions(node: Any) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in node["status"]["conditions"]}
+
+
+def test_nodes_are_cluster_scoped_get_and_list(kube_api: KubeApiServer,
+                                               core: client.CoreV1Api) -> None:
+    kube_api.add_node(make_node("node-a", taints=[READINESS_TAINT]))
+    kube_api.add_node(make_node("node-b"))
+    node = core.read_node("node-a")
+    assert node.metadata.namespace is None and node.metadata.uid
+    assert [(t.key, t.effect) for t in node.spec.taints] == [("cni.istio.io/not-ready",
+                                                              "NoSchedule")]
+    names = [n.metadata.name for n in core.list_node().items]
+    assert names == ["node-a", "node-b"]
+    with pytest.raises(client.ApiException) as err:
+        core.read_node("node-x")
+    assert err.value.status == 404
+    assert json.loads(err.value.body)["message"] == 'nodes "node-x" not found'
+
+
+def test_strategic_merge_on_node_status_merges_conditions_by_type(
+    kube_api: KubeApiServer, core: client.CoreV1Api
+) -> None:
+    kube_api.add_node(make_node("node-a"))
+    mine = {"type": "IstioCNIReady", "status": "False", "reason": "PluginNotInstalled"}
+    core.patch_node_status("node-a", {"status": {"conditions": [mine]}},
+                           _content_type="application/strategic-merge-patch+json")
+    after = kube_api.get_node("node-a")
+    assert _conditions(after) == {"MemoryPressure": "False", "DiskPressure": "False",
+                                  "PIDPressure": "False", "Ready": "True",
+                                  "IstioCNIReady": "False"}
+    core.patch_node_status("node-a", {"status": {"conditions": [
+        {"type": "IstioCNIReady", "status": "True"}]}},
+        _content_type="application/strategic-merge-patch+json")
+    condition = [c for c in kube_api.get_node("node-a")["status"]["conditions"]
+                 if c["type"] == "IstioCNIReady"]
+    assert condition == [{**mine, "status": "True"}]  # merged into the one item, not added
+    core.patch_node_status("node-a", {"status": {"conditions": [
+        {"type": "IstioCNIReady", "$patch": "delete"}]}},
+        _content_type="application/strategic-merge-patch+json")
+    assert "IstioCNIReady" not in _conditions(kube_api.get_node("node-a"))
+    assert len(kube_api.get_node("node-a")["status"]["addresses"]) == 2
+
+
+def test_a_json_merge_patch_replaces_the_whole_condition_list(
+    kube_api: KubeApiServer, core: client.CoreV1Api
+) -> None:
+    """Why the agent patches its condition with a strategic merge patch."""
+    kube_api.add_node(make_node("node-a"))
+    core.patch_node_status("node-a", {"status": {"conditions": [{"type": "X", "status": "True"}]}},
+                           _content_type="application/merge-patch+json")
+    assert _conditions(kube_api.get_node("node-a")) == {"X": "True"}
+
+
+def test_node_patch_and_status_patch_change_only_their_part(
+    kube_api: KubeApiServer, core: client.CoreV1Api
+) -> None:
+    kube_api.add_node(make_node("node-a", taints=[READINESS_TAINT]))
+    core.patch_node("node-a", {"spec": {"taints": None}, "status": {"conditions": None}})
+    node = kube_api.get_node("node-a")
+    assert "taints" not in node["spec"] and len(node["status"]["conditions"]) == 4
+    core.patch_node_status("node-a", {"spec": {"unschedulable": True},
+                                      "status": {"phase": "Running"}})
+    node = kube_api.get_node("node-a")
+    assert "unschedulable" not in node["spec"] and node["status"]["phase"] == "Running"
+
+
+def test_json_patch_test_op_guards_the_node_s_taints(
+    kube_api: KubeApiServer, core: client.CoreV1Api
+) -> None:
+    kube_api.add_node(make_node("node-a", taints=[READINESS_TAINT]))
+    stale = [{"op": "test", "path": "/spec/taints", "value": []},
+             {"op": "replace", "path": "/spec/taints", "value": []}]
+    with pytest.raises(client.ApiException) as err:
+        core.patch_node("node-a", stale, _content_type="application/json-patch+json")
+    assert err.value.status == 422
+    assert kube_api.get_node("node-a")["spec"]["taints"] == [READINESS_TAINT]
+    fresh = [{"op": "test", "path": "/spec/taints", "value": [READINESS_TAINT]},
+             {"op": "replace", "path": "/spec/taints", "value": []}]
+    core.patch_node("node-a", fresh, _content_type="application/json-patch+json")
+    assert kube_api.get_node("node-a")["spec"]["taints"] == []
