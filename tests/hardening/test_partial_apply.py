@@ -295,19 +295,22 @@ class Tally:
     """Runs that really died of SIGKILL (a random moment may come after the run ended)."""
     complete_after_kill: int = 0
     tables_complete_after_kill: int = 0
-    """nftables mode: kills after which our tables were all there (the rest: none at all)."""
+    tables_absent_after_kill: int = 0
+    """nftables mode: real kills after which our tables were all there, or none at all (the
+    only two outcomes the test allows)."""
     completed_by_readd: int = 0
     refused_by_readd: int = 0
 
 
 def verify_after_kill(pod: Pod, backend: str, ns: str, reference: str, tally: Tally,
-                      where: str) -> None:
+                      where: str, killed: bool = True) -> None:
     observed = state(ns)
     complete = observed == reference
     if backend.startswith(NFT_MODE):  # one kernel transaction: all of our tables or none
         tables = nft_tables(ns)
         assert tables in ([], nft_tables_of(reference)), f"{where}: partial tables {tables}"
-        tally.tables_complete_after_kill += bool(tables)
+        tally.tables_complete_after_kill += killed and bool(tables)
+        tally.tables_absent_after_kill += killed and not tables
     status, err = in_process(pod, backend, "CHECK", ns)
     if complete:
         assert status == 0, f"{where}: complete state but CHECK says {err}"
@@ -384,10 +387,13 @@ def test_sigkill_at_every_side_effect_then_check_and_readd(pod: Pod, pod_netns, 
     for i in range(RANDOM_KILLS):
         ns = pod_netns()
         status, _ = run_plugin(pod, backend, ns, kill_after=rng.uniform(0.0, full))
-        tally.kills += status == -signal.SIGKILL
-        verify_after_kill(pod, backend, ns, reference, tally, f"random kill {i}")
+        killed = status == -signal.SIGKILL
+        tally.kills += killed
+        verify_after_kill(pod, backend, ns, reference, tally, f"random kill {i}", killed)
         nsutil.delete_netns(ns)
 
     record_property("partial_apply", {"ops": ops, **tally.__dict__})
     print(f"\npartial-apply[{backend}]: {ops} side effects per ADD, {tally}")
     assert tally.kills >= len(points)
+    if backend.startswith(NFT_MODE):
+        assert tally.tables_complete_after_kill + tally.tables_absent_after_kill == tally.kills
