@@ -288,9 +288,10 @@ class BenchNode:
         }
 
     def call(self, command: str, netns: str, pod: dict[str, Any], backend: str = "nft",
-             ip: str = "10.217.0.2") -> tuple[float, CniCall]:
-        """One timed CNI call of the plugin (exec → result on stdout → exit)."""
-        conf = self.conf(backend)
+             ip: str = "10.217.0.2", **extra: Any) -> tuple[float, CniCall]:
+        """One timed CNI call of the plugin (exec → result on stdout → exit); `extra` adds or
+        overrides config keys (e.g. `native_nftables`)."""
+        conf = self.conf(backend, **extra)
         conf["prevResult"] = {  # what bridge + host-local would hand on (DEL/CHECK get it too)
             "cniVersion": "1.0.0",
             "interfaces": [{"name": "eth0", "sandbox": path(netns)}],

@@ -7,6 +7,12 @@ connection into one accepted by our 15006 listener with SO_ORIGINAL_DST port 150
 Without the rules nothing listens on 15002, so after the timeout (5 s) log upstream's message
 and exit 126, the code the repair controller keys on.
 
+The same probe holds in native nftables mode: upstream's `istio-output` chain sends the
+proxy uid's connection on `lo` to a non-127.0.0.1 address (`oifname "lo" ip daddr !=
+127.0.0.1 ... meta skuid 1337 jump istio-in-redirect`) to `redirect to :15006`, and nft's
+`redirect` is conntrack NAT like iptables' REDIRECT, so SO_ORIGINAL_DST still reads 15002
+(the demo and its e2e test run it in both modes).
+
 Privileges: the listeners are bound first, then the process drops to uid/gid 1337 when started
 as root. Everything that may be imported lazily is imported before that, because after setuid
 the interpreter's own files (e.g. under /root) may be unreadable.

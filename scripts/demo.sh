@@ -7,6 +7,7 @@
 #
 #   bash scripts/demo.sh
 #   DEMO_SKIP_SETUP=1 bash scripts/demo.sh --source   # already set up; plugin from source
+#   bash scripts/demo.sh --native-nftables            # pods get upstream's nftables tables
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

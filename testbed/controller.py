@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cni.backends import RuleMode
 from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
 from node_daemon.controller import RepairController
@@ -33,7 +34,8 @@ class NoNetns:
 
 
 def start_controller(cleanup: Cleanup, api_client: Any, cfg: RepairConfig, *,
-                     finder: Any = None, backend: str = "auto", drift: bool = False,
+                     finder: Any = None, backend: str | RuleMode = "auto",
+                     drift: bool = False,
                      watch_timeout: int = 300, drift_interval: float = 0.0,
                      synced_within: float | None = 15.0) -> RepairController:
     """A started controller for `cfg` over `api_client` (a `kubernetes.client.ApiClient`).

@@ -6,6 +6,7 @@ workloads, the installer writing a real conflist, and the frozen plugin run thro
 protocol, as a container runtime would, for a meshed pod and a plain pod. Then the CNI race: a
 pod whose sandbox was set up before the plugin was installed fails validation (126), and the
 repair controller programs it in place. Everything is removed afterwards, also on Ctrl-C.
+`--native-nftables` runs the same steps in native nftables mode (`NATIVE_NFTABLES=true`).
 
 Modules: `cli` (`main`, signals), `scenario` (the steps), `console` (output, timings), `sandbox`
 (the run's temp dir, netns and processes on one undo stack), `plugin_binary` (frozen build or

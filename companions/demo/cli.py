@@ -12,6 +12,7 @@ import argparse
 import logging
 import signal
 
+from cni.choices import NFTABLES_BACKENDS
 from companions.demo.console import Console, Interrupted
 from companions.demo.scenario import Demo
 from testbed.procs import HarnessError
@@ -28,7 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--primary", choices=("auto", "bridge", "veth"), default="auto",
                         help="primary network: the bridge/host-local plugins, or veth via "
                              "pyroute2 (auto: bridge when installed)")
+    parser.add_argument("--native-nftables", action="store_true",
+                        help="native nftables mode (NATIVE_NFTABLES=true): pods get upstream's "
+                             "inet istio-proxy-* tables instead of iptables rules")
+    parser.add_argument("--nftables-backend", choices=NFTABLES_BACKENDS, default="auto",
+                        help="with --native-nftables, how the plugin and repair talk to "
+                             "nftables (NFTABLES_BACKEND; auto: libnftables, else nft)")
     args = parser.parse_args(argv)
+    if args.nftables_backend != "auto" and not args.native_nftables:
+        parser.error("--nftables-backend needs --native-nftables")
 
     console = Console()
     demo = Demo(console, args)
@@ -50,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         demo.run()
         console.line()
-        console.line("demo OK: meshed pod redirected and validated, plain pod skipped, "
-                     "race pod repaired in place, primary config restored")
+        console.line(f"demo OK ({demo.mode}): meshed pod redirected and validated, plain pod "
+                     "skipped, race pod repaired in place, primary config restored")
     except HarnessError as exc:  # DemoError included
         console.line(f"FAILED at step {console.current}: {exc}")
         code = 1

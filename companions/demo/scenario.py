@@ -1,5 +1,10 @@
 """The demo's steps: one sandboxed node, the installer, three pods, the race and its repair.
 
+With `--native-nftables` the node runs native nftables mode (`NATIVE_NFTABLES=true` for the
+installer, which writes `native_nftables` into the plugin's config, and for the repair
+controller): the same steps, the pods' rules shown as the host's `nft` lists our `inet
+istio-proxy-*` tables, and the same proxy and validation probe proving the redirection.
+
 Each step is a method that prints what it shows and raises `DemoError` with one line when
 something is not as it should be; `cli.main` turns that (or Ctrl-C / SIGTERM) into one line,
 then always runs `Demo.cleanup` and prints the timings. See `companions/demo/__init__.py`.
@@ -37,6 +42,8 @@ BRIDGE = "icni-dbr0"
 APP_UID, PROXY_UID = 1000, 1337
 ECHO_PORT, APP_PORT = 8080, 9080
 PY = sys.executable
+NFT_PREFIX = "istio-proxy-"
+"""Our nftables tables are `inet istio-proxy-nat`, `-mangle` and `-raw`."""
 
 
 def _sha(data: bytes) -> str:
@@ -60,6 +67,16 @@ class Demo:
         self.pods: dict[str, dict[str, Any]] = {}
         self.veth = False
         self._last_call: CniCall | None = None
+        self.nftables = bool(getattr(args, "native_nftables", False))
+        self.mode_env = ({"NATIVE_NFTABLES": "true",
+                          "NFTABLES_BACKEND": getattr(args, "nftables_backend", "auto")}
+                         if self.nftables else {})
+        """The agent's settings for the mode, for the installer and the repair controller."""
+
+    @property
+    def mode(self) -> str:
+        """`iptables mode` or `native nftables mode`, as the demo's output names it."""
+        return "native nftables mode" if self.nftables else "iptables mode"
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -83,18 +100,23 @@ class Demo:
         if os.geteuid() != 0:
             raise DemoError("must run as root (network namespaces, iptables): "
                             "run bash scripts/demo.sh as root")
-        missing = [t for t in ("ip", "iptables", "iptables-save", "sh", "sleep")
-                   if shutil.which(t) is None]
+        tools = ("ip", "nft", "sh", "sleep") if self.nftables else ("ip", "iptables",
+                                                                     "iptables-save", "sh",
+                                                                     "sleep")
+        missing = [t for t in tools if shutil.which(t) is None]
         if missing:
             raise DemoError(f"missing tools: {', '.join(missing)} (run scripts/setup.sh)")
-        iptables = run(["iptables", "-V"]).stdout.strip()
+        filt = run(["nft", "-v"] if self.nftables else ["iptables", "-V"]).stdout.strip()
         have_bridge = all((CNI_BIN / p).exists() for p in ("bridge", "host-local"))
         self.veth = self.args.primary == "veth" or (self.args.primary == "auto"
                                                     and not have_bridge)
         if self.args.primary == "bridge" and not have_bridge:
             raise DemoError(f"--primary bridge: {CNI_BIN}/bridge or host-local is missing")
         self.box = Sandbox.create()
-        self.c.say(f"root; {iptables}; ip {run(['ip', '-V']).stdout.split()[-1]}")
+        self.c.say(f"root; {filt}; ip {run(['ip', '-V']).stdout.split()[-1]}")
+        self.c.say(f"mode: {self.mode}" + (
+            f" (NATIVE_NFTABLES=true, NFTABLES_BACKEND={self.mode_env['NFTABLES_BACKEND']}): "
+            "pods get upstream's inet istio-proxy-* tables" if self.nftables else ""))
         self.c.say(f"primary CNI: {CNI_BIN}/bridge + host-local" if not self.veth else
                    "primary CNI: bridge/host-local not installed: veth via pyroute2 instead")
         self.c.say(f"sandbox: {self.box.root}, netns {self.box.ns_name('*')}")
@@ -152,7 +174,7 @@ class Demo:
                "KUBERNETES_SERVICE_PORT": str(api.port), "KUBERNETES_SERVICE_PROTOCOL": "http",
                "SKIP_TLS_VERIFY": "true",  # plain HTTP on loopback: there is no CA to trust
                "EXCLUDE_NAMESPACES": "kube-system", "POD_NAMESPACE": "istio-system",
-               "UNINSTALL_ON_SHUTDOWN": "true"}
+               "UNINSTALL_ON_SHUTDOWN": "true", **self.mode_env}
         self.installer = Installer(InstallerConfig.from_env(env))
         box.on_close("uninstall istio-cni", self.installer.uninstall)
         self.installer.install(timeout=10)
@@ -177,15 +199,19 @@ class Demo:
 
         assert self.box is not None
         cfg = DaemonConfig.from_env({"REPAIR_REPAIR_PODS": "true", "REPAIR_NODE_NAME": NODE,
-                                     "HOST_PROC": "/proc", "DRIFT_CHECK_INTERVAL": "0"})
+                                     "HOST_PROC": "/proc", "DRIFT_CHECK_INTERVAL": "0",
+                                     **self.mode_env})
         rc = cfg.repair
         self.controller = start_controller(
             self.box.cleanup, load_api_client(str(kubeconfig)), rc,
-            finder=NetnsFinder(cfg.host_proc), backend=cfg.iptables_backend,
+            finder=NetnsFinder(cfg.host_proc), backend=cfg.rule_mode,
             watch_timeout=cfg.watch_timeout, synced_within=None)
         if not self.controller.informer.synced.wait(15):
             raise DemoError("the repair controller did not sync with the API stand-in in 15 s")
-        self.c.say(f"repair controller (REPAIR_REPAIR_PODS=true, REPAIR_NODE_NAME={NODE}):")
+        settings = " ".join(f"{k}={v}" for k, v in {"REPAIR_REPAIR_PODS": "true",
+                                                      "REPAIR_NODE_NAME": NODE,
+                                                      **self.mode_env}.items())
+        self.c.say(f"repair controller ({settings}):")
         self.c.say(f"watching pods with {rc.field_selector()}, synced", indent=4)
 
     def meshed(self) -> None:
@@ -221,12 +247,17 @@ class Demo:
         self.c.say(f"proxy: {line}", indent=4)
         self.c.say(f"app server: {seen} (upstream's passthrough source)", indent=4)
         self.c.say(f"client got {reply!r} back", indent=4)
+        if self.nftables:
+            _, rules = self._rules(ns)
+            counted = [ln.strip() for ln in rules if "redirect to" in ln]
+            self.c.say("the redirect rules' counters now (nft):")
+            self.c.say("\n".join(counted), indent=4)
 
     def plain(self) -> None:
         ns, _ = self._sandbox(self.pods["plain"], "plain", self._installed_conflist())
         rules = self._decision_and_rules(ns)
         if rules:
-            raise DemoError(f"the plain pod got {len(rules)} ISTIO rules")
+            raise DemoError(f"the plain pod got {len(rules)} ISTIO rules ({self.mode})")
 
     def race(self) -> None:
         assert self.api is not None
@@ -261,7 +292,11 @@ class Demo:
                    f"{event['source']['component']}:")
         self.c.say(event["message"], indent=4)
         _, rules = self._rules(ns)
-        self.c.say(f"the pod netns ({ip}) now holds {len(rules)} ISTIO rules")
+        if self.nftables:  # rule lines: every rule of ours has a counter
+            count, what = sum(" counter " in ln for ln in rules), f"rules in {NFT_PREFIX}* tables"
+        else:
+            count, what = len(rules), "ISTIO rules"
+        self.c.say(f"the pod netns ({ip}) now holds {count} {what}")
         self._validate(pod, ns, expect=0, timeout=5, again=True)
 
     def uninstall(self) -> None:
@@ -325,6 +360,11 @@ class Demo:
         self.c.say(f"{call.plugin}: {what} ({call.seconds:.2f} s)", indent=4)
 
     def _rules(self, ns: str) -> tuple[str, list[str]]:
+        """The tool that listed them and our rules in the pod netns: iptables `-A ...ISTIO...`
+        lines, or in nftables mode every line of our `inet istio-proxy-*` tables (plus any
+        iptables rule of ours, which that mode must not have left)."""
+        if self.nftables:
+            return self._nft_rules(ns)
         for tool in ("iptables-nft-save", "iptables-legacy-save", "iptables-save"):
             if shutil.which(tool):
                 out = run(["ip", "netns", "exec", ns, tool, "-t", "nat"], check=False).stdout
@@ -333,15 +373,35 @@ class Demo:
                     return tool, rules
         return "", []
 
+    def _nft_rules(self, ns: str) -> tuple[str, list[str]]:
+        out = run(["ip", "netns", "exec", ns, "nft", "list", "ruleset", "inet"]).stdout
+        lines: list[str] = []
+        ours = False
+        for line in out.splitlines():
+            if line.startswith("table "):
+                ours = line.split()[2].startswith(NFT_PREFIX)
+            if ours and line.strip():
+                lines.append(line.replace("\t", "  "))
+        if shutil.which("iptables-save"):
+            saved = run(["ip", "netns", "exec", ns, "iptables-save"], check=False).stdout
+            lines += [ln for ln in saved.splitlines() if ln.startswith("-A") and "ISTIO" in ln]
+        return "nft list ruleset inet", lines
+
     def _decision_and_rules(self, ns: str) -> list[str]:
         assert self._last_call is not None
         msgs = [m for m in self._last_call.log_messages()
                 if m.startswith(("redirected", "skipped"))]
         self.c.say(f"decision: {msgs[0] if msgs else '(no decision line in the plugin log)'}")
         tool, rules = self._rules(ns)
-        if rules:
+        if rules and self.nftables:
+            self.c.say(f"rules in the pod netns ({tool}, our tables; no iptables rules):")
+            self.c.say("\n".join(rules), indent=4)
+        elif rules:
             self.c.say(f"rules in the pod netns ({tool} -t nat, ISTIO lines):")
             self.c.say("\n".join(rules), indent=4)
+        elif self.nftables:
+            self.c.say(f"rules in the pod netns: no {NFT_PREFIX}* tables (the pod's traffic is "
+                       "untouched)")
         else:
             self.c.say("rules in the pod netns: no ISTIO chains (the pod's traffic is untouched)")
         return rules

@@ -3,8 +3,10 @@
 The demo is run as a subprocess, and its output is the contract. It must show the meshed pod
 redirected, the proxy seeing the original destination, the probe passing, the plain pod
 skipped, the race pod failing with 126 and then passing after repair, and the primary config
-restored. It must exit 0 and leave nothing behind: no netns, no temp dir, and no process in any
-of its namespaces. The same cleanup must happen when SIGINT arrives mid-run.
+restored: in iptables mode, and again in native nftables mode (`--native-nftables`, both ways
+of talking to nftables), where the rules shown are our `inet istio-proxy-*` tables. It must
+exit 0 and leave nothing behind: no netns, no temp dir, and no process in any of its
+namespaces. The same cleanup must happen when SIGINT arrives mid-run.
 
 Nothing is slept on: the output is read line by line, and a line is the signal to act (take a
 snapshot of the demo's netns, send SIGINT). `--no-build` keeps the tests from building into
@@ -131,23 +133,10 @@ def assert_nothing_left(run: DemoRun, netns_before: set[str]) -> None:
     assert "Traceback" not in run.text, run.text
 
 
-@pytest.mark.parametrize("primary", ["auto", "veth"])
-def test_demo_runs_every_step_and_leaves_nothing(primary: str) -> None:
-    before = _netns("icni-d")
-    run = run_demo("--primary", primary, snapshot_at="== 6.")
-    out = run.text
-    assert run.status == 0, out
-
-    # which plugin ran is always said
-    assert ("plugin: frozen onedir build dist/istio-cni/istio-cni" in out
-            or "FALLING BACK to python -m cni" in out), out
-    # the installer inserted its entry into the primary conflist
-    assert '+      "type": "istio-cni",' in out, out
-
-    # meshed pod: redirected, rules, probe passes, the proxy saw the original destination
-    meshed = out[out.index("== 3."):out.index("== 4.")]
+def assert_meshed_redirected(meshed: str) -> None:
+    """Step 3 in either mode: the probe passes and the proxy gets both directions' traffic
+    with the original destination."""
     assert "  decision: redirected: sidecar injected" in meshed, meshed
-    assert "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in meshed, meshed
     assert "istio-validation (probe as uid 1337): exit 0: validation passed" in meshed, meshed
     gateway = re.search(r"echo server on the node at (\S+):8080", meshed)
     assert gateway, meshed
@@ -157,12 +146,9 @@ def test_demo_runs_every_step_and_leaves_nothing(primary: str) -> None:
     assert re.search(r"proxy: inbound \S+ -> \S+:9080", meshed), meshed
     assert "app server: connection from 127.0.0.6:" in meshed, meshed
 
-    # plain pod: skipped, untouched
-    plain = out[out.index("== 4."):out.index("== 5.")]
-    assert "decision: skipped: pod has no istio-proxy container" in plain, plain
-    assert "no ISTIO chains" in plain and "-A ISTIO" not in plain, plain
 
-    # race: 126 without the plugin, repaired in place, then the probe passes
+def assert_race_repaired_and_uninstalled(out: str) -> None:
+    """Steps 5 and 6 in either mode, and the summary."""
     race = out[out.index("== 5."):out.index("== 6.")]
     assert "CNI ADD through [bridge]" in race, race
     assert re.search(r"istio-validation \(probe as uid 1337\): exit 126: iptables validation "
@@ -181,6 +167,72 @@ def test_demo_runs_every_step_and_leaves_nothing(primary: str) -> None:
     assert len(re.findall(r"^\[\s*\d+\.\d\d s\] .* done$", out, re.M)) == 6, out
     assert re.search(r"^  total\s+\d+\.\d\d s$", out, re.M), out
     assert "demo OK" in out
+
+
+@pytest.mark.parametrize("primary", ["auto", "veth"])
+def test_demo_runs_every_step_and_leaves_nothing(primary: str) -> None:
+    before = _netns("icni-d")
+    run = run_demo("--primary", primary, snapshot_at="== 6.")
+    out = run.text
+    assert run.status == 0, out
+
+    # which plugin ran is always said
+    assert ("plugin: frozen onedir build dist/istio-cni/istio-cni" in out
+            or "FALLING BACK to python -m cni" in out), out
+    # the installer inserted its entry into the primary conflist
+    assert '+      "type": "istio-cni",' in out, out
+
+    # meshed pod: redirected, rules, probe passes, the proxy saw the original destination
+    meshed = out[out.index("== 3."):out.index("== 4.")]
+    assert "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in meshed, meshed
+    assert_meshed_redirected(meshed)
+
+    # plain pod: skipped, untouched
+    plain = out[out.index("== 4."):out.index("== 5.")]
+    assert "decision: skipped: pod has no istio-proxy container" in plain, plain
+    assert "no ISTIO chains" in plain and "-A ISTIO" not in plain, plain
+
+    # race: 126 without the plugin, repaired in place, then the probe passes; uninstall
+    assert_race_repaired_and_uninstalled(out)
+    assert "demo OK (iptables mode)" in out
+    assert_nothing_left(run, before)
+
+
+@pytest.mark.parametrize("way", ["libnftables", "nft"])
+def test_demo_in_native_nftables_mode(way: str) -> None:
+    """The same demo with NATIVE_NFTABLES=true: the plugin (from the installer's conflist
+    entry) and the repair controller program upstream's nftables tables, and the same probe
+    and proxy prove the redirection."""
+    if subprocess.run(["which", "nft"], capture_output=True).returncode != 0:
+        pytest.skip("needs nft (the demo lists the pod's tables with it)")
+    before = _netns("icni-d")
+    run = run_demo("--native-nftables", "--nftables-backend", way, snapshot_at="== 6.")
+    out = run.text
+    assert run.status == 0, out
+    assert (f"mode: native nftables mode (NATIVE_NFTABLES=true, NFTABLES_BACKEND={way})"
+            in out), out
+    assert '+      "native_nftables": true' in out, out  # the installer wrote the mode
+
+    meshed = out[out.index("== 3."):out.index("== 4.")]
+    assert "rules in the pod netns (nft list ruleset inet, our tables; no iptables rules):" \
+        in meshed, meshed
+    assert "    table inet istio-proxy-nat {" in meshed, meshed
+    assert "meta l4proto tcp counter packets 0 bytes 0 redirect to :15001" in meshed, meshed
+    assert "-A ISTIO" not in out, out
+    assert_meshed_redirected(meshed)
+    # the redirect rules counted the proxy's traffic: the app's and the probe's connections
+    counters = meshed[meshed.index("the redirect rules' counters now (nft):"):]
+    for port in (15001, 15006):
+        hit = re.search(rf"counter packets (\d+) bytes \d+ redirect to :{port}", counters)
+        assert hit and int(hit[1]) > 0, counters
+
+    plain = out[out.index("== 4."):out.index("== 5.")]
+    assert "decision: skipped: pod has no istio-proxy container" in plain, plain
+    assert "no istio-proxy-* tables" in plain and "table inet" not in plain, plain
+
+    assert_race_repaired_and_uninstalled(out)
+    assert re.search(r"now holds [1-9]\d* rules in istio-proxy-\* tables", out), out
+    assert "demo OK (native nftables mode)" in out
     assert_nothing_left(run, before)
 
 

@@ -23,6 +23,12 @@ observed independently, then:
 2. ADD again on the same netns either succeeds, and the netns then holds exactly the complete
    rule set and CHECK agrees, or fails with a clear CNI error (102/103) and CHECK still says 104.
 
+The same runs cover native nftables mode, both ways of talking to nftables: there the side
+effects are every nftables command batch (libnftables in-process; the host's `nft -f -`, which
+can be orphaned like `iptables-restore`) and the same netlink adds. nftables applies a batch as
+one kernel transaction, so one more assertion holds there: after any kill, our `inet
+istio-proxy-*` tables are either absent or exactly the complete ones, never a part of them.
+
 Under HYPOTHESIS_PROFILE=ci every kill point runs; locally a seeded sample of them.
 """
 
@@ -32,6 +38,8 @@ import json
 import logging
 import os
 import random
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +50,7 @@ from pathlib import Path
 
 import pytest
 
+from cni import nft_exec
 from cni.plugin import Plugin
 from cni.protocol import dispatch
 from testbed import netns as nsutil
@@ -59,6 +68,10 @@ POD_V4, POD_V6 = "10.97.0.5/24", "fd00:97::5/64"
 SAVE_TOOLS = ("iptables-nft-save", "iptables-legacy-save", "ip6tables-nft-save",
               "ip6tables-legacy-save")
 TPROXY_TABLE = "133"
+NFT_MODE = "nftables:"
+"""A `backend` parameter `nftables:<way>` runs native nftables mode with that way."""
+BACKENDS = ["auto", "legacy", f"{NFT_MODE}libnftables", f"{NFT_MODE}nft"]
+COUNTER = re.compile(r"counter packets \d+ bytes \d+")
 
 # The plugin's own entry point, with its side effects counted and a SIGKILL at one of them.
 CHILD = r"""
@@ -95,6 +108,23 @@ def run(argv, stdin=None, env=None):
     return point(lambda: real_run(argv, stdin, env), spawn)
 
 restore.run = run
+from cni import nft_exec
+real_lib_run = nft_exec.LibNftables.run
+real_bin_run = nft_exec.NftBinary.run
+
+def lib_run(self, commands):  # in-process: nothing can outlive the kill
+    return point(lambda: real_lib_run(self, commands))
+
+def bin_run(self, commands):
+    def spawn():
+        child = subprocess.Popen([self.path, "-f", "-"], stdin=subprocess.PIPE,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        child.stdin.write(commands.encode())
+        child.stdin.close()
+    return point(lambda: real_bin_run(self, commands), spawn)
+
+nft_exec.LibNftables.run = lib_run
+nft_exec.NftBinary.run = bin_run
 from pyroute2 import IPRoute
 real_getattr = IPRoute.__getattr__  # pyroute2 0.9 resolves its API methods here
 
@@ -127,9 +157,11 @@ class Pod:
     run_dir: Path
 
     def conf(self, backend: str) -> dict:
+        mode = ({"native_nftables": True, "nftables_backend": backend.removeprefix(NFT_MODE)}
+                if backend.startswith(NFT_MODE) else {"iptables_backend": backend})
         return {"cniVersion": "1.0.0", "name": "icni-h", "type": "istio-cni",
                 "cni_agent_run_dir": str(self.run_dir), "plugin_log_level": "debug",
-                "iptables_backend": backend, "pod_lookup_attempts": 2,
+                **mode, "pod_lookup_attempts": 2,
                 "pod_lookup_interval_seconds": 0.01, "pod_lookup_deadline_seconds": 10,
                 "prevResult": {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0"}],
                                "ips": [{"address": POD_V4, "interface": 0},
@@ -189,9 +221,19 @@ def pod_netns(cleanup: Cleanup) -> Callable[[], str]:
     return make
 
 
+def nft_tables(ns: str) -> list[str]:
+    """Our nftables tables in the netns as the host's `nft` lists them, counter values dropped
+    (the test's netns see no traffic, but a count is not state)."""
+    if shutil.which("nft") is None:
+        return []
+    text = nsutil.ns_exec(ns, "nft", "list", "ruleset", "inet", check=False)
+    return [f"nft: {COUNTER.sub('counter', ln.strip())}" for ln in text.splitlines()
+            if ln.strip()]
+
+
 def state(ns: str) -> str:
     """Everything of ours in the netns, observed with the host's tools (not the plugin's)."""
-    out: list[str] = []
+    out: list[str] = nft_tables(ns)
     for tool in SAVE_TOOLS:
         for line in nsutil.ns_exec(ns, tool, check=False).splitlines():
             if "ISTIO" in line and not line.startswith("#"):
@@ -252,14 +294,23 @@ class Tally:
     kills: int = 0
     """Runs that really died of SIGKILL (a random moment may come after the run ended)."""
     complete_after_kill: int = 0
+    tables_complete_after_kill: int = 0
+    tables_absent_after_kill: int = 0
+    """nftables mode: real kills after which our tables were all there, or none at all (the
+    only two outcomes the test allows)."""
     completed_by_readd: int = 0
     refused_by_readd: int = 0
 
 
 def verify_after_kill(pod: Pod, backend: str, ns: str, reference: str, tally: Tally,
-                      where: str) -> None:
+                      where: str, killed: bool = True) -> None:
     observed = state(ns)
     complete = observed == reference
+    if backend.startswith(NFT_MODE):  # one kernel transaction: all of our tables or none
+        tables = nft_tables(ns)
+        assert tables in ([], nft_tables_of(reference)), f"{where}: partial tables {tables}"
+        tally.tables_complete_after_kill += killed and bool(tables)
+        tally.tables_absent_after_kill += killed and not tables
     status, err = in_process(pod, backend, "CHECK", ns)
     if complete:
         assert status == 0, f"{where}: complete state but CHECK says {err}"
@@ -281,17 +332,39 @@ def verify_after_kill(pod: Pod, backend: str, ns: str, reference: str, tally: Ta
         tally.refused_by_readd += 1
 
 
-@pytest.mark.parametrize("backend", ["auto", "legacy"])
+def nft_tables_of(state_text: str) -> list[str]:
+    return [ln for ln in state_text.splitlines() if ln.startswith("nft: ")]
+
+
+def needs_way(backend: str) -> None:
+    """Skip an nftables mode whose way (or the `nft` the observer lists tables with) is
+    missing here."""
+    if not backend.startswith(NFT_MODE):
+        return
+    if nft_exec.NftBinary.find() is None:
+        pytest.skip("nft not installed (the observer lists the pod's tables with it)")
+    if backend == f"{NFT_MODE}libnftables" and nft_exec.LibNftables.load() is None:
+        pytest.skip(f"{nft_exec.LIBRARY} not installed")
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b.replace(":", "-"))
 def test_sigkill_at_every_side_effect_then_check_and_readd(pod: Pod, pod_netns, backend: str,
                                                            record_property):
+    needs_way(backend)
     reference_ns = pod_netns()
     status, err = run_plugin(pod, backend, reference_ns)
     assert status == 0, err
     ops = int(err.rsplit("ICNI-OPS=", 1)[1].split()[0])
     reference = state(reference_ns)
-    for needle in ("ip6tables-", "ISTIO_DIVERT", "ISTIO_OUTPUT", "fwmark",
-                   f"table {TPROXY_TABLE}", "lo ::6/128"):
+    needles = (("table inet istio-proxy-nat", "table inet istio-proxy-mangle",
+                "table inet istio-proxy-raw", "chain istio-divert", "chain istio-output",
+                "ip6 saddr ::6")
+               if backend.startswith(NFT_MODE) else ("ip6tables-", "ISTIO_DIVERT", "ISTIO_OUTPUT"))
+    for needle in (*needles, "fwmark", f"table {TPROXY_TABLE}", "lo ::6/128"):
         assert needle in reference, (needle, reference)
+    if backend.startswith(NFT_MODE):
+        assert not any("ISTIO" in ln for ln in reference.splitlines()
+                       if not ln.startswith("nft: ")), reference  # no iptables rules at all
     assert in_process(pod, backend, "CHECK", reference_ns)[0] == 0
 
     points = [(n, mode) for n in range(1, ops + 1) for mode in ("before", "spawned", "after")]
@@ -314,10 +387,13 @@ def test_sigkill_at_every_side_effect_then_check_and_readd(pod: Pod, pod_netns, 
     for i in range(RANDOM_KILLS):
         ns = pod_netns()
         status, _ = run_plugin(pod, backend, ns, kill_after=rng.uniform(0.0, full))
-        tally.kills += status == -signal.SIGKILL
-        verify_after_kill(pod, backend, ns, reference, tally, f"random kill {i}")
+        killed = status == -signal.SIGKILL
+        tally.kills += killed
+        verify_after_kill(pod, backend, ns, reference, tally, f"random kill {i}", killed)
         nsutil.delete_netns(ns)
 
     record_property("partial_apply", {"ops": ops, **tally.__dict__})
     print(f"\npartial-apply[{backend}]: {ops} side effects per ADD, {tally}")
     assert tally.kills >= len(points)
+    if backend.startswith(NFT_MODE):
+        assert tally.tables_complete_after_kill + tally.tables_absent_after_kill == tally.kills
