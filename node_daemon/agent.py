@@ -99,6 +99,8 @@ class Agent:
         return {str(result): float(n) for result, n in counts.items()}
 
     def ready(self) -> tuple[bool, str]:
+        if self.cfg.refusal:
+            return False, self.cfg.refusal
         installed = bool(self.installer.ready)
         self.metrics.install_ready.set(1 if installed else 0)
         if not installed:
@@ -117,6 +119,10 @@ class Agent:
         `keep_plugin_on_shutdown()` says this is an upgrade."""
         try:
             self._start_servers()
+            if self.cfg.refusal:  # not ready, and nothing installed or repaired until SIGTERM
+                log.error("not ready: %s", self.cfg.refusal)
+                stop.wait()
+                return 0
             self._install_attempted = True
             try:
                 # stop= lets SIGTERM interrupt the wait for a primary CNI config
