@@ -4,8 +4,9 @@ Each variable is defined once below (`SETTINGS`, in the order of docs/node-daemo
 with upstream's name and default (`cni/pkg/cmd/root.go`, `cni/pkg/constants`): viper binds the
 flag `repair-broken-pod-label-key` to the env var `REPAIR_BROKEN_POD_LABEL_KEY`, and so on. The
 model, the value parsers and the settings the installer shares (`CNI_AGENT_RUN_DIR`,
-`FORCE_IPTABLES_BINARY`, `NATIVE_NFTABLES`, `NFTABLES_BACKEND`) are in `cni.settings`.
-Nothing below the entry point reads `os.environ`; tests build these dataclasses by hand.
+`EXCLUDE_NAMESPACES`, `FORCE_IPTABLES_BINARY`, `NATIVE_NFTABLES`, `NFTABLES_BACKEND`) are in
+`cni.settings`. Nothing below the entry point reads `os.environ`; tests build these
+dataclasses by hand.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from cni.backends import RuleMode
 from cni.settings import (
     CNI_AGENT_RUN_DIR,
+    EXCLUDE_NAMESPACES,
     FORCE_IPTABLES_BINARY,
     NATIVE_NFTABLES,
     NFTABLES_BACKEND,
@@ -121,7 +123,8 @@ SETTINGS: tuple[Setting, ...] = (
     REPAIR_BROKEN_POD_LABEL_KEY, REPAIR_BROKEN_POD_LABEL_VALUE, REPAIR_NODE_NAME,
     KUBERNETES_NODE_NAME, REPAIR_SIDECAR_ANNOTATION, REPAIR_INIT_CONTAINER_NAME,
     REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE, REPAIR_INIT_CONTAINER_EXIT_CODE,
-    REPAIR_LABEL_SELECTORS, REPAIR_FIELD_SELECTORS, FORCE_IPTABLES_BINARY, NATIVE_NFTABLES,
+    REPAIR_LABEL_SELECTORS, REPAIR_FIELD_SELECTORS, EXCLUDE_NAMESPACES, FORCE_IPTABLES_BINARY,
+    NATIVE_NFTABLES,
     NFTABLES_BACKEND, CNI_AGENT_RUN_DIR,
     MONITORING_PORT, READINESS_PORT, HEALTH_BIND_ADDRESS, HOST_PROC, DRIFT_CHECK_INTERVAL,
     DRIFT_REPAIR, REPAIR_WATCH_TIMEOUT, KUBECONFIG, AMBIENT_ENABLED, LOG_LEVEL,
@@ -229,6 +232,9 @@ class RepairConfig:
     """REPAIR_LABEL_SELECTORS."""
     field_selectors: str = REPAIR_FIELD_SELECTORS.default
     """REPAIR_FIELD_SELECTORS."""
+    exclude_namespaces: tuple[str, ...] = EXCLUDE_NAMESPACES.default
+    """EXCLUDE_NAMESPACES: pods here are never repaired nor drift-checked (the plugin never
+    redirects them)."""
 
     @property
     def mode(self) -> str | None:
@@ -357,4 +363,5 @@ _REPAIR_FIELDS: tuple[tuple[str, Setting], ...] = (
     ("init_termination_msg", REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE),
     ("init_exit_code", REPAIR_INIT_CONTAINER_EXIT_CODE),
     ("label_selectors", REPAIR_LABEL_SELECTORS), ("field_selectors", REPAIR_FIELD_SELECTORS),
+    ("exclude_namespaces", EXCLUDE_NAMESPACES),
 )
