@@ -10,7 +10,9 @@ service address and the service account. Then, against the API stand-in (TLS, in
 config): the plugin is installed on the node, the agent is ready on 8000 with metrics on 15014,
 a meshed pod added through the CNI protocol (bridge + host-local, then the installed frozen
 plugin, run on the node) is redirected with real traffic, its plugin logs reach the agent at
-the `cni-plugin` scope's level, and SIGTERM takes the plugin off the node.
+the `cni-plugin` scope's level, and SIGTERM takes the plugin off the node. With the chart's
+`ambient.enabled=true` (`AMBIENT_ENABLED=true`) the same agent stays not ready with the reason
+on `/readyz` and in one error line, and neither installs anything nor calls the API.
 
 The bundles come from ISTIO_CNI_DIST (a dist dir holding `istio-cni/` and `istio-cni-node/`)
 or a fresh build of build.spec (1-2 min).
@@ -24,12 +26,15 @@ import signal
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from testbed import netns as nsutil
-from testbed.chartpod import IMAGE_PATH, chart_pod, copy_service_account
+from testbed.chartpod import IMAGE_PATH, ChartPod, chart_pod, copy_service_account
 from testbed.cleanup import Cleanup
 from testbed.cnirun import Runtime
 from testbed.frozen import build_bundles
@@ -84,26 +89,52 @@ def _primary_conflist(ipam_dir: Path) -> dict:
                   "routes": [{"dst": "0.0.0.0/0"}]}}]}
 
 
-def test_frozen_agent_as_the_chart_runs_it(tmp_path: Path, kube_api_tls: KubeApiServer,
-                                           dist: Path) -> None:
+@dataclass
+class Started:
+    pod: ChartPod
+    agent: Proc
+    primary: Path
+    cleanup: Cleanup
+
+
+@contextmanager
+def chart_agent(tmp_path: Path, api: KubeApiServer, dist: Path,
+                configmap: dict[str, str] | None = None) -> Iterator[Started]:
+    """The frozen agent started as the chart starts it, on a node whose primary CNI config is
+    bridge + host-local; stopped (and everything it mounted gone) afterwards."""
     if reason := missing_prerequisites():
         pytest.skip(reason)
     busy = [p for p in (8000, 15014) if not _port_free(p)]
     assert not busy, f"ports {busy} are taken on this host: the chart's agent binds them"
     with Cleanup() as cleanup:
-        sa = copy_service_account(tmp_path / "sa", TOKEN, kube_api_tls.ca_pem or b"",
-                                  chart.NAMESPACE)
+        sa = copy_service_account(tmp_path / "sa", TOKEN, api.ca_pem or b"", chart.NAMESPACE)
         pod = chart_pod(cleanup, tmp_path / "root", plugin_bundle=dist / "istio-cni",
                         agent_bundle=dist / "istio-cni-node", service_account=sa)
         primary = pod.net_dir / "10-k8s.conflist"
         primary.write_text(json.dumps(_primary_conflist(tmp_path / "ipam"), indent=2))
-        env = {"PATH": IMAGE_PATH, "HOSTNAME": chart.POD_NAME, **chart.pod_env(NODE),
-               "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-               "KUBERNETES_SERVICE_PORT": str(kube_api_tls.port)}
+        env = {"PATH": IMAGE_PATH, "HOSTNAME": chart.POD_NAME,
+               **chart.pod_env(NODE, configmap),
+               "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port)}
         argv = ["env", "-i", *(f"{k}={v}" for k, v in env.items()),
                 *pod.container_argv(*chart.argv())]
         agent = Proc("install-cni", argv)
         cleanup.add("stop the agent", agent.stop)
+        yield Started(pod, agent, primary, cleanup)
+
+
+def _stop(agent: Proc) -> list[dict]:
+    """SIGTERM, the exit status checked, and every line it wrote as JSON."""
+    os.killpg(agent.popen.pid, signal.SIGTERM)
+    agent.rest()
+    assert agent.popen.returncode == 0, "\n".join(agent.lines[-20:])
+    return [json.loads(ln) for ln in agent.lines if ln.strip()]
+
+
+def test_frozen_agent_as_the_chart_runs_it(tmp_path: Path, kube_api_tls: KubeApiServer,
+                                           dist: Path) -> None:
+    with chart_agent(tmp_path, kube_api_tls, dist) as started:
+        pod, agent, primary, cleanup = (started.pod, started.agent, started.primary,
+                                        started.cleanup)
 
         def ready() -> bool:
             assert agent.popen.poll() is None, "\n".join(agent.lines[-30:])
@@ -140,16 +171,32 @@ def test_frozen_agent_as_the_chart_runs_it(tmp_path: Path, kube_api_tls: KubeApi
                         30, "the plugin's debug lines in the agent's log")
 
         # SIGTERM: the agent takes the plugin off the node and exits 0
-        os.killpg(agent.popen.pid, signal.SIGTERM)
-        agent.rest()
-        assert agent.popen.returncode == 0, "\n".join(agent.lines[-20:])
+        records = _stop(agent)
         after = json.loads(primary.read_text())
         assert [p["type"] for p in after["plugins"]] == ["bridge"]
         assert not (pod.bin_dir / "istio-cni").exists()
 
         # every line it wrote is JSON with upstream's keys; none is an error
-        records = [json.loads(ln) for ln in agent.lines if ln.strip()]
         assert all(set(r) >= {"time", "level", "scope", "msg"} for r in records)
         assert any("set by the chart, not used by this agent" in r["msg"]
                    and "GOMEMLIMIT" in r["msg"] for r in records)
         assert not [r for r in records if r["level"] in ("error", "fatal")], records[-10:]
+
+
+def test_frozen_agent_under_an_ambient_chart_stays_not_ready_and_installs_nothing(
+        tmp_path: Path, kube_api_tls: KubeApiServer, dist: Path) -> None:
+    with chart_agent(tmp_path, kube_api_tls, dist,
+                     {**chart.configmap_data(), "AMBIENT_ENABLED": "true"}) as started:
+        agent = started.agent
+        line = agent.wait_line(lambda ln: '"level": "error"' in ln, 60, "the refusal")
+        reason = json.loads(line)["msg"].removeprefix("not ready: ")
+        assert reason.startswith("AMBIENT_ENABLED=true: ambient mode is not supported")
+        assert _get("http://127.0.0.1:8000/readyz") == (503, reason + "\n")
+        assert _get("http://127.0.0.1:8000/healthz")[0] == 200
+        records = _stop(agent)
+        # nothing was installed, and nothing was asked of the API
+        assert [p["type"] for p in json.loads(started.primary.read_text())["plugins"]] == [
+            "bridge"]
+        assert os.listdir(started.pod.bin_dir) == [] == os.listdir(started.pod.run_dir)
+        assert kube_api_tls.requests == []
+        assert [r["msg"] for r in records if r["level"] == "error"] == [f"not ready: {reason}"]
