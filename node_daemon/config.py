@@ -138,7 +138,7 @@ IGNORED_ORIGIN = "upstream (not used here)"
 
 
 def _ignored(name: str, why: str) -> Setting:
-    return Setting(name, "", text, why, origin=IGNORED_ORIGIN, keep_empty=True)
+    return Setting(name, "", text, why, origin=IGNORED_ORIGIN, shown_default="—", keep_empty=True)
 
 
 AMBIENT_ONLY = tuple(_ignored(name, "Ambient mode only (see `AMBIENT_ENABLED`).") for name in (
