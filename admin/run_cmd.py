@@ -26,6 +26,8 @@ from installer.config import InstallerConfig
 from node_daemon import config as daemon_config
 from node_daemon.config import ConfigError, DaemonConfig
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:  # the agent's modules load only when `run` runs
     from node_daemon.agent import Installer
 
@@ -51,7 +53,7 @@ def run_daemon(cfg: DaemonConfig, installer_cfg: InstallerConfig,
     from node_daemon.kubeapi import ApiError, PodApi, load_api_client
 
     api = None
-    if cfg.repair.enabled or cfg.node_gate.enabled:
+    if (cfg.repair.enabled or cfg.node_gate.enabled) and not cfg.refusal:
         try:
             api = PodApi(load_api_client(cfg.kubeconfig or None))
         except ApiError as exc:
@@ -81,6 +83,14 @@ def run_command(log_level: str | None) -> None:
     level = log_level or cfg.log_level
     logging.basicConfig(level=getattr(logging, level.upper().replace("WARN", "WARNING")),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(cfg, installer_cfg, os.environ)
+
+
+def serve(cfg: DaemonConfig, installer_cfg: InstallerConfig, env: Mapping[str, str]) -> None:
+    """Run the agent until SIGTERM/SIGINT and exit with its status (`run` and `install-cni`),
+    after saying which of upstream's variables in `env` it does not use."""
+    for level, message in daemon_config.ignored_notes(env, cfg):
+        log.log(level, "%s", message)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

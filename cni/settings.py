@@ -29,7 +29,7 @@ from cni.choices import (
     PLUGIN_LOG_LEVELS,
     log_level,
 )
-from cni.values import BadValue, go_bool, one_of, path
+from cni.values import BadValue, go_bool, names, one_of, path
 
 UPSTREAM = "upstream"
 OURS = "ours"
@@ -108,6 +108,11 @@ FORCE_IPTABLES_BINARY = Setting(
     "`auto`): detect the backend per pod netns, as upstream.",
     origin="upstream name, ours in the plugin config")
 
+EXCLUDE_NAMESPACES = Setting(
+    "EXCLUDE_NAMESPACES", (), names,
+    "Comma-separated namespaces the plugin never touches. Written to the plugin config as "
+    "`exclude_namespaces`; repair and the drift check leave their pods alone too.",
+    shown_default='`""` (chart: `kube-system`)')
 
 NATIVE_NFTABLES = Setting(
     "NATIVE_NFTABLES", False, go_bool,

@@ -3,8 +3,8 @@
 Each variable is defined once below (`SETTINGS`, in the order of the docs table) with
 upstream's name and default wherever upstream has the setting; the few that upstream
 hard-codes or lacks are ours and say so. The model, the value parsers and the settings the
-agent shares (`CNI_AGENT_RUN_DIR`, `FORCE_IPTABLES_BINARY`, `NATIVE_NFTABLES`,
-`NFTABLES_BACKEND`) are in `cni.settings`. Nothing
+agent shares (`CNI_AGENT_RUN_DIR`, `EXCLUDE_NAMESPACES`, `FORCE_IPTABLES_BINARY`,
+`NATIVE_NFTABLES`, `NFTABLES_BACKEND`) are in `cni.settings`. Nothing
 below `InstallerConfig.from_env` reads `os.environ`: tests and the CLI build configs by hand or
 from a dict. A bad value is an `InstallerConfigError` naming the variable and the value.
 """
@@ -19,6 +19,7 @@ from typing import Any
 from cni.config import KUBECONFIG_NAME
 from cni.settings import (
     CNI_AGENT_RUN_DIR,
+    EXCLUDE_NAMESPACES,
     FORCE_IPTABLES_BINARY,
     NATIVE_NFTABLES,
     NFTABLES_BACKEND,
@@ -72,10 +73,6 @@ KUBERNETES_SERVICE_HOST = Setting(
 KUBERNETES_SERVICE_PORT = Setting(
     "KUBERNETES_SERVICE_PORT", "", lambda value: str(port(value)),
     "The API server port.", shown_default="required (set by the kubelet)")
-EXCLUDE_NAMESPACES = Setting(
-    "EXCLUDE_NAMESPACES", (), names,
-    "Comma-separated namespaces the plugin never touches. Written to the plugin config as "
-    "`exclude_namespaces`.", shown_default='`""` (chart: `kube-system`)')
 POD_NAMESPACE = Setting(
     "POD_NAMESPACE", "", text,
     "The agent's own namespace. Its pods pass through the plugin (`pod_namespace`), and this "

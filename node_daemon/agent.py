@@ -113,6 +113,8 @@ class Agent:
     def readiness(self) -> Readiness:
         """Installed, the repair controller synced, the plugin's sockets in place; the reason
         is the readiness gate's node condition reason."""
+        if self.cfg.refusal:
+            return Readiness(False, Reason.MODE_NOT_SUPPORTED, self.cfg.refusal)
         installed = bool(self.installer.ready)
         self.metrics.install_ready.set(1 if installed else 0)
         if not installed:
@@ -133,6 +135,10 @@ class Agent:
         try:
             self._start_servers()
             self._start_node_gate()
+            if self.cfg.refusal:  # not ready, and nothing installed or repaired until SIGTERM
+                log.error("not ready: %s", self.cfg.refusal)
+                stop.wait()
+                return 0
             self._install_attempted = True
             try:
                 # stop= lets SIGTERM interrupt the wait for a primary CNI config

@@ -22,8 +22,13 @@ class Verdict:
 
 
 def diagnose(pod: dict[str, Any], cfg: RepairConfig) -> Verdict:
-    """Upstream's rule, in its order; the first matching init container decides."""
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    """Upstream's rule, in its order; the first matching init container decides. A pod in an
+    excluded namespace is never broken: the plugin never redirects it, so its validation
+    failing is not ours to repair."""
+    meta = pod.get("metadata") or {}
+    if meta.get("namespace") in cfg.exclude_namespaces:
+        return Verdict(False, (f"namespace {meta.get('namespace')} is in EXCLUDE_NAMESPACES",))
+    annotations = meta.get("annotations") or {}
     if cfg.sidecar_annotation and cfg.sidecar_annotation not in annotations:
         return Verdict(False, (f"no {cfg.sidecar_annotation} annotation (not injected)",))
     statuses = (pod.get("status") or {}).get("initContainerStatuses") or []

@@ -4,12 +4,14 @@ Each variable is defined once below (`SETTINGS`, in the order of docs/node-daemo
 with upstream's name and default (`cni/pkg/cmd/root.go`, `cni/pkg/constants`): viper binds the
 flag `repair-broken-pod-label-key` to the env var `REPAIR_BROKEN_POD_LABEL_KEY`, and so on. The
 model, the value parsers and the settings the installer shares (`CNI_AGENT_RUN_DIR`,
-`FORCE_IPTABLES_BINARY`, `NATIVE_NFTABLES`, `NFTABLES_BACKEND`) are in `cni.settings`.
-Nothing below the entry point reads `os.environ`; tests build these dataclasses by hand.
+`EXCLUDE_NAMESPACES`, `FORCE_IPTABLES_BINARY`, `NATIVE_NFTABLES`, `NFTABLES_BACKEND`) are in
+`cni.settings`. Nothing below the entry point reads `os.environ`; tests build these
+dataclasses by hand.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from typing import Any
 from cni.backends import RuleMode
 from cni.settings import (
     CNI_AGENT_RUN_DIR,
+    EXCLUDE_NAMESPACES,
     FORCE_IPTABLES_BINARY,
     NATIVE_NFTABLES,
     NFTABLES_BACKEND,
@@ -116,6 +119,11 @@ KUBECONFIG = Setting(
     "KUBECONFIG", "", text,
     "Admin commands and `run` outside a cluster; in a pod the service account is used.",
     origin="ours (the Kubernetes clients' convention)", shown_default="unset")
+AMBIENT_ENABLED = Setting(
+    "AMBIENT_ENABLED", False, go_bool,
+    "Ambient mode, which this agent does not implement: `true` keeps the agent not ready "
+    "(the reason on `/readyz` and in the log) and installs nothing, rather than half working.",
+    origin="upstream (refused)")
 LOG_LEVEL = Setting(
     "LOG_LEVEL", "info", one_of(RUN_LOG_LEVELS, fold_case=True, aliases={"warning": "warn"}),
     "The agent's log level (`debug`, `info`, `warn`, `error`); `run --log-level` overrides "
@@ -201,13 +209,83 @@ SETTINGS: tuple[Setting, ...] = (
     REPAIR_BROKEN_POD_LABEL_KEY, REPAIR_BROKEN_POD_LABEL_VALUE, REPAIR_NODE_NAME,
     KUBERNETES_NODE_NAME, REPAIR_SIDECAR_ANNOTATION, REPAIR_INIT_CONTAINER_NAME,
     REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE, REPAIR_INIT_CONTAINER_EXIT_CODE,
-    REPAIR_LABEL_SELECTORS, REPAIR_FIELD_SELECTORS, FORCE_IPTABLES_BINARY, NATIVE_NFTABLES,
+    REPAIR_LABEL_SELECTORS, REPAIR_FIELD_SELECTORS, EXCLUDE_NAMESPACES, FORCE_IPTABLES_BINARY,
+    NATIVE_NFTABLES,
     NFTABLES_BACKEND, CNI_AGENT_RUN_DIR,
     MONITORING_PORT, READINESS_PORT, HEALTH_BIND_ADDRESS, HOST_PROC, DRIFT_CHECK_INTERVAL,
-    DRIFT_REPAIR, REPAIR_WATCH_TIMEOUT, KUBECONFIG, LOG_LEVEL,
+    DRIFT_REPAIR, REPAIR_WATCH_TIMEOUT, KUBECONFIG, AMBIENT_ENABLED, LOG_LEVEL,
     *NODE_GATE_SETTINGS,
 )
 """Every variable the agent reads, in the order of docs/node-daemon.md's table."""
+
+
+# --- set by upstream's chart, knowingly not used ------------------------------------------------
+
+IGNORED_ORIGIN = "upstream (not used here)"
+
+
+def _ignored(name: str, why: str) -> Setting:
+    return Setting(name, "", text, why, origin=IGNORED_ORIGIN, shown_default="—", keep_empty=True)
+
+
+AMBIENT_ONLY = tuple(_ignored(name, "Ambient mode only (see `AMBIENT_ENABLED`).") for name in (
+    "AMBIENT_ENABLEMENT_SELECTOR", "AMBIENT_DNS_CAPTURE", "AMBIENT_IPV6",
+    "AMBIENT_RECONCILE_POD_RULES_ON_STARTUP", "AMBIENT_DISABLE_SAFE_UPGRADE",
+    "ENABLE_AMBIENT_DETECTION_RETRY", "ZTUNNEL_UDS_ADDRESS"))
+ISTIO_OWNED_CNI_CONFIG = _ignored(
+    "ISTIO_OWNED_CNI_CONFIG",
+    "An Istio-owned conflist instead of an entry in the primary config. Not implemented by "
+    "this version: `true` logs a warning and the entry goes into the primary config.")
+ISTIO_OWNED_CNI_CONF_FILENAME = _ignored(
+    "ISTIO_OWNED_CNI_CONF_FILENAME", "The Istio-owned conflist's name (see above).")
+IGNORED: tuple[Setting, ...] = (
+    _ignored("CURRENT_AGENT_VERSION", "The chart's image tag; upstream's ambient upgrade "
+             "check reads it. Logged at start next to this agent's own version."),
+    *AMBIENT_ONLY, ISTIO_OWNED_CNI_CONFIG, ISTIO_OWNED_CNI_CONF_FILENAME,
+    _ignored("REPAIR_RUN_AS_DAEMON", "`run` always runs the repair controller as a daemon "
+             "(upstream no longer reads it either)."),
+    _ignored("ALLOW_SWITCH_TO_HOST_NS", "Lets upstream's ambient agent enter the host's "
+             "netns; sidecar mode never needs to."),
+    _ignored("NODE_NAME", "The node name `REPAIR_NODE_NAME` already carries in the chart; a "
+             "different value is logged as a warning."),
+    _ignored("POD_NAME", "The agent's own pod name; nothing here needs it."),
+    _ignored("GOMEMLIMIT", "Go's memory limit; a Python process has no such knob (set the "
+             "container's memory limit)."),
+    _ignored("GOMAXPROCS", "Go's thread count; no equivalent here."),
+)
+"""Variables upstream's `istio-cni` chart sets that this agent reads only to say so: each is
+defined here, so a chart's environment holds no variable nothing knows about."""
+
+
+def ignored_notes(env: Mapping[str, str], cfg: DaemonConfig) -> list[tuple[int, str]]:
+    """The log lines (level, message) about the chart's variables that are set but not used:
+    a warning for each one whose value asks for something this agent does not do, and one
+    info line listing the rest. Pure: `run` logs them."""
+    notes: list[tuple[int, str]] = []
+    owned = env.get(ISTIO_OWNED_CNI_CONFIG.name, "").strip()
+    if owned and _true(owned):
+        notes.append((logging.WARNING,
+                      f"ISTIO_OWNED_CNI_CONFIG={owned}: an Istio-owned conflist is not "
+                      "implemented by this agent; the istio-cni entry goes into the primary "
+                      "CNI config instead"))
+    node = env.get("NODE_NAME", "").strip()
+    if node and node != cfg.repair.node_name:
+        notes.append((logging.WARNING,
+                      f"NODE_NAME={node} differs from the node this agent watches "
+                      f"({cfg.repair.node_name}, from REPAIR_NODE_NAME); NODE_NAME is not "
+                      "used"))
+    unused = sorted(s.name for s in IGNORED if env.get(s.name, "").strip())
+    if unused:
+        notes.append((logging.INFO, "set by the chart, not used by this agent (sidecar "
+                                    "mode): " + ", ".join(unused)))
+    return notes
+
+
+def _true(value: str) -> bool:
+    try:
+        return bool(go_bool(value))
+    except ValueError:
+        return True  # not a boolean: upstream would fail; say so rather than stay silent
 
 
 @dataclass(frozen=True)
@@ -241,6 +319,9 @@ class RepairConfig:
     """REPAIR_LABEL_SELECTORS."""
     field_selectors: str = REPAIR_FIELD_SELECTORS.default
     """REPAIR_FIELD_SELECTORS."""
+    exclude_namespaces: tuple[str, ...] = EXCLUDE_NAMESPACES.default
+    """EXCLUDE_NAMESPACES: pods here are never repaired nor drift-checked (the plugin never
+    redirects them)."""
 
     @property
     def mode(self) -> str | None:
@@ -300,6 +381,8 @@ class DaemonConfig:
     """REPAIR_WATCH_TIMEOUT: seconds."""
     kubeconfig: str = KUBECONFIG.default
     """KUBECONFIG: "" = in-cluster service account (then ~/.kube/config)."""
+    ambient_enabled: bool = AMBIENT_ENABLED.default
+    """AMBIENT_ENABLED: refused (see `refusal`)."""
     log_level: str = LOG_LEVEL.default
     """LOG_LEVEL."""
     node_gate: NodeGateConfig = field(default_factory=NodeGateConfig)
@@ -333,9 +416,21 @@ class DaemonConfig:
             drift_repair=values[DRIFT_REPAIR.name],
             watch_timeout=values[REPAIR_WATCH_TIMEOUT.name],
             kubeconfig=values[KUBECONFIG.name],
+            ambient_enabled=values[AMBIENT_ENABLED.name],
             log_level=values[LOG_LEVEL.name],
             node_gate=NodeGateConfig.from_values(values),
         )
+
+    @property
+    def refusal(self) -> str:
+        """Why this agent must stay not ready and touch nothing ("" = it may run): a mode it
+        does not implement. Serving it half (the plugin installed, sidecar rules programmed
+        for pods that expect ztunnel) would be worse than not serving it."""
+        if self.ambient_enabled:
+            return ("AMBIENT_ENABLED=true: ambient mode is not supported by this agent "
+                    "(sidecar mode only); nothing is installed. Deploy upstream's agent for "
+                    "ambient, or set ambient.enabled=false")
+        return ""
 
     @property
     def rule_mode(self) -> RuleMode:
@@ -358,4 +453,5 @@ _REPAIR_FIELDS: tuple[tuple[str, Setting], ...] = (
     ("init_termination_msg", REPAIR_INIT_CONTAINER_TERMINATION_MESSAGE),
     ("init_exit_code", REPAIR_INIT_CONTAINER_EXIT_CODE),
     ("label_selectors", REPAIR_LABEL_SELECTORS), ("field_selectors", REPAIR_FIELD_SELECTORS),
+    ("exclude_namespaces", EXCLUDE_NAMESPACES),
 )

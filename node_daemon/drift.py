@@ -28,7 +28,10 @@ from node_daemon.pod_rules import RulesState, reconcile_rules
 
 def is_candidate(pod: dict[str, Any], cfg: RepairConfig) -> bool:
     """Pure: redirected, on the pod network, and known to have had its rules. A pod that is
-    not the shape of a Pod is not (the plugin could not have redirected it either)."""
+    not the shape of a Pod is not (the plugin could not have redirected it either), nor is
+    one in an excluded namespace (the plugin never touches those)."""
+    if (pod.get("metadata") or {}).get("namespace") in cfg.exclude_namespaces:
+        return False
     try:
         info, decision = decide_pod(pod)
     except InvalidPod:

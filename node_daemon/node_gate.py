@@ -50,6 +50,7 @@ class Reason(StrEnum):
     CONTROLLER_NOT_SYNCED = "RepairControllerNotSynced"
     SOCKET_MISSING = "AgentSocketMissing"
     PLUGIN_UNINSTALLED = "PluginUninstalled"
+    MODE_NOT_SUPPORTED = "ModeNotSupported"
 
 
 @dataclass(frozen=True)

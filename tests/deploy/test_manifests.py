@@ -53,6 +53,7 @@ NOT_IN_MANIFEST = {
     "KUBE_CA_FILE": "default: the service account's ca.crt",
     "HEALTH_BIND_ADDRESS": "default: all addresses, which the probes and Prometheus need",
     "KUBECONFIG": "in a pod the service account is used",
+    "AMBIENT_ENABLED": "ambient mode is refused; its default, false, is what this deploys",
 }
 
 

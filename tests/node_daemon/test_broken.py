@@ -64,6 +64,13 @@ CASES = [
     ("custom exit code",
      make_pod(init_status=validation_status({"waiting": {}}, terminated(7))),
      replace(CFG, init_exit_code=7), True),
+    # upstream since 1.24: repair leaves EXCLUDE_NAMESPACES alone (the plugin never touches it)
+    ("broken pod in an excluded namespace",
+     make_pod(init_status=BROKEN_WAITING, namespace="kube-system"),
+     replace(CFG, exclude_namespaces=("kube-system",)), False),
+    ("broken pod in a namespace not excluded",
+     make_pod(init_status=BROKEN_WAITING, namespace="shop"),
+     replace(CFG, exclude_namespaces=("kube-system",)), True),
 ]
 
 
@@ -71,6 +78,12 @@ CASES = [
                          ids=[c[0] for c in CASES])
 def test_matches_upstream_filter(pod, cfg, broken):
     assert diagnose(pod, cfg).broken is broken
+
+
+def test_an_excluded_namespace_is_the_reason():
+    verdict = diagnose(make_pod(init_status=BROKEN_WAITING, namespace="kube-system"),
+                       replace(CFG, exclude_namespaces=("istio-system", "kube-system")))
+    assert verdict.reasons == ("namespace kube-system is in EXCLUDE_NAMESPACES",)
 
 
 def test_reasons_name_the_container_and_code():

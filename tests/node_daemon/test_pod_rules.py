@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from cni.live_state import reset_payload, reset_plan
 from cni.pipeline import plan, rules_for
 from node_daemon.actions import Actions, Reporter
@@ -52,6 +54,9 @@ def test_drift_covers_programmed_redirected_pods_only():
     assert not is_candidate(make_pod(phase="Pending"), cfg)
     excluded = make_pod(init_status=COMPLETED, annotations={"sidecar.istio.io/status": None})
     assert not is_candidate(excluded, cfg)
+    in_excluded_ns = make_pod(init_status=COMPLETED, namespace="kube-system")
+    assert is_candidate(in_excluded_ns, cfg)
+    assert not is_candidate(in_excluded_ns, replace(cfg, exclude_namespaces=("kube-system",)))
     host = make_pod(init_status=COMPLETED)
     host["spec"]["hostNetwork"] = True
     assert not is_candidate(host, cfg)
