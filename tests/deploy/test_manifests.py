@@ -53,6 +53,8 @@ NOT_IN_MANIFEST = {
     "KUBE_CA_FILE": "default: the service account's ca.crt",
     "HEALTH_BIND_ADDRESS": "default: all addresses, which the probes and Prometheus need",
     "KUBECONFIG": "in a pod the service account is used",
+    "ISTIO_OWNED_CNI_CONFIG_FILENAME": "upstream's flag-derived twin of "
+                                       "ISTIO_OWNED_CNI_CONF_FILENAME, which the manifest sets",
 }
 
 
