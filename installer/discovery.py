@@ -275,11 +275,12 @@ def names_istio(path: Path) -> bool:
 
 def first_valid(directory: Path, exclude: str = "") -> str | None:
     """The file the runtime uses: the first valid one; invalid ones are logged and skipped.
-    `exclude` is our own conflist's name (ISTIO_OWNED_CNI_CONF_FILENAME): never a primary."""
+    `exclude` is our own conflist's name (ISTIO_OWNED_CNI_CONF_FILENAME): while it holds our
+    entry it is ours, never a primary (a vendor's file of that name still is one)."""
     for name in config_files(directory):
-        if name == exclude:
-            continue
         path = directory / name
+        if name == exclude and names_istio(path):
+            continue
         reason = check_config(path)
         if reason is None and not _is_ours(path):
             return name
