@@ -1,7 +1,8 @@
 """The Installer: one object the node daemon drives (install, watch, uninstall, ready, metrics).
 
-`install()` is the one-shot of upstream's `installAll`: binaries, kubeconfig, then our entry in
-the primary config (waiting, through inotify, for a primary config to exist). `reconcile()` is
+`install()` is the one-shot of upstream's `installAll`: binaries, kubeconfig, then our own
+conflist following the primary config (ISTIO_OWNED_CNI_CONFIG, the default) or our entry in the
+primary config itself (waiting, through inotify, for a primary config to exist). `reconcile()` is
 the same without waiting and is what the watch loop runs on every change; every step compares
 before writing, so reconciling an installed node writes nothing. Errors from each step become an
 `InstallError` whose message names the path and the reason, and bump upstream's
