@@ -288,3 +288,28 @@ def test_owned_to_chained_hands_the_entry_back_to_the_primary(node_dirs: NodeDir
     assert len(istio_entries(primary.read_text())) == 1
     chained.uninstall()
     assert primary.read_bytes() == (GOLDEN / "calico.conflist").read_bytes()
+
+
+def test_follows_a_symlinked_primary_through_its_target(node_dirs: NodeDirs):
+    """A vendor keeping its config elsewhere and linking it into net.d: the link and its
+    target are left exactly as they are; a rewrite of the target (seen through a watch on
+    the target's own dir) is followed."""
+    vendor = node_dirs.root / "vendor"
+    vendor.mkdir()
+    target = vendor / "10-calico.conflist"
+    target.write_bytes((GOLDEN / "calico.conflist").read_bytes())
+    link = node_dirs.net_dir / "10-calico.conflist"
+    os.symlink(target, link)
+    installer = installed(node_dirs)
+    assert ours_follows(node_dirs, installer, golden("calico.conflist"))
+    with watching(installer):
+        first_pass(installer)
+        staged = vendor / "new.tmp"
+        staged.write_text(golden("compact.conflist"))
+        os.rename(staged, target)
+        wait_for(lambda: ours_follows(node_dirs, installer, golden("compact.conflist")),
+                 what="ours follows the link's target")
+    installer.uninstall()
+    assert os.readlink(link) == str(target) and node_dirs.names() == ["10-calico.conflist"]
+    assert text(target) == golden("compact.conflist")
+    assert sorted(os.listdir(vendor)) == ["10-calico.conflist"]
