@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
-from installer import Installer, conflist, discovery  # noqa: E402
+from installer import Installer, atomic, conflist, discovery, gojson  # noqa: E402
 from installer.watcher import FightDetector, watch  # noqa: E402
 from testbed.cnirun import Runtime, k8s_args  # noqa: E402
 from testbed.nodedirs import GOLDEN, make_node_dirs  # noqa: E402
@@ -93,9 +93,12 @@ def pick(net_dir: Path) -> dict | None:
     for name in discovery.config_files(net_dir):
         path = net_dir / name
         try:
-            text = discovery._read(path)
+            data = atomic.read_bytes(path)
         except OSError:
             continue
+        if data is None:
+            continue
+        text = gojson.text_of(data)
         if discovery.check_text(path, text) is not None:
             continue
         doc = json.loads(text)
