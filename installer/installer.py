@@ -200,7 +200,9 @@ class Installer:
         entry = self.entry()
         if not cfg.chained:
             path = net_dir / (cfg.cni_conf_name or DEFAULT_STANDALONE_NAME)
-            return primary.install_standalone(path, entry, cfg.created_file_mode), path
+            changed = primary.install_standalone(path, entry, cfg.created_file_mode)
+            # Switched from owned mode: our conflist would sort before the standalone file.
+            return owned.remove(net_dir / cfg.owned_conf_name) or changed, path
         name = discovery.find_primary(net_dir, cfg.cni_conf_name, cfg.owned_conf_name)
         if name is None:
             raise NoPrimaryConfig(self._no_primary_message())
@@ -332,13 +334,14 @@ class Installer:
         if not net_dir.is_dir():
             return
         atomic.remove_stale_temps(net_dir)
+        # Our own conflist first (in any mode: one left from an earlier mode counts too): the
+        # runtime then loads the primary, which still works (an entry we left in it in chained
+        # mode goes next, while the binary is still there).
+        owned.remove(net_dir / cfg.owned_conf_name)
+        self._owned_written = None
         if not cfg.chained:
             primary.remove_standalone(net_dir / (cfg.cni_conf_name or DEFAULT_STANDALONE_NAME))
         else:
-            # Ours first: the runtime then loads the primary, which still works (an entry we
-            # left in it in chained mode goes next, while the binary is still there).
-            owned.remove(net_dir / cfg.owned_conf_name)
-            self._owned_written = None
             primary.restore(net_dir)
             # An entry we hold no backup for (written by an older installer): strip it too.
             name = discovery.find_primary(net_dir, cfg.cni_conf_name, cfg.owned_conf_name)

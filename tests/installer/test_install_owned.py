@@ -313,3 +313,14 @@ def test_follows_a_symlinked_primary_through_its_target(node_dirs: NodeDirs):
     assert os.readlink(link) == str(target) and node_dirs.names() == ["10-calico.conflist"]
     assert text(target) == golden("compact.conflist")
     assert sorted(os.listdir(vendor)) == ["10-calico.conflist"]
+
+
+def test_owned_to_standalone_leaves_no_conflist_of_ours_ahead(node_dirs: NodeDirs):
+    primary = node_dirs.put("10-calico.conflist", "calico.conflist")
+    owned(node_dirs).install()
+    standalone = Installer(node_dirs.config(chained=False, owned_config=True))
+    standalone.install()
+    assert node_dirs.names() == ["10-calico.conflist", "YYY-istio-cni.conf"]
+    standalone.uninstall()
+    assert node_dirs.names() == ["10-calico.conflist"]
+    assert primary.read_bytes() == (GOLDEN / "calico.conflist").read_bytes()
