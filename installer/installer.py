@@ -231,6 +231,10 @@ class Installer:
         cfg = self.config
         net_dir = cfg.mounted_cni_net_dir
         ours = net_dir / cfg.owned_conf_name
+        try:
+            atomic.remove_stale_temps(net_dir)  # what a killed run left half-written
+        except OSError as exc:
+            raise primary.PrimaryConfigError(f"cannot clean {net_dir}: {exc}") from exc
         name = discovery.find_primary(net_dir, cfg.cni_conf_name, cfg.owned_conf_name)
         last = self.primary_path
         if last is not None and (name is None or os.fsencode(name) > os.fsencode(last.name)):

@@ -148,10 +148,11 @@ def test_owned_kill_at_every_step(node_dirs: NodeDirs, migrate: bool):
                 break
             kills[action] += 1
             assert_node_works(node_dirs, original)
-            if crash_at % 2:  # a restarted agent installs again
+            if crash_at % 2:  # a restarted agent installs again, and cleans up after the kill
                 Installer(node_dirs.config(owned_config=True)).install()
                 assert_node_works(node_dirs, original)
                 assert (node_dirs.net_dir / name).read_bytes() == original
+                assert node_dirs.names() == sorted(["02-istio-cni.conflist", name])
             Installer(node_dirs.config(owned_config=True)).uninstall()
             assert node_dirs.names() == [name]
             assert (node_dirs.net_dir / name).read_bytes() == original
