@@ -2,8 +2,9 @@
 
 Layout, edge to core: `config` (settings from the environment) -> `discovery` (which config the
 runtime uses) -> `conflist` (pure text edits) -> `primary` (edits on disk + the backup that makes
-uninstall exact) / `kubeconfig_writer` / `binaries` -> `watcher` (the inotify loop) ->
-`installer` (the `Installer` the daemon drives). `results` holds the outcomes the last two share;
+uninstall exact) / `kubeconfig_writer` / `binaries` -> `owned` (our own conflist, following the
+primary: ISTIO_OWNED_CNI_CONFIG) -> `watcher` (the inotify loop) -> `installer` (the
+`Installer` the daemon drives). `results` holds the outcomes the last two share;
 every write goes through `atomic`.
 """
 

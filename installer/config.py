@@ -29,9 +29,10 @@ from cni.settings import (
     log_level,
     read_settings,
 )
-from cni.values import go_bool, names, octal_mode, one_of, path, paths, port, text
+from cni.values import BadValue, go_bool, names, octal_mode, one_of, path, paths, port, text
 
 DEFAULT_STANDALONE_NAME = "YYY-istio-cni.conf"
+DEFAULT_OWNED_NAME = "02-istio-cni.conflist"
 SHUTDOWN_POLICIES = ("auto", "true", "false")
 
 InstallerConfigError = SettingError
@@ -49,6 +50,34 @@ CNI_CONF_NAME = Setting(
 CHAINED_CNI_PLUGIN = Setting(
     "CHAINED_CNI_PLUGIN", True, go_bool,
     "`false` writes a standalone file (`CNI_CONF_NAME`, or `YYY-istio-cni.conf`).")
+
+
+def _owned_name(value: str) -> str:
+    """A plain `.conflist` file name in net.d (our file holds a plugin list, which libcni
+    loads only from `.conflist`)."""
+    if "/" in value or value in (".", "..") or "\0" in value:
+        raise BadValue(f"{value!r} is not a plain file name")
+    if not value.endswith(".conflist") or value.startswith("."):
+        raise BadValue(f"{value!r} must be a visible file name ending in .conflist")
+    return value
+
+
+ISTIO_OWNED_CNI_CONFIG = Setting(
+    "ISTIO_OWNED_CNI_CONFIG", True, go_bool,
+    "Chained mode: put the primary's network with our entry appended into our own file "
+    "(`ISTIO_OWNED_CNI_CONF_FILENAME`, sorting before the primary's) instead of editing the "
+    "primary's. The vendor's file is never edited, so its rewrites never leave a pod without "
+    "istio-cni. See \"Our own conflist\".",
+    origin="upstream (ambient only there; sidecar mode and default `true`: ours)")
+ISTIO_OWNED_CNI_CONF_FILENAME = Setting(
+    "ISTIO_OWNED_CNI_CONF_FILENAME", "", _owned_name,
+    "Our file's name; it must sort before the primary's (byte order, as libcni sorts).",
+    shown_default=f"`{DEFAULT_OWNED_NAME}`")
+ISTIO_OWNED_CNI_CONFIG_FILENAME = Setting(
+    "ISTIO_OWNED_CNI_CONFIG_FILENAME", "", _owned_name,
+    "The same, under the name upstream's `--istio-owned-cni-config-filename` flag reads "
+    "from the environment. Setting both to different names is an error.",
+    shown_default='`""`')
 KUBECONFIG_MODE = Setting(
     "KUBECONFIG_MODE", 0o600, octal_mode,
     "The kubeconfig's file mode, always read as **octal** (`600`, `0600` and `0o600` all "
@@ -114,7 +143,9 @@ DAEMONSET_NAME = Setting(
     "The DaemonSet that `auto` checks, in `POD_NAMESPACE`.", origin=OURS)
 
 SETTINGS: tuple[Setting, ...] = (
-    MOUNTED_CNI_NET_DIR, CNI_CONF_NAME, CHAINED_CNI_PLUGIN, CNI_AGENT_RUN_DIR, KUBECONFIG_MODE,
+    MOUNTED_CNI_NET_DIR, CNI_CONF_NAME, CHAINED_CNI_PLUGIN, ISTIO_OWNED_CNI_CONFIG,
+    ISTIO_OWNED_CNI_CONF_FILENAME, ISTIO_OWNED_CNI_CONFIG_FILENAME, CNI_AGENT_RUN_DIR,
+    KUBECONFIG_MODE,
     CNI_CONF_GROUP_READ, KUBE_CA_FILE, SKIP_TLS_VERIFY, KUBERNETES_SERVICE_PROTOCOL,
     KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT, EXCLUDE_NAMESPACES, POD_NAMESPACE,
     NATIVE_NFTABLES, NFTABLES_BACKEND, FORCE_IPTABLES_BINARY, UPDATE_CNI_BINARIES,
@@ -126,7 +157,8 @@ SETTINGS: tuple[Setting, ...] = (
 # InstallerConfig field -> its setting
 _FIELDS: tuple[tuple[str, Setting], ...] = (
     ("mounted_cni_net_dir", MOUNTED_CNI_NET_DIR), ("cni_conf_name", CNI_CONF_NAME),
-    ("chained", CHAINED_CNI_PLUGIN), ("cni_agent_run_dir", CNI_AGENT_RUN_DIR),
+    ("chained", CHAINED_CNI_PLUGIN), ("owned_config", ISTIO_OWNED_CNI_CONFIG),
+    ("cni_agent_run_dir", CNI_AGENT_RUN_DIR),
     ("kubeconfig_mode", KUBECONFIG_MODE), ("cni_conf_group_read", CNI_CONF_GROUP_READ),
     ("kube_ca_file", KUBE_CA_FILE), ("skip_tls_verify", SKIP_TLS_VERIFY),
     ("k8s_service_protocol", KUBERNETES_SERVICE_PROTOCOL),
@@ -154,6 +186,10 @@ class InstallerConfig:
     """CNI_CONF_NAME: "" = discover the primary config like the kubelet."""
     chained: bool = CHAINED_CNI_PLUGIN.default
     """CHAINED_CNI_PLUGIN."""
+    owned_config: bool = ISTIO_OWNED_CNI_CONFIG.default
+    """ISTIO_OWNED_CNI_CONFIG (chained mode only)."""
+    owned_conf_name: str = DEFAULT_OWNED_NAME
+    """ISTIO_OWNED_CNI_CONF_FILENAME (or its upstream-flag twin)."""
     cni_agent_run_dir: Path = CNI_AGENT_RUN_DIR.default
     """CNI_AGENT_RUN_DIR."""
     kubeconfig_mode: int = KUBECONFIG_MODE.default
@@ -205,6 +241,12 @@ class InstallerConfig:
         return self.cni_agent_run_dir / KUBECONFIG_NAME
 
     @property
+    def owned(self) -> bool:
+        """Our own conflist is in use: ISTIO_OWNED_CNI_CONFIG in chained mode (standalone
+        mode already writes only a file of ours)."""
+        return self.chained and self.owned_config
+
+    @property
     def created_file_mode(self) -> int:
         return 0o640 if self.cni_conf_group_read else 0o600
 
@@ -217,4 +259,11 @@ class InstallerConfig:
     def from_values(cls, values: Mapping[str, Any]) -> InstallerConfig:
         """The config from settings already read (`cni.settings.read_settings`), so a
         process that also builds the agent's config reads the environment once."""
-        return cls(**{name: values[setting.name] for name, setting in _FIELDS})
+        conf = values[ISTIO_OWNED_CNI_CONF_FILENAME.name]
+        flag = values[ISTIO_OWNED_CNI_CONFIG_FILENAME.name]
+        if conf and flag and conf != flag:
+            raise InstallerConfigError(
+                f"ISTIO_OWNED_CNI_CONF_FILENAME={conf!r} and ISTIO_OWNED_CNI_CONFIG_FILENAME="
+                f"{flag!r} name different files: set one of them")
+        return cls(**{name: values[setting.name] for name, setting in _FIELDS},
+                   owned_conf_name=conf or flag or DEFAULT_OWNED_NAME)

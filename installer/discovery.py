@@ -214,6 +214,12 @@ def check_config(path: Path) -> str | None:
         return "file does not exist"
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
+    return check_text(path, text)
+
+
+def check_text(path: Path, text: str) -> str | None:
+    """None when the runtime would load `text` read from `path`, else why not (libcni
+    validates the very bytes it then uses: a caller that read them once checks them here)."""
     try:
         doc = conflist.parse(text)
     except conflist.ConfigFormatError as exc:
@@ -267,10 +273,14 @@ def names_istio(path: Path) -> bool:
         return False
 
 
-def first_valid(directory: Path) -> str | None:
-    """The file the runtime uses: the first valid one; invalid ones are logged and skipped."""
+def first_valid(directory: Path, exclude: str = "") -> str | None:
+    """The file the runtime uses: the first valid one; invalid ones are logged and skipped.
+    `exclude` is our own conflist's name (ISTIO_OWNED_CNI_CONF_FILENAME): while it holds our
+    entry it is ours, never a primary (a vendor's file of that name still is one)."""
     for name in config_files(directory):
         path = directory / name
+        if name == exclude and names_istio(path):
+            continue
         reason = check_config(path)
         if reason is None and not _is_ours(path):
             return name
@@ -292,13 +302,13 @@ def named(directory: Path, name: str) -> str | None:
     return twin if (directory / twin).is_file() else None
 
 
-def find_primary(directory: Path, name: str = "") -> str | None:
+def find_primary(directory: Path, name: str = "", exclude: str = "") -> str | None:
     """The primary config's file name now, or None if there is none yet (no waiting)."""
-    return named(directory, name) if name else first_valid(directory)
+    return named(directory, name) if name else first_valid(directory, exclude)
 
 
 def wait_for_primary(directory: Path, name: str, stop: threading.Event,
-                     timeout: float | None = None) -> str | None:
+                     timeout: float | None = None, exclude: str = "") -> str | None:
     """Block until `find_primary` finds a config; None if `stop` is set or `timeout` passes.
 
     The inotify watch is set up before the first look, so a file created in between wakes us.
@@ -311,7 +321,7 @@ def wait_for_primary(directory: Path, name: str, stop: threading.Event,
         fs.add(directory, NET_DIR_EVENTS)
         logged = False
         while not stop.is_set():
-            found = find_primary(directory, name)
+            found = find_primary(directory, name, exclude)
             if found:
                 return found
             if not logged:

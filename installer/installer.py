@@ -1,7 +1,8 @@
 """The Installer: one object the node daemon drives (install, watch, uninstall, ready, metrics).
 
-`install()` is the one-shot of upstream's `installAll`: binaries, kubeconfig, then our entry in
-the primary config (waiting, through inotify, for a primary config to exist). `reconcile()` is
+`install()` is the one-shot of upstream's `installAll`: binaries, kubeconfig, then our own
+conflist following the primary config (ISTIO_OWNED_CNI_CONFIG, the default) or our entry in the
+primary config itself (waiting, through inotify, for a primary config to exist). `reconcile()` is
 the same without waiting and is what the watch loop runs on every change; every step compares
 before writing, so reconciling an installed node writes nothing. Errors from each step become an
 `InstallError` whose message names the path and the reason, and bump upstream's
@@ -23,6 +24,7 @@ from installer import (
     conflist,
     discovery,
     kubeconfig_writer,
+    owned,
     primary,
     rundir,
     upgrade,
@@ -92,6 +94,10 @@ class Installer:
         self._uninstalled = False
         self.config_path: Path | None = None
         """The config file that holds our entry (or our standalone file), once installed."""
+        self.primary_path: Path | None = None
+        """The primary CNI's config we follow or edit (chained mode)."""
+        self._owned_written: str | None = None
+        """Our own conflist's text as we last wrote or found it (owned mode)."""
 
     @property
     def ready(self) -> bool:
@@ -139,7 +145,8 @@ class Installer:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             found = discovery.wait_for_primary(cfg.mounted_cni_net_dir, cfg.cni_conf_name,
-                                               stop or threading.Event(), timeout)
+                                               stop or threading.Event(), timeout,
+                                               cfg.owned_conf_name)
         except FileNotFoundError as exc:
             self.metrics.count_install(CREATE_CNI_CONFIG_FAILURE)
             raise InstallError(str(exc)) from exc
@@ -167,13 +174,17 @@ class Installer:
             except kubeconfig_writer.KubeconfigError as exc:
                 self._fail(CREATE_KUBECONFIG_FAILURE)
                 raise InstallError(str(exc), CREATE_KUBECONFIG_FAILURE) from exc
+            followed = False
             try:
-                changed, path = self._install_config()
+                if self.config.owned:
+                    changed, followed, path = self._install_owned()
+                else:
+                    changed, path = self._install_config()
             except (primary.PrimaryConfigError, OSError) as exc:  # OSError: listing net.d
                 self._fail(CREATE_CNI_CONFIG_FAILURE)
                 raise InstallError(str(exc)) from exc
             self.config_path = path
-            return Reconciled(bins, kube, changed, path)
+            return Reconciled(bins, kube, changed, path, followed)
 
     def _fail(self, result: InstallResult) -> None:
         self.set_ready(False)
@@ -189,10 +200,13 @@ class Installer:
         entry = self.entry()
         if not cfg.chained:
             path = net_dir / (cfg.cni_conf_name or DEFAULT_STANDALONE_NAME)
-            return primary.install_standalone(path, entry, cfg.created_file_mode), path
-        name = discovery.find_primary(net_dir, cfg.cni_conf_name)
+            changed = primary.install_standalone(path, entry, cfg.created_file_mode)
+            # Switched from owned mode: our conflist would sort before the standalone file.
+            return owned.remove(net_dir / cfg.owned_conf_name) or changed, path
+        name = discovery.find_primary(net_dir, cfg.cni_conf_name, cfg.owned_conf_name)
         if name is None:
             raise NoPrimaryConfig(self._no_primary_message())
+        self.primary_path = net_dir / name
         changed, written = primary.install_chained(net_dir, name, conflist.chained_entry(entry))
         # The config we used before may no longer be the primary one (a CNI installed an
         # earlier-sorting file): follow, and give the old file back to its owner.
@@ -200,7 +214,80 @@ class Installer:
             log.warning("primary CNI config is now %s: restored %s", net_dir / written,
                         net_dir / other)
             changed = True
+        # Switched from owned mode: the primary holds our entry now, so our file can go.
+        if owned.remove(net_dir / cfg.owned_conf_name):
+            changed = True
         return changed, net_dir / written
+
+    def _install_owned(self) -> tuple[bool, bool, Path]:
+        """Our own conflist: the primary's network with our entry, in a file sorting first.
+
+        Returns (repaired, followed, our file). Order, so that every state in between is one a
+        runtime can use: our file is written first (binaries and kubeconfig are already in
+        place), and only then are primary files we edited in chained mode given back. When no
+        primary is left, or one sorts before ours, our file is removed: a pod must never get a
+        network its CNI no longer has.
+        """
+        cfg = self.config
+        net_dir = cfg.mounted_cni_net_dir
+        ours = net_dir / cfg.owned_conf_name
+        try:
+            atomic.remove_stale_temps(net_dir)  # what a killed run left half-written
+        except OSError as exc:
+            raise primary.PrimaryConfigError(f"cannot clean {net_dir}: {exc}") from exc
+        name = discovery.find_primary(net_dir, cfg.cni_conf_name, cfg.owned_conf_name)
+        last = self.primary_path
+        if last is not None and (name is None or os.fsencode(name) > os.fsencode(last.name)):
+            # The primary we followed still exists but is not valid right now: its owner is
+            # rewriting it in place (Calico truncates, then writes). Keep ours as it is rather
+            # than fall to a later file or to none; the write's CLOSE_WRITE wakes the loop.
+            reason = discovery.check_config(last)
+            if last.exists() and reason is not None:
+                raise NoPrimaryConfig(f"primary CNI config {last} is not valid right now "
+                                      f"({reason}): keeping {ours} until it is valid again "
+                                      "or gone")
+        if name is None:
+            removed = owned.remove(ours)
+            self._owned_written = None
+            raise NoPrimaryConfig(self._no_primary_message()
+                                  + (f" (removed {ours}: no network left to hold)"
+                                     if removed else ""))
+        if os.fsencode(name) < os.fsencode(cfg.owned_conf_name):
+            owned.remove(ours)
+            self._owned_written = None
+            raise primary.PrimaryConfigError(
+                f"the primary CNI config {net_dir / name} sorts before our "
+                f"{cfg.owned_conf_name}, so the runtime would never load ours: set "
+                "ISTIO_OWNED_CNI_CONF_FILENAME to a .conflist name that sorts first "
+                "(e.g. 00-istio-cni.conflist)")
+        if last is not None and net_dir / name != last:
+            log.warning("primary CNI config is now %s (was %s): following it",
+                        net_dir / name, last)
+        self.primary_path = net_dir / name
+        try:
+            desired = owned.desired(self.primary_path, conflist.chained_entry(self.entry()))
+        except primary.PrimaryConfigError:
+            reason = discovery.check_config(self.primary_path)
+            if reason is None or not self.primary_path.exists():
+                raise
+            raise NoPrimaryConfig(  # found valid a moment ago: its owner is rewriting it
+                f"primary CNI config {self.primary_path} is being rewritten ({reason}): "
+                f"keeping {ours} until it is valid again") from None
+        current = owned.read(ours)
+        repaired = followed = False
+        if current != desired:
+            owned.write(ours, desired, current, cfg.created_file_mode)
+            if current is not None and current == self._owned_written:
+                followed = True
+                log.info("%s follows %s", ours, self.primary_path)
+            else:
+                repaired = True
+                log.info("wrote our CNI config %s from %s", ours, self.primary_path)
+        self._owned_written = desired
+        # Switched from chained mode: give the vendor's files back (ours is loaded now).
+        for other in primary.restore(net_dir):
+            log.info("istio-cni now has its own %s: restored %s", ours, net_dir / other)
+        return repaired, followed, ours
 
     def watch(self, stop: threading.Event) -> None:
         """Block, re-installing on drift, until `stop` is set (see installer.watcher)."""
@@ -251,12 +338,17 @@ class Installer:
         if not net_dir.is_dir():
             return
         atomic.remove_stale_temps(net_dir)
+        # Our own conflist first (in any mode: one left from an earlier mode counts too): the
+        # runtime then loads the primary, which still works (an entry we left in it in chained
+        # mode goes next, while the binary is still there).
+        owned.remove(net_dir / cfg.owned_conf_name)
+        self._owned_written = None
         if not cfg.chained:
             primary.remove_standalone(net_dir / (cfg.cni_conf_name or DEFAULT_STANDALONE_NAME))
         else:
             primary.restore(net_dir)
             # An entry we hold no backup for (written by an older installer): strip it too.
-            name = discovery.find_primary(net_dir, cfg.cni_conf_name)
+            name = discovery.find_primary(net_dir, cfg.cni_conf_name, cfg.owned_conf_name)
             if name is not None:
                 primary.strip(net_dir / name)
         loaded = discovery.loaded_config(net_dir)

@@ -41,8 +41,11 @@ class Reconciled:
     binaries: bool = False
     kubeconfig: bool = False
     config: bool = False
+    """Our entry (or our own file) was put (back) in place: someone else had removed it."""
     config_path: Path | None = None
+    followed: bool = False
+    """Our own conflist was rewritten because the primary's changed (not a repair)."""
 
     @property
     def changed(self) -> bool:
-        return self.binaries or self.kubeconfig or self.config
+        return self.binaries or self.kubeconfig or self.config or self.followed

@@ -5,6 +5,10 @@ kubeconfig, the service account dir), then reconciles, then blocks until one of 
 Watching before reconciling means a change made while we reconcile still wakes us. Reconciling is
 idempotent and writes only what differs, so our own writes cost one extra quiet pass.
 
+With our own conflist (ISTIO_OWNED_CNI_CONFIG) the same events make it follow the primary's
+file: a rewrite of the primary is followed (`Reconciled.followed`), which is no repair and no
+fight; only a change to our own file counts as one.
+
 What that covers: another CNI rewriting its config (CLOSE_WRITE), moving a new one into place
 (aws-node's MOVED_TO), deleting it, or adding an earlier-sorting config (we follow it and restore
 the old one); a deleted or replaced binary or plugin symlink, a deleted bundle version dir
@@ -50,7 +54,9 @@ class Reconciler(Protocol):
     config: InstallerConfig
     metrics: Counts
     config_path: Path | None
-    """The primary config file we last edited (a symlinked one's target is watched too)."""
+    """The config file holding our entry: the primary's, or our own conflist."""
+    primary_path: Path | None
+    """The primary config we follow or edit (a symlinked one's target is watched too)."""
 
     @property
     def ready(self) -> bool: ...
@@ -105,9 +111,9 @@ def add_watches(fs: FsWatch, installer: Reconciler) -> None:
     fs.add(cfg.mounted_cni_net_dir, NET_DIR_EVENTS, _net_dir_name)
     # A symlinked primary config: the vendor changes the file the link resolves to, which may
     # live in another directory (a `..data` dir, a subdir); watch it too.
-    if installer.config_path is not None:
-        real = real_path(installer.config_path)
-        if real != installer.config_path and real.parent != cfg.mounted_cni_net_dir:
+    if installer.primary_path is not None:
+        real = real_path(installer.primary_path)
+        if real != installer.primary_path and real.parent != cfg.mounted_cni_net_dir:
             fs.add(real.parent, NET_DIR_EVENTS, real.name.__eq__)
     ours = binaries.owned_filter(cfg)  # our binaries or links, and our bundles' version dirs
     for target in cfg.cni_bin_target_dirs:

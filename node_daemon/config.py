@@ -232,16 +232,10 @@ AMBIENT_ONLY = tuple(_ignored(name, "Ambient mode only (see `AMBIENT_ENABLED`)."
     "AMBIENT_ENABLEMENT_SELECTOR", "AMBIENT_DNS_CAPTURE", "AMBIENT_IPV6",
     "AMBIENT_RECONCILE_POD_RULES_ON_STARTUP", "AMBIENT_DISABLE_SAFE_UPGRADE",
     "ENABLE_AMBIENT_DETECTION_RETRY", "ZTUNNEL_UDS_ADDRESS"))
-ISTIO_OWNED_CNI_CONFIG = _ignored(
-    "ISTIO_OWNED_CNI_CONFIG",
-    "An Istio-owned conflist instead of an entry in the primary config. Not implemented by "
-    "this version: `true` logs a warning and the entry goes into the primary config.")
-ISTIO_OWNED_CNI_CONF_FILENAME = _ignored(
-    "ISTIO_OWNED_CNI_CONF_FILENAME", "The Istio-owned conflist's name (see above).")
 IGNORED: tuple[Setting, ...] = (
     _ignored("CURRENT_AGENT_VERSION", "The chart's image tag; upstream's ambient upgrade "
              "check reads it. Logged at start next to this agent's own version."),
-    *AMBIENT_ONLY, ISTIO_OWNED_CNI_CONFIG, ISTIO_OWNED_CNI_CONF_FILENAME,
+    *AMBIENT_ONLY,
     _ignored("REPAIR_RUN_AS_DAEMON", "`run` always runs the repair controller as a daemon "
              "(upstream no longer reads it either)."),
     _ignored("ALLOW_SWITCH_TO_HOST_NS", "Lets upstream's ambient agent enter the host's "
@@ -262,12 +256,6 @@ def ignored_notes(env: Mapping[str, str], cfg: DaemonConfig) -> list[tuple[int, 
     a warning for each one whose value asks for something this agent does not do, and one
     info line listing the rest. Pure: `run` logs them."""
     notes: list[tuple[int, str]] = []
-    owned = env.get(ISTIO_OWNED_CNI_CONFIG.name, "").strip()
-    if owned and _true(owned):
-        notes.append((logging.WARNING,
-                      f"ISTIO_OWNED_CNI_CONFIG={owned}: an Istio-owned conflist is not "
-                      "implemented by this agent; the istio-cni entry goes into the primary "
-                      "CNI config instead"))
     node = env.get("NODE_NAME", "").strip()
     if node and node != cfg.repair.node_name:
         notes.append((logging.WARNING,
@@ -279,13 +267,6 @@ def ignored_notes(env: Mapping[str, str], cfg: DaemonConfig) -> list[tuple[int, 
         notes.append((logging.INFO, "set by the chart, not used by this agent (sidecar "
                                     "mode): " + ", ".join(unused)))
     return notes
-
-
-def _true(value: str) -> bool:
-    try:
-        return bool(go_bool(value))
-    except ValueError:
-        return True  # not a boolean: upstream would fail; say so rather than stay silent
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,12 @@ class NodeDirs:
     sa_dir: Path
 
     def config(self, **changes: object) -> InstallerConfig:
+        """The installer's config for this node. Chained mode edits the primary's file here
+        (`owned_config=False`) unless a caller asks for our own conflist: most installer tests
+        are about that edit, and pass `owned_config=True` for the other."""
         base = InstallerConfig(
             mounted_cni_net_dir=self.net_dir,
+            owned_config=False,
             cni_agent_run_dir=self.run_dir,
             k8s_service_host="10.96.0.1",
             k8s_service_port="443",
@@ -69,7 +73,8 @@ class NodeDirs:
             "K8S_SERVICE_ACCOUNT_PATH": str(self.sa_dir),
             "CNI_BIN_SOURCE_DIR": str(self.bin_src), "CNI_BIN_TARGET_DIRS": str(self.bin_dst),
             "EXCLUDE_NAMESPACES": "istio-system", "POD_NAMESPACE": "istio-system",
-            "PLUGIN_LOG_LEVEL": "debug", "UNINSTALL_ON_SHUTDOWN": "true", **extra,
+            "PLUGIN_LOG_LEVEL": "debug", "UNINSTALL_ON_SHUTDOWN": "true",
+            "ISTIO_OWNED_CNI_CONFIG": "false", **extra,
         }
 
     def put(self, name: str, golden: str | None = None, text: str | None = None) -> Path:

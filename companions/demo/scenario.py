@@ -174,7 +174,9 @@ class Demo:
                "KUBERNETES_SERVICE_PORT": str(api.port), "KUBERNETES_SERVICE_PROTOCOL": "http",
                "SKIP_TLS_VERIFY": "true",  # plain HTTP on loopback: there is no CA to trust
                "EXCLUDE_NAMESPACES": "kube-system", "POD_NAMESPACE": "istio-system",
-               "UNINSTALL_ON_SHUTDOWN": "true", **self.mode_env}
+               "UNINSTALL_ON_SHUTDOWN": "true",
+               "ISTIO_OWNED_CNI_CONFIG": "false",  # show the edit of the primary's file
+               **self.mode_env}
         self.installer = Installer(InstallerConfig.from_env(env))
         box.on_close("uninstall istio-cni", self.installer.uninstall)
         self.installer.install(timeout=10)

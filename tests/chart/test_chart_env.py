@@ -68,8 +68,6 @@ def test_unused_chart_variables_are_listed_in_one_info_line():
 
 
 @pytest.mark.parametrize(("changes", "warning"), [
-    ({"ISTIO_OWNED_CNI_CONFIG": "true"}, "ISTIO_OWNED_CNI_CONFIG=true: an Istio-owned"),
-    ({"ISTIO_OWNED_CNI_CONFIG": "maybe"}, "ISTIO_OWNED_CNI_CONFIG=maybe: an Istio-owned"),
     ({"NODE_NAME": "other-node"}, "NODE_NAME=other-node differs from the node this agent "
                                   "watches (node-7"),
 ])

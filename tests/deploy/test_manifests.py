@@ -54,6 +54,8 @@ NOT_IN_MANIFEST = {
     "HEALTH_BIND_ADDRESS": "default: all addresses, which the probes and Prometheus need",
     "KUBECONFIG": "in a pod the service account is used",
     "AMBIENT_ENABLED": "ambient mode is refused; its default, false, is what this deploys",
+    "ISTIO_OWNED_CNI_CONFIG_FILENAME": "upstream's flag-derived twin of "
+                                       "ISTIO_OWNED_CNI_CONF_FILENAME, which the manifest sets",
 }
 
 

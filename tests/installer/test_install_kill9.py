@@ -4,7 +4,8 @@ A real child process (crash_child.py) runs install or uninstall and SIGKILLs its
 Nth write/fsync/rename/unlink, for every N until it completes. After each kill, the file the
 runtime would load is either the original, byte for byte, or exactly our edit of it; and a
 fresh installer (a restarted pod) recovers to a byte-exact original on uninstall. A second test
-kills a child looping install/uninstall at random moments.
+kills a child looping install/uninstall at random moments. The last test does the same for our
+own conflist, also while taking over from a chained edit.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import pytest
 
 from installer import Installer
 from installer.conflist import chained_entry, insert_plugin, istio_entries
-from installer.discovery import check_config, first_valid
-from testbed.nodedirs import NodeDirs
+from installer.discovery import check_config, first_valid, loaded_config
+from testbed.nodedirs import NodeDirs, node_works
 
 CHILD = str(Path(__file__).with_name("crash_child.py"))
 MAX_OPS = 80
@@ -99,3 +100,62 @@ def test_kill_at_random_moments_of_an_install_uninstall_loop(node_dirs: NodeDirs
             proc.wait(timeout=10)
         assert_primary_intact(node_dirs, original)
     assert_exact_restore(node_dirs, "10-net.conf", original)
+
+
+# --- our own conflist (ISTIO_OWNED_CNI_CONFIG=true) ------------------------------------------
+
+OWNED = {"ISTIO_OWNED_CNI_CONFIG": "true"}
+
+
+def run_owned_child(node_dirs: NodeDirs, action: str, crash_at: int) -> int:
+    proc = subprocess.run([sys.executable, CHILD, action, str(crash_at)],
+                          env={**os.environ, **node_dirs.env(**OWNED)}, capture_output=True,
+                          timeout=60, check=False)
+    assert proc.returncode in (0, -signal.SIGKILL), proc.stderr.decode()[-2000:]
+    return proc.returncode
+
+
+def assert_node_works(node_dirs: NodeDirs, original: bytes) -> None:
+    """The config the runtime loads is the primary's network, byte for byte, or exactly that
+    network with our entry appended (ours, or the primary still edited in chained mode); a
+    config naming istio-cni only while its binary and kubeconfig are there."""
+    name = loaded_config(node_dirs.net_dir)
+    assert name is not None, f"no loadable CNI config left: {node_dirs.names()}"
+    data = (node_dirs.net_dir / name).read_bytes()
+    entry = chained_entry(Installer(node_dirs.config()).entry())
+    assert data == original or data.decode() == insert_plugin(original.decode(), entry), \
+        f"{name} is neither the primary's network nor that network with our entry"
+    assert node_works(node_dirs), f"{name} names istio-cni without its binary or kubeconfig"
+    assert sum(1 for n in node_dirs.names()
+               if n.endswith(".conflist") and istio_entries((node_dirs.net_dir / n)
+                                                            .read_bytes().decode())
+               and (node_dirs.net_dir / n).read_bytes() != data) == 0, \
+        f"another file names istio-cni with a different network: {node_dirs.names()}"
+
+
+@pytest.mark.parametrize("migrate", [False, True], ids=["owned", "chained-to-owned"])
+def test_owned_kill_at_every_step(node_dirs: NodeDirs, migrate: bool):
+    name, source = "10-bridge.conf", "bridge.conf"
+    kills = {"install": 0, "uninstall": 0}
+    for action in ("install", "uninstall"):
+        for crash_at in range(1, MAX_OPS):
+            original = fresh(node_dirs, name, source)
+            if migrate:
+                Installer(node_dirs.config()).install()  # chained edit first
+            if action == "uninstall":
+                Installer(node_dirs.config(owned_config=True)).install()
+            if run_owned_child(node_dirs, action, crash_at) == 0:
+                break
+            kills[action] += 1
+            assert_node_works(node_dirs, original)
+            if crash_at % 2:  # a restarted agent installs again, and cleans up after the kill
+                Installer(node_dirs.config(owned_config=True)).install()
+                assert_node_works(node_dirs, original)
+                assert (node_dirs.net_dir / name).read_bytes() == original
+                assert node_dirs.names() == sorted(["02-istio-cni.conflist", name])
+            Installer(node_dirs.config(owned_config=True)).uninstall()
+            assert node_dirs.names() == [name]
+            assert (node_dirs.net_dir / name).read_bytes() == original
+        else:
+            pytest.fail(f"{action} did not complete within {MAX_OPS} file operations")
+    assert kills["install"] >= (10 if migrate else 4) and kills["uninstall"] >= 2, kills
