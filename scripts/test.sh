@@ -19,9 +19,10 @@ fi
 # The CNI-protocol e2e suite both ways (the node agent serving ADD/CHECK over cni.sock, and no
 # agent: the plugin alone), from source and from the frozen binary that ships.
 echo "test: the CNI-protocol e2e suite with the node agent serving" >&2
-ISTIO_CNI_E2E_AGENT=1 .venv/bin/python -m pytest -q tests/e2e/test_plugin_chain.py
+ISTIO_CNI_E2E_AGENT=1 .venv/bin/python -m pytest -q tests/e2e/test_plugin_chain.py \
+    tests/e2e/test_plugin_chain_nftables.py tests/e2e/test_userns_pod.py
 echo "test: the CNI-protocol e2e suite again, against the frozen plugin, both ways" >&2
 ISTIO_CNI_BINARY="$ISTIO_CNI_FROZEN" .venv/bin/python -m pytest -q tests/e2e/test_plugin_chain.py \
     tests/e2e/test_agent_served.py
 ISTIO_CNI_BINARY="$ISTIO_CNI_FROZEN" ISTIO_CNI_E2E_AGENT=1 \
-    .venv/bin/python -m pytest -q tests/e2e/test_plugin_chain.py
+    .venv/bin/python -m pytest -q tests/e2e/test_plugin_chain.py tests/e2e/test_userns_pod.py

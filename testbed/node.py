@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from testbed import netns as nsutil
 from testbed.cleanup import Cleanup
@@ -58,6 +59,8 @@ class Node:
     def __post_init__(self) -> None:
         self.pods: list[str] = []
         """The pod netns made by `new_pod_netns`, in order."""
+        self.agent: Any = None
+        """The node agent serving the plugin's calls (`testbed.agent.ServingAgent`), if any."""
 
     def istio_entry(self) -> dict:
         return self.conflist["plugins"][-1]

@@ -43,5 +43,6 @@ def node(tmp_path: Path, kube_api: KubeApiServer, request) -> Iterator[Node]:
                         subnet_v4=f"10.99.{idx}.0/24", subnet_v6=f"fd00:99:{idx}::/64",
                         istio=istio) as node:
         if AGENT_SERVES:
-            serve_plugin_calls(node.cleanup, node.run_dir, kubernetes_api_client(kube_api))
+            node.agent = serve_plugin_calls(node.cleanup, node.run_dir,
+                                            kubernetes_api_client(kube_api))
         yield node

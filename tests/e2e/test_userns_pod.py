@@ -97,6 +97,8 @@ def check(node: Node, ns: UsernsNetns, pod: dict, prev: dict) -> CniCall:
 def test_user_namespaced_pod_is_redirected_checked_and_kept(node: Node, request):
     backend = request.node.callspec.params["node"]
     ns, pod, ip, prev = add_meshed(node, "userns-app")
+    if node.agent is not None:  # the run with the agent serving: it did this pod's ADD
+        assert node.agent.served("ADD", "ok") == 1
     assert any("--uid-owner 1337" in ln for ln in istio_lines(ns.name))
     assert_redirected_inside(node, ns, ip)
     assert (check(node, ns, pod, prev).status, check(node, ns, pod, prev).stdout) == (0, "")
