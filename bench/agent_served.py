@@ -69,14 +69,18 @@ def bare_interpreter() -> str:
 
 
 class Bench:
-    def __init__(self, plugin: str, api: KubeApiServer, work: Path, cleanup: Cleanup) -> None:
+    """The variants of one run; `plugin` is the plugin's argv (the frozen binary, or the
+    source entry for the smoke test)."""
+
+    def __init__(self, plugin: list[str], api: KubeApiServer, work: Path,
+                 cleanup: Cleanup) -> None:
         self.plugin, self.api = plugin, api
         self.served_dir, self.alone_dir = work / "served", work / "alone"
         for run_dir in (self.served_dir, self.alone_dir):
             run_dir.mkdir()
             write_kubeconfig(run_dir, api)
         self.agent = serve_plugin_calls(cleanup, self.served_dir, kubernetes_api_client(api))
-        self.runtime = Runtime(binaries={"istio-cni": [plugin]})
+        self.runtime = Runtime(binaries={"istio-cni": plugin})
         self.pod = api.add_pod(workload("meshed-pod"))
         self.skipped_pod = workload("meshed-pod", namespace=SKIPPED_NS)
         from cni.pipeline import plan, rules_for
@@ -163,7 +167,7 @@ class Bench:
         return [
             lambda r: self.process("bare interpreter", [bare_interpreter(), "-I", "-S", "-c",
                                                         "pass"], plain_env, r),
-            lambda r: self.process("VERSION", [self.plugin],
+            lambda r: self.process("VERSION", self.plugin,
                                    {**plain_env, "CNI_COMMAND": "VERSION"}, r),
             self.floor,
             lambda r: self.redirected(self.served_dir, "ADD via the agent", r),
@@ -221,6 +225,20 @@ class Bench:
         return [t, b, g, p]
 
 
+def run(plugin: list[str], n: int, warmup: int = 3, max_seconds: float = 1200.0) -> list[Table]:
+    """One interleaved run against a fresh TLS API stand-in; its tables."""
+    with tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
+        work = Path(tmp)
+        tls = make_tls_material(work / "tls")
+        with KubeApiServer(tls=tls, token=TOKEN) as api, Cleanup() as cleanup:
+            bench = Bench(plugin, api, work, cleanup)
+            before = load()
+            done = bench.run(n, warmup, max_seconds)
+            print(f"iterations: {done} recorded (+{warmup} warm-up); load average "
+                  f"{before} -> {load()}\n")
+            return bench.tables()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=100, help="recorded iterations (default 100)")
@@ -231,17 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print_machine()
     with tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
-        work = Path(tmp)
-        plugin = str(stage_frozen_plugin(work, args.plugin))
-        tls = make_tls_material(work / "tls")
-        with KubeApiServer(tls=tls, token=TOKEN) as api, Cleanup() as cleanup:
-            bench = Bench(plugin, api, work, cleanup)
-            before = load()
-            done = bench.run(args.n, args.warmup, args.max_seconds)
-            print(f"iterations: {done} recorded (+{args.warmup} warm-up); load average "
-                  f"{before} -> {load()}\n")
-            for table in bench.tables():
-                table.print()
+        plugin = [str(stage_frozen_plugin(Path(tmp), args.plugin))]
+        for table in run(plugin, args.n, args.warmup, args.max_seconds):
+            table.print()
     return 0
 
 

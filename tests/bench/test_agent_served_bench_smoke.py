@@ -1,0 +1,32 @@
+"""Keeps `bench/agent_served.py` from rotting: every variant at n=2 with the plugin from source.
+No timing assertions: only that every row has numbers, the GET counts are what the agent path
+promises (0 via the agent, 1 without), and no netns is left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+
+def test_every_variant_has_numbers_and_the_agent_needs_no_get() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: network namespaces, iptables")
+    for tool in ("curl", "nsenter", "openssl", "iptables-nft-restore"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    from bench import agent_served
+    from bench.common import leftover_netns, source_plugin_argv
+
+    before = set(leftover_netns())
+    latency, start, gets, phases = agent_served.run(source_plugin_argv(), n=2, warmup=0)
+    assert set(leftover_netns()) <= before, "the benchmark left an icni-bench-* netns behind"
+    for table in (latency, start):
+        for row in table.rows:
+            assert row.n == 2 and float(row.median) > 0, table.render()
+    assert {row.name: row.median for row in gets.rows} == {"ADD via the agent": "0",
+                                                           "ADD, no agent": "1"}
+    assert all(row.n >= 2 for row in phases.rows), phases.render()
