@@ -11,29 +11,28 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from admin.context import kubeconfig_option
+from admin.context import kubeconfig_option, output_option
 from admin.install_cmd import register as register_install_commands
 from admin.repair_cmd import drift_command, repair_command
 from admin.rules_cmd import rules_command
 from admin.run_cmd import run_command
-from cni import __version__ as VERSION
+from admin.version_cmd import version_command
 from cni.errors import CNIError
 from cni.fileread import read_file_at_most
 from cni.podlookup import MAX_POD_BYTES
+
+POD_FILE_TIMEOUT = 60.0
+"""Seconds `explain --pod-file` waits for the whole file: ample for a pipe from kubectl, and a
+bound for a FIFO nobody writes to."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Istio CNI node agent (sidecar mode): install the plugin, repair pods, explain rules."""
-
-
-@cli.command()
-def version() -> None:
-    """Print the version of istio-cni-node and the plugin it ships."""
-    click.echo(f"istio-cni-node {VERSION} (Python {sys.version.split()[0]})")
 
 
 @cli.command()
@@ -46,13 +45,12 @@ def version() -> None:
 @click.option("--native-nftables", is_flag=True, help="Render native nftables mode's "
               "transaction (--pod-file only; a fetched pod uses NATIVE_NFTABLES, as the "
               "installer writes it into the plugin config).")
-@click.option("--format", "--output", "-o", "fmt",
-              type=click.Choice(["text", "restore", "json"]), default="text",
-              show_default=True, help="restore: only what is fed to iptables-restore (or, in "
-              "native nftables mode, to nft -f).")
+@output_option(("text", "restore", "json"), aliases=("--format",),
+               help_text="restore: only what is fed to iptables-restore (or, in native "
+               "nftables mode, to nft -f). --format is the old name of this option.")
 @kubeconfig_option
 def explain(target: str | None, pod_file: Path | None, ipv6: bool, native_nftables: bool,
-            fmt: str, kubeconfig: str | None) -> None:
+            output: str, kubeconfig: str | None) -> None:
     """Why a pod is or is not redirected, and the rules the plugin would program for it.
 
     \b
@@ -60,30 +58,41 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, native_nftabl
                                                  # (on the pod's node) the live netns check
     istio-cni-node explain --pod-file pod.json   # offline: decision and rules only
     """
-    from admin.explain import explain_pod, format_json, format_restore, format_text
+    from admin.explain import explain_pod, format_json, format_restore, format_text, not_a_pod
 
     if (target is None) == (pod_file is None):
         raise click.UsageError("give either NAMESPACE/POD or --pod-file")
     if target is not None:
-        _explain_live(target, fmt, kubeconfig)
+        _explain_live(target, output, kubeconfig)
         return
     assert pod_file is not None
-    try:
-        pod = json.loads(read_file_at_most(pod_file, MAX_POD_BYTES))
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {pod_file}: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise click.ClickException(f"{pod_file} is not JSON: {exc}") from exc
-    if not isinstance(pod, dict) or pod.get("kind", "Pod") != "Pod":
-        raise click.ClickException(f"{pod_file} does not hold a Pod object")
+    pod = _read_pod_file(pod_file)
     try:
         ex = explain_pod(pod, ipv6=ipv6, native_nftables=native_nftables)
     except CNIError as exc:  # not the shape of a Pod
         raise click.ClickException(f"{pod_file}: {exc.msg}") from exc
-    formatter = {"text": format_text, "restore": format_restore, "json": format_json}[fmt]
+    problem = not_a_pod(pod)
+    if problem:
+        raise click.ClickException(f"{pod_file}: {problem}")
+    formatter = {"text": format_text, "restore": format_restore, "json": format_json}[output]
     click.echo(formatter(ex), nl=False)
     if ex.error:
         sys.exit(1)
+
+
+def _read_pod_file(path: Path) -> Any:
+    """The JSON document in `path`: read bounded in size (a pod's worth) and in time (a FIFO
+    nobody writes to), parsed with a bound on nesting; every failure one `ClickException`."""
+    try:
+        data = read_file_at_most(path, MAX_POD_BYTES, timeout=POD_FILE_TIMEOUT)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise click.ClickException(f"{path} is not JSON we read: nested too deeply") from None
+    except ValueError as exc:
+        raise click.ClickException(f"{path} is not JSON: {exc}") from exc
 
 
 def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
@@ -121,6 +130,7 @@ register_install_commands(cli)
 cli.add_command(repair_command, name="repair")
 cli.add_command(drift_command, name="drift")
 cli.add_command(run_command, name="run")
+cli.add_command(version_command, name="version")
 
 
 def main() -> None:

@@ -23,6 +23,15 @@ kubeconfig_option = click.option(
     help="Kubeconfig file (default: in-cluster service account, then ~/.kube/config).")
 
 
+def output_option(choices: tuple[str, ...], help_text: str = "",
+                  aliases: tuple[str, ...] = ()) -> Any:
+    """The output format option, one name for every command that has one: `--output`/`-o`,
+    like kubectl's. (`rules` has none: there `-o` is istio-iptables' own flag.)"""
+    return click.option("--output", "-o", *aliases, "output", type=click.Choice(choices),
+                        default=choices[0], show_default=True,
+                        help=help_text or "Output format.")
+
+
 def daemon_config() -> DaemonConfig:
     """The agent's config from this process's environment, usable outside the DaemonSet pod."""
     try:

@@ -53,6 +53,18 @@ def build_config(options: dict[str, str | None]) -> InstallerConfig:
         raise click.ClickException(str(exc)) from None
 
 
+def missing_host_dirs(cfg: InstallerConfig) -> list[str]:
+    """The host directories `uninstall` works in that are not there, each with its setting.
+
+    The installer's own uninstall takes a missing directory as nothing left to remove (right
+    for the agent's shutdown); for a person it is almost always a wrong path, and "removed"
+    would be a false answer."""
+    dirs = [(config.MOUNTED_CNI_NET_DIR.name, cfg.mounted_cni_net_dir)]
+    dirs += [(config.CNI_BIN_TARGET_DIRS.name, d) for d in cfg.cni_bin_target_dirs]
+    return [f"{name} {path} is not a directory" if path.exists() else
+            f"{name} {path} does not exist" for name, path in dirs if not path.is_dir()]
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -91,10 +103,17 @@ def uninstall_command(keep_plugin_if_upgrading: bool, verbose: bool,
     delete the kubeconfig and the plugin binary.
 
     Safe to run again, and after a crash: it finds what a previous run left
-    (backups named *.istio-cni-backup in the CNI config dir) and finishes the job.
+    (backups named *.istio-cni-backup in the CNI config dir) and finishes the job. The CNI
+    config dir and the bin dirs must exist: a missing one is an error (exit 1), nothing is
+    changed.
     """
     _logging(verbose)
     cfg = build_config(options)
+    missing = missing_host_dirs(cfg)
+    if missing:
+        raise click.ClickException(
+            f"nothing removed: {'; '.join(missing)} (not this node's directories as mounted "
+            "here? set them with the flags or the environment)")
     installer = Installer(cfg)
     keep = keep_plugin_if_upgrading and installer.keep_plugin_on_shutdown()
     try:
