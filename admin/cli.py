@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from admin.context import kubeconfig_option, output_option
+from admin.context import FilePath, kubeconfig_option, object_name, output_option, printable
 from admin.install_cmd import register as register_install_commands
 from admin.repair_cmd import drift_command, repair_command
 from admin.rules_cmd import rules_command
@@ -37,9 +36,10 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("target", required=False, metavar="[NAMESPACE/POD]")
-@click.option("--pod-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The pod as Kubernetes JSON (e.g. kubectl get pod P -o json > pod.json), "
-                   "instead of fetching NAMESPACE/POD from the API.")
+@click.option("--pod-file", type=FilePath(), default=None,
+              help="The pod as Kubernetes JSON, as `kubectl get pod P -o json` writes it (a "
+                   "file or a pipe; at most 8 MiB, read within 60 s), instead of fetching "
+                   "NAMESPACE/POD from the API. [default: none, give NAMESPACE/POD]")
 @click.option("--ipv6", is_flag=True, help="Render as if the pod had an IPv6 address "
               "(--pod-file only; a fetched pod's own IP decides).")
 @click.option("--native-nftables", is_flag=True, help="Render native nftables mode's "
@@ -49,7 +49,7 @@ def cli() -> None:
                help_text="restore: only what is fed to iptables-restore (or, in native "
                "nftables mode, to nft -f). --format is the old name of this option.")
 @kubeconfig_option
-def explain(target: str | None, pod_file: Path | None, ipv6: bool, native_nftables: bool,
+def explain(target: str | None, pod_file: str | None, ipv6: bool, native_nftables: bool,
             output: str, kubeconfig: str | None) -> None:
     """Why a pod is or is not redirected, and the rules the plugin would program for it.
 
@@ -57,6 +57,9 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, native_nftabl
     istio-cni-node explain shop/cart-7d9f        # live: decision, repair verdict, and
                                                  # (on the pod's node) the live netns check
     istio-cni-node explain --pod-file pod.json   # offline: decision and rules only
+
+    Exits 1 if the plugin's ADD would fail for the pod (an invalid annotation), or when the
+    pod cannot be read: a file that is not one Pod object is an error, not "NOT REDIRECTED".
     """
     from admin.explain import explain_pod, format_json, format_restore, format_text, not_a_pod
 
@@ -70,29 +73,30 @@ def explain(target: str | None, pod_file: Path | None, ipv6: bool, native_nftabl
     try:
         ex = explain_pod(pod, ipv6=ipv6, native_nftables=native_nftables)
     except CNIError as exc:  # not the shape of a Pod
-        raise click.ClickException(f"{pod_file}: {exc.msg}") from exc
+        raise click.ClickException(f"{printable(pod_file)}: {exc.msg}") from exc
     problem = not_a_pod(pod)
     if problem:
-        raise click.ClickException(f"{pod_file}: {problem}")
+        raise click.ClickException(f"{printable(pod_file)}: {problem}")
     formatter = {"text": format_text, "restore": format_restore, "json": format_json}[output]
     click.echo(formatter(ex), nl=False)
     if ex.error:
         sys.exit(1)
 
 
-def _read_pod_file(path: Path) -> Any:
+def _read_pod_file(path: str) -> Any:
     """The JSON document in `path`: read bounded in size (a pod's worth) and in time (a FIFO
     nobody writes to), parsed with a bound on nesting; every failure one `ClickException`."""
+    shown = printable(path)
     try:
         data = read_file_at_most(path, MAX_POD_BYTES, timeout=POD_FILE_TIMEOUT)
     except OSError as exc:
-        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from exc
+        raise click.ClickException(f"cannot read {shown}: {exc.strerror}") from exc
     try:
         return json.loads(data)
     except RecursionError:
-        raise click.ClickException(f"{path} is not JSON we read: nested too deeply") from None
+        raise click.ClickException(f"{shown} is not JSON we read: nested too deeply") from None
     except ValueError as exc:
-        raise click.ClickException(f"{path} is not JSON: {exc}") from exc
+        raise click.ClickException(f"{shown} is not JSON: {exc}") from exc
 
 
 def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
@@ -105,6 +109,11 @@ def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
     namespace, sep, name = target.partition("/")
     if not sep or not namespace or not name:
         raise click.UsageError(f"{target!r}: expected NAMESPACE/POD")
+    try:
+        object_name(namespace, "namespace", label=True)
+        object_name(name, "pod")
+    except click.BadParameter as exc:
+        raise click.UsageError(f"NAMESPACE/POD: {exc.message}") from None
     cfg = daemon_config()
     api = pod_api(kubeconfig)
     try:
@@ -134,6 +143,12 @@ cli.add_command(version_command, name="version")
 
 
 def main() -> None:
+    # An argument that is not UTF-8 comes in with lone surrogates (surrogateescape); echoed
+    # back in an error it must not make the write itself fail with a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     cli(prog_name="istio-cni-node")
 
 

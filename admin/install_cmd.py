@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from admin.context import printable
 from cni.settings import Setting
 from installer import InstallerConfig, InstallerConfigError, InstallError, config
 from installer.installer import Installer
@@ -47,10 +48,13 @@ def build_config(options: dict[str, str | None]) -> InstallerConfig:
     """os.environ, overridden by the flags given, through the one typed parser."""
     env = dict(os.environ)
     env.update({k: v for k, v in options.items() if v is not None})
+    for name, value in options.items():
+        if value is not None and "\x00" in value:  # no path or name has one (nor can env)
+            raise click.ClickException(f"{name}={value!r}: contains a NUL byte")
     try:
         return InstallerConfig.from_env(env)
     except InstallerConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(printable(exc)) from None
 
 
 def missing_host_dirs(cfg: InstallerConfig) -> list[str]:
@@ -87,7 +91,7 @@ def install_command(wait_timeout: float | None, verbose: bool, **options: str | 
     try:
         Installer(cfg).install(timeout=wait_timeout)
     except InstallError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(printable(exc)) from None
     click.echo("istio-cni installed", err=True)
 
 
@@ -111,15 +115,15 @@ def uninstall_command(keep_plugin_if_upgrading: bool, verbose: bool,
     cfg = build_config(options)
     missing = missing_host_dirs(cfg)
     if missing:
-        raise click.ClickException(
+        raise click.ClickException(printable(
             f"nothing removed: {'; '.join(missing)} (not this node's directories as mounted "
-            "here? set them with the flags or the environment)")
+            "here? set them with the flags or the environment)"))
     installer = Installer(cfg)
     keep = keep_plugin_if_upgrading and installer.keep_plugin_on_shutdown()
     try:
         installer.uninstall(keep_plugin=keep)
     except InstallError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(printable(exc)) from None
     click.echo("istio-cni kept in place (upgrade)" if keep else "istio-cni removed", err=True)
 
 

@@ -15,7 +15,13 @@ from typing import Any
 
 import click
 
-from admin.context import daemon_config, kubeconfig_option, output_option, pod_api
+from admin.context import (
+    daemon_config,
+    kubeconfig_option,
+    object_name,
+    output_option,
+    pod_api,
+)
 from node_daemon.actions import Action, ActionResult, Actions, Reporter, Result, pod_key
 from node_daemon.broken import diagnose
 from node_daemon.config import MODES, RepairConfig
@@ -73,7 +79,8 @@ def format_rows(rows: list[Row], output: str) -> str:
 
 
 @click.command("repair")
-@click.option("--node", help="Only pods on this node (default: this node, REPAIR_NODE_NAME).")
+@click.option("--node", callback=lambda _ctx, _param, value: value and object_name(value, "node"),
+              help="Only pods on this node (default: this node, REPAIR_NODE_NAME).")
 @click.option("--all-nodes", is_flag=True, help="Pods on every node.")
 @click.option("--mode", type=click.Choice(MODES),
               help="What to do with broken pods (default: the REPAIR_*_PODS settings).")

@@ -224,7 +224,7 @@ def validated_flags(flags: dict[str, Any], names: dict[str, str]) -> dict[str, A
 
 def _dns_servers(value: str, version: int, flag: str) -> tuple[str, ...]:
     """Upstream gets these per family from resolv.conf; a flag could mix them up, so check."""
-    servers = tuple(item.strip() for item in split_list(value) if item.strip())
+    servers = tuple(item.strip() for item in split_list(value))
     for server in servers:
         try:
             ok = ipaddress.ip_address(server).version == version

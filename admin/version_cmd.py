@@ -22,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from admin.context import printable
 from cni import __version__ as VERSION
 from installer.binaries import PLUGIN_NAME
 from installer.config import CNI_BIN_TARGET_DIRS
@@ -129,14 +130,14 @@ def version_command(bin_dirs: str | None) -> None:
     click.echo(f"istio-cni-node {VERSION} (Python {sys.version.split()[0]})")
     answers = installed_plugins(dirs)
     if not answers:
-        where = ", ".join(str(d) for d in dirs) or "(no directory given)"
+        where = printable(", ".join(str(d) for d in dirs)) or "(no directory given)"
         click.echo(f"{PLUGIN_NAME} plugin: not installed in {where} "
                    f"({CNI_BIN_TARGET_DIRS.name})")
     for answer in answers:
         if answer.error:
-            click.echo(f"Error: {PLUGIN_NAME} plugin {answer.path}: no answer: {answer.error}",
-                       err=True)
+            click.echo(printable(f"Error: {PLUGIN_NAME} plugin {answer.path}: no answer: "
+                                 f"{answer.error}"), err=True)
         else:
-            click.echo(f"{PLUGIN_NAME} plugin {answer.path}: {answer.text}")
+            click.echo(printable(f"{PLUGIN_NAME} plugin {answer.path}: {answer.text}"))
     if any(a.error for a in answers):
         sys.exit(1)

@@ -97,6 +97,8 @@ def _check_kubeconfig_files(paths: str) -> None:
         path = os.path.expanduser(path)
         if not os.path.lexists(path) and os.pathsep in paths:
             continue  # the client library skips a missing file of a list, as kubectl does
+        if "\x00" in path:  # no file has this name; os.open would raise ValueError
+            raise ApiError(0, f"kubeconfig {path!r}: a path has no NUL byte")
         try:
             doc = yaml.safe_load(read_regular_file(path, MAX_FILE_BYTES).decode())
         except OSError as exc:
