@@ -47,16 +47,22 @@ def printable(text: object) -> str:
 
 
 class FilePath(click.Path):
-    """`click.Path` for a file to read, which also refuses a NUL byte (click's own check would
-    raise ValueError from `os.stat`; no file can have one in its name)."""
+    """`click.Path` for a file to read, which also refuses what no file name can hold: a NUL
+    byte, text that does not encode to the file system's bytes (click's own check would raise
+    ValueError from `os.stat`)."""
 
     def __init__(self) -> None:
         super().__init__(dir_okay=False)
 
     def convert(self, value: Any, param: click.Parameter | None,
                 ctx: click.Context | None) -> Any:
-        if "\x00" in os.fsdecode(value):
-            self.fail(f"{value!r} contains a NUL byte, which no path can", param, ctx)
+        try:
+            encoded = os.fsencode(value)
+        except UnicodeEncodeError:  # not from argv (whose bytes always encode back)
+            self.fail(f"{printable(repr(value))} is not a file name", param, ctx)
+        if b"\x00" in encoded:
+            self.fail(f"{printable(repr(value))} contains a NUL byte, which no path can",
+                      param, ctx)
         return super().convert(value, param, ctx)
 
 

@@ -32,16 +32,24 @@ def _plain(markdown: str) -> str:
     return markdown.replace("**", "").replace("`", "")
 
 
-def installer_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The env-backed options shared by install and uninstall, documented by their settings."""
-    for setting in reversed(INSTALLER_OPTIONS):
-        flag = "--" + setting.name.lower().replace("_", "-")
-        shown = _plain(setting.shown())
-        func = click.option(flag, setting.name, envvar=setting.name, default=None,
-                            metavar="VALUE",
-                            help=f"{_plain(setting.doc)} [default: {shown}] "
-                                 f"(env {setting.name})")(func)
-    return func
+def installer_options(func: Callable[..., Any] | None = None, *,
+                      unused: tuple[Setting, ...] = ()) -> Any:
+    """The env-backed options shared by install and uninstall, documented by their settings.
+
+    `unused`: settings the command does not act on; their flags are still accepted (a command
+    line copied from `install` keeps working) but not listed in `--help`, which shows only
+    what changes the command's behaviour."""
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for setting in reversed(INSTALLER_OPTIONS):
+            flag = "--" + setting.name.lower().replace("_", "-")
+            shown = _plain(setting.shown())
+            func = click.option(flag, setting.name, envvar=setting.name, default=None,
+                                metavar="VALUE", hidden=setting in unused,
+                                help=f"{_plain(setting.doc)} [default: {shown}] "
+                                     f"(env {setting.name})")(func)
+        return func
+
+    return decorate(func) if func is not None else decorate
 
 
 def build_config(options: dict[str, str | None]) -> InstallerConfig:
@@ -96,7 +104,8 @@ def install_command(wait_timeout: float | None, verbose: bool, **options: str | 
 
 
 @click.command()
-@installer_options
+@installer_options(unused=(config.KUBECONFIG_MODE, config.EXCLUDE_NAMESPACES,
+                           config.PLUGIN_LOG_LEVEL))
 @click.option("--keep-plugin-if-upgrading", is_flag=True,
               help="Apply UNINSTALL_ON_SHUTDOWN (as `run` does on SIGTERM): keep the plugin "
                    "unless the DaemonSet is being deleted. Default: always remove it.")

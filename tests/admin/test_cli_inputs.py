@@ -162,6 +162,22 @@ def test_uninstall_of_an_installed_node_still_removes(node_dirs: NodeDirs):
     assert conflist.read_bytes() == (GOLDEN / "list.conflist").read_bytes()
 
 
+def test_uninstall_help_lists_only_what_it_acts_on_and_still_takes_the_rest(node_dirs: NodeDirs):
+    """`install`'s flags that change nothing in an uninstall are not in its help, but a
+    command line copied from `install` still works."""
+    text = CliRunner().invoke(cli, ["uninstall", "--help"]).stdout
+    for flag in ("--mounted-cni-net-dir", "--cni-conf-name", "--chained-cni-plugin",
+                 "--cni-agent-run-dir", "--cni-bin-source-dir", "--cni-bin-target-dirs"):
+        assert flag in text
+    for flag in ("--kubeconfig-mode", "--exclude-namespaces", "--plugin-log-level"):
+        assert flag not in text
+    res = CliRunner().invoke(cli, ["uninstall", "--plugin-log-level", "debug",
+                                   "--kubeconfig-mode", "0600"], env=node_dirs.env())
+    assert res.exit_code == 0, res.output
+    bad = CliRunner().invoke(cli, ["uninstall", "--kubeconfig-mode", "rw"], env=node_dirs.env())
+    assert bad.exit_code == 1 and "KUBECONFIG_MODE='rw'" in bad.stderr
+
+
 # --- one name for the output format -----------------------------------------------------------
 
 @pytest.mark.parametrize("spelling", ["--output", "-o", "--format"])

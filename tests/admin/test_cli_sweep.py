@@ -65,9 +65,10 @@ non-ASCII, a slash."""
 
 
 def _params() -> list[tuple[str, click.Parameter]]:
+    """Every parameter that takes a value (hidden ones too: they are still accepted)."""
     return [(name, p) for name, command in sorted(cli.commands.items())
             for p in command.params
-            if p.name and not (isinstance(p, click.Option) and (p.is_flag or p.hidden))]
+            if p.name and not (isinstance(p, click.Option) and p.is_flag)]
 
 
 PARAMS = _params()
