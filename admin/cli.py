@@ -70,11 +70,13 @@ def explain(target: str | None, pod_file: str | None, ipv6: bool, native_nftable
         return
     assert pod_file is not None
     pod = _read_pod_file(pod_file)
-    try:
-        ex = explain_pod(pod, ipv6=ipv6, native_nftables=native_nftables)
-    except CNIError as exc:  # not the shape of a Pod
-        raise click.ClickException(f"{printable(pod_file)}: {exc.msg}") from exc
     problem = not_a_pod(pod)
+    if problem and isinstance(pod, dict) and pod.get("kind", "Pod") != "Pod":
+        raise click.ClickException(f"{printable(pod_file)}: {problem}")  # another kind
+    try:  # the plugin's parser names a field of the wrong shape; then what else is missing
+        ex = explain_pod(pod, ipv6=ipv6, native_nftables=native_nftables)
+    except CNIError as exc:
+        raise click.ClickException(f"{printable(pod_file)}: {exc.msg}") from exc
     if problem:
         raise click.ClickException(f"{printable(pod_file)}: {problem}")
     formatter = {"text": format_text, "restore": format_restore, "json": format_json}[output]
