@@ -10,19 +10,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
+from typing import Any
 
 import click
 
-from admin.context import kubeconfig_option
+from admin.context import FilePath, kubeconfig_option, object_name, output_option, printable
 from admin.install_cmd import register as register_install_commands
 from admin.repair_cmd import drift_command, repair_command
 from admin.rules_cmd import rules_command
 from admin.run_cmd import run_command
-from cni import __version__ as VERSION
+from admin.version_cmd import version_command
 from cni.errors import CNIError
 from cni.fileread import read_file_at_most
 from cni.podlookup import MAX_POD_BYTES
+
+POD_FILE_TIMEOUT = 60.0
+"""Seconds `explain --pod-file` waits for the whole file: ample for a pipe from kubectl, and a
+bound for a FIFO nobody writes to."""
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,59 +35,70 @@ def cli() -> None:
 
 
 @cli.command()
-def version() -> None:
-    """Print the version of istio-cni-node and the plugin it ships."""
-    click.echo(f"istio-cni-node {VERSION} (Python {sys.version.split()[0]})")
-
-
-@cli.command()
 @click.argument("target", required=False, metavar="[NAMESPACE/POD]")
-@click.option("--pod-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The pod as Kubernetes JSON (e.g. kubectl get pod P -o json > pod.json), "
-                   "instead of fetching NAMESPACE/POD from the API.")
+@click.option("--pod-file", type=FilePath(), default=None,
+              help="The pod as Kubernetes JSON, as `kubectl get pod P -o json` writes it (a "
+                   "file or a pipe; at most 8 MiB, read within 60 s), instead of fetching "
+                   "NAMESPACE/POD from the API. [default: none, give NAMESPACE/POD]")
 @click.option("--ipv6", is_flag=True, help="Render as if the pod had an IPv6 address "
               "(--pod-file only; a fetched pod's own IP decides).")
 @click.option("--native-nftables", is_flag=True, help="Render native nftables mode's "
               "transaction (--pod-file only; a fetched pod uses NATIVE_NFTABLES, as the "
               "installer writes it into the plugin config).")
-@click.option("--format", "--output", "-o", "fmt",
-              type=click.Choice(["text", "restore", "json"]), default="text",
-              show_default=True, help="restore: only what is fed to iptables-restore (or, in "
-              "native nftables mode, to nft -f).")
+@output_option(("text", "restore", "json"), aliases=("--format",),
+               help_text="restore: only what is fed to iptables-restore (or, in native "
+               "nftables mode, to nft -f). --format is the old name of this option.")
 @kubeconfig_option
-def explain(target: str | None, pod_file: Path | None, ipv6: bool, native_nftables: bool,
-            fmt: str, kubeconfig: str | None) -> None:
+def explain(target: str | None, pod_file: str | None, ipv6: bool, native_nftables: bool,
+            output: str, kubeconfig: str | None) -> None:
     """Why a pod is or is not redirected, and the rules the plugin would program for it.
 
     \b
     istio-cni-node explain shop/cart-7d9f        # live: decision, repair verdict, and
                                                  # (on the pod's node) the live netns check
     istio-cni-node explain --pod-file pod.json   # offline: decision and rules only
+
+    Exits 1 if the plugin's ADD would fail for the pod (an invalid annotation), or when the
+    pod cannot be read: a file that is not one Pod object is an error, not "NOT REDIRECTED".
     """
-    from admin.explain import explain_pod, format_json, format_restore, format_text
+    from admin.explain import explain_pod, format_json, format_restore, format_text, not_a_pod
 
     if (target is None) == (pod_file is None):
         raise click.UsageError("give either NAMESPACE/POD or --pod-file")
     if target is not None:
-        _explain_live(target, fmt, kubeconfig)
+        _explain_live(target, output, kubeconfig)
         return
     assert pod_file is not None
-    try:
-        pod = json.loads(read_file_at_most(pod_file, MAX_POD_BYTES))
-    except OSError as exc:
-        raise click.ClickException(f"cannot read {pod_file}: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise click.ClickException(f"{pod_file} is not JSON: {exc}") from exc
-    if not isinstance(pod, dict) or pod.get("kind", "Pod") != "Pod":
-        raise click.ClickException(f"{pod_file} does not hold a Pod object")
-    try:
+    pod = _read_pod_file(pod_file)
+    problem = not_a_pod(pod)
+    if problem and isinstance(pod, dict) and pod.get("kind", "Pod") != "Pod":
+        raise click.ClickException(f"{printable(pod_file)}: {problem}")  # another kind
+    try:  # the plugin's parser names a field of the wrong shape; then what else is missing
         ex = explain_pod(pod, ipv6=ipv6, native_nftables=native_nftables)
-    except CNIError as exc:  # not the shape of a Pod
-        raise click.ClickException(f"{pod_file}: {exc.msg}") from exc
-    formatter = {"text": format_text, "restore": format_restore, "json": format_json}[fmt]
+    except CNIError as exc:
+        raise click.ClickException(f"{printable(pod_file)}: {exc.msg}") from exc
+    if problem:
+        raise click.ClickException(f"{printable(pod_file)}: {problem}")
+    formatter = {"text": format_text, "restore": format_restore, "json": format_json}[output]
     click.echo(formatter(ex), nl=False)
     if ex.error:
         sys.exit(1)
+
+
+def _read_pod_file(path: str) -> Any:
+    """The JSON document in `path`: read bounded in size (a pod's worth) and in time (a FIFO
+    nobody writes to), parsed with a bound on nesting; every failure one `ClickException`."""
+    shown = printable(path)
+    try:
+        data = read_file_at_most(path, MAX_POD_BYTES, timeout=POD_FILE_TIMEOUT)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {shown}: {exc.strerror}") from exc
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise click.ClickException(f"{shown} is not JSON we read: nested too deeply") from None
+    except ValueError as exc:
+        raise click.ClickException(f"{shown} is not JSON: {exc}") from exc
 
 
 def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
@@ -96,6 +111,11 @@ def _explain_live(target: str, fmt: str, kubeconfig: str | None) -> None:
     namespace, sep, name = target.partition("/")
     if not sep or not namespace or not name:
         raise click.UsageError(f"{target!r}: expected NAMESPACE/POD")
+    try:
+        object_name(namespace, "namespace", label=True)
+        object_name(name, "pod")
+    except click.BadParameter as exc:
+        raise click.UsageError(f"NAMESPACE/POD: {exc.message}") from None
     cfg = daemon_config()
     api = pod_api(kubeconfig)
     try:
@@ -121,9 +141,16 @@ register_install_commands(cli)
 cli.add_command(repair_command, name="repair")
 cli.add_command(drift_command, name="drift")
 cli.add_command(run_command, name="run")
+cli.add_command(version_command, name="version")
 
 
 def main() -> None:
+    # An argument that is not UTF-8 comes in with lone surrogates (surrogateescape); echoed
+    # back in an error it must not make the write itself fail with a traceback.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     cli(prog_name="istio-cni-node")
 
 

@@ -50,6 +50,42 @@ def explain_pod(pod_json: dict[str, Any], ipv6: bool = False,
     return Explanation(info, decision, redirect, ruleset)
 
 
+def not_a_pod(doc: object) -> str:
+    """Why a document given as a pod is not one Pod object ("" when it is one).
+
+    Offline, `explain` takes what `kubectl get pod NAME -o json` writes. A file that is some
+    other object (a List, a Deployment, `{}`) would otherwise be explained as a pod without an
+    istio-proxy container, "NOT REDIRECTED", which reads as an answer when it is a mistake. The
+    shape of the fields the plugin reads is checked by the plugin's own parser (`InvalidPod`).
+    """
+    if not isinstance(doc, dict):
+        return f"holds a JSON {_json_type(doc)}, not a Pod object"
+    kind = doc.get("kind")
+    if kind != "Pod":
+        got = "no kind" if kind is None else f"kind {_short(kind)}"
+        hint = " (one pod: kubectl get pod NAME -o json)" if kind == "List" else ""
+        return f'not a Pod: {got}, expected "kind": "Pod"{hint}'
+    version = doc.get("apiVersion", "v1")
+    if version != "v1":
+        return f'not a Pod: apiVersion {_short(version)}, expected "v1"'
+    metadata = doc.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if not isinstance(name, str) or not name:
+        return "not a Pod: no metadata.name"
+    return ""
+
+
+def _json_type(value: object) -> str:
+    names = ((bool, "boolean"), (int, "number"), (float, "number"), (str, "string"),
+             (list, "array"), (type(None), "null"))
+    return next((name for kind, name in names if isinstance(value, kind)), "value")
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
 def format_restore(ex: Explanation) -> str:
     """What is fed to the tool: the `iptables-restore` payloads, or the `nft -f` transaction."""
     if isinstance(ex.ruleset, NftRuleSet):

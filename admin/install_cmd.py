@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from admin.context import printable
 from cni.settings import Setting
 from installer import InstallerConfig, InstallerConfigError, InstallError, config
 from installer.installer import Installer
@@ -31,26 +32,49 @@ def _plain(markdown: str) -> str:
     return markdown.replace("**", "").replace("`", "")
 
 
-def installer_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The env-backed options shared by install and uninstall, documented by their settings."""
-    for setting in reversed(INSTALLER_OPTIONS):
-        flag = "--" + setting.name.lower().replace("_", "-")
-        shown = _plain(setting.shown())
-        func = click.option(flag, setting.name, envvar=setting.name, default=None,
-                            metavar="VALUE",
-                            help=f"{_plain(setting.doc)} [default: {shown}] "
-                                 f"(env {setting.name})")(func)
-    return func
+def installer_options(func: Callable[..., Any] | None = None, *,
+                      unused: tuple[Setting, ...] = ()) -> Any:
+    """The env-backed options shared by install and uninstall, documented by their settings.
+
+    `unused`: settings the command does not act on; their flags are still accepted (a command
+    line copied from `install` keeps working) but not listed in `--help`, which shows only
+    what changes the command's behaviour."""
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for setting in reversed(INSTALLER_OPTIONS):
+            flag = "--" + setting.name.lower().replace("_", "-")
+            shown = _plain(setting.shown())
+            func = click.option(flag, setting.name, envvar=setting.name, default=None,
+                                metavar="VALUE", hidden=setting in unused,
+                                help=f"{_plain(setting.doc)} [default: {shown}] "
+                                     f"(env {setting.name})")(func)
+        return func
+
+    return decorate(func) if func is not None else decorate
 
 
 def build_config(options: dict[str, str | None]) -> InstallerConfig:
     """os.environ, overridden by the flags given, through the one typed parser."""
     env = dict(os.environ)
     env.update({k: v for k, v in options.items() if v is not None})
+    for name, value in options.items():
+        if value is not None and "\x00" in value:  # no path or name has one (nor can env)
+            raise click.ClickException(f"{name}={value!r}: contains a NUL byte")
     try:
         return InstallerConfig.from_env(env)
     except InstallerConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(printable(exc)) from None
+
+
+def missing_host_dirs(cfg: InstallerConfig) -> list[str]:
+    """The host directories `uninstall` works in that are not there, each with its setting.
+
+    The installer's own uninstall takes a missing directory as nothing left to remove (right
+    for the agent's shutdown); for a person it is almost always a wrong path, and "removed"
+    would be a false answer."""
+    dirs = [(config.MOUNTED_CNI_NET_DIR.name, cfg.mounted_cni_net_dir)]
+    dirs += [(config.CNI_BIN_TARGET_DIRS.name, d) for d in cfg.cni_bin_target_dirs]
+    return [f"{name} {path} is not a directory" if path.exists() else
+            f"{name} {path} does not exist" for name, path in dirs if not path.is_dir()]
 
 
 def _logging(verbose: bool) -> None:
@@ -75,12 +99,13 @@ def install_command(wait_timeout: float | None, verbose: bool, **options: str | 
     try:
         Installer(cfg).install(timeout=wait_timeout)
     except InstallError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(printable(exc)) from None
     click.echo("istio-cni installed", err=True)
 
 
 @click.command()
-@installer_options
+@installer_options(unused=(config.KUBECONFIG_MODE, config.EXCLUDE_NAMESPACES,
+                           config.PLUGIN_LOG_LEVEL))
 @click.option("--keep-plugin-if-upgrading", is_flag=True,
               help="Apply UNINSTALL_ON_SHUTDOWN (as `run` does on SIGTERM): keep the plugin "
                    "unless the DaemonSet is being deleted. Default: always remove it.")
@@ -91,16 +116,23 @@ def uninstall_command(keep_plugin_if_upgrading: bool, verbose: bool,
     delete the kubeconfig and the plugin binary.
 
     Safe to run again, and after a crash: it finds what a previous run left
-    (backups named *.istio-cni-backup in the CNI config dir) and finishes the job.
+    (backups named *.istio-cni-backup in the CNI config dir) and finishes the job. The CNI
+    config dir and the bin dirs must exist: a missing one is an error (exit 1), nothing is
+    changed.
     """
     _logging(verbose)
     cfg = build_config(options)
+    missing = missing_host_dirs(cfg)
+    if missing:
+        raise click.ClickException(printable(
+            f"nothing removed: {'; '.join(missing)} (not this node's directories as mounted "
+            "here? set them with the flags or the environment)"))
     installer = Installer(cfg)
     keep = keep_plugin_if_upgrading and installer.keep_plugin_on_shutdown()
     try:
         installer.uninstall(keep_plugin=keep)
     except InstallError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(printable(exc)) from None
     click.echo("istio-cni kept in place (upgrade)" if keep else "istio-cni removed", err=True)
 
 

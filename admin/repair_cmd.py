@@ -15,7 +15,13 @@ from typing import Any
 
 import click
 
-from admin.context import daemon_config, kubeconfig_option, pod_api
+from admin.context import (
+    daemon_config,
+    kubeconfig_option,
+    object_name,
+    output_option,
+    pod_api,
+)
 from node_daemon.actions import Action, ActionResult, Actions, Reporter, Result, pod_key
 from node_daemon.broken import diagnose
 from node_daemon.config import MODES, RepairConfig
@@ -72,17 +78,14 @@ def format_rows(rows: list[Row], output: str) -> str:
                    + "  " + row[4] + "\n" for row in table)
 
 
-output_option = click.option("--output", "-o", type=click.Choice(["text", "json"]),
-                             default="text", show_default=True, help="Output format.")
-
-
 @click.command("repair")
-@click.option("--node", help="Only pods on this node (default: this node, REPAIR_NODE_NAME).")
+@click.option("--node", callback=lambda _ctx, _param, value: value and object_name(value, "node"),
+              help="Only pods on this node (default: this node, REPAIR_NODE_NAME).")
 @click.option("--all-nodes", is_flag=True, help="Pods on every node.")
 @click.option("--mode", type=click.Choice(MODES),
               help="What to do with broken pods (default: the REPAIR_*_PODS settings).")
 @click.option("--dry-run", is_flag=True, help="Only list broken pods and what would be done.")
-@output_option
+@output_option(("text", "json"))
 @kubeconfig_option
 def repair_command(node: str | None, all_nodes: bool, mode: str | None, dry_run: bool,
                    output: str, kubeconfig: str | None) -> None:
@@ -120,7 +123,7 @@ def repair_command(node: str | None, all_nodes: bool, mode: str | None, dry_run:
 
 @click.command("drift")
 @click.option("--dry-run", is_flag=True, help="Only report pods whose rules differ.")
-@output_option
+@output_option(("text", "json"))
 @kubeconfig_option
 def drift_command(dry_run: bool, output: str, kubeconfig: str | None) -> None:
     """Check every redirected pod on this node against its rules; put back missing ones.

@@ -8,7 +8,9 @@ that it is a regular file, and reads at most `limit` bytes. Links are followed: 
 and Kubernetes mounts secrets and projected tokens as links (`token -> ..data/token`).
 
 `read_file_at_most` is for a file a person names on the command line, where a pipe is a fair
-input (`--pod-file <(kubectl get pod p -o json)`): it blocks like any read, but stops past `limit`.
+input (`--pod-file <(kubectl get pod p -o json)`): it stops past `limit`, and with `timeout` it
+also stops when the whole read (opening included) takes longer, so a FIFO nobody writes to, or
+a terminal, is an error rather than a hang.
 
 Both raise `OSError` with `strerror` saying what is wrong, so callers' existing "cannot read
 PATH: {strerror}" messages stay right. Hot path: stdlib only, nothing imported beyond `os`.
@@ -44,13 +46,52 @@ def read_regular_file(path: str, limit: int) -> bytes:
         os.close(fd)
 
 
-def read_file_at_most(path: str | os.PathLike[str], limit: int) -> bytes:
-    """The contents of `path` (any readable file, a pipe included) if at most `limit` bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+def read_file_at_most(path: str | os.PathLike[str], limit: int,
+                      timeout: float | None = None) -> bytes:
+    """The contents of `path` (any readable file, a pipe included) if at most `limit` bytes,
+    and, with `timeout`, if it all came within `timeout` seconds."""
+    if timeout is None:
+        fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            return _read_fd(fd, limit, os.fspath(path))
+        finally:
+            os.close(fd)
+    # Without blocking, opening a FIFO returns at once; the wait for its writer is then a poll
+    # with a deadline (Linux reports no hang-up on a FIFO that never had a writer).
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        return _read_fd(fd, limit, os.fspath(path))
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return _read_fd(fd, limit, os.fspath(path))
+        return _read_fd_until(fd, limit, os.fspath(path), timeout)
     finally:
         os.close(fd)
+
+
+def _read_fd_until(fd: int, limit: int, path: str, timeout: float) -> bytes:
+    """`_read_fd` for a non-blocking descriptor that may have nothing yet (a pipe, a FIFO, a
+    terminal): wait for data with `poll`, for no longer than `timeout` seconds in all."""
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            raise OSError(errno.ETIMEDOUT, f"not read to its end within {timeout:g} s", path)
+        try:
+            chunk = os.read(fd, min(_CHUNK, limit + 1 - total))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", path)
 
 
 def _read_fd(fd: int, limit: int, path: str) -> bytes:

@@ -9,11 +9,15 @@ here, so callers handle one exception type with a status code (0 = no HTTP answe
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from cni.fileread import read_regular_file
+from cni.kubeconfig import MAX_FILE_BYTES
 
 REQUEST_TIMEOUT = (10.0, 30.0)  # (connect, read) seconds for ordinary requests
 
@@ -59,20 +63,69 @@ def _translated(what: str) -> Iterator[None]:
 
 
 def load_api_client(kubeconfig: str | None = None) -> Any:
-    """In-cluster config when running in a pod, else the kubeconfig (or KUBECONFIG/~/.kube)."""
+    """In-cluster config when running in a pod, else the kubeconfig (or KUBECONFIG/~/.kube).
+
+    Every kubeconfig file is first read as the plugin reads its own (a regular file, at most
+    `MAX_FILE_BYTES`, never blocking on a FIFO) and parsed as YAML, so that a file that is not a
+    kubeconfig is an `ApiError` naming it instead of a hang or a traceback from the client
+    library, whose loader assumes a well-formed file (`clusters: 5` is a TypeError there).
+    """
     from kubernetes import client, config
 
+    if not kubeconfig:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    paths = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    _check_kubeconfig_files(paths)
     try:
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig)
-        else:
-            try:
-                config.load_incluster_config()
-            except config.ConfigException:
-                config.load_kube_config()
-    except (config.ConfigException, OSError, TypeError, ValueError) as exc:
-        raise ApiError(0, f"no Kubernetes API access: {exc}") from exc
+        config.load_kube_config(config_file=kubeconfig)  # None: the library's own default
+    except (config.ConfigException, OSError, TypeError, ValueError, AttributeError, KeyError,
+            IndexError, RecursionError) as exc:  # the library's loader on a malformed file
+        raise ApiError(0, f"no Kubernetes API access: kubeconfig {paths}: "
+                          f"{_first_line(exc)}") from exc
     return client.ApiClient()
+
+
+def _check_kubeconfig_files(paths: str) -> None:
+    """Each existing file of a kubeconfig path list (`a:b`, as KUBECONFIG) is a YAML mapping."""
+    import yaml
+
+    for path in filter(None, paths.split(os.pathsep)):
+        path = os.path.expanduser(path)
+        if not os.path.lexists(path) and os.pathsep in paths:
+            continue  # the client library skips a missing file of a list, as kubectl does
+        if "\x00" in path:  # no file has this name; os.open would raise ValueError
+            raise ApiError(0, f"kubeconfig {path!r}: a path has no NUL byte")
+        try:
+            doc = yaml.safe_load(read_regular_file(path, MAX_FILE_BYTES).decode())
+        except OSError as exc:
+            raise ApiError(0, f"kubeconfig {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ApiError(0, f"kubeconfig {path}: not UTF-8 text ({exc.reason} at byte "
+                              f"{exc.start})") from exc
+        except RecursionError as exc:
+            raise ApiError(0, f"kubeconfig {path}: not YAML we read: nested too deeply") from exc
+        except yaml.YAMLError as exc:
+            raise ApiError(0, f"kubeconfig {path}: not YAML: {_yaml_problem(exc)}") from exc
+        if not isinstance(doc, dict):
+            held = "nothing" if doc is None else f"a YAML {type(doc).__name__}"
+            raise ApiError(0, f"kubeconfig {path}: not a kubeconfig (a mapping with clusters, "
+                              f"users and contexts): it holds {held}")
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """PyYAML's problem and where, without its multi-line excerpt of the text."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or _first_line(exc)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return " ".join(line.strip() for line in text)[:300] if text else type(exc).__name__
 
 
 class PodApi:

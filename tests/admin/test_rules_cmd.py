@@ -99,6 +99,25 @@ def test_long_and_short_names_agree() -> None:
         (["--host-ipv4-loopback-cidr", "10.0.0.1/32"], "IPv4 loopback"),
         (["--dns-servers-v4", "::1"], "--dns-servers-v4"),
         (["--dns-servers-v6", "10.0.0.1"], "--dns-servers-v6"),
+        # every flag is checked with the plugin's parsers before anything is built
+        (["-p", "abc"], "--envoy-port/-p: 'abc' is not a port number"),
+        (["-p", "70000"], "--envoy-port/-p: '70000' is not a port number"),
+        (["-z", "-1"], "--inbound-capture-port/-z: '-1'"),
+        (["-e", "1e3"], "--inbound-tunnel-port/-e: '1e3'"),
+        (["-u", "abc"], "--proxy-uid/-u: 'abc' is not a user or group id"),
+        (["-g", "1,4294967295"], "--proxy-gid/-g: '4294967295'"),
+        (["-c", "eth0;rm"], "--istio-exclude-interfaces/-c: 'eth0;rm' is not a valid interface"),
+        (["-k", "eth0 -j ACCEPT"], "--kube-virt-interfaces/-k: 'eth0 -j ACCEPT'"),
+        (["-b", "80,x"], "--istio-inbound-ports/-b: 'x'"),
+        (["-d", "*"], "--istio-local-exclude-ports/-d: '*'"),
+        (["-q", "80\n-A X"], "--istio-outbound-ports/-q:"),
+        (["-i", "junk"], "--istio-service-cidr/-i: 'junk' is not a CIDR"),
+        (["-x", "10.0.0.0/8,*"], "--istio-service-exclude-cidr/-x: '*' is not a CIDR"),
+        (["-t", "abc"], "--istio-inbound-tproxy-mark/-t: 'abc'"),
+        (["-r", "4294967296"], "--istio-inbound-tproxy-route-table/-r: '4294967296'"),
+        (["--outbound-owner-groups", "java,-j"], "--outbound-owner-groups: '-j'"),
+        (["--outbound-owner-groups-exclude", "a b"], "--outbound-owner-groups-exclude: 'a b'"),
+        (["-o", "json"], "-o is istio-iptables' --istio-local-outbound-ports-exclude"),
     ],
 )
 def test_invalid_input_is_one_line_and_exit_2(args: list[str], fragment: str) -> None:
@@ -109,6 +128,22 @@ def test_invalid_input_is_one_line_and_exit_2(args: list[str], fragment: str) ->
     assert len(lines) == 1 and lines[0].startswith("istio-cni-node rules: error: ")
     assert fragment in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_a_huge_junk_value_is_cut_in_the_error_line() -> None:
+    result = run(["-c", "x;" * 100_000])
+    assert result.exit_code == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert "--istio-exclude-interfaces/-c" in line and len(line) < 400
+
+
+def test_values_reach_the_payload_in_their_parsed_form() -> None:
+    """What the plugin would program for the same numbers: ports and ids as integers, CIDRs as
+    Go prints them, whatever spacing or leading zeros they were given with."""
+    spaced = run(["-p", " 16001", "-u", "007", "-i", "2001:DB8:0::/32", "--ipv6"])
+    plain = run(["-p", "16001", "-u", "7", "-i", "2001:db8::/32", "--ipv6"])
+    assert spaced.exit_code == plain.exit_code == 0, spaced.output
+    assert spaced.stdout == plain.stdout and "--to-ports 16001" in plain.stdout
 
 
 def test_notes_go_to_stderr() -> None:

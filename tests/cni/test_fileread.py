@@ -47,6 +47,41 @@ def test_a_pipe_is_fine_on_the_command_line(tmp_path: Path) -> None:
         os.close(read_end)
 
 
+def test_with_a_timeout_a_fifo_nobody_writes_to_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+
+    with pytest.raises(OSError, match=r"not read to its end within 0.2 s") as caught:
+        read_file_at_most(fifo, 1024, timeout=0.2)
+
+    assert caught.value.filename == str(fifo)
+
+
+def test_with_a_timeout_a_fifo_and_a_pipe_are_still_read(tmp_path: Path) -> None:
+    """The FIFO's writer is another process, racing the reader's open, writing in two parts."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys\n"
+         "f = open(sys.argv[1], 'w'); f.write('{\"a\":'); f.flush(); f.write(' 1}')", fifo])
+    try:
+        assert read_file_at_most(fifo, 1024, timeout=60) == b'{"a": 1}'
+    finally:
+        writer.wait(timeout=60)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"{}")
+    os.close(write_end)
+    try:
+        assert read_file_at_most(f"/proc/self/fd/{read_end}", 10, timeout=60) == b"{}"
+    finally:
+        os.close(read_end)
+
+
+def test_with_a_timeout_an_endless_device_still_stops_at_the_limit() -> None:
+    with pytest.raises(OSError, match="larger than 1024 bytes"):
+        read_file_at_most("/dev/zero", 1024, timeout=60)
+
+
 def _socket_file(tmp_path: Path) -> str:
     path = str(tmp_path / "sock")
     sock = socket.socket(socket.AF_UNIX)

@@ -1,4 +1,4 @@
-"""Reading daemonset.yaml for the deployment tests: documents, env, RBAC rules as access sets.
+"""Reading the manifests for the deployment tests: documents, env, RBAC rules as access sets.
 
 An `Access` is what the API server's authorizer decides on: (apiGroup, resource[/subresource],
 verb), plus the namespace and object name for namespaced/named grants. `access_of` turns a
@@ -18,6 +18,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "daemonset.yaml"
+NAMESPACE_MANIFEST = REPO / "namespace.yaml"
+"""The istio-system Namespace, applied once with daemonset.yaml and never deleted with it."""
 NAMESPACE = "istio-system"
 
 

@@ -1,6 +1,8 @@
-"""What the real `kubectl delete -f daemonset.yaml` does, in order, against a minimal API server
-(discovery and DELETE only): it deletes in file order, so the DaemonSet goes before its
-ServiceAccount and RBAC, and the label selector leaves the Namespace alone."""
+"""What the real kubectl does with the manifests, in order, against a minimal API server
+(discovery, create and delete only): `kubectl apply -f namespace.yaml -f daemonset.yaml` creates
+the Namespace before anything that lives in it; `kubectl delete -f daemonset.yaml` deletes in
+file order, so the DaemonSet goes before its ServiceAccount and RBAC, and never touches the
+istio-system Namespace (istiod's)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.manifest import MANIFEST
+from tests.deploy.manifest import MANIFEST, NAMESPACE_MANIFEST
 
 RESOURCES = {
     "/api/v1": [("namespaces", "Namespace", False), ("configmaps", "ConfigMap", True),
@@ -49,6 +51,7 @@ def discovery(path: str) -> dict | None:
 class Api:
     def __init__(self) -> None:
         self.deleted: list[str] = []
+        self.created: list[str] = []
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -67,6 +70,12 @@ class Api:
                 else:  # every object is already gone: kubectl's --wait ends at once
                     self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                      "reason": "NotFound", "code": 404})
+
+            def do_POST(self) -> None:  # noqa: N802 - stdlib name
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                api.created.append(self.path.split("?")[0])
+                self._send(201, body)
 
             def do_DELETE(self) -> None:  # noqa: N802 - stdlib name
                 api.deleted.append(self.path.split("?")[0])
@@ -101,15 +110,18 @@ def api() -> Iterator[Api]:
         server.close()
 
 
-def kubectl_delete(api: Api, home: Path, *args: str) -> list[str]:
+def kubectl(api: Api, home: Path, *args: str) -> None:
     kubeconfig = home / "kubeconfig"
     kubeconfig.write_text("apiVersion: v1\nkind: Config\n")
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
            "KUBECONFIG": str(kubeconfig)}
-    proc = subprocess.run(["kubectl", "--server", api.url, "delete", "-f", str(MANIFEST),
-                           "--request-timeout=10s", "--timeout=10s", *args],
+    proc = subprocess.run(["kubectl", "--server", api.url, *args, "--request-timeout=10s"],
                           capture_output=True, text=True, env=env, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def kubectl_delete(api: Api, home: Path, *args: str) -> list[str]:
+    kubectl(api, home, "delete", "-f", str(MANIFEST), "--timeout=10s", *args)
     return [path.rsplit("/", 2)[-2] for path in api.deleted]
 
 
@@ -122,8 +134,23 @@ def test_kubectl_deletes_the_daemonset_before_its_service_account_and_rbac(api: 
                      "rolebindings"]  # file order, and no namespaces
 
 
-def test_a_plain_kubectl_delete_takes_the_namespace_first(api: Api, tmp_path: Path):
-    """Why docs/deploy.md says to remove the agent with the label selector: without it the
-    shared istio-system Namespace goes first, and istiod with it."""
+def test_a_plain_kubectl_delete_leaves_the_namespace_alone(api: Api, tmp_path: Path):
+    """`kubectl delete -f daemonset.yaml`, as docs/deploy.md says: the same as with the label
+    selector; istio-system, which istiod shares, is not in the file and stays."""
     kinds = kubectl_delete(api, tmp_path)
-    assert kinds[0] == "namespaces" and kinds[1:3] == ["configmaps", "daemonsets"]
+    assert kinds == ["configmaps", "daemonsets", "serviceaccounts", "clusterroles",
+                     "clusterrolebindings", "clusterroles", "clusterrolebindings",
+                     "clusterroles", "clusterrolebindings", "roles", "rolebindings"]
+
+
+def test_the_first_apply_creates_the_namespace_first(api: Api, tmp_path: Path):
+    """`kubectl apply -f namespace.yaml -f daemonset.yaml` on a cluster without istio-system:
+    the Namespace is created before the ConfigMap and the DaemonSet that live in it."""
+    kubectl(api, tmp_path, "apply", "--validate=false", "-f", str(NAMESPACE_MANIFEST),
+            "-f", str(MANIFEST))
+    created = [path.rsplit("/", 1)[-1] for path in api.created]
+    assert created == ["namespaces", "configmaps", "daemonsets", "serviceaccounts",
+                       "clusterroles", "clusterrolebindings", "clusterroles",
+                       "clusterrolebindings", "clusterroles", "clusterrolebindings", "roles",
+                       "rolebindings"]
+    assert api.created[1] == "/api/v1/namespaces/istio-system/configmaps"

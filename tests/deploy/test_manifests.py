@@ -1,4 +1,4 @@
-"""daemonset.yaml: schema-valid, and consistent with what the code reads and needs.
+"""daemonset.yaml and namespace.yaml: schema-valid, consistent with what the code reads and needs.
 
 Schema: every document against the Kubernetes OpenAPI schemas that kubernetes-validate ships
 (offline), in strict mode (unknown fields are errors, as `kubectl apply` with server-side field
@@ -28,6 +28,7 @@ from node_daemon.config import DaemonConfig, NodeGateConfig
 from tests.deploy.manifest import (
     MANIFEST,
     NAMESPACE,
+    NAMESPACE_MANIFEST,
     REPO,
     container,
     documents,
@@ -37,6 +38,7 @@ from tests.deploy.manifest import (
 )
 
 DOCS = documents()
+NAMESPACE_DOCS = documents(NAMESPACE_MANIFEST)
 DS = find(DOCS, "DaemonSet", "istio-cni-node")
 POD = DS["spec"]["template"]["spec"]
 C = container(DOCS)
@@ -95,7 +97,8 @@ def names_the_code_reads() -> set[str]:
 # --- schema ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("doc", DOCS, ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+@pytest.mark.parametrize("doc", DOCS + NAMESPACE_DOCS,
+                         ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
 def test_every_document_is_schema_valid(doc: dict[str, Any], version: str) -> None:
     kubernetes_validate.validate(doc, version, strict=True)
 
@@ -111,14 +114,19 @@ def test_strict_validation_catches_a_misspelled_field() -> None:
 
 def test_everything_namespaced_is_in_istio_system() -> None:
     kinds = [d["kind"] for d in DOCS]
-    assert kinds == ["Namespace", "ConfigMap", "DaemonSet", "ServiceAccount", "ClusterRole",
+    assert kinds == ["ConfigMap", "DaemonSet", "ServiceAccount", "ClusterRole",
                      "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding", "ClusterRole",
                      "ClusterRoleBinding", "Role", "RoleBinding"]
     for d in DOCS:
-        if d["kind"] == "Namespace":
-            assert d["metadata"]["name"] == NAMESPACE
-        elif d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if d["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert d["metadata"]["namespace"] == NAMESPACE, d["kind"]
+
+
+def test_namespace_yaml_is_the_namespace_and_nothing_else() -> None:
+    """The first apply needs istio-system; it comes from its own file so that deleting
+    daemonset.yaml can never take it (and istiod) away."""
+    assert [(d["kind"], d["metadata"]["name"]) for d in NAMESPACE_DOCS] == [
+        ("Namespace", NAMESPACE)]
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -299,11 +307,11 @@ def test_the_image_tag_built_is_the_one_deployed() -> None:
     assert built == C["image"] == f"localhost/istio-cni-node:{__version__}"
 
 
-def test_the_namespace_comes_first_and_the_daemonset_before_what_it_runs_with() -> None:
-    """kubectl applies and deletes in file order: the first apply needs the Namespace first; a
-    delete must stop the DaemonSet before its ServiceAccount (token) and RBAC go."""
+def test_the_daemonset_comes_before_what_it_runs_with() -> None:
+    """kubectl applies and deletes in file order: a delete must stop the DaemonSet before its
+    ServiceAccount (token) and RBAC go. The Namespace is not in this file at all."""
     kinds = [d["kind"] for d in DOCS]
-    assert DOCS[0]["kind"] == "Namespace" and DOCS[0]["metadata"]["name"] == NAMESPACE
+    assert "Namespace" not in kinds
     daemonset = kinds.index("DaemonSet")
     for i, doc in enumerate(DOCS):
         if doc["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
@@ -311,9 +319,11 @@ def test_the_namespace_comes_first_and_the_daemonset_before_what_it_runs_with() 
             assert i > daemonset, f"{doc['kind']} {doc['metadata']['name']} comes first"
 
 
-def test_the_agent_can_be_removed_without_its_namespace() -> None:
-    """`kubectl delete -f daemonset.yaml -l app.kubernetes.io/name=istio-cni` (docs/deploy.md)
-    removes everything of ours and keeps istio-system, which istiod shares."""
+def test_every_document_of_the_agent_carries_its_label() -> None:
+    """`kubectl delete -f daemonset.yaml` removes only what is ours; the label also lets an
+    operator select the agent's objects (`-l app.kubernetes.io/name=istio-cni`)."""
     for doc in DOCS:
         labelled = (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/name")
-        assert (labelled == "istio-cni") is (doc["kind"] != "Namespace"), doc["kind"]
+        assert labelled == "istio-cni", doc["kind"]
+    for doc in NAMESPACE_DOCS:
+        assert (doc["metadata"].get("labels") or {}).get("app.kubernetes.io/name") is None
