@@ -139,3 +139,39 @@ def test_user_namespaced_pod_is_redirected_checked_and_kept(node: Node, request)
              what="repaired in place")
     assert check(node, late, broken, call.result).status == 0
     assert_redirected_inside(node, late, late_ip)
+
+
+NFTABLES = {"native_nftables": True}
+
+
+@pytest.mark.parametrize("node", [NFTABLES], indirect=True, ids=["nftables"])
+def test_user_namespaced_pod_in_native_nftables_mode(node: Node):
+    """The same pod in native nftables mode: upstream's tables written from inside the pod's
+    user namespace (the owner match `skuid 1337` is refused from outside it), real traffic with
+    the proxy and app inside, CHECK, and the drift check putting back what the pod's root
+    flushed."""
+    from cni.backends import RuleMode
+
+    mode = RuleMode(native_nftables=True)
+    ns, pod, ip, prev = add_meshed(node, "userns-nft")
+    if node.agent is not None:
+        assert node.agent.served("ADD", "ok") == 1
+    listing = subprocess.run(["ip", "netns", "exec", ns.name, "nft", "list", "ruleset"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "table inet istio-proxy-nat" in listing and "skuid 1337" in listing
+    assert istio_lines(ns.name) == []  # no iptables rules in this mode
+    assert_redirected_inside(node, ns, ip)
+    assert check(node, ns, pod, prev).status == 0
+    assert check_pod(ns.path, plan(pod)[2], mode).state == "identical"
+
+    controller = start_controller(node.cleanup, kubernetes_api_client(node.api),
+                                  replace(CFG, repair_pods=True),
+                                  finder=NetnsFinder(Path("/proc")), backend=mode, drift=True)
+    subprocess.run(inside_binary(ns, 0, "nft", "flush", "chain", "inet", "istio-proxy-nat",
+                                 "istio-output"), check=True, timeout=30, capture_output=True)
+    flushed = check(node, ns, pod, prev)
+    assert (flushed.status, flushed.result.get("code")) == (1, 104), flushed.stdout
+    controller.check_drift_now()
+    wait_for(lambda: controller.metrics.value("istio_cni_drift_pods_total",
+                                              result="success") == 1, what="drift repaired")
+    assert check(node, ns, pod, prev).status == 0
