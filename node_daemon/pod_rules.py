@@ -19,6 +19,7 @@ from enum import StrEnum
 from cni import pipeline
 from cni.backends import RuleMode
 from cni.live_state import StateDiff
+from cni.netns import HeldNetns
 from cni.redirect import Redirect
 
 
@@ -50,11 +51,15 @@ class RulesOutcome:
         return text
 
 
-def reconcile_rules(netns_path: str, redirect: Redirect, backend: str | RuleMode = "auto",
+def reconcile_rules(target: HeldNetns, redirect: Redirect, backend: str | RuleMode = "auto",
                     fix: bool = True) -> RulesOutcome:
     """Compare the pod netns with what `redirect` requires; with `fix`, make it hold exactly
-    that (reset first when it holds anything of ours)."""
-    with pipeline.visit(netns_path, redirect, backend) as pod_ns:
+    that (reset first when it holds anything of ours).
+
+    `target` is the netns as found (`node_daemon.netns_finder`), held by descriptor, never a
+    path: it is entered only once proven to be that netns and to hold the pod's IP
+    (`NetnsChanged` otherwise, before anything is read or written)."""
+    with pipeline.visit(target, redirect, backend) as pod_ns:
         diff = pod_ns.check()
         if not diff.missing and not diff.extra:
             return RulesOutcome(RulesState.IN_SYNC, diff)
