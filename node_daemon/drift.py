@@ -4,6 +4,10 @@ Upstream's CHECK always succeeds, so rules flushed by an app holding NET_ADMIN, 
 second chained run, go unnoticed until traffic bypasses the proxy. We compare each pod netns with
 the rules its spec requires and, with `fix`, put them back (`pod_rules.reconcile_rules`).
 
+Each pod is compared in the netns the pass's /proc scan found for its IP and held open, never
+by its pid's path again (`node_daemon.netns_finder`): a netns that is no longer the one found,
+or no longer has the pod's IP, is a failure with nothing written.
+
 Which pods: the plugin would redirect them, and they are known to have been programmed: the
 validation init container completed (it only passes with the rules in place), or, for pods
 without one, the pod is Running. A pod that never got its rules (the CNI race) is the repair

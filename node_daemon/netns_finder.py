@@ -216,13 +216,16 @@ class NetnsFinder:
         if opened is None:
             return
         held, pid, started = opened
+        found: set[str] = set()
         try:
             with netns.in_held_netns(held):
-                found = {str(a) for a in netns.pod_addresses()
-                         if not (a.is_loopback or a.is_link_local)} & wanted
-        except (CNIError, OSError) as exc:
-            log.debug("cannot read the addresses of %s: %s", held.where, exc)
-            found = set()
+                try:
+                    found = {str(a) for a in netns.pod_addresses()
+                             if not (a.is_loopback or a.is_link_local)} & wanted
+                except OSError as exc:
+                    log.debug("cannot read the addresses of %s: %s", held.where, exc)
+        except CNIError as exc:  # (failing to switch back is an OSError: never swallowed)
+            log.debug("cannot enter %s: %s", held.where, exc.msg)
         for ip in found & set(table):
             log.warning("IP %s is in two netns (%s and %s); using the oldest",
                         ip, table[ip].where, held.where)

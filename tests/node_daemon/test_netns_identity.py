@@ -76,6 +76,25 @@ def istio_lines(ns: Netns) -> list[str]:
     return [ln for ln in out.splitlines() if "ISTIO" in ln]
 
 
+def drifted(ns, pod) -> None:
+    """`pod`'s rules programmed into `ns`, then ISTIO_OUTPUT flushed (an app with NET_ADMIN)."""
+    assert program_pod(ns.path, spec(pod)) == "applied"
+    for binary in ("iptables-nft", "iptables-legacy"):
+        ns.run(binary, "-t", "nat", "-F", "ISTIO_OUTPUT", check=False)
+    assert check_pod(ns.path, spec(pod)).missing
+
+
+def drift_once(pod, finder: NetnsFinder):
+    """One drift pass over `pod` alone, fixing, with `finder`; its one result."""
+    [result] = DriftChecker(CFG, Reporter(None, Metrics(), NODE), finder).check_all([pod])
+    return result
+
+
+def in_sync(ns, pod) -> bool:
+    diff = check_pod(ns.path, spec(pod))
+    return (diff.missing, diff.extra) == ((), ())
+
+
 def gone(ns: Netns) -> None:
     """Pod A is deleted: its pause process exits and the CNI DEL removes its interface (and
     IP); the netns file itself may live on (here: its bind mount; on a node: our fd)."""
@@ -95,16 +114,13 @@ def test_drift_never_writes_the_pod_whose_process_took_the_pid(two_pods):
     nothing, and A's result is a failure naming what changed, not "programmed in place"."""
     a, b, proc = two_pods
     pod = make_pod("a", ip=a.ip, init_status=COMPLETED, phase="Running")
-    assert program_pod(a.path, spec(pod)) == "applied"
-    a.run("iptables-nft", "-t", "nat", "-F", "ISTIO_OUTPUT", check=False)
-    a.run("iptables-legacy", "-t", "nat", "-F", "ISTIO_OUTPUT", check=False)
+    drifted(a, pod)
 
     def pid_reused() -> None:
         gone(a)
         proc.reuse(a.pause.pid, by=b.pause.pid)
 
-    checker = DriftChecker(CFG, Reporter(None, Metrics(), NODE), ScanThen(proc.root, pid_reused))
-    [result] = checker.check_all([pod])
+    result = drift_once(pod, ScanThen(proc.root, pid_reused))
     assert istio_lines(b) == []  # B: nothing written
     assert result.result == "fail", result.message
     assert a.ip in result.message and "nothing written" in result.message
@@ -116,17 +132,12 @@ def test_drift_fixes_the_netns_it_found_although_its_pid_now_names_another(two_p
     the netns it held, and never touches B."""
     a, b, proc = two_pods
     pod = make_pod("a", ip=a.ip, init_status=COMPLETED, phase="Running")
-    program_pod(a.path, spec(pod))
-    a.run("iptables-nft", "-t", "nat", "-F", "ISTIO_OUTPUT", check=False)
-    a.run("iptables-legacy", "-t", "nat", "-F", "ISTIO_OUTPUT", check=False)
-    assert check_pod(a.path, spec(pod)).missing
+    drifted(a, pod)
 
-    finder = ScanThen(proc.root, lambda: proc.reuse(a.pause.pid, by=b.pause.pid))
-    [result] = DriftChecker(CFG, Reporter(None, Metrics(), NODE), finder).check_all([pod])
+    result = drift_once(pod, ScanThen(proc.root,
+                                      lambda: proc.reuse(a.pause.pid, by=b.pause.pid)))
     assert result.result == "success", result.message
-    diff = check_pod(a.path, spec(pod))
-    assert (diff.missing, diff.extra) == ((), ())
-    assert istio_lines(b) == []
+    assert in_sync(a, pod) and istio_lines(b) == []
 
 
 def test_a_user_namespaced_pod_is_fixed_through_the_held_netns(pod_netns, cleanup, tmp_path):
@@ -146,17 +157,12 @@ def test_a_user_namespaced_pod_is_fixed_through_the_held_netns(pod_netns, cleanu
     b = pod_netns()
     proc = HostProc(tmp_path, [a.holder.pid])
     pod = make_pod("a", ip=ip, init_status=COMPLETED, phase="Running")
-    program_pod(a.path, spec(pod))
-    a.run("iptables-nft", "-t", "nat", "-F", "ISTIO_OUTPUT", check=False)
-    a.run("iptables-legacy", "-t", "nat", "-F", "ISTIO_OUTPUT", check=False)
-    assert check_pod(a.path, spec(pod)).missing
+    drifted(a, pod)
 
-    finder = ScanThen(proc.root, lambda: proc.reuse(a.holder.pid, by=b.pause.pid))
-    [result] = DriftChecker(CFG, Reporter(None, Metrics(), NODE), finder).check_all([pod])
+    result = drift_once(pod, ScanThen(proc.root,
+                                      lambda: proc.reuse(a.holder.pid, by=b.pause.pid)))
     assert result.result == "success", result.message
-    diff = check_pod(a.path, spec(pod))
-    assert (diff.missing, diff.extra) == ((), ())
-    assert istio_lines(b) == []
+    assert in_sync(a, pod) and istio_lines(b) == []
 
 
 def test_repair_in_place_never_writes_the_pod_whose_process_took_the_pid(two_pods):
