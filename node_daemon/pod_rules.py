@@ -8,7 +8,11 @@ configured backend only (python-iptables needs no iptables binary for any of it)
 programmed in the other mode (a node switched between iptables and native nftables mode) is
 the same case: its check reports the other mode's state, the reset removes it (`cni.apply`).
 
-Enters the pod netns on the calling thread: call from one worker thread at a time.
+Enters the pod netns on the calling thread: call from one worker thread at a time. The netns is
+the one the caller's /proc scan found, held by descriptor (`cni.netns.HeldNetns`; the parameter
+keeps its old name `netns_path`), never a path that may name another pod's netns by now: it is
+entered by that descriptor and proven (same nsfs inode, the pod's IP inside) before anything is
+read or written; `NetnsChanged` otherwise.
 """
 
 from __future__ import annotations
@@ -51,15 +55,11 @@ class RulesOutcome:
         return text
 
 
-def reconcile_rules(target: HeldNetns, redirect: Redirect, backend: str | RuleMode = "auto",
+def reconcile_rules(netns_path: HeldNetns, redirect: Redirect, backend: str | RuleMode = "auto",
                     fix: bool = True) -> RulesOutcome:
     """Compare the pod netns with what `redirect` requires; with `fix`, make it hold exactly
-    that (reset first when it holds anything of ours).
-
-    `target` is the netns as found (`node_daemon.netns_finder`), held by descriptor, never a
-    path: it is entered only once proven to be that netns and to hold the pod's IP
-    (`NetnsChanged` otherwise, before anything is read or written)."""
-    with pipeline.visit(target, redirect, backend) as pod_ns:
+    that (reset first when it holds anything of ours)."""
+    with pipeline.visit(netns_path, redirect, backend) as pod_ns:
         diff = pod_ns.check()
         if not diff.missing and not diff.extra:
             return RulesOutcome(RulesState.IN_SYNC, diff)
