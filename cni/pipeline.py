@@ -29,8 +29,8 @@ from cni.podinfo import PodInfo, extract_pod_info
 if TYPE_CHECKING:  # the stages after the decision are imported only when a pod gets that far
     from cni.apply import PodNetns
     from cni.backends import AnyRuleSet, Backend, RuleMode
+    from cni.held_netns import HeldNetns
     from cni.live_state import StateDiff
-    from cni.netns import HeldNetns
     from cni.redirect import Redirect
 
 
@@ -91,14 +91,16 @@ def visit(netns_path: str | HeldNetns, redirect: Redirect,
 
     A path (CNI_NETNS) is opened and entered now; a `HeldNetns` (what the node agent found
     earlier) is entered by its descriptor and proven to be the netns that was found, and to
-    hold the pod's IP, before anything is read or written (`cni.netns.in_held_netns`)."""
-    from cni import netns
-
+    hold the pod's IP, before anything is read or written (`cni.held_netns.in_held_netns`)."""
     if isinstance(netns_path, str):
+        from cni import netns
+
         with netns.in_netns(netns_path):
             yield here(netns_path, redirect, backend)
     else:
-        with netns.in_held_netns(netns_path):
+        from cni.held_netns import in_held_netns
+
+        with in_held_netns(netns_path):
             yield here(netns_path.where, redirect, backend)
 
 

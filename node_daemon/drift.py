@@ -21,7 +21,7 @@ from typing import Any
 
 from cni.backends import RuleMode
 from cni.errors import CNIError, InvalidPod
-from cni.netns import HeldNetns
+from cni.held_netns import HeldNetns
 from cni.pipeline import decide_pod
 from cni.podinfo import pod_ips
 from cni.redirect import redirect_from_pod

@@ -11,7 +11,7 @@ What a scan finds is *held*, not named: a pid, and so `/proc/PID/ns/net`, names 
 process has that pid now, and once a pod's pause process exits its pid can go to a process of
 another pod (pid_max is 32768 on many nodes). So each netns is opened once, its descriptor
 checked to be the namespace that was listed (same nsfs inode as the stat that grouped it), and
-every later visit enters that descriptor and proves it again (`cni.netns.in_held_netns`: the
+every later visit enters that descriptor and proves it again (`cni.held_netns.in_held_netns`: the
 inode, then the pod's IP inside). A scan returns a `NetnsTable` that owns the descriptors:
 use it as a context manager, so they are closed when the pass ends.
 
@@ -34,9 +34,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cni import netns
+from cni import held_netns, netns
 from cni.errors import CNIError
-from cni.netns import HeldNetns
+from cni.held_netns import HeldNetns
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ class NetnsFinder:
         for started, pid in members:
             path = f"{self.host_proc}/{pid}/ns/net"
             try:
-                held = netns.hold_netns(path, f"{path} (net:[{key[1]}])", expect=key)
+                held = held_netns.hold_netns(path, f"{path} (net:[{key[1]}])", expect=key)
             except CNIError as exc:
                 log.debug("passing over pid %d: %s", pid, exc.msg)
                 continue
@@ -218,7 +218,7 @@ class NetnsFinder:
         held, pid, started = opened
         found: set[str] = set()
         try:
-            with netns.in_held_netns(held):
+            with held_netns.in_held_netns(held):
                 try:
                     found = {str(a) for a in netns.pod_addresses()
                              if not (a.is_loopback or a.is_link_local)} & wanted

@@ -9,10 +9,10 @@ programmed in the other mode (a node switched between iptables and native nftabl
 the same case: its check reports the other mode's state, the reset removes it (`cni.apply`).
 
 Enters the pod netns on the calling thread: call from one worker thread at a time. The netns is
-the one the caller's /proc scan found, held by descriptor (`cni.netns.HeldNetns`; the parameter
-keeps its old name `netns_path`), never a path that may name another pod's netns by now: it is
-entered by that descriptor and proven (same nsfs inode, the pod's IP inside) before anything is
-read or written; `NetnsChanged` otherwise.
+the one the caller's /proc scan found, held by descriptor (`cni.held_netns.HeldNetns`, in the
+parameter still named `netns_path`), never a path that may name another pod's netns by now: it
+is entered by that descriptor and proven (same nsfs inode, the pod's IP inside) before anything
+is read or written; `NetnsChanged` otherwise.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from enum import StrEnum
 
 from cni import pipeline
 from cni.backends import RuleMode
+from cni.held_netns import HeldNetns
 from cni.live_state import StateDiff
-from cni.netns import HeldNetns
 from cni.redirect import Redirect
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cni import netns
+from cni.held_netns import hold_netns
 from cni.pipeline import check_pod, plan, program_pod
 from cni.userns import foreign_owner
 from node_daemon.actions import Actions, Reporter
@@ -205,7 +206,7 @@ def test_a_held_descriptor_reused_for_another_netns_is_refused(pod_netns):
 
     a, b = pod_netns(), pod_netns()
     pod = make_pod("a", ip=a.ip, init_status=COMPLETED)
-    held = netns.hold_netns(a.path)
+    held = hold_netns(a.path)
     b_fd = netns.open_netns(b.path)
     try:
         os.dup2(b_fd, held.fd)

@@ -19,6 +19,7 @@ import pytest
 
 from cni import netns
 from cni.backends.libiptc import find_xtables_libdir
+from cni.held_netns import in_held_netns
 from cni.pipeline import check_pod, plan, program_pod
 from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
@@ -64,7 +65,7 @@ def test_finder_maps_each_pod_ip_to_its_netns_and_never_the_host(pod_netns):
     host_ips = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
     with NetnsFinder(Path("/proc")).scan([a.ip, b.ip, "127.0.0.1", *host_ips]) as found:
         assert found[a.ip].pid == a.pause.pid and found[b.ip].pid == b.pause.pid
-        with netns.in_held_netns(found.netns_for([a.ip])):
+        with in_held_netns(found.netns_for([a.ip])):
             assert netns.read_facts().ipv6(dual_stack=False) is False
         assert found[a.ip].held.ino != found[b.ip].held.ino
         assert "127.0.0.1" not in found
