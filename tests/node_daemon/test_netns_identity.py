@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from cni import netns
-from cni.held_netns import hold_netns
 from cni.pipeline import check_pod, plan, program_pod
 from cni.userns import foreign_owner
 from node_daemon.actions import Actions, Reporter
@@ -138,7 +137,8 @@ def test_drift_fixes_the_netns_it_found_although_its_pid_now_names_another(two_p
     result = drift_once(pod, ScanThen(proc.root,
                                       lambda: proc.reuse(a.pause.pid, by=b.pause.pid)))
     assert result.result == "success", result.message
-    assert in_sync(a, pod) and istio_lines(b) == []
+    assert in_sync(a, pod)
+    assert istio_lines(b) == []
 
 
 def test_a_user_namespaced_pod_is_fixed_through_the_held_netns(pod_netns, cleanup, tmp_path):
@@ -163,7 +163,8 @@ def test_a_user_namespaced_pod_is_fixed_through_the_held_netns(pod_netns, cleanu
     result = drift_once(pod, ScanThen(proc.root,
                                       lambda: proc.reuse(a.holder.pid, by=b.pause.pid)))
     assert result.result == "success", result.message
-    assert in_sync(a, pod) and istio_lines(b) == []
+    assert in_sync(a, pod)
+    assert istio_lines(b) == []
 
 
 def test_repair_in_place_never_writes_the_pod_whose_process_took_the_pid(two_pods):
@@ -203,6 +204,7 @@ def test_a_held_descriptor_reused_for_another_netns_is_refused(pod_netns):
     """The identity proof after entering: the held descriptor's number now names B's netns
     (closed and reused): entering it is refused before anything is read or written."""
     from cni.errors import NetnsChanged  # (here: the module also runs against older code)
+    from cni.held_netns import hold_netns
 
     a, b = pod_netns(), pod_netns()
     pod = make_pod("a", ip=a.ip, init_status=COMPLETED)
