@@ -55,16 +55,18 @@ def explain_live(pod: dict[str, Any], cfg: RepairConfig, finder: NetnsFinder | N
     if finder is None or ex.redirect is None or not ips:
         return LiveReport(ex, verdict, node)
     try:
-        ref = finder.find(ips)
-        if ref is None:
-            return LiveReport(ex, verdict, node)
-        from cni.pipeline import check_pod
+        with finder.scan(ips) as found:
+            ref, target = found.first(ips), found.netns_for(ips)
+            if ref is None or target is None:
+                return LiveReport(ex, verdict, node)
+            from cni.pipeline import check_pod
 
-        diff = check_pod(ref.path, ex.redirect, backend)
+            # the netns the scan held, proven again (identity, the pod's IP) before it is read
+            diff = check_pod(target, ex.redirect, backend)
     except (CNIError, OSError) as exc:
         msg = exc.msg if isinstance(exc, CNIError) else str(exc)
         return LiveReport(ex, verdict, node, netns_error=msg)
-    return LiveReport(ex, verdict, node, ref.path, diff.missing, diff.extra,
+    return LiveReport(ex, verdict, node, ref.where, diff.missing, diff.extra,
                       other_mode=diff.other_mode)
 
 

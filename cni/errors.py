@@ -42,6 +42,11 @@ class InvalidNetNS(CNIError):
     code = 8
 
 
+class NetnsChanged(InvalidNetNS):
+    """A netns held since it was checked is not what it was when entered again (another
+    namespace behind the descriptor, or the pod's IP gone from it): nothing was written."""
+
+
 class TryAgainLater(CNIError):
     """Transient: API unreachable, 5xx, timeouts. The runtime retries the sandbox."""
 

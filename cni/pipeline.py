@@ -29,6 +29,7 @@ from cni.podinfo import PodInfo, extract_pod_info
 if TYPE_CHECKING:  # the stages after the decision are imported only when a pod gets that far
     from cni.apply import PodNetns
     from cni.backends import AnyRuleSet, Backend, RuleMode
+    from cni.held_netns import HeldNetns
     from cni.live_state import StateDiff
     from cni.redirect import Redirect
 
@@ -84,22 +85,33 @@ def here(netns_path: str, redirect: Redirect,
 
 
 @contextmanager
-def visit(netns_path: str, redirect: Redirect,
+def visit(netns_path: str | HeldNetns, redirect: Redirect,
           backend: str | RuleMode | Backend = "auto") -> Iterator[PodNetns]:
-    """Enter the pod netns once (this thread) and yield it as `here` sees it."""
-    from cni import netns
+    """Enter the pod netns once (this thread) and yield it as `here` sees it.
 
-    with netns.in_netns(netns_path):
-        yield here(netns_path, redirect, backend)
+    A path (CNI_NETNS) is opened and entered now; a `HeldNetns` (what the node agent found
+    earlier) is entered by its descriptor and proven to be the netns that was found, and to
+    hold the pod's IP, before anything is read or written (`cni.held_netns.in_held_netns`)."""
+    if isinstance(netns_path, str):
+        from cni import netns
+
+        with netns.in_netns(netns_path):
+            yield here(netns_path, redirect, backend)
+    else:
+        from cni.held_netns import in_held_netns
+
+        with in_held_netns(netns_path):
+            yield here(netns_path.where, redirect, backend)
 
 
-def program_pod(netns_path: str, redirect: Redirect, backend: str | RuleMode = "auto") -> str:
+def program_pod(netns_path: str | HeldNetns, redirect: Redirect,
+                backend: str | RuleMode = "auto") -> str:
     """Program the pod netns for this spec: "applied" or "already-programmed"."""
     with visit(netns_path, redirect, backend) as pod_ns:
         return pod_ns.program()
 
 
-def check_pod(netns_path: str, redirect: Redirect,
+def check_pod(netns_path: str | HeldNetns, redirect: Redirect,
               backend: str | RuleMode = "auto") -> StateDiff:
     """How the pod netns differs from what this spec requires."""
     with visit(netns_path, redirect, backend) as pod_ns:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -19,12 +20,13 @@ from typing import Any, Protocol
 from cni.backends import RuleMode
 from cni.errors import CNIError
 from cni.pipeline import decide_pod
+from cni.podinfo import PodInfo
 from cni.redirect import redirect_from_pod
 from node_daemon.config import RepairConfig
 from node_daemon.kubeapi import ApiError
 from node_daemon.metrics import Metrics
-from node_daemon.netns_finder import NetnsRef
-from node_daemon.pod_rules import reconcile_rules
+from node_daemon.netns_finder import NetnsRef, NetnsTable
+from node_daemon.pod_rules import RulesOutcome, reconcile_rules
 
 log = logging.getLogger("node_daemon.repair")
 COMPONENT = "cni-repair"
@@ -70,7 +72,12 @@ class PodWriter(EventSink, Protocol):
 
 
 class NetnsLocator(Protocol):
-    def find(self, ips: tuple[str, ...]) -> NetnsRef | None: ...
+    """Finds pod netns by IP and holds them (`node_daemon.netns_finder.NetnsFinder`)."""
+
+    limit: int
+    """Most IPs one `scan` takes."""
+
+    def scan(self, ips: Iterable[str]) -> NetnsTable: ...
 
 
 @dataclass(frozen=True)
@@ -182,25 +189,37 @@ class Actions:
         if not decision.redirect:
             return self.reporter.record(pod, Action.REPAIR, Result.SKIP,
                                         f"the plugin would not redirect it: {decision.reason}")
-        ips = info.pod_ips
-        ref = self.finder.find(ips) if self.finder is not None and ips else None
-        if ref is None:
-            return self.reporter.record(
-                pod, Action.REPAIR, Result.FAIL,
-                f"pod detected as broken, but no network namespace on this node has "
-                f"IP {', '.join(ips) or '(none)'}")
-        try:
-            outcome = reconcile_rules(ref.path, redirect_from_pod(info), self.backend)
-        except (CNIError, OSError) as exc:
-            msg = exc.msg if isinstance(exc, CNIError) else str(exc)
-            return self.reporter.record(pod, Action.REPAIR, Result.FAIL,
-                                        f"pod detected as broken, but failed to repair: {msg}")
+        done = self._in_place(pod, info)
+        if isinstance(done, ActionResult):
+            return done
+        outcome, ref = done
         with self._lock:
             self._repaired[key] = uid
         return self.reporter.record(
             pod, Action.REPAIR, Result.SUCCESS,
             f"pod detected as broken, traffic redirection {outcome.state} in netns of pid "
             f"{ref.pid}; the validation init container passes on its next restart")
+
+    def _in_place(self, pod: dict[str, Any],
+                  info: PodInfo) -> tuple[RulesOutcome, NetnsRef] | ActionResult:
+        """Find the pod's netns by its IP and program it there, through the descriptor the
+        scan held (never its pid's path again: the pid may be another pod's by now); the
+        failure's `ActionResult` otherwise. The scan's descriptors are closed on return."""
+        ips = info.pod_ips
+        with (self.finder.scan(ips) if self.finder is not None and ips else NetnsTable()) as found:
+            ref, target = found.first(ips), found.netns_for(ips)
+            if ref is None or target is None:
+                return self.reporter.record(
+                    pod, Action.REPAIR, Result.FAIL,
+                    f"pod detected as broken, but no network namespace on this node has "
+                    f"IP {', '.join(ips) or '(none)'}")
+            try:
+                return reconcile_rules(target, redirect_from_pod(info), self.backend), ref
+            except (CNIError, OSError) as exc:
+                msg = exc.msg if isinstance(exc, CNIError) else str(exc)
+                return self.reporter.record(
+                    pod, Action.REPAIR, Result.FAIL,
+                    f"pod detected as broken, but failed to repair: {msg}")
 
     def delete(self, pod: dict[str, Any]) -> ActionResult:
         meta = metadata(pod)

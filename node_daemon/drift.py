@@ -4,6 +4,10 @@ Upstream's CHECK always succeeds, so rules flushed by an app holding NET_ADMIN, 
 second chained run, go unnoticed until traffic bypasses the proxy. We compare each pod netns with
 the rules its spec requires and, with `fix`, put them back (`pod_rules.reconcile_rules`).
 
+Each pod is compared in the netns the pass's /proc scan found for its IP and held open, never
+by its pid's path again (`node_daemon.netns_finder`): a netns that is no longer the one found,
+or no longer has the pod's IP, is a failure with nothing written.
+
 Which pods: the plugin would redirect them, and they are known to have been programmed: the
 validation init container completed (it only passes with the rules in place), or, for pods
 without one, the pod is Running. A pod that never got its rules (the CNI race) is the repair
@@ -12,17 +16,17 @@ controller's business, under its own configured mode, not the drift check's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from cni.backends import RuleMode
 from cni.errors import CNIError, InvalidPod
+from cni.held_netns import HeldNetns
 from cni.pipeline import decide_pod
 from cni.podinfo import pod_ips
 from cni.redirect import redirect_from_pod
-from node_daemon.actions import Action, ActionResult, Reporter, Result, pod_key
+from node_daemon.actions import Action, ActionResult, NetnsLocator, Reporter, Result, pod_key
 from node_daemon.config import RepairConfig
-from node_daemon.netns_finder import NetnsFinder, NetnsRef
 from node_daemon.pod_rules import RulesState, reconcile_rules
 
 
@@ -50,7 +54,7 @@ def is_candidate(pod: dict[str, Any], cfg: RepairConfig) -> bool:
 
 
 class DriftChecker:
-    def __init__(self, cfg: RepairConfig, reporter: Reporter, finder: NetnsFinder,
+    def __init__(self, cfg: RepairConfig, reporter: Reporter, finder: NetnsLocator,
                  backend: str | RuleMode = "auto", fix: bool = True) -> None:
         self.cfg = cfg
         self.reporter = reporter
@@ -59,24 +63,27 @@ class DriftChecker:
         self.fix = fix
 
     def check_all(self, pods: Iterable[dict[str, Any]]) -> list[ActionResult]:
-        """One /proc scan for all pods, then one CHECK (and fix) per candidate pod."""
+        """One /proc scan for the candidate pods (one per `finder.limit` of their IPs: the
+        scan holds a descriptor per netns it found), then one CHECK (and fix) per pod, each
+        through the netns its scan held. The descriptors are closed when the batch is done."""
         candidates = [p for p in pods if is_candidate(p, self.cfg)]
-        if not candidates:
-            return []
-        table = self.finder.scan()
         results = []
-        for pod in candidates:
-            ref = next((table[ip] for ip in pod_ips(pod) if ip in table), None)
-            results.append(self.check_pod(pod, ref))
+        for batch in batches(candidates, self.finder.limit):
+            with self.finder.scan(ip for pod in batch for ip in pod_ips(pod)) as table:
+                results += [self.check_pod(pod, table.netns_for(pod_ips(pod)))
+                            for pod in batch]
         return results
 
-    def check_pod(self, pod: dict[str, Any], ref: NetnsRef | None) -> ActionResult:
-        if ref is None:  # not (or no longer) running here: nothing to compare, no event
+    def check_pod(self, pod: dict[str, Any], target: HeldNetns | None) -> ActionResult:
+        """CHECK (and fix) one pod in `target`, the netns its scan found and held; it is
+        entered only once proven to be that netns and to hold the pod's IP: a netns that
+        changed since is a failure, with nothing written."""
+        if target is None:  # not (or no longer) running here: nothing to compare, no event
             return ActionResult(pod_key(pod), Action.DRIFT, Result.SKIP,
                                 "no netns with the pod's IP")
         try:
             redirect = redirect_from_pod(decide_pod(pod)[0])
-            outcome = reconcile_rules(ref.path, redirect, self.backend, fix=self.fix)
+            outcome = reconcile_rules(target, redirect, self.backend, fix=self.fix)
         except (CNIError, OSError) as exc:
             msg = exc.msg if isinstance(exc, CNIError) else str(exc)
             return self.reporter.record(pod, Action.DRIFT, Result.FAIL,
@@ -94,3 +101,19 @@ class DriftChecker:
             pod, Action.DRIFT, Result.SUCCESS,
             f"traffic redirection rules were missing or altered ({outcome.summary()}); "
             f"{outcome.state} in place")
+
+
+def batches(pods: list[dict[str, Any]], limit: int) -> Iterator[list[dict[str, Any]]]:
+    """`pods` in order, in runs of at most `limit` IPs between them (a pod with more IPs than
+    that, which no pod has, makes a run of its own and is cut to the limit by the scan)."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for pod in pods:
+        n = len(pod_ips(pod))
+        if batch and size + n > limit:
+            yield batch
+            batch, size = [], 0
+        batch.append(pod)
+        size += n
+    if batch:
+        yield batch

@@ -8,7 +8,11 @@ configured backend only (python-iptables needs no iptables binary for any of it)
 programmed in the other mode (a node switched between iptables and native nftables mode) is
 the same case: its check reports the other mode's state, the reset removes it (`cni.apply`).
 
-Enters the pod netns on the calling thread: call from one worker thread at a time.
+Enters the pod netns on the calling thread: call from one worker thread at a time. The netns is
+the one the caller's /proc scan found, held by descriptor (`cni.held_netns.HeldNetns`, in the
+parameter still named `netns_path`), never a path that may name another pod's netns by now: it
+is entered by that descriptor and proven (same nsfs inode, the pod's IP inside) before anything
+is read or written; `NetnsChanged` otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from enum import StrEnum
 
 from cni import pipeline
 from cni.backends import RuleMode
+from cni.held_netns import HeldNetns
 from cni.live_state import StateDiff
 from cni.redirect import Redirect
 
@@ -50,7 +55,7 @@ class RulesOutcome:
         return text
 
 
-def reconcile_rules(netns_path: str, redirect: Redirect, backend: str | RuleMode = "auto",
+def reconcile_rules(netns_path: HeldNetns, redirect: Redirect, backend: str | RuleMode = "auto",
                     fix: bool = True) -> RulesOutcome:
     """Compare the pod netns with what `redirect` requires; with `fix`, make it hold exactly
     that (reset first when it holds anything of ours)."""

@@ -8,6 +8,7 @@ pick the config, the netns finder and the backend.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from cni.backends import RuleMode
@@ -17,6 +18,7 @@ from node_daemon.controller import RepairController
 from node_daemon.drift import DriftChecker
 from node_daemon.kubeapi import PodApi
 from node_daemon.metrics import Metrics
+from node_daemon.netns_finder import HELD_NETNS_LIMIT, NetnsTable
 from testbed.cleanup import Cleanup
 from testbed.wait import wait_for
 
@@ -25,12 +27,14 @@ class NoNetns:
     """A netns finder that finds nothing (where there are no pod netns): repair in place
     then fails and is reported, which is all the API sees of it. Counts its calls."""
 
+    limit = HELD_NETNS_LIMIT
+
     def __init__(self) -> None:
         self.calls = 0
 
-    def find(self, ips: tuple[str, ...]) -> None:
+    def scan(self, ips: Iterable[str]) -> NetnsTable:
         self.calls += 1
-        return None
+        return NetnsTable()
 
 
 def start_controller(cleanup: Cleanup, api_client: Any, cfg: RepairConfig, *,

@@ -19,6 +19,7 @@ import pytest
 
 from cni import netns
 from cni.backends.libiptc import find_xtables_libdir
+from cni.held_netns import in_held_netns
 from cni.pipeline import check_pod, plan, program_pod
 from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
@@ -61,14 +62,15 @@ def daemon(kube_api, cleanup) -> Callable[..., RepairController]:
 
 def test_finder_maps_each_pod_ip_to_its_netns_and_never_the_host(pod_netns):
     a, b = pod_netns(), pod_netns()
-    found = NetnsFinder(Path("/proc")).scan()
-    assert found[a.ip].pid == a.pause.pid and found[b.ip].pid == b.pause.pid
-    with netns.in_netns(found[a.ip].path):
-        assert netns.read_facts().ipv6(dual_stack=False) is False
-    assert found[a.ip].path != found[b.ip].path
-    assert "127.0.0.1" not in found
     host_ips = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
-    assert not set(host_ips) & set(found)
+    with NetnsFinder(Path("/proc")).scan([a.ip, b.ip, "127.0.0.1", *host_ips]) as found:
+        assert found[a.ip].pid == a.pause.pid and found[b.ip].pid == b.pause.pid
+        with in_held_netns(found.netns_for([a.ip])):
+            assert netns.read_facts().ipv6(dual_stack=False) is False
+        assert found[a.ip].held.ino != found[b.ip].held.ino
+        assert "127.0.0.1" not in found
+        assert not set(host_ips) & set(found)
+        assert found.held == 2  # only the netns that answer a wanted IP stay open
 
 
 def test_repair_in_place_makes_the_validation_probe_pass(kube_api, daemon, pod_netns):
