@@ -97,15 +97,15 @@ def metadata(pod: dict[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def pod_key(pod: dict[str, Any]) -> str:
-    meta = metadata(pod)
-    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-
-
 def pod_uid(pod: dict[str, Any]) -> str:
     """The pod's UID ("" when it has none of the right shape)."""
     uid = metadata(pod).get("uid")
     return uid if isinstance(uid, str) else ""
+
+
+def pod_key(pod: dict[str, Any]) -> str:
+    meta = metadata(pod)
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
 class Reporter:

@@ -162,7 +162,7 @@ class NetnsTable:
                             self._names(ref.pods))
         own = [ref for ref in refs if uid and ref.pods == {uid}]
         if own:
-            candidates, why = [ref for ref in own if ref.ips & wanted], "its cgroup's netns"
+            candidates, why = [ref for ref in own if ref.ips & wanted], "netns of this pod"
         else:
             candidates, why = [ref for ref in holding if not ref.pods], "netns naming no pod"
         if not holding:

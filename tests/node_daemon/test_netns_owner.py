@@ -167,7 +167,7 @@ def test_a_netns_not_the_pods_alone_is_refused(pod_netns, cleanup, case):
         twin = pod_netns()
         steal(twin, ns)
         in_pod_cgroup(cleanup, twin.pause.pid, uid)
-        expected = f"IP {ns.ip} is in 2 its cgroup's netns"
+        expected = f"IP {ns.ip} is in 2 netns of this pod"
     else:
         twin = None
         intruder = start_in(cleanup, ns.name, "intruder",
