@@ -192,7 +192,9 @@ class NetnsTable:
         """`choose`'s answer, held, to be entered only while it still holds one of `ips`."""
         ips = tuple(ip for ip in ips if ip)
         ref = self.choose(uid, ips)
-        return None if ref is None else ref.held.expecting(ips)  # type: ignore[union-attr]
+        if ref is None or ref.held is None:  # (`choose` never answers an unheld netns)
+            return None
+        return ref.held.expecting(ips)
 
     def _names(self, uids: Iterable[str]) -> str:
         """The pods these UIDs are, named: those asked of the scan by name, then the others
