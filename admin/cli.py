@@ -20,9 +20,10 @@ from admin.repair_cmd import drift_command, repair_command
 from admin.rules_cmd import rules_command
 from admin.run_cmd import run_command
 from admin.version_cmd import version_command
-from cni.errors import CNIError
+from cni.errors import CNIError, NetnsReturnFailed
 from cni.fileread import read_file_at_most
 from cni.podlookup import MAX_POD_BYTES
+from node_daemon.fatal import EXIT_STUCK_NETNS
 
 POD_FILE_TIMEOUT = 60.0
 """Seconds `explain --pod-file` waits for the whole file: ample for a pipe from kubectl, and a
@@ -151,7 +152,11 @@ def main() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(errors="backslashreplace")
-    cli(prog_name="istio-cni-node")
+    try:
+        cli(prog_name="istio-cni-node")
+    except NetnsReturnFailed as exc:  # repair, drift, explain: this thread is in a pod's netns
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_STUCK_NETNS)
 
 
 if __name__ == "__main__":

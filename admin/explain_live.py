@@ -16,6 +16,7 @@ from admin.explain import Explanation, explain_pod, format_json, format_text
 from cni.backends import RuleMode, rule_mode
 from cni.errors import CNIError
 from cni.podinfo import pod_ips
+from node_daemon.actions import pod_key, pod_uid
 from node_daemon.broken import Verdict, diagnose
 from node_daemon.config import RepairConfig
 from node_daemon.netns_finder import NetnsFinder
@@ -55,15 +56,16 @@ def explain_live(pod: dict[str, Any], cfg: RepairConfig, finder: NetnsFinder | N
     if finder is None or ex.redirect is None or not ips:
         return LiveReport(ex, verdict, node)
     try:
-        with finder.scan(ips) as found:
-            ref, target = found.first(ips), found.netns_for(ips)
-            if ref is None or target is None:
+        uid = pod_uid(pod)
+        with finder.scan(ips, {uid: pod_key(pod)}) as found:
+            ref = found.choose(uid, ips)  # by UID, then IP: NetnsUnproven when unproven
+            if ref is None or ref.held is None:
                 return LiveReport(ex, verdict, node)
             from cni.pipeline import check_pod
 
             # the netns the scan held, proven again (identity, the pod's IP) before it is read
-            diff = check_pod(target, ex.redirect, backend)
-    except (CNIError, OSError) as exc:
+            diff = check_pod(ref.held.expecting(ips), ex.redirect, backend)
+    except (CNIError, OSError) as exc:  # (NetnsReturnFailed is neither: it ends the command)
         msg = exc.msg if isinstance(exc, CNIError) else str(exc)
         return LiveReport(ex, verdict, node, netns_error=msg)
     return LiveReport(ex, verdict, node, ref.where, diff.missing, diff.extra,

@@ -107,3 +107,15 @@ class AgentAnswered(CNIError):
     def __init__(self, code: int, msg: str, details: str = "") -> None:
         super().__init__(msg, details)
         self.code = code
+
+
+class NetnsReturnFailed(BaseException):
+    """A thread could not switch back out of a pod's network namespace after working in it.
+
+    Not a `CNIError`, not even an `Exception`: no handler for ordinary failures may catch it
+    (drift, repair and `explain` report `OSError`s as a pod's failure; the repair controller's
+    worker survives any `Exception`), because the thread that raised it cannot be trusted with
+    any later work: whatever it did next would happen in that pod's netns. It unwinds the
+    thread's work, and whoever runs the thread ends the process (`node_daemon.fatal`); the
+    thread has already been moved into an empty netns of its own, where possible, so nothing
+    done while it unwinds reaches the pod."""

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 from cni import netns
-from cni.errors import NetnsChanged
+from cni.errors import NetnsChanged, NetnsReturnFailed
 
 
 class HeldNetns(NamedTuple):
@@ -73,7 +73,8 @@ def in_held_netns(held: HeldNetns) -> Iterator[None]:
     descriptor closed and its number reused would name another), and, when `held.ips` is set,
     one of them is an address in it (a pod's netns kept alive by our descriptor after the pod
     is gone no longer has its IP). Otherwise `NetnsChanged` is raised before the body runs:
-    nothing is written into a namespace that is not the one checked."""
+    nothing is written into a namespace that is not the one checked. A failure to switch back
+    afterwards raises `NetnsReturnFailed` (see `_return`), never an `OSError`."""
     original = os.open(netns.CURRENT_NETNS, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
@@ -84,10 +85,29 @@ def in_held_netns(held: HeldNetns) -> Iterator[None]:
             _prove(held)
             yield
         finally:
-            # As in `in_netns`: never continue on this thread in the wrong namespace.
-            netns._setns(original, netns.CLONE_NEWNET)
+            _return(original, held)
     finally:
         os.close(original)
+
+
+def _return(original: int, held: HeldNetns) -> None:
+    """Switch this thread back to `original` (the netns it was in before entering `held`).
+
+    If that fails the thread must not go on as though it had: `NetnsReturnFailed`, which no
+    handler of ordinary failures catches, after moving the thread into a new, empty netns of
+    its own (`unshare`), so that whatever runs while the error unwinds (cleanup handlers,
+    `finally` blocks) reaches neither the pod nor any other namespace."""
+    try:
+        netns._setns(original, netns.CLONE_NEWNET)
+    except OSError as exc:
+        try:
+            netns._unshare(netns.CLONE_NEWNET)
+            now = "moved into an empty netns of its own"
+        except OSError as unshare_exc:
+            now = f"still in it (unshare: {unshare_exc.strerror})"
+        raise NetnsReturnFailed(
+            f"could not switch this thread back out of {held.where} (setns: {exc.strerror}); "
+            f"the thread is {now} and must do no more work") from exc
 
 
 def _prove(held: HeldNetns) -> None:

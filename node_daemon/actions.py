@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -25,7 +25,7 @@ from cni.redirect import redirect_from_pod
 from node_daemon.config import RepairConfig
 from node_daemon.kubeapi import ApiError
 from node_daemon.metrics import Metrics
-from node_daemon.netns_finder import NetnsRef, NetnsTable
+from node_daemon.netns_finder import NetnsRef, NetnsTable, NetnsUnproven
 from node_daemon.pod_rules import RulesOutcome, reconcile_rules
 
 log = logging.getLogger("node_daemon.repair")
@@ -72,12 +72,14 @@ class PodWriter(EventSink, Protocol):
 
 
 class NetnsLocator(Protocol):
-    """Finds pod netns by IP and holds them (`node_daemon.netns_finder.NetnsFinder`)."""
+    """Finds pod netns by UID and IP and holds them (`node_daemon.netns_finder.NetnsFinder`)."""
 
     limit: int
     """Most IPs one `scan` takes."""
 
-    def scan(self, ips: Iterable[str]) -> NetnsTable: ...
+    def scan(self, ips: Iterable[str], pods: Mapping[str, str] | None = None) -> NetnsTable:
+        """The netns holding `ips` or named by the cgroups of `pods` (UID → name)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,12 @@ def metadata(pod: dict[str, Any]) -> dict[str, Any]:
     pod must not fail (the pipeline says what is wrong with it)."""
     meta = pod.get("metadata") if isinstance(pod, dict) else None
     return meta if isinstance(meta, dict) else {}
+
+
+def pod_uid(pod: dict[str, Any]) -> str:
+    """The pod's UID ("" when it has none of the right shape)."""
+    uid = metadata(pod).get("uid")
+    return uid if isinstance(uid, str) else ""
 
 
 def pod_key(pod: dict[str, Any]) -> str:
@@ -202,19 +210,30 @@ class Actions:
 
     def _in_place(self, pod: dict[str, Any],
                   info: PodInfo) -> tuple[RulesOutcome, NetnsRef] | ActionResult:
-        """Find the pod's netns by its IP and program it there, through the descriptor the
-        scan held (never its pid's path again: the pid may be another pod's by now); the
-        failure's `ActionResult` otherwise. The scan's descriptors are closed on return."""
-        ips = info.pod_ips
-        with (self.finder.scan(ips) if self.finder is not None and ips else NetnsTable()) as found:
-            ref, target = found.first(ips), found.netns_for(ips)
-            if ref is None or target is None:
+        """Find the pod's netns (by its UID in the cgroups, then its IP inside:
+        `NetnsTable.choose`) and program it there, through the descriptor the scan held
+        (never its pid's path again: the pid may be another pod's by now); the failure's
+        `ActionResult` otherwise, with nothing written when no netns is proven the pod's. The
+        scan's descriptors are closed on return. (`NetnsReturnFailed` is no `OSError`: it is
+        never this pod's failure.)"""
+        ips, uid = info.pod_ips, pod_uid(pod)
+        scanned = (self.finder.scan(ips, {uid: pod_key(pod)}) if self.finder is not None and ips
+                   else NetnsTable())
+        with scanned as found:
+            try:
+                ref = found.choose(uid, ips)
+            except NetnsUnproven as exc:
+                return self.reporter.record(
+                    pod, Action.REPAIR, Result.FAIL,
+                    f"pod detected as broken, but not repaired: {exc.msg}")
+            if ref is None or ref.held is None:
                 return self.reporter.record(
                     pod, Action.REPAIR, Result.FAIL,
                     f"pod detected as broken, but no network namespace on this node has "
                     f"IP {', '.join(ips) or '(none)'}")
             try:
-                return reconcile_rules(target, redirect_from_pod(info), self.backend), ref
+                return (reconcile_rules(ref.held.expecting(ips), redirect_from_pod(info),
+                                        self.backend), ref)
             except (CNIError, OSError) as exc:
                 msg = exc.msg if isinstance(exc, CNIError) else str(exc)
                 return self.reporter.record(

@@ -26,6 +26,7 @@ from node_daemon.cni_server import CniServer, CniService
 from node_daemon.config import DaemonConfig
 from node_daemon.controller import RepairController
 from node_daemon.drift import DriftChecker
+from node_daemon.fatal import exit_when_stuck
 from node_daemon.health import EndpointServer, health_server, metrics_server
 from node_daemon.kubeapi import NodeApi
 from node_daemon.logsink import LogSink
@@ -190,6 +191,7 @@ class Agent:
                              fix=self.cfg.drift_repair)
         self.controller = RepairController(self.api, rc, actions, drift, self.cfg.watch_timeout,
                                            self.cfg.drift_interval)
+        exit_when_stuck()  # its worker enters pod netns: one stuck there ends the process
         self.controller.start()
         log.info("repair controller watching pods with %s (mode: %s)", rc.field_selector(),
                  rc.mode or "none")

@@ -4,9 +4,12 @@ Upstream's CHECK always succeeds, so rules flushed by an app holding NET_ADMIN, 
 second chained run, go unnoticed until traffic bypasses the proxy. We compare each pod netns with
 the rules its spec requires and, with `fix`, put them back (`pod_rules.reconcile_rules`).
 
-Each pod is compared in the netns the pass's /proc scan found for its IP and held open, never
-by its pid's path again (`node_daemon.netns_finder`): a netns that is no longer the one found,
-or no longer has the pod's IP, is a failure with nothing written.
+Each pod is compared in the netns the pass's /proc scan found for it (by its UID in the
+netns's processes' cgroups, then its IP inside) and held open, never by its pid's path again
+(`node_daemon.netns_finder`): a pod whose netns cannot be proven (its IP only in another pod's
+netns, or in two), or a netns that is no longer the one found or no longer has the pod's IP, is
+a failure with nothing written. A failure to switch the worker back out of a pod's netns is
+never reported as that pod's failure: `NetnsReturnFailed` ends the pass (and the agent).
 
 Which pods: the plugin would redirect them, and they are known to have been programmed: the
 validation init container completed (it only passes with the rules in place), or, for pods
@@ -25,8 +28,17 @@ from cni.held_netns import HeldNetns
 from cni.pipeline import decide_pod
 from cni.podinfo import pod_ips
 from cni.redirect import redirect_from_pod
-from node_daemon.actions import Action, ActionResult, NetnsLocator, Reporter, Result, pod_key
+from node_daemon.actions import (
+    Action,
+    ActionResult,
+    NetnsLocator,
+    Reporter,
+    Result,
+    pod_key,
+    pod_uid,
+)
 from node_daemon.config import RepairConfig
+from node_daemon.netns_finder import NetnsTable, NetnsUnproven
 from node_daemon.pod_rules import RulesState, reconcile_rules
 
 
@@ -69,15 +81,26 @@ class DriftChecker:
         candidates = [p for p in pods if is_candidate(p, self.cfg)]
         results = []
         for batch in batches(candidates, self.finder.limit):
-            with self.finder.scan(ip for pod in batch for ip in pod_ips(pod)) as table:
-                results += [self.check_pod(pod, table.netns_for(pod_ips(pod)))
-                            for pod in batch]
+            with self.finder.scan((ip for pod in batch for ip in pod_ips(pod)),
+                                  {pod_uid(pod): pod_key(pod) for pod in batch}) as table:
+                results += [self._check_found(pod, table) for pod in batch]
         return results
+
+    def _check_found(self, pod: dict[str, Any], table: NetnsTable) -> ActionResult:
+        """`check_pod` in the netns the scan proved to be this pod's; a failure, with nothing
+        written, when none can be (`NetnsTable.choose`)."""
+        try:
+            target = table.netns_for(pod_uid(pod), pod_ips(pod))
+        except NetnsUnproven as exc:
+            return self.reporter.record(pod, Action.DRIFT, Result.FAIL,
+                                        f"drift check failed: {exc.msg}")
+        return self.check_pod(pod, target)
 
     def check_pod(self, pod: dict[str, Any], target: HeldNetns | None) -> ActionResult:
         """CHECK (and fix) one pod in `target`, the netns its scan found and held; it is
         entered only once proven to be that netns and to hold the pod's IP: a netns that
-        changed since is a failure, with nothing written."""
+        changed since is a failure, with nothing written. (`NetnsReturnFailed` is no
+        `OSError`: it is never this pod's failure, it ends the pass.)"""
         if target is None:  # not (or no longer) running here: nothing to compare, no event
             return ActionResult(pod_key(pod), Action.DRIFT, Result.SKIP,
                                 "no netns with the pod's IP")

@@ -8,7 +8,7 @@ pick the config, the netns finder and the backend.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from cni.backends import RuleMode
@@ -32,7 +32,7 @@ class NoNetns:
     def __init__(self) -> None:
         self.calls = 0
 
-    def scan(self, ips: Iterable[str]) -> NetnsTable:
+    def scan(self, ips: Iterable[str], pods: Mapping[str, str] | None = None) -> NetnsTable:
         self.calls += 1
         return NetnsTable()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from cni import netns
-from cni.pipeline import check_pod, plan, program_pod
+from cni.pipeline import program_pod
 from cni.userns import foreign_owner
 from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
@@ -28,7 +28,7 @@ from node_daemon.netns_finder import NetnsFinder
 from testbed.netns import Netns
 from testbed.pods import BROKEN_WAITING, COMPLETED, NODE, make_pod
 from testbed.userns import create_userns_netns
-from tests.node_daemon.conftest import random_ip
+from tests.node_daemon.conftest import drifted, in_sync, istio_lines, random_ip, spec
 
 pytestmark = pytest.mark.root
 CFG = RepairConfig(node_name=NODE)
@@ -66,33 +66,10 @@ class ScanThen(NetnsFinder):
         return table
 
 
-def spec(pod):
-    return plan(pod)[2]
-
-
-def istio_lines(ns: Netns) -> list[str]:
-    """Every ISTIO line the netns holds, in both iptables variants."""
-    out = ns.run("iptables-nft-save", check=False) + ns.run("iptables-legacy-save", check=False)
-    return [ln for ln in out.splitlines() if "ISTIO" in ln]
-
-
-def drifted(ns, pod) -> None:
-    """`pod`'s rules programmed into `ns`, then ISTIO_OUTPUT flushed (an app with NET_ADMIN)."""
-    assert program_pod(ns.path, spec(pod)) == "applied"
-    for binary in ("iptables-nft", "iptables-legacy"):
-        ns.run(binary, "-t", "nat", "-F", "ISTIO_OUTPUT", check=False)
-    assert check_pod(ns.path, spec(pod)).missing
-
-
 def drift_once(pod, finder: NetnsFinder):
     """One drift pass over `pod` alone, fixing, with `finder`; its one result."""
     [result] = DriftChecker(CFG, Reporter(None, Metrics(), NODE), finder).check_all([pod])
     return result
-
-
-def in_sync(ns, pod) -> bool:
-    diff = check_pod(ns.path, spec(pod))
-    return (diff.missing, diff.extra) == ((), ())
 
 
 def gone(ns: Netns) -> None:
@@ -237,8 +214,8 @@ def test_scans_hold_at_most_their_limit_and_close_everything(pod_netns):
     held: list[int] = []
 
     class Counting(NetnsFinder):
-        def scan(self, ips):
-            table = super().scan(ips)
+        def scan(self, *args, **kwargs):
+            table = super().scan(*args, **kwargs)
             held.append(table.held)
             return table
 
