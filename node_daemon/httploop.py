@@ -159,19 +159,22 @@ class LoopServer:
         timeout: float | None = None
         while not self._stopping:
             for key, mask in self._sel.select(timeout):
+                conn = key.data
+                if conn is not None and self._conns.get(conn.fd) is not conn:
+                    continue  # closed earlier in this pass (made room for another)
                 try:
                     if key.fileobj is self._listener:
                         self._accept()
                     elif key.fileobj is self._wake_r:
                         self._drain_wake()
                     elif mask & selectors.EVENT_WRITE:
-                        self._write(key.data)
+                        self._write(conn)
                     else:
-                        self._read(key.data)
+                        self._read(conn)
                 except Exception as exc:  # a bug must cost one connection, not the endpoint
                     log.warning("%s: %r", self.name, exc)
-                    if isinstance(key.data, _Conn):
-                        self._close(key.data)
+                    if conn is not None:
+                        self._close(conn)
             timeout = self._sweep()
             self._report()
             self.iterations += 1
@@ -318,8 +321,9 @@ class LoopServer:
         self._close(conn)
 
     def _close(self, conn: _Conn) -> None:
-        if self._conns.pop(conn.fd, None) is None:
-            return
+        if self._conns.get(conn.fd) is not conn:
+            return  # closed already (its descriptor number may be another's by now)
+        del self._conns[conn.fd]
         mine = self._by_peer.get(conn.peer)
         if mine is not None:
             mine.pop(conn.fd, None)
