@@ -100,11 +100,12 @@ def ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
 
 
-def timing_row(name: str, samples: Sequence[float], floor: float | None = None,
+def timing_row(name: str, samples: Sequence[float], reference: float | None = None,
                target: str = "", ok: bool | None = None) -> Row:
-    """A row of durations: median and p99 in ms, the median's ratio to `floor` if given."""
+    """A row of durations: median and p99 in ms, the median's ratio to `reference` if given."""
     s = Stats.of(samples)
-    ratio = f"{s.median / floor:.2f}x" if floor and not math.isnan(s.median) else ""
+    ratio = (f"{s.median / reference:.2f}x" if reference and not math.isnan(s.median)
+             else "")
     return Row(name, s.n, ms(s.median), ms(s.p99), ratio, target, ok)
 
 
