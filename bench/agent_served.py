@@ -1,19 +1,22 @@
-"""Pod start through the warm node agent, against true floors, interleaved in one run.
+"""Pod start through the warm node agent, against a compiled plugin doing the same work,
+interleaved in one run.
 
     .venv/bin/python bench/agent_served.py [-n 100] [--plugin dist/istio-cni/istio-cni]
 
 The API stand-in speaks TLS and requires a bearer token, as a real kube-apiserver does, so every
-figure that touches the API pays the handshake (and the plugin the `ssl` import). Each iteration,
-in a rotating order:
+figure that touches the API pays the handshake (and the plugin the `ssl` import). Each
+iteration, in a rotating order:
 
-- the bare interpreter the plugin was frozen from: `python -I -S -c pass` (a Python process's
-  floor: anything above it is ours);
-- the stock-tool floor of a redirected ADD: `nsenter --net=NS iptables-nft-restore --noflush`
-  of the pod's payload plus one `curl` GET of the pod over TLS with the token;
+- the compiled yardstick (`bench/yardstick/`, Go, standard library only): a redirected ADD of
+  the pod (netconf, kubeconfig, one pod GET over TLS with the token, setns, one
+  `iptables-nft-restore --noflush` of the payload our rules module builds for the pod) and an
+  ADD in an excluded namespace (no API call): the reference every ADD is a multiple of;
 - a redirected ADD (nft) of the frozen plugin, served by the agent (`<run dir>/cni.sock`, the
   agent's real server and watch cache, running in this process);
 - the same ADD with no agent (another run dir: the plugin alone, TLS GET and apply);
-- the frozen plugin's VERSION, a skipped ADD (excluded namespace) and a DEL.
+- the frozen plugin's VERSION, a skipped ADD (excluded namespace) and a DEL;
+- further rows: the bare interpreter the plugin was frozen from (`python -I -S -c pass`) and
+  one stock `nsenter --net=NS iptables-nft-restore --noflush` of the payload.
 
 Pod GETs are counted at the API per ADD. The agent's own phase split (lookup, rules, apply) is
 read from its metrics (mean per served ADD). Netns are made and removed outside timed regions.
@@ -21,7 +24,6 @@ read from its metrics (mean per served ADD). Netns are made and removed outside 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -33,39 +35,36 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (  # noqa: E402
-    FROZEN_PLUGIN,
+    SKIPPED_NS,
     Row,
     Stats,
     Table,
+    Yardstick,
+    bare_interpreter,
+    bench_args,
+    build_yardstick,
     check_ok,
+    interleave,
     load,
     make_pod_netns,
     ms,
     pod_ip,
+    prev_result,
     print_machine,
-    stage_frozen_plugin,
+    staged_plugin,
+    stock_tool,
     timed_run,
     timing_row,
+    tls_api,
 )
 from testbed.agent import serve_plugin_calls  # noqa: E402
 from testbed.cleanup import Cleanup  # noqa: E402
 from testbed.cnirun import Runtime, k8s_args  # noqa: E402
-from testbed.kubeapi import (  # noqa: E402
-    KubeApiServer,
-    kubernetes_api_client,
-    make_tls_material,
-    write_kubeconfig,
-)
-from testbed.netns import path  # noqa: E402
+from testbed.kubeapi import KubeApiServer, kubernetes_api_client, write_kubeconfig  # noqa: E402
+from testbed.netns import ns_exec, path  # noqa: E402
 from testbed.pods import workload  # noqa: E402
 
-TOKEN = "bench-token-not-a-secret"
-SKIPPED_NS = "kube-system"
-
-
-def bare_interpreter() -> str:
-    """The interpreter the frozen plugin was built from (this venv's base interpreter)."""
-    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+RESTORE = ["iptables-nft-restore", "--noflush"]
 
 
 class Bench:
@@ -88,9 +87,8 @@ class Bench:
         [family] = [f for f in rules_for(plan(self.pod)[2], ipv6=False).families()
                     if not f.ipv6]
         self.payload = family.restore_payload().encode()
-        meta = self.pod["metadata"]
-        self.pod_url = f"{api.url}/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-        self.ca = str(api.tls.ca_file) if api.tls else ""
+        self.yardstick = Yardstick(build_yardstick(), self.alone_dir, work)
+        self.payload_file = self.yardstick.payload("restore-v4", family.restore_payload())
         self.samples: dict[str, list[float]] = defaultdict(list)
         self.gets: dict[str, list[int]] = defaultdict(list)
         self.seq = 0
@@ -99,10 +97,7 @@ class Bench:
         conf = {"cniVersion": "1.0.0", "name": "bench", "type": "istio-cni",
                 "plugin_log_level": "info", "cni_agent_run_dir": str(run_dir),
                 "exclude_namespaces": [SKIPPED_NS], "pod_namespace": "istio-system",
-                "iptables_backend": "nft",
-                "prevResult": {"cniVersion": "1.0.0",
-                               "interfaces": [{"name": "eth0", "sandbox": path(ns)}],
-                               "ips": [{"address": f"{ip}/24", "interface": 0}]}}
+                "iptables_backend": "nft", "prevResult": prev_result(ns, ip)}
         meta = pod["metadata"]
         t0 = time.perf_counter()
         call = self.runtime.call("istio-cni", command, path(ns), f"c-{ns}", conf,
@@ -136,23 +131,38 @@ class Bench:
         if record:
             self.samples["skipped ADD"].append(t)
 
-    def floor(self, record: bool) -> None:
+    def yardstick_add(self, record: bool) -> None:
+        """The yardstick's redirected ADD in a fresh netns, checked (untimed) for its rules."""
         self.seq += 1
-        env = {**os.environ, "XTABLES_LOCKFILE": "/proc/self/ns/net"}
+        ip = pod_ip(self.seq)
         with Cleanup() as cleanup:
-            ns = make_pod_netns(cleanup, pod_ip(self.seq), "floor")
-            t_restore, proc = timed_run(["nsenter", f"--net={path(ns)}",
-                                         "iptables-nft-restore", "--noflush"],
-                                        input=self.payload, env=env)
-            if proc.returncode != 0:
-                raise RuntimeError(f"floor restore: {proc.stderr.decode().strip()}")
-        t_curl, proc = timed_run(["curl", "-sf", "--cacert", self.ca, "-H",
-                                  f"Authorization: Bearer {TOKEN}", "-H",
-                                  "Accept: application/json", self.pod_url])
-        if proc.returncode != 0:
-            raise RuntimeError(f"floor curl: exit {proc.returncode}")
+            ns = make_pod_netns(cleanup, ip, "yard")
+            before = self._pod_gets()
+            t = self.yardstick.add(ns, self.pod, RESTORE, self.payload_file, ip)
+            gets = self._pod_gets() - before
+            if "ISTIO_INBOUND" not in ns_exec(ns, "iptables-nft-save"):
+                raise RuntimeError("the yardstick's ADD left no rules")
         if record:
-            self.samples["floor"].append(t_restore + t_curl)
+            self.samples["yardstick"].append(t)
+            self.gets["compiled yardstick"].append(gets)
+
+    def yardstick_skipped(self, record: bool) -> None:
+        with Cleanup() as cleanup:
+            ns = make_pod_netns(cleanup, pod_ip(0), "skip")
+            before = self._pod_gets()
+            t = self.yardstick.add(ns, self.skipped_pod, RESTORE, self.payload_file, pod_ip(0))
+            if self._pod_gets() != before:
+                raise RuntimeError("the yardstick's excluded-namespace ADD asked the API")
+        if record:
+            self.samples["yardstick, excluded namespace"].append(t)
+
+    def stock(self, record: bool) -> None:
+        self.seq += 1
+        with Cleanup() as cleanup:
+            ns = make_pod_netns(cleanup, pod_ip(self.seq), "stock")
+            t = stock_tool(ns, RESTORE, self.payload)
+        if record:
+            self.samples["stock restore"].append(t)
 
     def process(self, name: str, argv: list[str], env: dict[str, str] | None,
                 record: bool) -> None:
@@ -169,57 +179,68 @@ class Bench:
                                                         "pass"], plain_env, r),
             lambda r: self.process("VERSION", self.plugin,
                                    {**plain_env, "CNI_COMMAND": "VERSION"}, r),
-            self.floor,
+            self.yardstick_add,
+            self.yardstick_skipped,
+            self.stock,
             lambda r: self.redirected(self.served_dir, "ADD via the agent", r),
             lambda r: self.redirected(self.alone_dir, "ADD, no agent", r),
             self.skipped,
         ]
 
     def run(self, n: int, warmup: int, max_seconds: float) -> int:
-        variants = self.variants()
-        deadline = time.monotonic() + max_seconds
-        for i in range(warmup + n):
-            if time.monotonic() > deadline:
-                return i - warmup
-            rot = i % len(variants)
-            for v in variants[rot:] + variants[:rot]:
-                v(i >= warmup)
-        return n
+        return interleave(self.variants(), n, warmup, max_seconds, "agent_served")
 
     def tables(self) -> list[Table]:
         s = self.samples
-        floor = Stats.of(s["floor"])
+        yard = Stats.of(s["yardstick"])
         bare = Stats.of(s["bare interpreter"])
         via, alone = Stats.of(s["ADD via the agent"]), Stats.of(s["ADD, no agent"])
-        t = Table("Redirected ADD (nft) via the agent, with no agent, and the floors")
-        t.add(timing_row("floor: nsenter iptables-nft-restore + curl GET (TLS, token)",
-                         s["floor"]))
-        t.add(timing_row("ADD via the agent", s["ADD via the agent"], floor.median,
-                         "p50 <= 2.5x floor, p99 <= 4x floor",
-                         via.median <= 2.5 * floor.median and via.p99 <= 4 * floor.p99))
-        t.add(timing_row("ADD, no agent (fallback path)", s["ADD, no agent"], floor.median,
-                         "p50 <= 5x floor", alone.median <= 5 * floor.median))
-        t.notes.append(f"p99 ratio via the agent: {via.p99 / floor.p99:.2f}x the floor's p99")
-        b = Table("Process start against the bare interpreter")
+        t = Table("Redirected ADD (nft) via the agent and with no agent, against the compiled "
+                  "yardstick (TLS API)")
+        t.add(timing_row("compiled yardstick, meshed pod", s["yardstick"]))
+        t.add(timing_row("ADD via the agent", s["ADD via the agent"], yard.median,
+                         "p50 ≤ 2x, p99 ≤ 2.5x yardstick",
+                         via.median <= 2 * yard.median and via.p99 <= 2.5 * yard.p99))
+        t.add(timing_row("ADD, no agent (fallback path)", s["ADD, no agent"], yard.median,
+                         "ratio to the yardstick"))
+        t.add(timing_row("stock tool: nsenter iptables-nft-restore --noflush (one spawn)",
+                         s["stock restore"], yard.median, "ratio to the yardstick"))
+        t.notes.append(f"p99 ratio via the agent: {via.p99 / yard.p99:.2f}x the yardstick's "
+                       f"p99; with no agent {alone.p99 / yard.p99:.2f}x")
+        t.notes.append("the yardstick: bench/yardstick/ (Go, standard library), the necessary "
+                       "work of a redirected ADD: netconf, kubeconfig, one pod GET over TLS, "
+                       "setns, one restore of the same payload")
+        b = Table("Skipped ADD, VERSION and DEL against the bare interpreter")
         b.add(timing_row("bare interpreter: python -I -S -c pass", s["bare interpreter"]))
+        b.add(timing_row("compiled yardstick, excluded namespace",
+                         s["yardstick, excluded namespace"], bare.median, "ratio to bare"))
         for name in ("VERSION", "skipped ADD", "DEL"):
             st = Stats.of(s[name])
-            b.add(timing_row(f"frozen {name}", s[name], bare.median, "p50 <= 1.5x bare",
-                             st.median <= 1.5 * bare.median))
+            b.add(timing_row(f"frozen {name}", s[name], bare.median, "p50 ≤ 1.3x bare",
+                             st.median <= 1.3 * bare.median))
+        b.add(timing_row("  skipped ADD over the yardstick's", s["skipped ADD"],
+                         Stats.of(s["yardstick, excluded namespace"]).median,
+                         "ratio to the yardstick, excluded"))
         g = Table("Pod GETs per ADD (at the API)", headers=(
             "measurement", "n", "GETs per ADD", "", "", "target", "result"))
-        for name, target in (("ADD via the agent", 0), ("ADD, no agent", 1)):
+        for name, target in (("ADD via the agent", 0), ("ADD, no agent", 1),
+                             ("compiled yardstick", 1)):
             got = self.gets[name]
             worst = max(got) if got else -1
             g.add(Row(name, len(got), str(worst), target=f"{target}",
                       ok=bool(got) and worst == target))
         p = Table("Inside the agent: mean per served ADD", headers=(
-            "phase", "n", "mean ms", "", "", "", ""))
+            "phase", "n", "mean ms", "", "ratio", "target", ""))
         m = self.agent.metrics
+        restore = Stats.of(s["stock restore"]).median
         for phase in ("lookup", "rules", "apply", "total"):
             count = m.value("istio_cni_plugin_add_duration_seconds_count", phase=phase)
             total = m.value("istio_cni_plugin_add_duration_seconds_sum", phase=phase)
-            p.add(Row(phase, int(count), ms(total / count) if count else "-"))
+            mean = total / count if count else float("nan")
+            apply = phase == "apply" and count
+            p.add(Row(phase, int(count), ms(mean) if count else "-",
+                      ratio=f"{mean / restore:.2f}x" if apply else "",
+                      target="ratio to one restore spawn" if apply else ""))
         p.notes.append("the rest of 'ADD via the agent' is the plugin process: frozen start, "
                        "config parse, the round trip over cni.sock")
         return [t, b, g, p]
@@ -229,8 +250,7 @@ def run(plugin: list[str], n: int, warmup: int = 3, max_seconds: float = 1200.0)
     """One interleaved run against a fresh TLS API stand-in; its tables."""
     with tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
         work = Path(tmp)
-        tls = make_tls_material(work / "tls")
-        with KubeApiServer(tls=tls, token=TOKEN) as api, Cleanup() as cleanup:
+        with tls_api(work) as api, Cleanup() as cleanup:
             bench = Bench(plugin, api, work, cleanup)
             before = load()
             done = bench.run(n, warmup, max_seconds)
@@ -240,16 +260,9 @@ def run(plugin: list[str], n: int, warmup: int = 3, max_seconds: float = 1200.0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", type=int, default=100, help="recorded iterations (default 100)")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--max-seconds", type=float, default=1200.0)
-    ap.add_argument("--plugin", type=Path, default=FROZEN_PLUGIN,
-                    help="the frozen plugin (default dist/istio-cni/istio-cni)")
-    args = ap.parse_args(argv)
+    args = bench_args(__doc__, 100, argv)
     print_machine()
-    with tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
-        plugin = [str(stage_frozen_plugin(Path(tmp), args.plugin))]
+    with staged_plugin(args.plugin) as plugin:
         for table in run(plugin, args.n, args.warmup, args.max_seconds):
             table.print()
     return 0

@@ -1,6 +1,7 @@
-"""Shared pieces of the benchmarks: statistics, tables, the machine, a bench node (the API
-stand-in, a run dir and a node agent's log socket, from `testbed`), the frozen plugin and the
-frozen hello-world.
+"""Shared pieces of the benchmarks: statistics, tables, the machine, the pod-start benches'
+command line and interleaved loop, a bench node (the API stand-in over TLS, a run dir and a node
+agent's log socket, from `testbed`), the frozen plugin, the frozen hello-world, the bare
+interpreter, the stock tools and the compiled yardstick (`bench/yardstick/`, Go).
 
 Every network namespace made here is named `icni-bench-*` and registered on a
 `testbed.cleanup.Cleanup` the moment it exists; every process started here is waited for or
@@ -9,6 +10,8 @@ killed by its own handle.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import math
 import os
 import platform
@@ -19,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +35,22 @@ if str(ROOT) not in sys.path:
 from testbed import netns as nsutil  # noqa: E402
 from testbed.cleanup import Cleanup  # noqa: E402
 from testbed.cnirun import CniCall, Runtime, k8s_args  # noqa: E402
-from testbed.kubeapi import KubeApiServer, write_kubeconfig  # noqa: E402
+from testbed.kubeapi import KubeApiServer, make_tls_material, write_kubeconfig  # noqa: E402
 from testbed.netns import create_netns, path  # noqa: E402
 
 FROZEN_PLUGIN = ROOT / "dist" / "istio-cni" / "istio-cni"
 HELLO_SPEC = Path(__file__).with_name("hello.spec")
 HELLO_BUILD = ROOT / "build" / "bench-hello"
+YARDSTICK_SOURCE = Path(__file__).with_name("yardstick")
+YARDSTICK_BUILD = ROOT / "build" / "bench-yardstick"
 NETNS_PREFIX = "icni-bench"
 BACKENDS = ("nft", "legacy", "python-iptables")
+TOKEN = "bench-token-not-a-secret"
+"""The bearer token the API stand-in requires (a real API server's is a secret; this is not)."""
+SKIPPED_NS = "kube-system"
+"""The excluded namespace of every bench config: an ADD there makes no API call."""
+PLUGIN_LOCKFILE_ENV = {"XTABLES_LOCKFILE": "/proc/self/ns/net"}
+"""What our plugin sets for iptables-legacy (>= 1.8.6): a pod-scoped xtables lock."""
 
 
 # --- statistics and tables ----------------------------------------------------------------------
@@ -89,11 +100,12 @@ def ms(seconds: float) -> str:
     return "-" if math.isnan(seconds) else f"{seconds * 1000:.1f}"
 
 
-def timing_row(name: str, samples: Sequence[float], floor: float | None = None,
+def timing_row(name: str, samples: Sequence[float], reference: float | None = None,
                target: str = "", ok: bool | None = None) -> Row:
-    """A row of durations: median and p99 in ms, the median's ratio to `floor` if given."""
+    """A row of durations: median and p99 in ms, the median's ratio to `reference` if given."""
     s = Stats.of(samples)
-    ratio = f"{s.median / floor:.2f}x" if floor and not math.isnan(s.median) else ""
+    ratio = (f"{s.median / reference:.2f}x" if reference and not math.isnan(s.median)
+             else "")
     return Row(name, s.n, ms(s.median), ms(s.p99), ratio, target, ok)
 
 
@@ -126,6 +138,40 @@ class Table:
 
     def print(self) -> None:
         print(self.render(), flush=True)
+
+
+# --- the pod-start benches' command line and loop -----------------------------------------------
+
+def bench_args(doc: str, default_n: int, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """-n, --warmup, --plugin and --max-seconds, as every pod-start bench takes them; `doc` is
+    the bench's module docstring (its first paragraph is the description)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("-n", type=int, default=default_n,
+                    help=f"recorded iterations (default {default_n})")
+    ap.add_argument("--warmup", type=int, default=3, help="unrecorded iterations first")
+    ap.add_argument("--plugin", type=Path, default=FROZEN_PLUGIN,
+                    help="the frozen plugin (default dist/istio-cni/istio-cni)")
+    ap.add_argument("--max-seconds", type=float, default=1800.0,
+                    help="stop recording after this long (default 1800)")
+    return ap.parse_args(argv)
+
+
+def interleave(variants: Sequence[Callable[[bool], None]], n: int, warmup: int,
+               max_seconds: float, what: str) -> int:
+    """`warmup` unrecorded, then up to `n` recorded iterations (within `max_seconds`), each
+    running every variant once, starting one further along each time so that drift and noise
+    hit every variant alike. A variant is called with `record`. Returns the iterations
+    recorded."""
+    deadline = time.monotonic() + max_seconds
+    for i in range(warmup + n):
+        if time.monotonic() > deadline:
+            print(f"{what}: time budget reached after {max(0, i - warmup)} iterations",
+                  file=sys.stderr)
+            return max(0, i - warmup)
+        k = i % len(variants)
+        for fn in [*variants[k:], *variants[:k]]:
+            fn(i >= warmup)
+    return n
 
 
 # --- the machine --------------------------------------------------------------------------------
@@ -229,6 +275,13 @@ class EventSink:
 
 # --- the plugin and the hello-world -------------------------------------------------------------
 
+@contextmanager
+def staged_plugin(source: Path = FROZEN_PLUGIN) -> Iterator[list[str]]:
+    """The argv of a private copy of the frozen plugin, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
+        yield [str(stage_frozen_plugin(Path(tmp), source))]
+
+
 def stage_frozen_plugin(dest: Path, source: Path = FROZEN_PLUGIN) -> Path:
     """A private copy of the onedir bundle (others may rebuild dist/ while we measure)."""
     if not source.exists():
@@ -253,6 +306,56 @@ def build_hello(force: bool = False) -> Path:
     return exe
 
 
+def bare_interpreter() -> str:
+    """The interpreter the frozen plugin is built from (this venv's base interpreter): run as
+    `python -I -S -c pass`, the floor of any Python process."""
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
+def build_yardstick() -> Path:
+    """The compiled yardstick (`bench/yardstick/`: a reference CNI plugin in Go, standard
+    library only), built with the distribution's Go into
+    `build/bench-yardstick/<hash of its source>/` and reused while the source is unchanged.
+
+    Go comes from `bench/setup.sh` (Debian's golang-go); nothing is downloaded: modules off,
+    no toolchain switch, cgo off."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("the compiled yardstick needs Go: run bench/setup.sh "
+                         "(it installs the distribution's golang-go)")
+    files = sorted(p for p in YARDSTICK_SOURCE.iterdir() if p.suffix == ".go"
+                   or p.name == "go.mod")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    exe = YARDSTICK_BUILD / digest.hexdigest()[:16] / "yardstick"
+    if exe.exists():
+        return exe
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(YARDSTICK_BUILD),
+           "GOCACHE": str(YARDSTICK_BUILD / "gocache"), "GOPATH": str(YARDSTICK_BUILD / "gopath"),
+           "GOFLAGS": "-mod=mod", "GOPROXY": "off", "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"}
+    tmp = exe.with_name(f".yardstick-{os.getpid()}")
+    proc = subprocess.run([go, "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp), "."],
+                          cwd=YARDSTICK_SOURCE, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"go build of the yardstick failed: {proc.stderr.strip()}")
+    os.replace(tmp, exe)
+    return exe
+
+
+def stock_tool(netns: str, argv: Sequence[str], payload: bytes,
+               env: dict[str, str] | None = None) -> float:
+    """One spawn of a stock tool in `netns` (`nsenter --net=NS argv < payload`), timed; what a
+    plugin that only shells out would pay for its apply."""
+    t, proc = timed_run(["nsenter", f"--net={path(netns)}", *argv], input=payload,
+                        env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.decode().strip()}")
+    return t
+
+
 def source_plugin_argv() -> list[str]:
     """The plugin from source, as `python -m cni` (for smoke runs without a frozen build)."""
     return [sys.executable, "-m", "cni"]
@@ -267,22 +370,86 @@ def timed_run(argv: list[str], input: bytes | None = None,
     return time.perf_counter() - t0, proc
 
 
+def prev_result(netns: str, ip: str) -> dict[str, Any]:
+    """What bridge + host-local would hand on to a chained plugin (DEL and CHECK get it too)."""
+    return {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": path(netns)}],
+            "ips": [{"address": f"{ip}/24", "interface": 0}]}
+
+
+@dataclass
+class Yardstick:
+    """The compiled reference plugin, run through the same CNI runtime as ours (exec →
+    result on stdout → exit), against the same API stand-in and kubeconfig."""
+
+    exe: Path
+    run_dir: Path
+    """Where the kubeconfig is (the run dir our plugin reads it from too)."""
+    payloads: Path
+    """A directory for the payload files it applies."""
+
+    def __post_init__(self) -> None:
+        self.runtime = Runtime(binaries={"yardstick": [str(self.exe)]})
+
+    def payload(self, name: str, text: str) -> Path:
+        """Write what our rules module builds (for one pod and one tool) where it reads it."""
+        file = self.payloads / name
+        file.write_text(text)
+        return file
+
+    def add(self, netns: str, pod: dict[str, Any], apply: Sequence[str], payload: Path,
+            ip: str, env: dict[str, str] | None = None) -> float:
+        """One timed ADD; `apply` is the tool's argv, fed `payload` inside the pod netns."""
+        conf = {"cniVersion": "1.0.0", "name": "bench", "type": "yardstick",
+                "cni_agent_run_dir": str(self.run_dir), "exclude_namespaces": [SKIPPED_NS],
+                "yardstick": {"apply": list(apply), "payload_file": str(payload),
+                              "env": [f"{k}={v}" for k, v in (env or {}).items()]},
+                "prevResult": prev_result(netns, ip)}
+        meta = pod["metadata"]
+        t0 = time.perf_counter()
+        call = self.runtime.call("yardstick", "ADD", path(netns), f"y-{netns}", conf,
+                                 k8s_args(meta["namespace"], meta["name"]))
+        elapsed = time.perf_counter() - t0
+        check_ok(call, f"yardstick ADD ({' '.join(apply)})")
+        if call.result.get("ips") != conf["prevResult"]["ips"]:
+            raise RuntimeError(f"yardstick ADD printed {call.stdout!r}, not its prevResult")
+        return elapsed
+
+
+@contextmanager
+def tls_api(work: Path) -> Iterator[KubeApiServer]:
+    """The API stand-in over TLS, requiring `TOKEN`, as a real kube-apiserver (certificates
+    made with the openssl CLI in `work`)."""
+    with KubeApiServer(tls=make_tls_material(work / "tls"), token=TOKEN) as api:
+        yield api
+
+
 @dataclass
 class BenchNode:
-    """The API stand-in on loopback, a run dir (kubeconfig + log.sock) and the CNI runtime."""
+    """The API stand-in on loopback (TLS, bearer token), a run dir (kubeconfig + log.sock),
+    the CNI runtime and the compiled yardstick."""
 
     api: KubeApiServer
     run_dir: Path
     sink: EventSink
     runtime: Runtime
     plugin_argv: list[str]
+    work: Path
+    """A scratch directory removed with the node."""
+    _yardstick: Yardstick | None = None
+
+    @property
+    def yardstick(self) -> Yardstick:
+        """The compiled yardstick on this node (built on first use: `build_yardstick`)."""
+        if self._yardstick is None:
+            self._yardstick = Yardstick(build_yardstick(), self.run_dir, self.work)
+        return self._yardstick
 
     def conf(self, backend: str = "nft", **extra: Any) -> dict[str, Any]:
         """The plugin's entry of the conflist, as the runtime hands it over (cniVersion 1.0)."""
         return {
             "cniVersion": "1.0.0", "name": "bench", "type": "istio-cni",
             "plugin_log_level": "info", "cni_agent_run_dir": str(self.run_dir),
-            "exclude_namespaces": ["kube-system"], "pod_namespace": "istio-system",
+            "exclude_namespaces": [SKIPPED_NS], "pod_namespace": "istio-system",
             "iptables_backend": backend, "pod_lookup_attempts": 3,
             "pod_lookup_interval_seconds": 0.05, "pod_lookup_deadline_seconds": 10, **extra,
         }
@@ -292,11 +459,7 @@ class BenchNode:
         """One timed CNI call of the plugin (exec → result on stdout → exit); `extra` adds or
         overrides config keys (e.g. `native_nftables`)."""
         conf = self.conf(backend, **extra)
-        conf["prevResult"] = {  # what bridge + host-local would hand on (DEL/CHECK get it too)
-            "cniVersion": "1.0.0",
-            "interfaces": [{"name": "eth0", "sandbox": path(netns)}],
-            "ips": [{"address": f"{ip}/24", "interface": 0}],
-        }
+        conf["prevResult"] = prev_result(netns, ip)
         meta = pod["metadata"]
         t0 = time.perf_counter()
         result = self.runtime.call("istio-cni", command, path(netns), f"c-{netns}", conf,
@@ -309,15 +472,16 @@ class BenchNode:
 
 @contextmanager
 def bench_node(plugin_argv: list[str]) -> Iterator[BenchNode]:
-    """API stand-in + run dir + log socket; everything stopped and removed afterwards."""
-    with KubeApiServer() as api, tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
+    """API stand-in (TLS) + run dir + log socket (+ the yardstick, when asked for); everything
+    stopped and removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp, tls_api(Path(tmp)) as api:
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
         write_kubeconfig(run_dir, api)
         sink = EventSink(run_dir)
         runtime = Runtime(binaries={"istio-cni": plugin_argv})
         try:
-            yield BenchNode(api, run_dir, sink, runtime, plugin_argv)
+            yield BenchNode(api, run_dir, sink, runtime, plugin_argv, Path(tmp))
         finally:
             sink.stop()
 

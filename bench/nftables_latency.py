@@ -1,34 +1,33 @@
-"""Redirected ADD in native nftables mode next to iptables mode, against the stock tools, in
-one interleaved run.
+"""Redirected ADD in native nftables mode next to iptables mode, against a compiled plugin
+doing the same work with the same tool, in one interleaved run.
 
     .venv/bin/python bench/nftables_latency.py [-n 100] [--plugin dist/istio-cni/istio-cni]
 
-Each iteration, in a rotating order (so drift and noise hit every variant alike), each in a
-fresh pod netns (a veth eth0 with an IPv4 address, made and deleted outside the timed region):
+The API stand-in speaks TLS and requires a bearer token. Each iteration, in a rotating order
+(so drift and noise hit every variant alike), each in a fresh pod netns (a veth eth0 with an
+IPv4 address, made and deleted outside the timed region):
 
 - a timed ADD of the meshed pod by the frozen plugin through the CNI protocol (exec → result
-  on stdout → exit, one pod GET from the API stand-in on loopback), in three modes: native
-  nftables mode talking to nftables through libnftables in-process (the library bundled in
-  the frozen plugin), native nftables mode through the host's `nft -f -`, and iptables mode
-  with the `nft` backend (`iptables-nft-restore`, today's default on most hosts); after each
-  ADD, outside the timed region, the netns is checked to hold that mode's rules;
-- the stock-tool floors of the same work: `nsenter --net=NS nft -f -` of the exact
-  transaction the plugin sends, and `nsenter --net=NS iptables-nft-restore --noflush` of the
-  exact payload, each plus one `curl` GET of the same pod (the plugin's lookup), timed apart
-  and reported as tool + GET.
+  on stdout → exit, one pod GET), in three modes: native nftables mode talking to nftables
+  through libnftables in-process (the library bundled in the frozen plugin), native nftables
+  mode through the host's `nft -f -`, and iptables mode with the `nft` backend
+  (`iptables-nft-restore`, today's default on most hosts); after each ADD, outside the timed
+  region, the netns is checked to hold that mode's rules;
+- the compiled yardstick (`bench/yardstick/`, Go, standard library only) doing the same ADD's
+  necessary work (netconf, kubeconfig, one pod GET over TLS, setns) with each tool: `nft -f -`
+  of the exact transaction the plugin sends, and `iptables-nft-restore --noflush` of the exact
+  payload;
+- the stock tools alone: one `nsenter --net=NS nft -f -` and one `nsenter --net=NS
+  iptables-nft-restore --noflush` of the same text.
 
-Ratios: each ADD over its own mode's floor, and each nftables-mode ADD over the iptables-mode
-ADD of the same run. The plugin's own phases (lookup, rules, apply) come from its events on
-`<run dir>/log.sock`.
+Ratios: each ADD over the yardstick using its mode's tool, and each nftables-mode ADD over the
+iptables-mode ADD of the same run. The plugin's own phases (lookup, rules, apply) come from its
+events on `<run dir>/log.sock`.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-import tempfile
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,18 +40,20 @@ from bench.common import (  # noqa: E402
     BenchNode,
     Stats,
     Table,
+    bench_args,
     bench_node,
     check_ok,
+    interleave,
     load,
     make_pod_netns,
     pod_ip,
     print_machine,
-    stage_frozen_plugin,
-    timed_run,
+    staged_plugin,
+    stock_tool,
     timing_row,
 )
 from testbed.cleanup import Cleanup  # noqa: E402
-from testbed.netns import ns_exec, path  # noqa: E402
+from testbed.netns import ns_exec  # noqa: E402
 from testbed.pods import workload  # noqa: E402
 
 IPTABLES = "iptables mode, nft backend"
@@ -62,10 +63,12 @@ MODES: dict[str, dict[str, Any]] = {
     IPTABLES: {"iptables_backend": "nft"},
 }
 """The plugin config keys of each mode measured, by the name the tables use."""
-FLOORS = {"nft -f": ["nft", "-f", "-"],
-          "iptables-nft-restore": ["iptables-nft-restore", "--noflush"]}
-FLOOR_OF = {"nftables mode, libnftables": "nft -f", "nftables mode, nft": "nft -f",
-            IPTABLES: "iptables-nft-restore"}
+TOOLS = {"nft -f": ["nft", "-f", "-"],
+         "iptables-nft-restore": ["iptables-nft-restore", "--noflush"]}
+"""The stock tools, by the name the tables use: what the yardstick applies with, and what the
+stock rows spawn."""
+TOOL_OF = {"nftables mode, libnftables": "nft -f", "nftables mode, nft": "nft -f",
+           IPTABLES: "iptables-nft-restore"}
 PHASES = ("lookup", "rules", "apply", "total")
 
 
@@ -74,22 +77,20 @@ class NftLatency:
     """Raw samples (seconds) of one run; the tables are computed from these."""
 
     add: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    yardstick: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    """tool → the compiled yardstick's redirected ADD applying with it."""
     tool: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-    curl: list[float] = field(default_factory=list)
+    """tool → one stock spawn of it in a pod netns."""
     phases: dict[str, dict[str, list[float]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list)))
     iterations: int = 0
     load_before: str = ""
     load_after: str = ""
 
-    def floor(self, tool: str) -> list[float]:
-        """tool + GET per iteration (both measured in that iteration)."""
-        return [t + c for t, c in zip(self.tool[tool], self.curl, strict=False)]
-
 
 def payloads(pod: dict) -> dict[str, str]:
     """What the plugin sends for `pod` (an IPv4-only pod): the nftables transaction and the
-    IPv4 `iptables-restore` payload, by floor name."""
+    IPv4 `iptables-restore` payload, by tool name."""
     from cni.pipeline import plan, rules_for
 
     redirect = plan(pod)[2]
@@ -117,8 +118,8 @@ class Runner:
         self.pod = workload("meshed-pod")
         node.api.add_pod(self.pod)
         self.payloads = payloads(self.pod)
-        meta = self.pod["metadata"]
-        self.pod_url = f"{node.api.url}/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
+        self.payload_files = {tool: node.yardstick.payload(f"payload-{i}", text)
+                              for i, (tool, text) in enumerate(self.payloads.items())}
         self.seq = 1
 
     def add(self, mode: str, record: bool = True) -> None:
@@ -137,29 +138,32 @@ class Runner:
                 for phase, seconds in event["phases"].items():
                     self.r.phases[mode][phase].append(seconds)
 
-    def floor(self, record: bool = True) -> None:
-        """Each tool in a fresh netns, then one `curl` GET of the pod."""
-        times: dict[str, float] = {}
-        for tool, argv in FLOORS.items():
+    def yardstick(self, tool: str, record: bool = True) -> None:
+        """The yardstick's redirected ADD applying with `tool`, checked (untimed) for rules."""
+        self.seq += 1
+        ip = pod_ip(self.seq)
+        with Cleanup() as cleanup:
+            ns = make_pod_netns(cleanup, ip, "yard")
+            t = self.node.yardstick.add(ns, self.pod, TOOLS[tool], self.payload_files[tool], ip)
+            mode = "nftables mode, nft" if tool == "nft -f" else IPTABLES
+            if not programmed(ns, mode):
+                raise RuntimeError(f"the yardstick's ADD ({tool}) left no rules")
+        if record:
+            self.r.yardstick[tool].append(t)
+
+    def stock(self, record: bool = True) -> None:
+        """Each stock tool once, each in a fresh netns."""
+        for tool, argv in TOOLS.items():
             self.seq += 1
             with Cleanup() as cleanup:
-                ns = make_pod_netns(cleanup, pod_ip(self.seq), "floor")
-                times[tool], proc = timed_run(["nsenter", f"--net={path(ns)}", *argv],
-                                              input=self.payloads[tool].encode(),
-                                              env=dict(os.environ))
-                if proc.returncode != 0:
-                    raise RuntimeError(f"floor {tool}: {proc.stderr.decode().strip()}")
-        t_curl, proc = timed_run(["curl", "-sf", "-H", "Authorization: Bearer bench",
-                                  "-H", "Accept: application/json", self.pod_url])
-        if proc.returncode != 0:
-            raise RuntimeError(f"floor curl: exit {proc.returncode}")
-        if record:
-            for tool, t in times.items():
+                ns = make_pod_netns(cleanup, pod_ip(self.seq), "stock")
+                t = stock_tool(ns, argv, self.payloads[tool].encode())
+            if record:
                 self.r.tool[tool].append(t)
-            self.r.curl.append(t_curl)
 
     def variants(self) -> list[Any]:
-        return [*(lambda rec, m=m: self.add(m, rec) for m in MODES), self.floor]
+        return [*(lambda rec, m=m: self.add(m, rec) for m in MODES),
+                *(lambda rec, t=t: self.yardstick(t, rec) for t in TOOLS), self.stock]
 
 
 def measure(plugin_argv: list[str], n: int, warmup: int = 3,
@@ -168,41 +172,34 @@ def measure(plugin_argv: list[str], n: int, warmup: int = 3,
     result = NftLatency(load_before=load())
     with bench_node(plugin_argv) as node:
         runner = Runner(node, result)
-        variants = runner.variants()
-        deadline = time.monotonic() + max_seconds
-        for i in range(warmup + n):
-            if time.monotonic() > deadline:
-                print(f"nftables_latency: time budget reached after {result.iterations} "
-                      "iterations", file=sys.stderr)
-                break
-            k = i % len(variants)
-            for fn in variants[k:] + variants[:k]:
-                fn(i >= warmup)
-            if i >= warmup:
-                result.iterations += 1
+        result.iterations = interleave(runner.variants(), n, warmup, max_seconds,
+                                       "nftables_latency")
     result.load_after = load()
     return result
 
 
 def tables(r: NftLatency) -> list[Table]:
-    """Latency with ratios to each mode's floor and to iptables mode; the plugin's phases."""
-    t = Table("Redirected ADD: native nftables mode vs iptables mode vs the stock tools "
-              f"({r.iterations} interleaved iterations; load {r.load_before} → {r.load_after})")
-    floors = {tool: Stats.of(r.floor(tool)).median for tool in FLOORS}
-    for tool in FLOORS:
-        t.add(timing_row(f"floor: nsenter {tool} + curl GET", r.floor(tool)))
-        t.add(timing_row(f"  of which nsenter {tool}", r.tool[tool]))
-    t.add(timing_row("  of which curl GET", r.curl))
+    """Latency with ratios to the yardstick (same tool) and to iptables mode; the phases."""
+    t = Table("Redirected ADD: native nftables mode vs iptables mode vs the compiled yardstick "
+              f"({r.iterations} interleaved iterations, TLS API; load {r.load_before} → "
+              f"{r.load_after})")
+    yard = {tool: Stats.of(r.yardstick[tool]).median for tool in TOOLS}
+    for tool in TOOLS:
+        t.add(timing_row(f"compiled yardstick ADD, {tool}", r.yardstick[tool]))
+    for tool in TOOLS:
+        t.add(timing_row(f"stock tool: nsenter {tool} (one spawn)", r.tool[tool], yard[tool],
+                         f"ratio to the yardstick, {tool}"))
     ipt = Stats.of(r.add[IPTABLES]).median
     for mode in MODES:
-        t.add(timing_row(f"redirected ADD, {mode}", r.add[mode], floors[FLOOR_OF[mode]],
-                         f"ratio to floor {FLOOR_OF[mode]}"))
+        t.add(timing_row(f"redirected ADD, {mode}", r.add[mode], yard[TOOL_OF[mode]],
+                         f"ratio to the yardstick, {TOOL_OF[mode]}"))
     for mode in MODES:
         if mode != IPTABLES:
             t.add(timing_row(f"  {mode} over iptables mode", r.add[mode], ipt,
                              "ratio to iptables-mode ADD"))
-    t.notes.append("each floor is the stock tool fed the exact text the plugin sends, in a "
-                   "fresh netns through nsenter, plus one curl GET of the same pod")
+    t.notes.append("the yardstick (bench/yardstick/, Go, standard library) does the ADD's "
+                   "necessary work (netconf, kubeconfig, one pod GET over TLS, setns) and "
+                   "applies the exact text the plugin sends with the tool named")
     t.notes.append("libnftables is the library bundled in the frozen plugin; nft is the "
                    "host's binary, run by the plugin as `nft -f -` in the pod netns")
 
@@ -213,17 +210,11 @@ def tables(r: NftLatency) -> list[Table]:
     return [t, p]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("-n", type=int, default=100, help="recorded iterations (default 100)")
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--plugin", type=Path, help="the frozen plugin (default dist/istio-cni)")
-    ap.add_argument("--max-seconds", type=float, default=1800.0)
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = bench_args(__doc__, 100, argv)
     print_machine()
-    with tempfile.TemporaryDirectory(prefix="icni-bench-") as tmp:
-        plugin = stage_frozen_plugin(Path(tmp), *([args.plugin] if args.plugin else []))
-        r = measure([str(plugin)], args.n, args.warmup, args.max_seconds)
+    with staged_plugin(args.plugin) as plugin:
+        r = measure(plugin, args.n, args.warmup, args.max_seconds)
     for table in tables(r):
         table.print()
 

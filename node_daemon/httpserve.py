@@ -1,17 +1,18 @@
-"""The agent's small servers, bounded: threads, bytes and time per connection.
+"""The agent's Unix-socket servers, bounded: threads, bytes and time per connection.
 
-The health/metrics ports and the plugin's log socket are reachable by anything on the node, so
-a client that resets, half-sends a request or trickles bytes must cost us a bounded amount and
-never a traceback:
+The plugin's log socket and the agent-served ADD socket live in the run dir, 0600 (only root
+reaches them); each connection gets a thread, because a handler may block (an ADD programs a
+pod). A client that resets, half-sends a request or trickles bytes must still cost a bounded
+amount and never a traceback:
 
-- at most `max_connections` connections are served at once; one more is closed at accept, so
-  1,500 half-open connections hold `max_connections` threads, not 1,500;
+- at most `max_connections` connections are served at once; one more is closed at accept
+  (`refused` counts them), so 1,500 half-open connections hold `max_connections` threads;
 - every connection has a wall-clock deadline covering all its reads (a socket timeout alone
-  restarts with every byte a trickling client sends);
+  restarts with every byte a trickling client sends), measured on the handler's `clock`;
 - errors a client causes (reset, broken pipe, timeout) are logged at debug in one line.
 
-`KeptUnixServer` is the agent's Unix socket in the run dir (the plugin's log socket, the
-agent-served ADD socket): born 0600, and recreated when the run dir is wiped.
+`KeptUnixServer` is such a socket in the run dir: born 0600, and recreated when the run dir is
+wiped. The TCP endpoints (health, metrics), which any pod can reach, are `node_daemon.httploop`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -35,18 +37,20 @@ _CLIENT_ERRORS = (ConnectionError, TimeoutError, socket.timeout)
 
 
 class DeadlineReader(io.RawIOBase):
-    """A socket's read side that fails with TimeoutError once `deadline` (monotonic) is past."""
+    """A socket's read side that fails with TimeoutError once `deadline` (on `clock`) is past."""
 
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
+    def __init__(self, sock: socket.socket, deadline: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._sock = sock
         self._deadline = deadline
+        self._clock = clock
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
-        remaining = self._deadline - time.monotonic()
+        remaining = self._deadline - self._clock()
         if remaining <= 0:
             raise TimeoutError("connection deadline passed")
         self._sock.settimeout(remaining)
@@ -101,12 +105,14 @@ class BoundedHandler(BaseHTTPRequestHandler):
 
     deadline_seconds = CONNECTION_DEADLINE
     timeout = CONNECTION_DEADLINE
+    clock: Callable[[], float] = staticmethod(time.monotonic)
+    """What `deadline_seconds` is measured on (tests move a clock of their own)."""
 
     def setup(self) -> None:
         super().setup()
         self.rfile.close()  # the socket's own file: its reference would keep the fd open
-        deadline = time.monotonic() + self.deadline_seconds
-        self.rfile = io.BufferedReader(DeadlineReader(self.connection, deadline))
+        deadline = self.clock() + self.deadline_seconds
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, deadline, self.clock))
 
     def reply(self, code: int, ctype: str, body: bytes) -> None:
         """Send one response; a client that already hung up is not an error.
@@ -172,6 +178,12 @@ class KeptUnixServer:
                                   daemon=True)
         thread.start()
         return server, thread, inode
+
+    @property
+    def refused(self) -> int:
+        """Connections closed at accept because `max_connections` were being served (by the
+        socket bound now)."""
+        return int(getattr(self._server, "refused", 0))
 
     def healthy(self) -> bool:
         """True while `path` is the socket this server listens on."""

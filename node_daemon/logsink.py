@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,11 +74,14 @@ class LogSink(KeptUnixServer):
     """The plugin's log socket at `path` (see `KeptUnixServer` for its lifecycle)."""
 
     def __init__(self, path: Path, metrics: Metrics, check_interval: float = 1.0,
-                 on_report: Callable[[str, Any], None] | None = None) -> None:
+                 on_report: Callable[[str, Any], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         """`on_report(path, body)` is called with each accepted request's parsed body, in the
-        order the requests were handled (benchmarks and tests observe the plugin with it)."""
+        order the requests were handled (benchmarks and tests observe the plugin with it).
+        `clock` is what a connection's `READ_TIMEOUT` is measured on."""
         self.metrics = metrics
-        handler = type("_Handler", (_Handler,), {"metrics": metrics, "on_report": on_report})
+        handler = type("_Handler", (_Handler,), {"metrics": metrics, "on_report": on_report,
+                                                 "clock": staticmethod(clock)})
         super().__init__(path, handler, "plugin log socket", check_interval=check_interval)
 
 

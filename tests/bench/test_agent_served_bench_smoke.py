@@ -1,13 +1,15 @@
-"""Keeps `bench/agent_served.py` from rotting: every variant at n=2 with the plugin from source.
-No timing assertions: only that every row has numbers, the GET counts are what the agent path
-promises (0 via the agent, 1 without), and no netns is left behind."""
+"""Keeps `bench/agent_served.py` from rotting: every variant at n=2 with the plugin from source,
+the compiled yardstick built with the machine's Go (bench/setup.sh). No timing assertions: only
+that every row has numbers, the GET counts are what each path promises (0 via the agent, 1
+without, 1 for the yardstick), and no netns is left behind."""
 
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
+
+from tests.bench.tools import require_bench_tools
 
 pytestmark = pytest.mark.root
 
@@ -15,9 +17,7 @@ pytestmark = pytest.mark.root
 def test_every_variant_has_numbers_and_the_agent_needs_no_get() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: network namespaces, iptables")
-    for tool in ("curl", "nsenter", "openssl", "iptables-nft-restore"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool}")
+    require_bench_tools()
     from bench import agent_served
     from bench.common import leftover_netns, source_plugin_argv
 
@@ -28,5 +28,8 @@ def test_every_variant_has_numbers_and_the_agent_needs_no_get() -> None:
         for row in table.rows:
             assert row.n == 2 and float(row.median) > 0, table.render()
     assert {row.name: row.median for row in gets.rows} == {"ADD via the agent": "0",
-                                                           "ADD, no agent": "1"}
+                                                           "ADD, no agent": "1",
+                                                           "compiled yardstick": "1"}
+    assert latency.rows[0].name == "compiled yardstick, meshed pod"
+    assert all(row.ratio.endswith("x") for row in latency.rows[1:]), latency.render()
     assert all(row.n >= 2 for row in phases.rows), phases.render()

@@ -1,7 +1,7 @@
 """Keeps `bench/nftables_latency.py` from rotting: every variant at n=2 with the plugin from
-source (no PyInstaller build). No timing assertions: only that every row has numbers, that
-each ADD left its mode's rules (the benchmark checks that itself and raises), and that no
-netns is left behind."""
+source (no PyInstaller build) and the compiled yardstick. No timing assertions: only that every
+row has numbers, that each ADD (ours and the yardstick's) left its mode's rules (the benchmark
+checks that itself and raises), and that no netns is left behind."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import pytest
 
 from cni import nft_exec
+from tests.bench.tools import require_bench_tools
 
 pytestmark = pytest.mark.root
 
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.root
 def test_every_variant_has_numbers() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: network namespaces, nftables")
-    if nft_exec.NftBinary.find() is None or nft_exec.LibNftables.load() is None:
-        pytest.skip("needs nft and libnftables (both ways are measured)")
+    require_bench_tools("nft")
+    assert nft_exec.LibNftables.load() is not None, "libnftables (scripts/setup.sh) is needed"
     from bench import nftables_latency as nl
     from bench.common import leftover_netns, source_plugin_argv
 
@@ -32,7 +33,9 @@ def test_every_variant_has_numbers() -> None:
         assert f"redirected ADD, {mode}" in names, names
     for row in latency.rows:
         assert row.n == 2 and float(row.median) > 0, row
-    assert all(row.ratio.endswith("x") for row in latency.rows if "ADD" in row.name
-               or " over " in row.name), latency.render()
+    for mode in nl.MODES:
+        assert f"compiled yardstick ADD, {nl.TOOL_OF[mode]}" in names, names
+    assert all(row.ratio.endswith("x") for row in latency.rows
+               if not row.name.startswith("compiled yardstick")), latency.render()
     assert {row.name.split(",")[0] for row in phases.rows} == set(nl.PHASES)
     assert all(row.n == 2 for row in phases.rows), phases.render()
