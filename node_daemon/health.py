@@ -1,8 +1,9 @@
 """Health and metrics endpoints: tiny GET-only HTTP servers in daemon threads.
 
 `/healthz` is always 200 while the process serves (upstream: liveness is "the process is up");
-`/readyz` is 200 only while the plugin is installed and the repair controller has synced, so a
-node taint / untaint controller keyed on readiness never admits pods before we can catch them.
+`/readyz` is 200 only while the plugin is installed and the repair controller has synced (and
+its watch is current), so a node taint / untaint controller keyed on readiness never admits
+pods before we can catch them.
 Metrics (`/metrics`) get their own port, as upstream's 15014 does. Both are bounded in
 connections, threads and time per connection (`node_daemon.httpserve`).
 """
