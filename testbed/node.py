@@ -72,10 +72,10 @@ class Node:
         return name
 
     def add(self, ns_name: str, pod: dict, command: str = "ADD",
-            prev: dict | None = None, pod_uid: str | None = "") -> list[CniCall]:
-        """`command` through the whole conflist for `pod` in `ns_name`. CNI_ARGS carry no
-        K8S_POD_UID (as from cri-dockerd) unless `pod_uid` is given; None: the pod's own (as
-        containerd and CRI-O pass it)."""
+            prev: dict | None = None, pod_uid: str | None = None) -> list[CniCall]:
+        """`command` through the whole conflist for `pod` in `ns_name`. CNI_ARGS carry the
+        pod's own K8S_POD_UID (None, as containerd and CRI-O pass it), another (a sandbox of
+        an older pod), or none ("", as from cri-dockerd)."""
         meta = pod["metadata"]
         uid = meta.get("uid", "") if pod_uid is None else pod_uid
         return self.runtime.run_list(self.conflist, command, nsutil.path(ns_name),
@@ -85,7 +85,7 @@ class Node:
 
     def call_istio(self, ns_name: str, pod: dict, command: str, prev: dict | None = None,
                    env: dict | None = None, conf_changes: dict | None = None,
-                   pod_uid: str | None = "") -> CniCall:
+                   pod_uid: str | None = None) -> CniCall:
         """istio-cni alone, with its conflist entry (changed by `conf_changes`); `pod_uid` as
         for `add`."""
         meta = pod["metadata"]

@@ -42,7 +42,7 @@ def test_a_cached_pod_is_redirected_by_the_agent_with_no_pod_get(node: Node, kub
     pod = node.api.add_pod(workload("meshed-pod"))
     agent = serving(node, kube_api)
     pod_ns = node.new_pod_netns()
-    calls = node.add(pod_ns, pod, pod_uid=None)
+    calls = node.add(pod_ns, pod)
     assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
     assert agent.served("ADD", "ok") == 1
     assert agent.metrics.value("istio_cni_agent_pod_lookups_total", source="cache") == 1
@@ -74,7 +74,7 @@ def test_a_pod_re_created_under_its_name_is_read_again_not_answered_from_the_cac
     it, without a sidecar; answered from it, the ADD was `ok` with no rules). One GET."""
     agent, _old, new = _stale_cache(node, kube_api)
     pod_ns = node.new_pod_netns()
-    calls = node.add(pod_ns, new)
+    calls = node.add(pod_ns, new, pod_uid="")
     assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
     assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns)), "ok, no rules"
     assert agent.served("ADD", "ok") == 1
@@ -87,7 +87,7 @@ def test_a_pod_re_created_under_its_name_is_read_again_not_answered_from_the_cac
 def test_a_runtime_uid_the_cache_does_not_hold_is_one_get(node: Node, kube_api):
     agent, _old, new = _stale_cache(node, kube_api)
     pod_ns = node.new_pod_netns()
-    calls = node.add(pod_ns, new, pod_uid=None)
+    calls = node.add(pod_ns, new)
     assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
     assert agent.metrics.value("istio_cni_agent_pod_cache_misses_total",
                                reason="other_uid") == 1
