@@ -319,7 +319,11 @@ class RepairController:
             return True  # nothing to do, or done (a repaired pod is skipped, as upstream)
         if not diagnose(pod, self.cfg).broken:
             return True
-        live = self._live(key, uid)
+        try:
+            live = self._live(key, uid)
+        except ApiError as exc:
+            log.warning("%s: cannot read the pod before acting on it (%s); retrying", key, exc)
+            return False
         if live is None:
             self._forget(uid)
             return True
@@ -330,8 +334,8 @@ class RepairController:
 
     def _live(self, key: str, uid: str) -> dict[str, Any] | None:
         """The pod as the API has it now, if it is still the one with `uid` (one GET), so no
-        action is taken on a cached pod the watch has not caught up with; raises ApiError
-        (retried) when the API cannot say."""
+        action is taken on a cached pod the watch has not caught up with; None when it is gone
+        or another pod; ApiError when the API cannot say."""
         namespace, _, name = key.partition("/")
         try:
             live = self.api.get_pod(namespace, name)
