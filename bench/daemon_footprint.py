@@ -47,7 +47,7 @@ def child(kubeconfig: str) -> None:
         client = load_api_client(kubeconfig)
         c = start_controller(cleanup, client, cfg, synced_within=None)
         metrics = c.metrics  # type: ignore[attr-defined]
-        service = CniService(metrics, lambda: (True, ""), c.informer.get, PodApi(client))
+        service = CniService(metrics, lambda: (True, ""), c.informer.current, PodApi(client))
         cleanup.add("stop cni.sock", CniServer(Path(run_dir) / "cni.sock", service).stop)
         import cni.plugin  # noqa: F401 - what serving the first ADD loads
         for line in sys.stdin:

@@ -2,16 +2,21 @@
 
 `Reporter.record` is the single way an action is told: one log line, one Kubernetes Event on
 the pod (component `cni-repair`, best effort: a failed event never fails the action) and one
-metric increment. Actions return an `ActionResult` (success | skip | fail) instead of raising,
-so the controller, the one-shot `repair` command and the drift check share them; the controller
-retries `fail` results with backoff.
+metric increment. A repeat of an Event (same pod UID, reason, type and message) bumps the
+`count` and `lastTimestamp` of the one posted before with a PATCH, as client-go's recorder
+does, so a pod that fails every few seconds makes one Event, not thousands. Actions return an
+`ActionResult` (success | skip | fail) instead of raising, so the controller, the one-shot
+`repair` command and the drift check share them; the controller retries `fail` results with
+backoff.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -30,6 +35,11 @@ from node_daemon.pod_rules import RulesOutcome, reconcile_rules
 
 log = logging.getLogger("node_daemon.repair")
 COMPONENT = "cni-repair"
+EVENT_CACHE_SIZE = 4096
+"""Events remembered for deduplication, oldest dropped first (client-go's LRU size)."""
+EVENT_REPEAT_WINDOW = 3600.0
+"""Seconds after its last occurrence within which a repeat PATCHes the Event posted before:
+kube-apiserver's default event TTL (`--event-ttl=1h`), after which it is likely gone."""
 
 
 class Action(StrEnum):
@@ -62,7 +72,9 @@ REASONS = {Action.REPAIR: "RepairBrokenPod", Action.DELETE: "DeleteBrokenPod",
 
 
 class EventSink(Protocol):
-    def create_event(self, namespace: str, event: dict[str, Any]) -> None: ...
+    def create_event(self, namespace: str, event: dict[str, Any]) -> dict[str, Any]: ...
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
 
 
 class PodWriter(EventSink, Protocol):
@@ -108,13 +120,41 @@ def pod_key(pod: dict[str, Any]) -> str:
     return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
+@dataclass
+class _Posted:
+    """An Event we posted: where it is, how often it was told, and when last (clock)."""
+
+    namespace: str
+    name: str
+    count: int
+    last: float
+
+
 class Reporter:
     """Log + Event + metric, in one call, so no action is ever told one way and not another."""
 
-    def __init__(self, events: EventSink | None, metrics: Metrics, node: str = "") -> None:
+    def __init__(self, events: EventSink | None, metrics: Metrics, node: str = "",
+                 clock: Callable[[], float] = time.monotonic,
+                 cache_size: int = EVENT_CACHE_SIZE) -> None:
         self.events = events
         self.metrics = metrics
         self.node = node
+        self._clock = clock
+        self._cache_size = cache_size
+        self._posted: OrderedDict[tuple[str, ...], _Posted] = OrderedDict()
+        """(namespace, name, uid, reason, type, message) -> the Event posted for it."""
+        self._lock = threading.Lock()
+
+    def forget(self, uid: str) -> None:
+        """Drop what is remembered of the Events on pod `uid` (the pod is gone)."""
+        with self._lock:
+            for key in [k for k in self._posted if k[2] == uid]:
+                del self._posted[key]
+
+    def remembered(self) -> int:
+        """How many Events are remembered for deduplication (bounded: tests and docs)."""
+        with self._lock:
+            return len(self._posted)
 
     def record(self, pod: dict[str, Any], action: Action, result: Result,
                message: str) -> ActionResult:
@@ -135,6 +175,11 @@ class Reporter:
     def _post(self, pod: dict[str, Any], reason: str, message: str, kind: str) -> None:
         meta = metadata(pod)
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        message = message[:1024]
+        key = tuple(str(meta.get(f) or "") for f in ("namespace", "name", "uid")) + (
+            reason, kind, message)
+        if self._repeat(key, stamp, reason, pod):
+            return
         event = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"generateName": f"{meta.get('name', 'pod')}.",
@@ -142,15 +187,51 @@ class Reporter:
             "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta.get("name"),
                                "namespace": meta.get("namespace"), "uid": meta.get("uid"),
                                "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message[:1024], "type": kind,
+            "reason": reason, "message": message, "type": kind,
             "source": {"component": COMPONENT, "host": self.node},
             "reportingComponent": COMPONENT, "reportingInstance": self.node,
             "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
         }
         try:
-            self.events.create_event(str(meta.get("namespace", "")), event)  # type: ignore[union-attr]
+            created = self.events.create_event(  # type: ignore[union-attr]
+                str(meta.get("namespace", "")), event)
         except ApiError as exc:
             log.warning("could not post event %s on %s: %s", reason, pod_key(pod), exc)
+            return
+        name = metadata(created).get("name")
+        if isinstance(name, str) and name:
+            with self._lock:
+                self._posted[key] = _Posted(str(metadata(created).get("namespace")
+                                                or key[0]), name, 1, self._clock())
+                while len(self._posted) > self._cache_size:
+                    self._posted.popitem(last=False)
+
+    def _repeat(self, key: tuple[str, ...], stamp: str, reason: str,
+                pod: dict[str, Any]) -> bool:
+        """True when this is a repeat of an Event posted within the window and its count was
+        bumped (or the bump failed other than by the Event being gone: then nothing is
+        posted, as client-go does); False to post a new one."""
+        with self._lock:
+            seen = self._posted.get(key)
+            if seen is None or self._clock() - seen.last > EVENT_REPEAT_WINDOW:
+                self._posted.pop(key, None)
+                return False
+            count = seen.count + 1
+        try:
+            self.events.patch_event(  # type: ignore[union-attr]
+                seen.namespace, seen.name, {"count": count, "lastTimestamp": stamp})
+        except ApiError as exc:
+            if exc.not_found:  # expired (event TTL): post it anew
+                with self._lock:
+                    self._posted.pop(key, None)
+                return False
+            log.warning("could not update event %s on %s: %s", reason, pod_key(pod), exc)
+            return True
+        with self._lock:
+            seen.count, seen.last = count, self._clock()
+            if key in self._posted:
+                self._posted.move_to_end(key)
+        return True
 
 
 class Actions:
@@ -163,7 +244,10 @@ class Actions:
         self.reporter = reporter
         self.finder = finder
         self.backend = backend
-        self._repaired: dict[str, str] = {}  # ns/name -> uid, like upstream's repairedPods
+        self._repaired: dict[str, str] = {}
+        """UID -> namespace/name of the pods repaired in place, skipped from then on (upstream's
+        `repairedPods`, keyed by what identifies a pod: a pod re-created under the same name
+        is another pod and is repaired)."""
         self._lock = threading.Lock()
 
     def act(self, pod: dict[str, Any], mode: str | None = None) -> ActionResult | None:
@@ -176,19 +260,22 @@ class Actions:
             return self.label(pod)
         return None
 
-    def forget(self, key: str) -> None:
+    def forget(self, uid: str) -> None:
+        """Pod `uid` is gone: drop all that is remembered of it."""
         with self._lock:
-            self._repaired.pop(key, None)
+            self._repaired.pop(uid, None)
+        self.reporter.forget(uid)
+
+    def repaired(self, uid: str) -> bool:
+        """Pod `uid` was repaired in place by this agent (and is skipped)."""
+        with self._lock:
+            return bool(uid) and uid in self._repaired
 
     def repair(self, pod: dict[str, Any]) -> ActionResult:
         """Program the plugin's rules into the running pod's netns, found by its IP."""
-        key, uid = pod_key(pod), str(metadata(pod).get("uid", ""))
-        with self._lock:
-            done = self._repaired.get(key)
-        if done is not None:
-            why = "already repaired" if done == uid else f"already repaired with uid {done}"
-            # no metric: it is not an attempt
-            return ActionResult(key, Action.REPAIR, Result.SKIP, why)
+        key, uid = pod_key(pod), str(metadata(pod).get("uid") or "")
+        if self.repaired(uid):  # no metric: it is not an attempt
+            return ActionResult(key, Action.REPAIR, Result.SKIP, "already repaired")
         try:
             info, decision = decide_pod(pod)
         except CNIError as exc:
@@ -201,8 +288,9 @@ class Actions:
         if isinstance(done, ActionResult):
             return done
         outcome, ref = done
-        with self._lock:
-            self._repaired[key] = uid
+        if uid:
+            with self._lock:
+                self._repaired[uid] = key
         return self.reporter.record(
             pod, Action.REPAIR, Result.SUCCESS,
             f"pod detected as broken, traffic redirection {outcome.state} in netns of pid "

@@ -99,6 +99,8 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.metrics.export_installs(self._install_counts)
+        self.metrics.export_watch(
+            lambda: self.controller.state() if self.controller is not None else None)
 
     def _install_counts(self) -> Mapping[str, float]:
         counts = self.installer.metrics.snapshot().get("installs")
@@ -112,8 +114,8 @@ class Agent:
         return readiness.ready, "" if readiness.ready else readiness.message
 
     def readiness(self) -> Readiness:
-        """Installed, the repair controller synced, the plugin's sockets in place; the reason
-        is the readiness gate's node condition reason."""
+        """Installed, the repair controller synced and its pod watch current, the plugin's
+        sockets in place; the reason is the readiness gate's node condition reason."""
         if self.cfg.refusal:
             return Readiness(False, Reason.MODE_NOT_SUPPORTED, self.cfg.refusal)
         installed = bool(self.installer.ready)
@@ -122,6 +124,9 @@ class Agent:
             return Readiness(False, Reason.PLUGIN_NOT_INSTALLED, "CNI plugin not installed")
         if self.controller is not None and not self.controller.synced:
             return Readiness(False, Reason.CONTROLLER_NOT_SYNCED, "repair controller not synced")
+        if self.controller is not None and not self.controller.fresh:
+            return Readiness(False, Reason.WATCH_STALE, "pod watch has not heard from the API "
+                             f"within {self.cfg.watch_stale_after:g}s")
         for server in (self.logsink, self.cni_server):
             if server is not None and not server.healthy():
                 return Readiness(False, Reason.SOCKET_MISSING,
@@ -175,9 +180,10 @@ class Agent:
                  self.metrics_http.port, self.cfg.log_socket)
 
     def _cached_pod(self, key: str) -> dict[str, Any] | None:
-        """The repair controller's cached pod `namespace/name` (None before it runs)."""
+        """The repair controller's cached pod `namespace/name`, only while its watch is
+        current (None before it runs)."""
         controller = self.controller
-        return controller.informer.get(key) if controller is not None else None
+        return controller.informer.current(key) if controller is not None else None
 
     def _start_controller(self) -> None:
         rc = self.cfg.repair
@@ -190,7 +196,7 @@ class Agent:
         drift = DriftChecker(rc, reporter, finder, self.cfg.rule_mode,
                              fix=self.cfg.drift_repair)
         self.controller = RepairController(self.api, rc, actions, drift, self.cfg.watch_timeout,
-                                           self.cfg.drift_interval)
+                                           self.cfg.drift_interval, self.cfg.watch_stale_after)
         exit_when_stuck()  # its worker enters pod netns: one stuck there ends the process
         self.controller.start()
         log.info("repair controller watching pods with %s (mode: %s)", rc.field_selector(),

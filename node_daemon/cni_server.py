@@ -2,8 +2,9 @@
 
 The plugin (`cni.agent_client`) sends the call and the pod's netns as an open descriptor; this
 server runs the very same `cni.plugin.Plugin` on it, in a thread, with two differences only: the
-pod comes from the agent's watch cache when the cached pod is the one the runtime names (else one
-GET), and the netns is the descriptor received (`/proc/self/fd/N`), never a path from the request.
+pod comes from the agent's watch cache when the cached pod is proven to be the one the runtime
+names (its UID is the runtime's K8S_POD_UID, and the watch is current; else one GET), and the
+netns is the descriptor received (`/proc/self/fd/N`), never a path from the request.
 The answer is the outcome, or the CNI error (code, msg, details) the plugin then returns as its
 own; the ADD's event goes straight into the agent's metrics.
 
@@ -51,18 +52,26 @@ class Defer(Exception):
 
 
 class PodCacheSource:
-    """The agent's pod source: the cached pod when it is the one the runtime names (namespace,
-    name, and the UID when the runtime passes K8S_POD_UID), else one GET; `Defer` otherwise."""
+    """The agent's pod source for one call. The cached pod answers only when it is proven to be
+    the pod the runtime names: its UID is the runtime's K8S_POD_UID (containerd and CRI-O pass
+    it; cri-dockerd and others do not) and `cached` returned it, which it does only while the
+    watch is current. A name alone proves nothing (a pod deleted and re-created under it is
+    another pod), so anything else is exactly one GET; a GET that fails or finds another UID
+    than the runtime's defers to the plugin's own lookup (`Defer`)."""
 
     def __init__(self, cached: Callable[[str], dict[str, Any] | None] | None, api: Any,
                  uid: str, metrics: Metrics | None) -> None:
         self.cached, self.api, self.uid, self.metrics = cached, api, uid, metrics
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
-        pod = self.cached(f"{namespace}/{name}") if self.cached is not None else None
-        if pod is not None and self._is_named(pod):
-            self._count("cache")
-            return pod
+        if not self.uid:
+            self._missed("no_uid")
+        else:
+            pod = self.cached(f"{namespace}/{name}") if self.cached is not None else None
+            if pod is not None and self._is_named(pod):
+                self._count("cache")
+                return pod
+            self._missed("not_cached" if pod is None else "other_uid")
         if self.api is None:
             raise Defer("pod not cached and the agent has no API client")
         try:
@@ -83,6 +92,10 @@ class PodCacheSource:
     def _count(self, source: str) -> None:
         if self.metrics is not None:
             self.metrics.served_pod_source.labels(source=source).inc()
+
+    def _missed(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.served_cache_misses.labels(reason=reason).inc()
 
 
 class CniService:

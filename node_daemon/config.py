@@ -115,6 +115,22 @@ REPAIR_WATCH_TIMEOUT = Setting(
     "REPAIR_WATCH_TIMEOUT", 300, non_negative_integer,
     "Server-side timeout (s) of one watch request; the client's read timeout is 30 s longer.",
     origin=OURS)
+
+
+def positive_seconds(text: str) -> float:
+    """A duration in seconds above 0 (0 would make a bound nothing ever meets)."""
+    value = seconds(text)
+    if value <= 0:
+        raise BadValue(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+REPAIR_WATCH_STALE_SECONDS = Setting(
+    "REPAIR_WATCH_STALE_SECONDS", 150.0, positive_seconds,
+    "Seconds the pod watch may go without word from the API (an event, a bookmark: the API "
+    "sends one about every minute; or a list) before its cache is no source: served ADDs "
+    "then defer to the plugin and readiness is `PodWatchStale`. A watch silent for two "
+    "thirds of it is replaced by a relist.", origin=OURS)
 KUBECONFIG = Setting(
     "KUBECONFIG", "", text,
     "Admin commands and `run` outside a cluster; in a pod the service account is used.",
@@ -213,7 +229,8 @@ SETTINGS: tuple[Setting, ...] = (
     NATIVE_NFTABLES,
     NFTABLES_BACKEND, CNI_AGENT_RUN_DIR,
     MONITORING_PORT, READINESS_PORT, HEALTH_BIND_ADDRESS, HOST_PROC, DRIFT_CHECK_INTERVAL,
-    DRIFT_REPAIR, REPAIR_WATCH_TIMEOUT, KUBECONFIG, AMBIENT_ENABLED, LOG_LEVEL,
+    DRIFT_REPAIR, REPAIR_WATCH_TIMEOUT, REPAIR_WATCH_STALE_SECONDS, KUBECONFIG,
+    AMBIENT_ENABLED, LOG_LEVEL,
     *NODE_GATE_SETTINGS,
 )
 """Every variable the agent reads, in the order of docs/node-daemon.md's table."""
@@ -360,6 +377,8 @@ class DaemonConfig:
     """DRIFT_REPAIR."""
     watch_timeout: int = REPAIR_WATCH_TIMEOUT.default
     """REPAIR_WATCH_TIMEOUT: seconds."""
+    watch_stale_after: float = REPAIR_WATCH_STALE_SECONDS.default
+    """REPAIR_WATCH_STALE_SECONDS: seconds."""
     kubeconfig: str = KUBECONFIG.default
     """KUBECONFIG: "" = in-cluster service account (then ~/.kube/config)."""
     ambient_enabled: bool = AMBIENT_ENABLED.default
@@ -396,6 +415,7 @@ class DaemonConfig:
             drift_interval=values[DRIFT_CHECK_INTERVAL.name],
             drift_repair=values[DRIFT_REPAIR.name],
             watch_timeout=values[REPAIR_WATCH_TIMEOUT.name],
+            watch_stale_after=values[REPAIR_WATCH_STALE_SECONDS.name],
             kubeconfig=values[KUBECONFIG.name],
             ambient_enabled=values[AMBIENT_ENABLED.name],
             log_level=values[LOG_LEVEL.name],

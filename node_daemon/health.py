@@ -1,8 +1,9 @@
 """Health and metrics endpoints: GET-only HTTP servers, each one thread with an event loop.
 
 `/healthz` is always 200 while the process serves (upstream: liveness is "the process is up");
-`/readyz` is 200 only while the plugin is installed and the repair controller has synced, so a
-node taint / untaint controller keyed on readiness never admits pods before we can catch them.
+`/readyz` is 200 only while the plugin is installed and the repair controller has synced (and
+its watch is current), so a node taint / untaint controller keyed on readiness never admits
+pods before we can catch them.
 Metrics (`/metrics`) get their own port, as upstream's 15014 does. Both hold any number of idle
 clients cheaply and bound each one in bytes, time and connections per source address, so the
 kubelet's probes are answered whatever other pods do (`node_daemon.httploop`).

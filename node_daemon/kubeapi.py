@@ -150,14 +150,20 @@ class PodApi:
         return PodList(body.get("items") or [], str(body["metadata"].get("resourceVersion", "")))
 
     def watch_pods(self, resource_version: str, timeout_seconds: int, field_selector: str = "",
-                   label_selector: str = "") -> PodWatch:
+                   label_selector: str = "", silence: float | None = None) -> PodWatch:
+        """A watch from `resource_version`. The stream breaks (`ApiError` 0) when nothing at
+        all arrives for `silence` seconds (None: a little after the server's own timeout), so
+        a stream the API stopped feeding is noticed rather than waited on."""
+        read = timeout_seconds + 30.0
+        if silence is not None:
+            read = min(read, silence)
         with _translated("watch pods"):
             resp = self._core.list_pod_for_all_namespaces(
                 watch=True, allow_watch_bookmarks=True, resource_version=resource_version,
                 timeout_seconds=timeout_seconds, field_selector=field_selector or None,
                 label_selector=label_selector or None, _preload_content=False,
-                # a dead connection shows up as a read timeout a little after the server's own
-                _request_timeout=(REQUEST_TIMEOUT[0], timeout_seconds + 30))
+                # the read timeout bounds the wait for each chunk: an event or a bookmark
+                _request_timeout=(REQUEST_TIMEOUT[0], read))
         return PodWatch(resp)
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any]:
@@ -180,10 +186,30 @@ class PodApi:
                 name, namespace, patch, _content_type="application/merge-patch+json",
                 _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
 
-    def create_event(self, namespace: str, event: dict[str, Any]) -> None:
+    def create_event(self, namespace: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Post a core/v1 Event; the Event as created (its generated name)."""
         with _translated(f"create event in {namespace}"):
-            self._core.create_namespaced_event(namespace, event, _preload_content=False,
-                                               _request_timeout=REQUEST_TIMEOUT)
+            resp = self._core.create_namespaced_event(namespace, event, _preload_content=False,
+                                                      _request_timeout=REQUEST_TIMEOUT)
+            return _json_object(resp.data)
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A strategic merge patch of an Event posted before (its count and lastTimestamp), as
+        client-go's recorder does for a repeat (needs `events: patch`)."""
+        with _translated(f"patch event {namespace}/{name}"):
+            self._core.patch_namespaced_event(
+                name, namespace, patch, _content_type="application/strategic-merge-patch+json",
+                _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    """A response body that should be a JSON object; {} when it is not (the caller only reads
+    optional fields of it)."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 class NodeApi:

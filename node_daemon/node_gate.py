@@ -48,6 +48,7 @@ class Reason(StrEnum):
     READY = "AgentReady"
     PLUGIN_NOT_INSTALLED = "PluginNotInstalled"
     CONTROLLER_NOT_SYNCED = "RepairControllerNotSynced"
+    WATCH_STALE = "PodWatchStale"
     SOCKET_MISSING = "AgentSocketMissing"
     PLUGIN_UNINSTALLED = "PluginUninstalled"
     MODE_NOT_SUPPORTED = "ModeNotSupported"

@@ -36,13 +36,13 @@ def serve_plugin_calls(cleanup: Cleanup, run_dir: Path, api_client: Any, *, watc
     metrics = Metrics()
     informer = None
     if watch:
-        informer = PodInformer(pods, "", "", lambda key: None)
+        informer = PodInformer(pods, "", "", lambda key, uid: None)
         thread = threading.Thread(target=informer.run, name="test-informer", daemon=True)
         thread.start()
         cleanup.add("stop the pod informer", lambda: (informer.stop(), thread.join(10)))
         wait_for(informer.synced.is_set, 15, "the informer's first list")
     service = CniService(metrics, ready or (lambda: (True, "")),
-                         informer.get if informer is not None else None, pods)
+                         informer.current if informer is not None else None, pods)
     server = CniServer(run_dir / "cni.sock", service)
     cleanup.add("stop the agent's cni.sock server", server.stop)
     return ServingAgent(server, service, informer, metrics)

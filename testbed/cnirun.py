@@ -172,10 +172,11 @@ class Runtime:
         return calls
 
 
-def k8s_args(namespace: str, name: str) -> str:
-    """CNI_ARGS as the kubelet's runtimes pass them."""
+def k8s_args(namespace: str, name: str, uid: str = "") -> str:
+    """CNI_ARGS as the kubelet's runtimes pass them: with `uid`, as containerd and CRI-O (they
+    add K8S_POD_UID), without, as cri-dockerd."""
     return (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};"
-            "K8S_POD_INFRA_CONTAINER_ID=infra")
+            "K8S_POD_INFRA_CONTAINER_ID=infra" + (f";K8S_POD_UID={uid}" if uid else ""))
 
 
 def pod_ip(calls: list[CniCall], family: str = "4") -> str:

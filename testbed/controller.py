@@ -14,7 +14,7 @@ from typing import Any
 from cni.backends import RuleMode
 from node_daemon.actions import Actions, Reporter
 from node_daemon.config import RepairConfig
-from node_daemon.controller import RepairController
+from node_daemon.controller import STALE_AFTER, RepairController
 from node_daemon.drift import DriftChecker
 from node_daemon.kubeapi import PodApi
 from node_daemon.metrics import Metrics
@@ -41,6 +41,7 @@ def start_controller(cleanup: Cleanup, api_client: Any, cfg: RepairConfig, *,
                      finder: Any = None, backend: str | RuleMode = "auto",
                      drift: bool = False,
                      watch_timeout: int = 300, drift_interval: float = 0.0,
+                     stale_after: float = STALE_AFTER,
                      synced_within: float | None = 15.0) -> RepairController:
     """A started controller for `cfg` over `api_client` (a `kubernetes.client.ApiClient`).
 
@@ -52,7 +53,8 @@ def start_controller(cleanup: Cleanup, api_client: Any, cfg: RepairConfig, *,
     reporter = Reporter(pods, metrics, cfg.node_name)
     actions = Actions(cfg, pods, reporter, finder, backend)
     checker = DriftChecker(cfg, reporter, finder, backend) if drift else None
-    controller = RepairController(pods, cfg, actions, checker, watch_timeout, drift_interval)
+    controller = RepairController(pods, cfg, actions, checker, watch_timeout, drift_interval,
+                                  stale_after)
     controller.metrics = metrics  # type: ignore[attr-defined]
     controller.start()
     cleanup.add("stop the repair controller", controller.stop)

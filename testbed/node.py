@@ -72,24 +72,31 @@ class Node:
         return name
 
     def add(self, ns_name: str, pod: dict, command: str = "ADD",
-            prev: dict | None = None) -> list[CniCall]:
-        """`command` through the whole conflist for `pod` in `ns_name`."""
+            prev: dict | None = None, pod_uid: str | None = None) -> list[CniCall]:
+        """`command` through the whole conflist for `pod` in `ns_name`. CNI_ARGS carry the
+        pod's own K8S_POD_UID (None, as containerd and CRI-O pass it), another (a sandbox of
+        an older pod), or none ("", as from cri-dockerd)."""
         meta = pod["metadata"]
+        uid = meta.get("uid", "") if pod_uid is None else pod_uid
         return self.runtime.run_list(self.conflist, command, nsutil.path(ns_name),
                                      container_id=f"c-{ns_name}",
-                                     cni_args=k8s_args(meta["namespace"], meta["name"]),
+                                     cni_args=k8s_args(meta["namespace"], meta["name"], uid),
                                      prev=prev)
 
     def call_istio(self, ns_name: str, pod: dict, command: str, prev: dict | None = None,
-                   env: dict | None = None, conf_changes: dict | None = None) -> CniCall:
-        """istio-cni alone, with its conflist entry (changed by `conf_changes`)."""
+                   env: dict | None = None, conf_changes: dict | None = None,
+                   pod_uid: str | None = None) -> CniCall:
+        """istio-cni alone, with its conflist entry (changed by `conf_changes`); `pod_uid` as
+        for `add`."""
         meta = pod["metadata"]
+        uid = meta.get("uid", "") if pod_uid is None else pod_uid
         conf = {**self.istio_entry(), "name": self.conflist["name"],
                 "cniVersion": self.conflist["cniVersion"], **(conf_changes or {})}
         if prev is not None:
             conf["prevResult"] = prev
         return self.runtime.call("istio-cni", command, nsutil.path(ns_name), f"c-{ns_name}",
-                                 conf, k8s_args(meta["namespace"], meta["name"]), env=env)
+                                 conf, k8s_args(meta["namespace"], meta["name"], uid),
+                                 env=env)
 
 
 @contextmanager

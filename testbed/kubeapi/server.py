@@ -1,10 +1,12 @@
 """The API stand-in's HTTP side: real HTTP(S), the real API's JSON, pods, nodes and events.
 
 Good enough for the official `kubernetes` client (LIST with selectors, WATCH streams with
-resume, bookmarks and 410 expiry, PATCH of pods and pods/status, DELETE with preconditions,
-events; GET, LIST and PATCH of nodes and nodes/status) and for the plugin's stdlib client
-(GET with a bearer token, over TLS). Faults are injected server-side (`fail_next`, `delay`,
-`hang`, `require_token`) so clients meet them over a real socket. The control API (what the
+resume, bookmarks (periodic, as kube-apiserver's, and at the watch's timeout) and 410 expiry,
+PATCH of pods and pods/status, DELETE with preconditions, events created and PATCHed as
+client-go's recorder does; GET, LIST and PATCH of nodes and nodes/status) and for the plugin's
+stdlib client (GET with a bearer token, over TLS). Faults are injected server-side
+(`fail_next`, `delay`, `hang`, `stall_watches`, `require_token`) so clients meet them over a
+real socket. The control API (what the
 kubelet, a controller or a test would change) is plain Python; nothing of it is reachable over HTTP.
 
 Binds 127.0.0.1 (or ::1) on port 0; `stop()` releases hung requests, ends watches and closes
@@ -71,9 +73,11 @@ class KubeApiServer:
     """The server plus its test-control API. Use as a context manager or call `stop()`."""
 
     def __init__(self, tls: TLSMaterial | None = None, host: str = "127.0.0.1",
-                 token: str | None = None) -> None:
-        """Serve on `host`, port 0; with `token`, as `require_token(token)`."""
-        self.store = ObjectStore()
+                 token: str | None = None, bookmark_interval: float | None = 60.0) -> None:
+        """Serve on `host`, port 0; with `token`, as `require_token(token)`. Idle pod watches
+        that allow bookmarks get one every `bookmark_interval` seconds, as kube-apiserver
+        sends them about once a minute (`store.bookmark_interval` changes it later)."""
+        self.store = ObjectStore(bookmark_interval=bookmark_interval)
         """Pods."""
         self.nodes = ObjectStore("Node", "nodes", namespaced=False)
         self._lock = threading.Lock()
@@ -83,6 +87,9 @@ class KubeApiServer:
         self._requests: list[RecordedRequest] = []
         self._events: list[dict[str, Any]] = []
         self._token = token
+        self._flowing = threading.Event()
+        """Clear while watch streams are stalled (`stall_watches`)."""
+        self._flowing.set()
         self._stopping = threading.Event()
         self.errors: list[BaseException] = []
         """Unexpected exceptions raised while serving (answered with 500)."""
@@ -152,9 +159,17 @@ class KubeApiServer:
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        """Events created through either events API, in order."""
+        """Events created through either events API, in order (as last PATCHed), less those
+        `expire_events` removed."""
         with self._lock:
-            return list(self._events)
+            return [dict(e) for e in self._events]
+
+    def expire_events(self) -> int:
+        """Remove every Event, as the API's event TTL does (a PATCH of one then gets 404)."""
+        with self._lock:
+            gone = len(self._events)
+            self._events.clear()
+            return gone
 
     def wait_for_event(self, predicate: Callable[[dict[str, Any]], bool],
                        timeout: float) -> dict[str, Any] | None:
@@ -199,6 +214,16 @@ class KubeApiServer:
         """Accept matching requests and never answer them (until `stop()`)."""
         self._add_fault(_Fault("hang", re.compile(path_regex), method, count))
 
+    def stall_watches(self) -> None:
+        """Watch streams (open and new) go silent: answered and kept open, but no event and
+        no bookmark is written until `release_watches()`, as behind a stuck proxy or a
+        wedged watch cache. Other requests are served as usual."""
+        self._flowing.clear()
+
+    def release_watches(self) -> None:
+        """Stalled watch streams deliver what they held back, and flow again."""
+        self._flowing.set()
+
     def drop_connections(self) -> None:
         """Close every open client connection, as a server does with idle keep-alives."""
         self._httpd.close_connections()
@@ -213,6 +238,7 @@ class KubeApiServer:
         if self._stopping.is_set():
             return
         self._stopping.set()
+        self._flowing.set()
         with self._posted:
             self._posted.notify_all()
         self.store.close()
@@ -367,6 +393,35 @@ class KubeApiServer:
         return _Reply(201, body)
 
 
+    def _patch_event(self, args: dict[str, str], _q: Any, headers: Any, body: Any) -> _Reply:
+        """PATCH of a core/v1 Event (client-go's recorder bumps `count` and `lastTimestamp`
+        of an Event it posted before, rather than posting a new one)."""
+        with self._posted:
+            i = next((i for i, e in enumerate(self._events)
+                      if ((e.get("metadata") or {}).get("namespace"),
+                          (e.get("metadata") or {}).get("name")) == (args["ns"], args["name"])),
+                     None)
+            if i is None:
+                raise not_found(args["name"], "events")
+            event = self._events[i]
+            meta = event["metadata"]
+            try:
+                new = apply_patch(headers.get("Content-Type", ""), event, body)
+            except PatchError as exc:
+                raise ApiError(exc.code, str(exc)) from exc
+            new.setdefault("metadata", {}).update(
+                name=meta["name"], namespace=meta["namespace"],
+                resourceVersion=str(self.store.next_rv()))
+            self._events[i] = new
+            self._posted.notify_all()
+        return _Reply(200, new)
+
+    def _hold_while_stalled(self) -> bool:
+        """Block a watch stream while watches are stalled; False once the server stops."""
+        self._flowing.wait()
+        return not self._stopping.is_set()
+
+
 def _injected(status: int, path: str) -> ApiError:
     if status == 404:
         return not_found(path.rstrip("/").rsplit("/", 1)[-1])
@@ -387,6 +442,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
     ("GET", re.compile(r"/api/v1/nodes"), KubeApiServer._list_nodes),
     ("PATCH", re.compile(_NODE + r"(?:/(?P<sub>status))?"), KubeApiServer._patch_node),
     ("POST", re.compile(_NS + r"/events"), KubeApiServer._create_event),
+    ("PATCH", re.compile(_NS + r"/events/(?P<name>[^/]+)"), KubeApiServer._patch_event),
     (
         "POST",
         re.compile(r"/apis/events\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/events"),
@@ -521,6 +577,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chunks(self, events: Iterable[dict[str, Any]]) -> None:
         for event in events:
+            if not self.server.api._hold_while_stalled():
+                raise OSError("server stopping")
             line = json.dumps(event).encode() + b"\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
             self.wfile.flush()

@@ -175,8 +175,12 @@ class ObjectStore:
     False: its objects have no namespace and its key's namespace is "")."""
 
     def __init__(self, kind: str = "Pod", resource: str = "pods",
-                 namespaced: bool = True) -> None:
+                 namespaced: bool = True, bookmark_interval: float | None = None) -> None:
         self.kind, self.resource, self.namespaced = kind, resource, namespaced
+        self.bookmark_interval = bookmark_interval
+        """Seconds between the BOOKMARKs an idle watch gets (None: only at its timeout and on
+        `bookmark()`). kube-apiserver sends one about once a minute to every watch that
+        allows them; read at each wait, so a test can change it while watches run."""
         self._cond = threading.Condition()
         self._pods: dict[tuple[str, str], Pod] = {}
         self._history: list[Change] = []
@@ -292,6 +296,9 @@ class ObjectStore:
                 if index >= 0 and not self._closed:  # timed out: let the client resume exactly
                     yield {"type": "BOOKMARK", "object": self._bookmark_object()}
                 return
+            if not changes:  # idle for a bookmark interval: the periodic bookmark
+                yield {"type": "BOOKMARK", "object": self._bookmark_object()}
+                continue
             for change in changes:
                 event = _event_for(change, selector)
                 if event is not None:
@@ -316,14 +323,22 @@ class ObjectStore:
             )
 
     def _wait(self, index: int, deadline: float | None) -> tuple[list[Change] | None, int]:
+        """The changes after `index`; None at the deadline (or on close), [] when a periodic
+        bookmark is due first."""
         if index < 0:
             return None, index
+        started = time.monotonic()
         with self._cond:
             while not self._closed and len(self._history) <= index:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                now = time.monotonic()
+                if deadline is not None and deadline <= now:
                     return None, index
-                self._cond.wait(remaining)
+                interval = self.bookmark_interval
+                if interval is not None and started + interval <= now:
+                    return [], index
+                wakes = [t - now for t in (deadline, None if interval is None
+                                           else started + interval) if t is not None]
+                self._cond.wait(min(wakes) if wakes else None)
             if self._closed:
                 return None, index
             return list(self._history[index:]), len(self._history)

@@ -38,6 +38,7 @@ def meshed(node: Node, **changes: object) -> tuple[str, dict]:
 
 
 def test_a_cached_pod_is_redirected_by_the_agent_with_no_pod_get(node: Node, kube_api):
+    """containerd and CRI-O pass K8S_POD_UID: the cached pod of that UID is proof enough."""
     pod = node.api.add_pod(workload("meshed-pod"))
     agent = serving(node, kube_api)
     pod_ns = node.new_pod_netns()
@@ -48,6 +49,50 @@ def test_a_cached_pod_is_redirected_by_the_agent_with_no_pod_get(node: Node, kub
     assert node.api.count("GET", r"/namespaces/.*/pods/") == 0
     assert agent.metrics.value("istio_cni_plugin_add_total", outcome="redirected") == 1
     assert_app_traffic_redirected(node, pod_ns, calls)
+
+
+# --- the cache answers only for the pod it is proven to hold (#17 class 1) ---------------------
+
+def _stale_cache(node: Node, kube_api: KubeApiServer) -> tuple[ServingAgent, dict, dict]:
+    """An agent whose watch cache holds `shop/app` as a pod without a sidecar, while the API
+    has since deleted it and created a meshed pod under the same name (the watch stalled)."""
+    old = node.api.add_pod(workload("plain-pod", name="app", namespace="shop"))
+    agent = serving(node, kube_api)
+    assert agent.informer is not None
+    kube_api.stall_watches()
+    node.cleanup.add("release the stalled watches", kube_api.release_watches)
+    node.api.delete_pod("shop", "app")
+    new = node.api.add_pod(workload("meshed-pod", name="app", namespace="shop"))
+    cached = agent.informer.get("shop/app")
+    assert cached is not None and cached["metadata"]["uid"] == old["metadata"]["uid"]
+    return agent, old, new
+
+
+def test_a_pod_re_created_under_its_name_is_read_again_not_answered_from_the_cache(
+        node: Node, kube_api):
+    """cri-dockerd passes no K8S_POD_UID: a name is no proof (the cache held another pod of
+    it, without a sidecar; answered from it, the ADD was `ok` with no rules). One GET."""
+    agent, _old, new = _stale_cache(node, kube_api)
+    pod_ns = node.new_pod_netns()
+    calls = node.add(pod_ns, new, pod_uid="")
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
+    assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns)), "ok, no rules"
+    assert agent.served("ADD", "ok") == 1
+    assert agent.metrics.value("istio_cni_agent_pod_lookups_total", source="get") == 1
+    assert agent.metrics.value("istio_cni_agent_pod_cache_misses_total", reason="no_uid") == 1
+    assert agent.metrics.value("istio_cni_plugin_add_total", outcome="redirected") == 1
+    assert_app_traffic_redirected(node, pod_ns, calls)
+
+
+def test_a_runtime_uid_the_cache_does_not_hold_is_one_get(node: Node, kube_api):
+    agent, _old, new = _stale_cache(node, kube_api)
+    pod_ns = node.new_pod_netns()
+    calls = node.add(pod_ns, new)
+    assert [c.status for c in calls] == [0, 0], calls[-1].stdout + calls[-1].stderr
+    assert agent.metrics.value("istio_cni_agent_pod_cache_misses_total",
+                               reason="other_uid") == 1
+    assert node.api.count("GET", r"/namespaces/shop/pods/app$") == 1
+    assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns))
 
 
 def test_an_uncached_pod_costs_the_agent_one_get(node: Node, kube_api):

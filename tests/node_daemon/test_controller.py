@@ -120,14 +120,15 @@ def test_pod_becoming_broken_later_is_caught_from_the_watch(kube_api, controller
 def test_repair_mode_failure_retries_five_times_then_gives_up(kube_api, controller):
     finder = NoNetns()
     c = controller(replace(CFG, repair_pods=True, delete_pods=True), finder)
-    kube_api.add_pod(make_pod("broken", init_status=BROKEN_WAITING))
-    wait_for(lambda: c.dropped == ["shop/broken"], what="given up")
+    broken = kube_api.add_pod(make_pod("broken", init_status=BROKEN_WAITING))
+    wait_for(lambda: c.dropped == {broken["metadata"]["uid"]: "shop/broken"}, what="given up")
     assert finder.calls == MAX_ATTEMPTS
     assert c.metrics.value("istio_cni_repair_pods_repaired_total", type="repair",
                            result="fail") == MAX_ATTEMPTS
     assert kube_api.count("DELETE", "/pods/") == 0  # repair wins over delete: one mode only
-    assert "no network namespace on this node has IP 10.213.0.9" in \
-        _events(kube_api, "RepairBrokenPod")[0]["message"]
+    [event] = _events(kube_api, "RepairBrokenPod")  # one Event, told five times
+    assert "no network namespace on this node has IP 10.213.0.9" in event["message"]
+    assert event["count"] == MAX_ATTEMPTS
 
 
 def test_no_mode_enabled_does_nothing(kube_api, controller):

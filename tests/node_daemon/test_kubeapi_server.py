@@ -1,14 +1,16 @@
 """The test API server speaks well enough for the official `kubernetes` client.
 
 What the node agent relies on: LIST with field/label selectors, WATCH replay from a
-resourceVersion, 410 expiry and resume by re-listing, bookmarks, PATCH of pods/status,
-DELETE with preconditions, events through both events APIs, and its node: GET, and PATCH of
+resourceVersion, 410 expiry and resume by re-listing, bookmarks (also periodic), stalled
+watches, PATCH of pods/status, DELETE with preconditions, events through both events APIs and
+their PATCH, and its node: GET, and PATCH of
 nodes and nodes/status with the patch types the API applies (strategic merge by merge key).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,7 @@ from kubernetes import client, watch
 
 from testbed.kubeapi import KubeApiServer, kubernetes_api_client
 from testbed.nodes import READINESS_TAINT, make_node
+from testbed.wait import wait_for
 
 NODE = "node-a"
 GUARD = 30
@@ -247,6 +250,53 @@ def test_delete_with_preconditions(kube_api: KubeApiServer, core: client.CoreV1A
         core.read_namespaced_pod("a", "default")
     assert caught.value.status == 404
     assert json.loads(caught.value.body)["reason"] == "NotFound"
+
+
+def test_an_idle_watch_gets_periodic_bookmarks_only_when_asked(
+        kube_api: KubeApiServer, core: client.CoreV1Api) -> None:
+    """As kube-apiserver's watch cache, about once a minute there (here: as set)."""
+    rv = core.list_namespaced_pod("default").metadata.resource_version
+    kube_api.store.bookmark_interval = 0.05
+    assert take(3, core.list_namespaced_pod, "default", resource_version=rv,
+                allow_watch_bookmarks=True) == [("BOOKMARK", "")] * 3
+    kube_api.add_pod(make_pod("a"))
+    assert take(1, core.list_namespaced_pod, "default", resource_version=rv) == [("ADDED", "a")]
+
+
+def test_stalled_watches_hold_their_events_until_released(
+        kube_api: KubeApiServer, core: client.CoreV1Api) -> None:
+    rv = core.list_namespaced_pod("default").metadata.resource_version
+    kube_api.stall_watches()
+    seen: list[tuple[str, str]] = []
+    reader = threading.Thread(target=lambda: seen.extend(
+        take(1, core.list_namespaced_pod, "default", resource_version=rv)))
+    reader.start()
+    kube_api.add_pod(make_pod("a"))
+    wait_for(lambda: kube_api.count("GET", "/namespaces/default/pods$") == 2, what="the watch")
+    assert core.read_namespaced_pod("a", "default").metadata.name == "a"  # the rest is served
+    assert seen == [] and reader.is_alive()
+    kube_api.release_watches()
+    reader.join(GUARD)
+    assert seen == [("ADDED", "a")]
+
+
+def test_an_event_is_patched_as_client_go_counts_a_repeat(
+        kube_api: KubeApiServer, core: client.CoreV1Api) -> None:
+    created = core.create_namespaced_event("default", client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name="a."), reason="RepairBrokenPod",
+        involved_object=client.V1ObjectReference(kind="Pod", namespace="default", name="a"),
+        message="m", count=1, last_timestamp="2024-01-01T00:00:00Z"))
+    name = created.metadata.name
+    core.patch_namespaced_event(name, "default",
+                                {"count": 2, "lastTimestamp": "2024-01-01T00:01:00Z"})
+    [event] = kube_api.events
+    assert (event["count"], event["lastTimestamp"], event["message"]) == (
+        2, "2024-01-01T00:01:00Z", "m")
+    assert int(event["metadata"]["resourceVersion"]) > int(created.metadata.resource_version)
+    kube_api.expire_events()
+    with pytest.raises(client.ApiException) as gone:
+        core.patch_namespaced_event(name, "default", {"count": 3})
+    assert gone.value.status == 404
 
 
 def test_events_through_both_apis(kube_api: KubeApiServer, core: client.CoreV1Api) -> None:

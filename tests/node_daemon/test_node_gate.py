@@ -320,12 +320,14 @@ def test_the_gate_is_off_without_api_access_or_settings(tmp_path: Path,
     assert "node readiness gate: no API access" in caplog.text
 
 
-@pytest.mark.parametrize("state", ["not installed", "not synced", "socket missing", "ready"])
+@pytest.mark.parametrize("state", ["not installed", "not synced", "watch stale",
+                                   "socket missing", "ready"])
 def test_the_agent_s_readiness_names_its_reason(tmp_path: Path, state: str) -> None:
     installer = FakeInstaller()
     installer.ready = state != "not installed"
     agent = Agent(_agent_cfg(tmp_path), installer, None)
-    controller: Any = type("Controller", (), {"synced": state != "not synced"})()
+    controller: Any = type("Controller", (), {
+        "synced": state != "not synced", "fresh": state not in ("not synced", "watch stale")})()
     agent.controller = controller
     agent.logsink = LogSink(tmp_path / "log.sock", agent.metrics, check_interval=3600)
     try:
@@ -334,6 +336,7 @@ def test_the_agent_s_readiness_names_its_reason(tmp_path: Path, state: str) -> N
         readiness = agent.readiness()
         expected = {"not installed": Reason.PLUGIN_NOT_INSTALLED,
                     "not synced": Reason.CONTROLLER_NOT_SYNCED,
+                    "watch stale": Reason.WATCH_STALE,
                     "socket missing": Reason.SOCKET_MISSING, "ready": Reason.READY}[state]
         assert readiness.reason == expected and readiness.ready == (state == "ready")
         assert agent.ready() == (readiness.ready, "" if readiness.ready else readiness.message)
