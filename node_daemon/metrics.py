@@ -4,7 +4,8 @@ One `Metrics` object owns its own registry (so tests and the daemon never share 
 `run` serves it on MONITORING_PORT. Upstream's: `istio_cni_installs_total{result}`,
 `istio_cni_install_ready`, `istio_cni_repair_pods_repaired_total{type,result}`. Ours: the plugin's
 ADD outcomes and per-phase latency (reported over the log socket, or recorded here for the ADDs
-the agent serves), agent-served calls and where their pods came from, and drift checks.
+the agent serves), agent-served calls and where their pods came from, drift checks, and whether
+the installer's watch has fallen back to polling.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cni.plugin_log import AddOutcome
@@ -58,6 +59,12 @@ class Metrics:
         this exports it rather than keeping a second counter in step with it."""
         self.registry.register(_InstallsCollector(counts))
 
+    def export_install_watch(self, state: Callable[[], tuple[bool, float]]) -> None:
+        """Serve the installer's watch state from `state()` = (polling, fallbacks), read at
+        every scrape: `istio_cni_install_watch_polling` (1 while inotify is unavailable and
+        the installer polls) and `istio_cni_install_watch_fallbacks_total`."""
+        self.registry.register(_WatchCollector(state))
+
     def repaired(self, kind: str, result: str) -> None:
         self.repairs.labels(type=kind, result=result).inc()
 
@@ -87,3 +94,20 @@ class _InstallsCollector(Collector):
         for result, n in sorted(self._counts().items()):
             family.add_metric([result], n)
         yield family
+
+
+class _WatchCollector(Collector):
+    """The installer's watch mode, as a view of the installer's own state."""
+
+    def __init__(self, state: Callable[[], tuple[bool, float]]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        polling, fallbacks = self._state()
+        yield GaugeMetricFamily("istio_cni_install_watch_polling",
+                                "1 while the installer polls the node's CNI dirs because "
+                                "inotify is unavailable (instance or watch limit reached)",
+                                value=1 if polling else 0)
+        yield CounterMetricFamily("istio_cni_install_watch_fallbacks",
+                                  "Times the installer's watch fell back to polling",
+                                  value=fallbacks)
