@@ -210,6 +210,14 @@ class Installer:
                 raise InstallError("the installer has uninstalled; not reinstalling")
             self._not_loaded = ""
             try:
+                # before anything that lets the plugin run: what this install will create
+                # there is then told apart from what an earlier one left (installer.rundir)
+                rundir.begin(self.config)
+            except OSError as exc:
+                self._fail(CREATE_KUBECONFIG_FAILURE)
+                raise InstallError(f"cannot use the run dir {self.config.cni_agent_run_dir}: "
+                                   f"{exc.strerror or exc}", CREATE_KUBECONFIG_FAILURE) from exc
+            try:
                 bins = bool(binaries.install_binaries(self.config))
             except binaries.BinariesError as exc:
                 self._fail(COPY_BINARIES_FAILURE)
