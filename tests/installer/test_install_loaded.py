@@ -101,3 +101,16 @@ def test_the_agent_reports_the_winning_file(node_dirs: NodeDirs, tmp_path: Path)
     assert agent.ready() == (False, readiness.message)
     assert "istio_cni_install_ready 0.0" in agent.render_metrics().decode()
     installer.uninstall()
+
+
+def test_the_install_command_exits_1_naming_the_winner(node_dirs: NodeDirs):
+    from click.testing import CliRunner
+
+    from admin.cli import cli
+
+    node_dirs.put("10-calico.conflist", "calico.conflist")
+    early = leftover(node_dirs)
+    result = CliRunner().invoke(cli, ["install", "--wait-timeout", "5"],
+                                env=node_dirs.env(CNI_CONF_NAME="10-calico.conflist"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "installed but not in use" in result.output and str(early) in result.output
