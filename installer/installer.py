@@ -41,8 +41,9 @@ COPY_BINARIES_FAILURE = InstallResult.COPY_BINARIES_FAILURE
 CREATE_KUBECONFIG_FAILURE = InstallResult.CREATE_KUBECONFIG_FAILURE
 CREATE_CNI_CONFIG_FAILURE = InstallResult.CREATE_CNI_CONFIG_FAILURE
 INSTALL_RACE_LOG_EVERY = 10
-_UNKNOWN = object()
 """While another writer keeps changing the primary config, log one race in this many."""
+_UNKNOWN = object()
+"""What we left at our own conflist's path, before we have looked (`Installer._owned_left`)."""
 
 
 def _stamp(directory: Path, name: str | None) -> tuple[int, int, int] | None:

@@ -150,6 +150,7 @@ def watch(installer: Reconciler, stop: threading.Event,
     hold_off = 0.0
     retry = 0.0
     not_loaded = ""  # why the runtime does not load our entry, as last logged
+    waiting = ""  # the wait for a primary config, as last logged (a poll must not repeat it)
     while not stop.is_set():
         if hold_off and stop.wait(hold_off):
             break
@@ -162,7 +163,9 @@ def watch(installer: Reconciler, stop: threading.Event,
         except NoPrimaryConfig as exc:
             installer.set_ready(False)
             failed = True
-            log.warning("%s: waiting for one", exc)
+            log.log(logging.DEBUG if str(exc) == waiting else logging.WARNING,
+                    "%s: waiting for one", exc)
+            waiting = str(exc)
         except InstallError as exc:
             installer.set_ready(False)
             failed = True
@@ -172,6 +175,7 @@ def watch(installer: Reconciler, stop: threading.Event,
                       retry, exc)
         else:
             retry = 0.0
+            waiting = ""
             if result.config and not first:
                 installer.metrics.count_repair()
                 log.warning("re-inserted istio-cni into %s (it had been changed or "
