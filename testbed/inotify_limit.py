@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import select
+import shutil
 import subprocess
 import sys
 import threading
@@ -29,6 +30,15 @@ from testbed.procs import HarnessError
 
 REPO = Path(__file__).resolve().parents[1]
 ANSWER_TIMEOUT = 30.0
+
+
+def missing_prerequisites() -> str | None:
+    """Why a user namespace with its own limits cannot be made here (None: it can)."""
+    if os.geteuid() != 0:
+        return "needs root: a user namespace with its own inotify limits, entered by nsenter"
+    if not (shutil.which("unshare") and shutil.which("nsenter")):
+        return "needs unshare and nsenter (util-linux)"
+    return None
 
 
 class InotifyHog:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from testbed.cleanup import Cleanup
-from testbed.inotify_limit import REPO, InotifyHog
+from testbed.inotify_limit import REPO, InotifyHog, missing_prerequisites
 
 pytestmark = pytest.mark.root
 
@@ -88,10 +87,8 @@ print(json.dumps({"installed": installed, "restored": ours.exists(),
 
 
 def _needs_userns() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: a user namespace with its own inotify limits")
-    if not (shutil.which("unshare") and shutil.which("nsenter")):
-        pytest.skip("needs unshare and nsenter (util-linux)")
+    if why := missing_prerequisites():
+        pytest.skip(why)
 
 
 def run_in(hog: InotifyHog, script: str, *args: str) -> dict:

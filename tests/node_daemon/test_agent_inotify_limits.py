@@ -10,7 +10,6 @@ it, then tries to take any instance freed again.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from installer.config import InstallerConfig
 from installer.conflist import chained_entry, insert_plugin, plugin_entry
 from testbed.agent import AgentProcess
 from testbed.cleanup import Cleanup
-from testbed.inotify_limit import InotifyHog
+from testbed.inotify_limit import InotifyHog, missing_prerequisites
 from testbed.nodedirs import GOLDEN, NodeDirs, make_node_dirs
 from testbed.wait import wait_for
 
@@ -28,10 +27,8 @@ OURS = "02-istio-cni.conflist"
 
 
 def _needs_userns() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: a user namespace with its own inotify limits")
-    if not (shutil.which("unshare") and shutil.which("nsenter")):
-        pytest.skip("needs unshare and nsenter (util-linux)")
+    if why := missing_prerequisites():
+        pytest.skip(why)
 
 
 def env(dirs: NodeDirs) -> dict[str, str]:
