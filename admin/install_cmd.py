@@ -91,15 +91,20 @@ def install_command(wait_timeout: float | None, verbose: bool, **options: str | 
     """Install istio-cni on this node once: binaries, kubeconfig, config entry.
 
     Waits for the primary CNI's config to appear when there is none yet. Safe to run
-    again: it only rewrites what differs. Settings come from the same environment variables
+    again: it only rewrites what differs. Exits 1 when the config the runtime loads is not
+    ours (an earlier file wins), naming that file. Settings come from the same environment variables
     as `istio-cni-node run`; a flag overrides its variable.
     """
     _logging(verbose)
     cfg = build_config(options)
+    installer = Installer(cfg)
     try:
-        Installer(cfg).install(timeout=wait_timeout)
+        installer.install(timeout=wait_timeout)
     except InstallError as exc:
         raise click.ClickException(printable(exc)) from None
+    if installer.not_loaded:  # in place, yet pods would start without it: not a success
+        raise click.ClickException(printable(f"istio-cni installed but not in use: "
+                                             f"{installer.not_loaded}"))
     click.echo("istio-cni installed", err=True)
 
 

@@ -3,8 +3,8 @@
 CNI_BIN_SOURCE_DIR holds two kinds of entries, told apart by their shape:
 
 - **a regular file** (a onefile build, or any helper binary): copied into every target dir
-  through a temp file + rename in that dir, keeping its mode, so the runtime never executes a
-  half-written binary.
+  through a temp file + rename in that dir, so the runtime never executes a half-written
+  binary.
 - **a onedir bundle**: a directory `NAME/` holding an executable `NAME/NAME` next to its
   `_internal/` tree (PyInstaller's onedir layout, ~2.5-3x faster to start than onefile). The
   whole tree is copied into a hidden, content-addressed directory `<bin>/.NAME-<hash>/`
@@ -19,6 +19,14 @@ follows from the order: new version dir complete → symlink swapped → only th
 dirs removed (each renamed to a temp name first, so a half-deleted tree never carries a version
 name that a later run would trust). Uninstall unlinks `NAME` before removing any version dir.
 Temps (files, symlinks, directories) left by a killed run are removed on the next one.
+
+What lands on the host is safe whatever the image holds: the runtime executes these files as
+root for every pod, so modes are never copied as they are. A file gets 0755 when the image's
+is executable by anyone, else 0644; a directory 0755; never setuid, setgid or sticky, never
+writable by group or others (`installed_mode`). A symlink inside a bundle must resolve inside
+the bundle: an absolute one, or one whose `..` climbs out of it (directly or through another
+link), would point into the host's filesystem, so the bundle is refused with an error naming
+the link, and nothing at all is installed (every bundle is checked before the first write).
 
 Nothing is rewritten when it is already in place (same bytes and mode; same content hash): the
 watch loop must not wake itself up. A read-only bin dir is the classic platform trap (GKE's
@@ -49,6 +57,11 @@ READ_ONLY_HINT = (
     "the host's CNI bin dir must be writable: some platforms keep it elsewhere (GKE: "
     "/home/kubernetes/bin; set the chart's global.platform=gke, i.e. mount that host path and "
     "point CNI_BIN_TARGET_DIRS at it)")
+EXEC_MODE = 0o755
+DATA_MODE = 0o644
+DIR_MODE = 0o755
+MAX_LINK_HOPS = 40
+"""As the kernel's path walk (ELOOP past 40 symlinks)."""
 HASH_LEN = 16
 """Hex digits of the bundle's sha256 in its version dir name (64 bits: collisions are moot)."""
 COPY_CHUNK = 1 << 20
@@ -140,6 +153,51 @@ def owned_filter(cfg: InstallerConfig) -> Callable[[str], bool]:
     return ours
 
 
+# --- what lands on the host: modes and links ------------------------------------------------
+
+def installed_mode(st_mode: int) -> int:
+    """A file's mode on the host: 0755 when the image's copy is executable by anyone, else
+    0644. Nothing else of the image's mode survives (no setuid/setgid/sticky, no group or
+    world write): these files are executed as root for every pod on the node."""
+    return EXEC_MODE if st_mode & 0o111 else DATA_MODE
+
+
+def _check_link(root: Path, rel: str, kinds: dict[str, int]) -> None:
+    """Refuse the bundle if the symlink at `rel` does not resolve inside `root`: resolved as
+    the kernel would (component by component, following links met on the way, `..` going up),
+    but within the bundle, so an absolute target or a climb above its root is an error. A
+    target that does not exist inside is left dangling (harmless); it never escapes."""
+    where = root / rel
+    parts = rel.split("/")[:-1]  # the link's own directory, relative to the bundle
+    pending = [rel.rsplit("/", 1)[-1]]
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise BinariesError(
+                    f"{where} -> {os.readlink(where)}: points outside the bundle {root}; "
+                    "refusing to install it (a link must stay inside its bundle)")
+            parts.pop()
+            continue
+        inside = "/".join([*parts, part])
+        if stat.S_ISLNK(kinds.get(inside, 0)):
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                raise BinariesError(f"{where}: too many levels of symbolic links in the "
+                                    f"bundle {root}; refusing to install it")
+            target = os.readlink(root / inside)
+            if target.startswith("/"):
+                raise BinariesError(
+                    f"{root / inside} -> {target}: an absolute symlink in the bundle {root} "
+                    "would point into the host's filesystem; refusing to install it")
+            pending = target.split("/") + pending
+            continue
+        parts.append(part)
+
+
 # --- content hash of a bundle ---------------------------------------------------------------
 
 Tree = list[tuple[str, os.stat_result]]
@@ -149,7 +207,9 @@ image's bundle never changes, so rereading its ~20 MB each time would be pure wa
 
 
 def _walk(root: Path) -> Tree:
-    """Every entry below `root` in a fixed order (names sorted, parents before children)."""
+    """Every entry below `root` in a fixed order (names sorted, parents before children);
+    raises BinariesError for anything that must not be installed (a FIFO or device, a link
+    leaving the bundle)."""
     out: Tree = []
 
     def visit(directory: Path, prefix: str) -> None:
@@ -163,16 +223,21 @@ def _walk(root: Path) -> Tree:
                 raise BinariesError(f"{directory / name}: not a file, directory or symlink")
 
     visit(root, "")
+    kinds = {rel: st.st_mode for rel, st in out}
+    for rel, st in out:
+        if stat.S_ISLNK(st.st_mode):
+            _check_link(root, rel, kinds)
     return out
 
 
 def _digest(root: Path, tree: Tree) -> str:
-    """sha256 over each entry's kind, relative path, mode and content (or link target)."""
+    """sha256 over each entry's kind, relative path, installed mode and content (or link
+    target): what the version dir will hold, so the image's stray mode bits name nothing."""
     h = hashlib.sha256()
     for rel, st in tree:
-        mode = st.st_mode & 0o7777
+        mode = installed_mode(st.st_mode)
         if stat.S_ISDIR(st.st_mode):
-            h.update(f"d\0{rel}\0{mode:o}\0".encode())
+            h.update(f"d\0{rel}\0{DIR_MODE:o}\0".encode())
         elif stat.S_ISLNK(st.st_mode):
             h.update(f"l\0{rel}\0{os.readlink(root / rel)}\0".encode())
         else:
@@ -257,18 +322,18 @@ def _copy_tree(src: Path, dst: Path, tree: Tree) -> None:
     """Copy `tree` (from `_walk(src)`) into the new directory `dst`, durably: every file and
     directory is fsynced before the caller renames `dst` into place."""
     os.mkdir(dst, 0o700)
-    dirs: list[tuple[Path, int]] = [(dst, os.stat(src).st_mode & 0o7777)]
+    dirs = [dst]
     for rel, st in tree:
         target = dst / rel
         if stat.S_ISDIR(st.st_mode):
-            os.mkdir(target, 0o700)  # final mode at the end: it may lack write permission
-            dirs.append((target, st.st_mode & 0o7777))
+            os.mkdir(target, 0o700)  # 0755 at the end, once filled
+            dirs.append(target)
         elif stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src / rel), target)
         else:
-            _copy_file(src / rel, target, st.st_mode & 0o7777)
-    for directory, mode in reversed(dirs):  # children before parents
-        os.chmod(directory, mode)
+            _copy_file(src / rel, target, installed_mode(st.st_mode))
+    for directory in reversed(dirs):  # children before parents
+        os.chmod(directory, DIR_MODE)
         atomic.fsync_dir(directory)
 
 
@@ -332,7 +397,7 @@ def _same_file(src: Path, dst: Path) -> bool:
     except FileNotFoundError:
         return False
     if not stat.S_ISREG(d.st_mode) or s.st_size != d.st_size \
-            or (s.st_mode & 0o7777) != (d.st_mode & 0o7777):
+            or installed_mode(s.st_mode) != (d.st_mode & 0o7777):
         return False
     return src.read_bytes() == dst.read_bytes()
 
@@ -349,7 +414,7 @@ def _install_file(entry: SourceEntry, target: Path) -> list[Path]:
                                 "remove it)")
     except FileNotFoundError:
         pass
-    atomic.atomic_write(dst, entry.path.read_bytes(), os.stat(entry.path).st_mode & 0o7777)
+    atomic.atomic_write(dst, entry.path.read_bytes(), installed_mode(os.stat(entry.path).st_mode))
     return [dst]
 
 
@@ -382,8 +447,16 @@ def _install_bundle(entry: SourceEntry, target: Path) -> list[Path]:
 
 
 def install_binaries(cfg: InstallerConfig) -> list[Path]:
-    """Install what differs; returns the paths written (empty when all were in place)."""
+    """Install what differs; returns the paths written (empty when all were in place).
+    Every bundle is checked (walked and hashed) before anything is written."""
     entries = source_entries(cfg)
+    for entry in entries:
+        if entry.bundle:
+            try:
+                bundle_digest(entry.path)
+            except OSError as exc:
+                raise BinariesError(f"cannot read the bundle {entry.path}: "
+                                    f"{exc.strerror or exc}") from exc
     written: list[Path] = []
     for target in cfg.cni_bin_target_dirs:
         if not target.is_dir():

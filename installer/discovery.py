@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -308,19 +309,28 @@ def find_primary(directory: Path, name: str = "", exclude: str = "") -> str | No
 
 
 def wait_for_primary(directory: Path, name: str, stop: threading.Event,
-                     timeout: float | None = None, exclude: str = "") -> str | None:
+                     timeout: float | None = None, exclude: str = "",
+                     watch: Callable[[], FsWatch] | None = None) -> str | None:
     """Block until `find_primary` finds a config; None if `stop` is set or `timeout` passes.
 
-    The inotify watch is set up before the first look, so a file created in between wakes us.
+    A config already there is returned without touching inotify. Otherwise the watch (`watch()`,
+    the caller's long-lived one, else one of our own, closed on return) is set up before the
+    next look, so a file created in between wakes us; without inotify it polls.
     """
     if not directory.is_dir():
         raise FileNotFoundError(f"CNI config dir {directory} does not exist (is the host's "
                                 "net.d mounted at MOUNTED_CNI_NET_DIR?)")
+    found = find_primary(directory, name, exclude)
+    if found:
+        return found
     deadline = None if timeout is None else time.monotonic() + timeout
-    with FsWatch() as fs:
-        fs.add(directory, NET_DIR_EVENTS)
+    fs = watch() if watch is not None else FsWatch()
+    try:
         logged = False
         while not stop.is_set():
+            fs.begin()
+            fs.add(directory, NET_DIR_EVENTS)
+            fs.commit()
             found = find_primary(directory, name, exclude)
             if found:
                 return found
@@ -332,4 +342,7 @@ def wait_for_primary(directory: Path, name: str, stop: threading.Event,
             if remaining is not None and remaining <= 0:
                 return None
             fs.wait(stop, remaining)
+    finally:
+        if watch is None:
+            fs.close()
     return None

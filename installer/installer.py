@@ -30,6 +30,7 @@ from installer import (
     upgrade,
 )
 from installer.config import DEFAULT_STANDALONE_NAME, InstallerConfig
+from installer.fswatch import FsWatch
 from installer.results import InstallError, InstallResult, NoPrimaryConfig, Reconciled
 from installer.watcher import watch
 
@@ -41,6 +42,8 @@ CREATE_KUBECONFIG_FAILURE = InstallResult.CREATE_KUBECONFIG_FAILURE
 CREATE_CNI_CONFIG_FAILURE = InstallResult.CREATE_CNI_CONFIG_FAILURE
 INSTALL_RACE_LOG_EVERY = 10
 """While another writer keeps changing the primary config, log one race in this many."""
+_UNKNOWN = object()
+"""What we left at our own conflist's path, before we have looked (`Installer._owned_left`)."""
 
 
 def _stamp(directory: Path, name: str | None) -> tuple[int, int, int] | None:
@@ -57,13 +60,17 @@ def _stamp(directory: Path, name: str | None) -> tuple[int, int, int] | None:
 class InstallerMetrics:
     """Counters the daemon exports: `installs` by upstream result label
     (istio_cni_installs_total), `repairs` (our entry put back after someone else changed the
-    config), `errors`. Thread-safe; read with `snapshot()`."""
+    config), `errors`, and the watch's state: `watch_polling` (1 while inotify is unavailable
+    and the watch polls) and `watch_fallbacks` (how often it fell back to polling).
+    Thread-safe; read with `snapshot()`."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._installs: Counter[InstallResult] = Counter()
         self._repairs = 0
         self._errors = 0
+        self._polling = False
+        self._fallbacks = 0
 
     def count_install(self, result: InstallResult) -> None:
         with self._lock:
@@ -75,10 +82,18 @@ class InstallerMetrics:
         with self._lock:
             self._repairs += 1
 
+    def watch_mode(self, polling: bool) -> None:
+        """The watch switched to polling (True) or back to inotify (False)."""
+        with self._lock:
+            if polling and not self._polling:
+                self._fallbacks += 1
+            self._polling = polling
+
     def snapshot(self) -> dict[str, object]:
         with self._lock:
             return {"installs": dict(self._installs), "repairs": self._repairs,
-                    "errors": self._errors}
+                    "errors": self._errors, "watch_polling": int(self._polling),
+                    "watch_fallbacks": self._fallbacks}
 
 
 class Installer:
@@ -96,16 +111,42 @@ class Installer:
         """The config file that holds our entry (or our standalone file), once installed."""
         self.primary_path: Path | None = None
         """The primary CNI's config we follow or edit (chained mode)."""
-        self._owned_written: str | None = None
-        """Our own conflist's text as we last wrote or found it (owned mode)."""
+        self._owned_left: str | None | object = _UNKNOWN
+        """What we last left at our own conflist's path (owned mode): its text, None when we
+        removed it (or saw it absent), `_UNKNOWN` before we have looked. Only a change from
+        this is another writer's, i.e. a repair."""
+        self._not_loaded = ""
+        """Why the runtime does not run our entry (`Reconciled.not_loaded`), as last seen."""
+        self._fs: FsWatch | None = None
+        """The one long-lived inotify watch (installer.fswatch), from the first wait on."""
 
     @property
     def ready(self) -> bool:
         """True only while installed and idle (set by install and the watch loop)."""
         return self._ready.is_set()
 
+    @property
+    def not_loaded(self) -> str:
+        """Why not ready although installed: the file the runtime loads instead, or that the
+        file it loads does not chain istio-cni; "" otherwise."""
+        return self._not_loaded
+
     def set_ready(self, ready: bool) -> None:
         (self._ready.set if ready else self._ready.clear)()
+
+    def fswatch(self) -> FsWatch:
+        """The installer's one inotify watch, created on first use and kept until the watch
+        loop ends or the plugin is uninstalled (see installer.fswatch: why one, long-lived)."""
+        with self._lock:
+            if self._fs is None:
+                self._fs = FsWatch(self.metrics.watch_mode)
+            return self._fs
+
+    def close_watch(self) -> None:
+        with self._lock:
+            if self._fs is not None:
+                self._fs.close()
+                self._fs = None
 
     def entry(self) -> dict:
         return conflist.plugin_entry(self.config)
@@ -136,9 +177,13 @@ class Installer:
                 level = logging.WARNING if races % INSTALL_RACE_LOG_EVERY == 1 else logging.DEBUG
                 log.log(level, "install raced with another writer in %s (%d times), retrying: %s",
                         cfg.mounted_cni_net_dir, races, exc)
-        self.set_ready(True)
         self.metrics.count_install(SUCCESS)
-        log.info("istio-cni installed: %s", result.config_path)
+        if result.not_loaded:
+            log.warning("istio-cni installed in %s, but not ready: %s", result.config_path,
+                        result.not_loaded)
+        else:
+            log.info("istio-cni installed: %s", result.config_path)
+        self.set_ready(not result.not_loaded)
 
     def _wait_for_primary(self, stop: threading.Event | None, deadline: float | None) -> str:
         cfg = self.config
@@ -146,7 +191,7 @@ class Installer:
         try:
             found = discovery.wait_for_primary(cfg.mounted_cni_net_dir, cfg.cni_conf_name,
                                                stop or threading.Event(), timeout,
-                                               cfg.owned_conf_name)
+                                               cfg.owned_conf_name, self.fswatch)
         except FileNotFoundError as exc:
             self.metrics.count_install(CREATE_CNI_CONFIG_FAILURE)
             raise InstallError(str(exc)) from exc
@@ -164,6 +209,15 @@ class Installer:
         with self._lock:
             if self._uninstalled:
                 raise InstallError("the installer has uninstalled; not reinstalling")
+            self._not_loaded = ""
+            try:
+                # before anything that lets the plugin run: what this install will create
+                # there is then told apart from what an earlier one left (installer.rundir)
+                rundir.begin(self.config)
+            except OSError as exc:
+                self._fail(CREATE_KUBECONFIG_FAILURE)
+                raise InstallError(f"cannot use the run dir {self.config.cni_agent_run_dir}: "
+                                   f"{exc.strerror or exc}", CREATE_KUBECONFIG_FAILURE) from exc
             try:
                 bins = bool(binaries.install_binaries(self.config))
             except binaries.BinariesError as exc:
@@ -184,7 +238,41 @@ class Installer:
                 self._fail(CREATE_CNI_CONFIG_FAILURE)
                 raise InstallError(str(exc)) from exc
             self.config_path = path
-            return Reconciled(bins, kube, changed, path, followed)
+            self._not_loaded = self._why_not_loaded(path)
+            return Reconciled(bins, kube, changed, path, followed, self._not_loaded)
+
+    def _why_not_loaded(self, path: Path) -> str:
+        """Why the runtime would not run istio-cni from `path`, the file holding our entry:
+        the file libcni loads (the first valid one in byte order, discovery.loaded_config) is
+        another, or it does not chain istio-cni. "" when it does.
+
+        Standalone mode is exempt: its file is named by whatever runs it (a meta-plugin such as
+        Multus), not chosen by libcni's order, so the first file is not the question there."""
+        cfg = self.config
+        if not cfg.chained:
+            return ""
+        net_dir = cfg.mounted_cni_net_dir
+        loaded = discovery.loaded_config(net_dir)
+        if loaded is None:
+            return (f"the runtime loads no config from {net_dir}: none is valid, {path} "
+                    "included")
+        winner = net_dir / loaded
+        if winner != path:
+            what = ("it names istio-cni but is not the file this installer keeps"
+                    if discovery.names_istio(winner) else "it does not chain istio-cni")
+            if cfg.owned:
+                fix = ("remove it, or set ISTIO_OWNED_CNI_CONF_FILENAME to a name sorting "
+                       "before it")
+            elif cfg.cni_conf_name:
+                fix = (f"CNI_CONF_NAME={cfg.cni_conf_name} names a file the runtime does not "
+                       "load: remove the earlier file, or name it in CNI_CONF_NAME")
+            else:
+                fix = "remove it"
+            return (f"the runtime loads {winner}, not {path}: it is valid and sorts first, "
+                    f"and {what}; pods start without istio-cni ({fix})")
+        if not discovery.names_istio(winner):
+            return f"{winner}, the config the runtime loads, does not chain istio-cni"
+        return ""
 
     def _fail(self, result: InstallResult) -> None:
         self.set_ready(False)
@@ -247,14 +335,12 @@ class Installer:
                                       f"({reason}): keeping {ours} until it is valid again "
                                       "or gone")
         if name is None:
-            removed = owned.remove(ours)
-            self._owned_written = None
+            removed = self._remove_owned(ours)
             raise NoPrimaryConfig(self._no_primary_message()
                                   + (f" (removed {ours}: no network left to hold)"
                                      if removed else ""))
         if os.fsencode(name) < os.fsencode(cfg.owned_conf_name):
-            owned.remove(ours)
-            self._owned_written = None
+            self._remove_owned(ours)
             raise primary.PrimaryConfigError(
                 f"the primary CNI config {net_dir / name} sorts before our "
                 f"{cfg.owned_conf_name}, so the runtime would never load ours: set "
@@ -277,21 +363,37 @@ class Installer:
         repaired = followed = False
         if current != desired:
             owned.write(ours, desired, current, cfg.created_file_mode)
-            if current is not None and current == self._owned_written:
+            if current == self._owned_left:
+                # What we left there ourselves: our older text (the primary changed), or no
+                # file (we removed it when the primary went away or sorted first). Following
+                # the primary is no repair, and its restart is no fight.
                 followed = True
-                log.info("%s follows %s", ours, self.primary_path)
+                log.info("%s %s %s", ours, "follows" if current is not None else
+                         "is back: the runtime loads it again, from", self.primary_path)
             else:
+                # Someone else's change to our file (or the first write of a new installer):
+                # the watch loop counts this one as a repair.
                 repaired = True
                 log.info("wrote our CNI config %s from %s", ours, self.primary_path)
-        self._owned_written = desired
+        self._owned_left = desired
         # Switched from chained mode: give the vendor's files back (ours is loaded now).
         for other in primary.restore(net_dir):
             log.info("istio-cni now has its own %s: restored %s", ours, net_dir / other)
         return repaired, followed, ours
 
+    def _remove_owned(self, ours: Path) -> bool:
+        """Remove our conflist (owned.remove), remembering that we left none there."""
+        removed = owned.remove(ours)
+        self._owned_left = None if removed or owned.read(ours) is None else _UNKNOWN
+        return removed
+
     def watch(self, stop: threading.Event) -> None:
-        """Block, re-installing on drift, until `stop` is set (see installer.watcher)."""
-        watch(self, stop)
+        """Block, re-installing on drift, until `stop` is set (see installer.watcher). The
+        watch's inotify instance is released when it returns."""
+        try:
+            watch(self, stop)
+        finally:
+            self.close_watch()
 
     def keep_plugin_on_shutdown(self) -> bool:
         """UNINSTALL_ON_SHUTDOWN applied: True when this shutdown is an upgrade/restart."""
@@ -311,6 +413,7 @@ class Installer:
         with self._lock:
             self.set_ready(False)
             self._uninstalled = True
+            self.close_watch()
             if keep_plugin:
                 log.info("leaving istio-cni installed on this node for the next agent")
                 return
@@ -341,8 +444,7 @@ class Installer:
         # Our own conflist first (in any mode: one left from an earlier mode counts too): the
         # runtime then loads the primary, which still works (an entry we left in it in chained
         # mode goes next, while the binary is still there).
-        owned.remove(net_dir / cfg.owned_conf_name)
-        self._owned_written = None
+        self._remove_owned(net_dir / cfg.owned_conf_name)
         if not cfg.chained:
             primary.remove_standalone(net_dir / (cfg.cni_conf_name or DEFAULT_STANDALONE_NAME))
         else:

@@ -45,6 +45,10 @@ class Reconciled:
     config_path: Path | None = None
     followed: bool = False
     """Our own conflist was rewritten because the primary's changed (not a repair)."""
+    not_loaded: str = ""
+    """Why the runtime does not run istio-cni although our files are in place (another file
+    wins libcni's choice, or the one it loads does not chain us), naming that file; "" when
+    it does. Not ready while set."""
 
     @property
     def changed(self) -> bool:

@@ -1,9 +1,16 @@
 """The watch loop: keep the plugin installed while the node changes under us.
 
-Each iteration sets up inotify watches *first* (net.d, our binaries in each bin dir, the run dir's
-kubeconfig, the service account dir), then reconciles, then blocks until one of them changes.
-Watching before reconciling means a change made while we reconcile still wakes us. Reconciling is
-idempotent and writes only what differs, so our own writes cost one extra quiet pass.
+Each iteration declares its inotify watches *first* (net.d, our binaries in each bin dir, the run
+dir's kubeconfig, the service account dir), then reconciles, then blocks until one of them
+changes. Watching before reconciling means a change made while we reconcile still wakes us.
+Reconciling is idempotent and writes only what differs, so our own writes cost one extra quiet
+pass. The watches live in one inotify instance kept for the loop's whole life (`Reconciler.
+fswatch`): closing it between passes would hand the per-user instance slot to whoever asks next,
+and the next pass would have none. Without inotify the loop polls (installer.fswatch).
+
+Ready means the runtime loads our entry: after each pass `Reconciled.not_loaded` says why it
+would not (another file wins libcni's choice, or the file it loads does not chain istio-cni),
+and the loop stays not ready, naming that file, until a change fixes it.
 
 With our own conflist (ISTIO_OWNED_CNI_CONFIG) the same events make it follow the primary's
 file: a rewrite of the primary is followed (`Reconciled.followed`), which is no repair and no
@@ -65,6 +72,10 @@ class Reconciler(Protocol):
 
     def reconcile(self) -> Reconciled: ...
 
+    def fswatch(self) -> FsWatch:
+        """The installer's one long-lived watch (also what its wait for a primary used)."""
+        ...
+
 
 FIGHT_WINDOW = 30.0
 FIGHT_THRESHOLD = 5
@@ -107,7 +118,10 @@ def _net_dir_name(name: str) -> bool:
 
 
 def add_watches(fs: FsWatch, installer: Reconciler) -> None:
+    """Declare this pass's watches (`FsWatch.begin` ... `commit`): what the installer wrote or
+    follows, as it stands now."""
     cfg = installer.config
+    fs.begin()
     fs.add(cfg.mounted_cni_net_dir, NET_DIR_EVENTS, _net_dir_name)
     # A symlinked primary config: the vendor changes the file the link resolves to, which may
     # live in another directory (a `..data` dir, a subdir); watch it too.
@@ -121,52 +135,70 @@ def add_watches(fs: FsWatch, installer: Reconciler) -> None:
     kubeconfig = cfg.kubeconfig_path.name
     fs.add(cfg.kubeconfig_path.parent, CHANGE_EVENTS, kubeconfig.__eq__)
     fs.add(cfg.service_account_path, CHANGE_EVENTS)
+    fs.commit()
 
 
 def watch(installer: Reconciler, stop: threading.Event,
           detector: FightDetector | None = None) -> None:
-    """Reconcile on every relevant change until `stop` is set. Never raises InstallError:
-    failures are logged, counted, make us not ready, and are retried."""
+    """Reconcile on every relevant change until `stop` is set. Never raises InstallError, and
+    never fails for want of inotify (the watch polls then, see installer.fswatch): failures
+    are logged, counted, make us not ready, and are retried."""
     detector = detector or FightDetector()
+    fs = installer.fswatch()
     first = True
     failed = False  # the last pass did not leave the plugin installed
     hold_off = 0.0
     retry = 0.0
+    not_loaded = ""  # why the runtime does not load our entry, as last logged
+    waiting = ""  # the wait for a primary config, as last logged (a poll must not repeat it)
     while not stop.is_set():
         if hold_off and stop.wait(hold_off):
             break
         hold_off = 0.0
-        with FsWatch() as fs:
-            add_watches(fs, installer)
-            timeout: float | None = None
-            try:
-                result = installer.reconcile()
-            except NoPrimaryConfig as exc:
-                installer.set_ready(False)
-                failed = True
-                log.warning("%s: waiting for one", exc)
-            except InstallError as exc:
-                installer.set_ready(False)
-                failed = True
-                retry = min(RETRY_MAX, retry * 2 or 1.0)
-                timeout = retry
-                log.error("install failed, retrying in %.0f s or on the next change: %s",
-                          retry, exc)
-            else:
-                retry = 0.0
-                if result.config and not first:
-                    installer.metrics.count_repair()
-                    log.warning("re-inserted istio-cni into %s (it had been changed or "
-                                "replaced)", result.config_path)
-                    hold_off = detector.record(result.config_path)
-                # One count per install: `Installer.install` counted the first one, so a pass
-                # counts only when it put something back or installed after a failed pass (a
-                # pass woken by an event that changed nothing of ours is no install).
-                if result.changed or failed:
-                    installer.metrics.count_install(InstallResult.SUCCESS)
-                first = failed = False
-                installer.set_ready(True)
+        # Watch first, then reconcile: a change made while we reconcile still wakes us.
+        add_watches(fs, installer)
+        timeout: float | None = None
+        try:
+            result = installer.reconcile()
+        except NoPrimaryConfig as exc:
+            installer.set_ready(False)
+            failed = True
+            log.log(logging.DEBUG if str(exc) == waiting else logging.WARNING,
+                    "%s: waiting for one", exc)
+            waiting = str(exc)
+        except InstallError as exc:
+            installer.set_ready(False)
+            failed = True
+            retry = min(RETRY_MAX, retry * 2 or 1.0)
+            timeout = retry
+            log.error("install failed, retrying in %.0f s or on the next change: %s",
+                      retry, exc)
+        else:
+            retry = 0.0
+            waiting = ""
+            if result.config and not first:
+                installer.metrics.count_repair()
+                log.warning("re-inserted istio-cni into %s (it had been changed or "
+                            "replaced)", result.config_path)
+                hold_off = detector.record(result.config_path)
+            # One count per install: `Installer.install` counted the first one, so a pass
+            # counts only when it put something back or installed after a failed pass (a
+            # pass woken by an event that changed nothing of ours is no install).
+            if result.changed or failed:
+                installer.metrics.count_install(InstallResult.SUCCESS)
+            first = failed = False
+            if result.not_loaded != not_loaded:
+                if result.not_loaded:
+                    log.warning("not ready: %s", result.not_loaded)
+                else:
+                    log.info("the runtime loads istio-cni again (%s)", result.config_path)
+                not_loaded = result.not_loaded
+            installer.set_ready(not result.not_loaded)
+        if fs.polling and timeout is not None:
+            events = []  # no inotify: a failed pass is retried after its backoff, not sooner
+            stop.wait(timeout)
+        else:
             events = fs.wait(stop, timeout)
-            if events:
-                installer.set_ready(False)
-                log.debug("change: %s", ", ".join(e.describe() for e in events[:8]))
+        if events:
+            installer.set_ready(False)
+            log.debug("change: %s", ", ".join(e.describe() for e in events[:8]))

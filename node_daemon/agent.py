@@ -8,6 +8,11 @@ reverse and the installer uninstalls the plugin (sidecar mode: always, unless `k
 so pods created while no agent runs are left to the validation container and the next agent's
 repair controller, as upstream; the gate then sets the condition False.
 
+One agent per node: after the health and metrics servers, the agent takes `<run dir>/agent.lock`
+(`runlock.py`); while another agent holds it, this one waits, not ready and naming it, before
+it binds the plugin's sockets, starts the gate or installs anything. It lets go only once its
+own shutdown is complete.
+
 The installer is passed in (the real one is `installer.Installer(config)`) and used only through
 the `Installer` protocol below. It keeps the one count of installs by result; the agent exports
 that count as `istio_cni_installs_total` and never counts installs itself.
@@ -33,8 +38,13 @@ from node_daemon.logsink import LogSink
 from node_daemon.metrics import Metrics
 from node_daemon.netns_finder import NetnsFinder
 from node_daemon.node_gate import READY, NodeGate, Readiness, Reason
+from node_daemon.runlock import RunDirLock
 
 log = logging.getLogger(__name__)
+
+LOCK_RETRY_SECONDS = 1.0
+"""How often an agent waiting for the run dir's lock tries again."""
+WATCH_RESTART_MAX = 30.0
 
 
 class InstallCounts(Protocol):
@@ -52,6 +62,12 @@ class Installer(Protocol):
         ...
 
     @property
+    def not_loaded(self) -> str:
+        """While not ready although installed: why the runtime does not run istio-cni (the
+        file it loads instead, named); "" otherwise."""
+        ...
+
+    @property
     def metrics(self) -> InstallCounts:
         """Every install and re-install by result, counted once, by the installer."""
         ...
@@ -61,7 +77,8 @@ class Installer(Protocol):
         ...
 
     def watch(self, stop: threading.Event) -> None:
-        """Re-install on drift until `stop` is set; raising means a fatal error."""
+        """Re-install on drift until `stop` is set. Raising is a bug, not a state of the node:
+        the agent logs it and starts the watch again."""
         ...
 
     def keep_plugin_on_shutdown(self) -> bool:
@@ -96,11 +113,21 @@ class Agent:
     started: threading.Event = field(default_factory=threading.Event)
     """Set once installed and the controller started (tests wait on it)."""
     _install_attempted: bool = False
+    _run_lock: RunDirLock | None = None
+    _waiting_for_lock: bool = False
+    _not_ready: str = ""
+    """Why the agent itself is not ready (another agent holds the run dir, the watch is being
+    restarted), before anything the installer says."""
 
     def __post_init__(self) -> None:
         self.metrics.export_installs(self._install_counts)
         self.metrics.export_watch(
             lambda: self.controller.state() if self.controller is not None else None)
+        self.metrics.export_install_watch(self._watch_state)
+
+    def _watch_state(self) -> tuple[bool, float]:
+        snap = self.installer.metrics.snapshot()
+        return bool(snap.get("watch_polling")), float(snap.get("watch_fallbacks") or 0)
 
     def _install_counts(self) -> Mapping[str, float]:
         counts = self.installer.metrics.snapshot().get("installs")
@@ -118,9 +145,15 @@ class Agent:
         sockets in place; the reason is the readiness gate's node condition reason."""
         if self.cfg.refusal:
             return Readiness(False, Reason.MODE_NOT_SUPPORTED, self.cfg.refusal)
-        installed = bool(self.installer.ready)
+        if self._waiting_for_lock:
+            return Readiness(False, Reason.ANOTHER_AGENT, self._not_ready)
+        installed = bool(self.installer.ready) and not self._not_ready
         self.metrics.install_ready.set(1 if installed else 0)
+        if self._not_ready:
+            return Readiness(False, Reason.PLUGIN_NOT_INSTALLED, self._not_ready)
         if not installed:
+            if why := self.installer.not_loaded:
+                return Readiness(False, Reason.CONFIG_NOT_LOADED, why)
             return Readiness(False, Reason.PLUGIN_NOT_INSTALLED, "CNI plugin not installed")
         if self.controller is not None and not self.controller.synced:
             return Readiness(False, Reason.CONTROLLER_NOT_SYNCED, "repair controller not synced")
@@ -139,7 +172,10 @@ class Agent:
         On the way out the plugin stays installed when `keep_plugin` is set or the installer's
         `keep_plugin_on_shutdown()` says this is an upgrade."""
         try:
-            self._start_servers()
+            self._start_endpoints()
+            if not self._take_run_dir(stop):
+                return 0  # stopped while another agent held the node
+            self._start_sockets()
             self._start_node_gate()
             if self.cfg.refusal:  # not ready, and nothing installed or repaired until SIGTERM
                 log.error("not ready: %s", self.cfg.refusal)
@@ -154,11 +190,7 @@ class Agent:
                 return 1
             self._start_controller()
             self.started.set()
-            try:
-                self.installer.watch(stop)
-            except Exception as exc:
-                log.error("installer stopped: %s", exc)
-                return 1
+            self._watch_installer(stop)
             log.info("shutting down")
             return 0
         finally:
@@ -169,15 +201,57 @@ class Agent:
         self.ready()
         return self.metrics.render()
 
-    def _start_servers(self) -> None:
+    def _start_endpoints(self) -> None:
+        """Health and metrics first: a waiting agent still answers /readyz with its reason."""
         host = self.cfg.bind_address
         self.metrics_http = metrics_server(host, self.cfg.monitoring_port, self.render_metrics)
+        self.health = health_server(host, self.cfg.health_port, self.ready)
+        log.info("health on :%d, metrics on :%d", self.health.port, self.metrics_http.port)
+
+    def _take_run_dir(self, stop: threading.Event) -> bool:
+        """Hold `<run dir>/agent.lock` (node_daemon.runlock) before touching anything shared;
+        while another agent holds it, wait, not ready. False if `stop` came first."""
+        lock = self._run_lock = RunDirLock(self.cfg.run_dir)
+        if lock.acquire():
+            return True
+        self._not_ready = (f"another istio-cni agent (pid {lock.holder()}) holds {lock.path}: "
+                           "waiting for it to exit (one agent per node)")
+        self._waiting_for_lock = True
+        log.error("not ready: %s; this agent leaves the node's sockets, taint and plugin "
+                  "alone until then", self._not_ready)
+        while not stop.wait(LOCK_RETRY_SECONDS):
+            if lock.acquire():
+                log.info("took %s: the other agent is gone, starting", lock.path)
+                self._not_ready = ""
+                self._waiting_for_lock = False
+                return True
+        return False
+
+    def _start_sockets(self) -> None:
         self.logsink = LogSink(self.cfg.log_socket, self.metrics)
         service = CniService(self.metrics, self.ready, self._cached_pod, self.api)
         self.cni_server = CniServer(self.cfg.run_dir / "cni.sock", service)
-        self.health = health_server(host, self.cfg.health_port, self.ready)
-        log.info("health on :%d, metrics on :%d, plugin log socket %s", self.health.port,
-                 self.metrics_http.port, self.cfg.log_socket)
+        log.info("plugin log socket %s, agent-served ADD socket %s", self.cfg.log_socket,
+                 self.cni_server.path)
+
+    def _watch_installer(self, stop: threading.Event) -> None:
+        """The installer's watch until `stop`. It handles the node's states itself (inotify
+        gone included: it polls), so an exception is a bug: logged with its traceback, the
+        agent not ready meanwhile, and the watch started again after a backoff rather than
+        the agent exiting (which would take repair, drift and the sockets with it)."""
+        backoff = 1.0
+        while True:
+            try:
+                self.installer.watch(stop)
+                return
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                self._not_ready = f"the installer's watch failed ({exc}); restarting it"
+                log.exception("the installer's watch failed; restarting it in %.0f s",
+                              backoff)
+            if stop.wait(backoff):
+                return
+            backoff = min(WATCH_RESTART_MAX, backoff * 2)
+            self._not_ready = ""
 
     def _cached_pod(self, key: str) -> dict[str, Any] | None:
         """The repair controller's cached pod `namespace/name`, only while its watch is
@@ -245,6 +319,8 @@ class Agent:
         for server in (self.health, self.cni_server, self.logsink, self.metrics_http):
             if server is not None:
                 server.stop()
+        if self._run_lock is not None:
+            self._run_lock.release()  # last: the next agent starts after all of the above
 
 
 def run(cfg: DaemonConfig, installer: Installer, api: Any, stop: threading.Event,

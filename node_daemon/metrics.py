@@ -5,7 +5,8 @@ One `Metrics` object owns its own registry (so tests and the daemon never share 
 `istio_cni_install_ready`, `istio_cni_repair_pods_repaired_total{type,result}`. Ours: the plugin's
 ADD outcomes and per-phase latency (reported over the log socket, or recorded here for the ADDs
 the agent serves), agent-served calls and where their pods came from (and why not the cache),
-drift checks, and the pod watch's currency and the controller's memory (read at each scrape).
+drift checks, the pod watch's currency and the controller's memory (read at each scrape), and
+whether the installer's watch has fallen back to polling.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ class Metrics:
         every scrape (nothing while there is no controller)."""
         self.registry.register(_WatchCollector(state))
 
+    def export_install_watch(self, state: Callable[[], tuple[bool, float]]) -> None:
+        """Serve the installer's watch state from `state()` = (polling, fallbacks), read at
+        every scrape: `istio_cni_install_watch_polling` (1 while inotify is unavailable and
+        the installer polls) and `istio_cni_install_watch_fallbacks_total`."""
+        self.registry.register(_InstallWatchCollector(state))
+
     def repaired(self, kind: str, result: str) -> None:
         self.repairs.labels(type=kind, result=result).inc()
 
@@ -146,3 +153,20 @@ class _WatchCollector(Collector):
         yield GaugeMetricFamily("istio_cni_repair_remembered_events",
                                 "Events remembered to count repeats instead of posting anew",
                                 value=state.remembered_events)
+
+
+class _InstallWatchCollector(Collector):
+    """The installer's watch mode, as a view of the installer's own state."""
+
+    def __init__(self, state: Callable[[], tuple[bool, float]]) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        polling, fallbacks = self._state()
+        yield GaugeMetricFamily("istio_cni_install_watch_polling",
+                                "1 while the installer polls the node's CNI dirs because "
+                                "inotify is unavailable (instance or watch limit reached)",
+                                value=1 if polling else 0)
+        yield CounterMetricFamily("istio_cni_install_watch_fallbacks",
+                                  "Times the installer's watch fell back to polling",
+                                  value=fallbacks)

@@ -52,6 +52,10 @@ class Reason(StrEnum):
     SOCKET_MISSING = "AgentSocketMissing"
     PLUGIN_UNINSTALLED = "PluginUninstalled"
     MODE_NOT_SUPPORTED = "ModeNotSupported"
+    CONFIG_NOT_LOADED = "CNIConfigNotLoaded"
+    """Installed, but the runtime loads another CNI config (or one without istio-cni)."""
+    ANOTHER_AGENT = "AnotherAgentRunning"
+    """Another agent holds this node's run dir; this one waits (only /readyz says so)."""
 
 
 @dataclass(frozen=True)

@@ -47,13 +47,14 @@ def sh(*argv: str, input: str | None = None, check: bool = True, timeout: float 
 class Proc:
     """A long-running child whose merged stdout/stderr lines can be awaited."""
 
-    def __init__(self, name: str, argv: Sequence[str]) -> None:
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+                 cwd: str | os.PathLike[str] | None = None) -> None:
         self.name = name
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()
         self.popen = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                      start_new_session=True)
+                                      start_new_session=True, env=env, cwd=cwd)
         threading.Thread(target=self._read, name=f"read-{name}", daemon=True).start()
 
     @property

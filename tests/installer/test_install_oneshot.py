@@ -221,7 +221,8 @@ def test_metrics_count_installs(node_dirs: NodeDirs, caplog):
     installer = Installer(node_dirs.config())
     installer.install()
     assert installer.metrics.snapshot() == {"installs": {"SUCCESS": 1}, "repairs": 0,
-                                            "errors": 0}
+                                            "errors": 0, "watch_polling": 0,
+                                            "watch_fallbacks": 0}
     assert any("inserted istio-cni into" in r.getMessage() for r in caplog.records)
 
 

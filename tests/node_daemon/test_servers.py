@@ -108,6 +108,7 @@ class FakeInstaller:
 
     def __init__(self, fail_install: bool = False) -> None:
         self.ready = False
+        self.not_loaded = ""
         self.calls: list[str] = []
         self.fail_install = fail_install
         self.metrics = InstallerMetrics()
