@@ -307,16 +307,25 @@ def statements(text: str) -> list[list[str]]:
     return out
 
 
+class OutOfOrder(StateUnreadable):
+    """A rule line names a chain whose rules iptables-save printed already (or never
+    declared): a raw name of another rule spelled it. Our chains must be listed one by one."""
+
+
 def parse_save(text: str) -> dict[str, Chains]:
     """`*-save` output -> table -> chain -> rule lines, for our tables (`OWN_TABLES`) and, in
     them, the built-in chains and ours (`OWN_CHAINS`) only; counters are dropped.
 
     Parsed as iptables-save frames it (`statements`): table sections (`*table` ... `COMMIT`),
     chain declarations, rules. Anything else is `StateUnreadable`, never skipped: a reader that
-    guesses is a reader that can be steered."""
+    guesses is a reader that can be steered. iptables-save prints each chain's rules together,
+    chains in the order it declared them (nft and legacy alike), so a rule line out of that
+    order was spelled by another rule's raw name: `OutOfOrder`."""
     tables: dict[str, Chains] = {}
     current: Chains | None = None
     section = ""
+    order: dict[str, int] = {}
+    last = -1
     for words in statements(text):
         head = words[0]
         if head.startswith("#"):
@@ -326,6 +335,7 @@ def parse_save(text: str) -> dict[str, Chains]:
                 raise StateUnreadable(f"table {head[1:]} starts inside table {section}")
             section = head[1:] or (words[1] if len(words) > 1 else "")
             current = tables.setdefault(section, {}) if section in OWN_TABLES else None
+            order, last = {}, -1
             continue
         if not section:
             raise StateUnreadable(f"{head!r} outside a table")
@@ -336,9 +346,14 @@ def parse_save(text: str) -> dict[str, Chains]:
             words = words[1:]
             head = words[0] if words else ""
         if head.startswith(":"):
+            order.setdefault(head[1:], len(order))
             if current is not None and _owned(head[1:]):
                 current.setdefault(head[1:], [])
         elif head == "-A" and len(words) >= 3:
+            place = order.get(words[1], -1)
+            if place < last:
+                raise OutOfOrder(f"in table {section}: a rule of {words[1]} out of place")
+            last = place
             if current is not None and _owned(words[1]):
                 current.setdefault(words[1], []).append(" ".join(words))
         else:
@@ -346,6 +361,35 @@ def parse_save(text: str) -> dict[str, Chains]:
     if section:
         raise StateUnreadable(f"table {section} has no COMMIT")
     return tables
+
+
+def declared(text: str) -> dict[str, list[str]]:
+    """Our tables' built-in chains and ours that `*-save` text declares (`:CHAIN` lines),
+    without reading a rule: what to list one by one when the rules are `OutOfOrder`."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    for words in statements(text):
+        head = words[0]
+        if head.startswith("*"):
+            section = head[1:]
+        elif head == "COMMIT":
+            section = ""
+        elif head.startswith(":") and section in OWN_TABLES and _owned(head[1:]):
+            out.setdefault(section, []).append(head[1:])
+    return out
+
+
+def parse_chain(text: str, chain: str) -> list[str]:
+    """The rule lines of one chain's listing (`iptables -S CHAIN`); a line of another chain
+    is `StateUnreadable` (another rule of this chain spelled it)."""
+    rules = []
+    for words in statements(text):
+        if words[0] in ("-N", "-P") and len(words) >= 2 and words[1] == chain:
+            continue
+        if words[0] != "-A" or len(words) < 3 or words[1] != chain:
+            raise StateUnreadable(f"listing of {chain}: {' '.join(words)[:200]!r}")
+        rules.append(" ".join(words))
+    return rules
 
 
 def _owned(chain: str) -> bool:

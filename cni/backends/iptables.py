@@ -11,7 +11,9 @@ a reset or a replace removes) is decided here once, so the two backends cannot d
 Reading (`_read`): the text is parsed as iptables-save frames it (`cni.live_state`), and the
 rules we want that it shows are confirmed by the kernel (`-C`) before they count as present:
 a raw name printed by another rule can spell a line of ours that is not there. A rule the text
-shows and the kernel does not hold is reported missing.
+shows and the kernel does not hold is reported missing. A rule line out of its chain's place
+(spelled inside another chain's rules) makes our tables be read one chain at a time
+(`save_chain`), so what another chain spells is never read as ours.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from cni.live_state import (
     Chains,
     Check,
     DiffState,
+    OutOfOrder,
     StateDiff,
     StateUnreadable,
     TableReset,
     claimed,
+    declared,
     diff_parsed,
     line_check,
+    parse_chain,
     parse_save,
     plan_from,
     rule_check,
@@ -90,7 +95,11 @@ class IptablesBackend:
         """The family's live state of ours (parsed) and its diff with `fam`, with what the
         text shows of `fam` confirmed by the kernel."""
         try:
-            live = parse_save(self.save(fam.ipv6))
+            text = self.save(fam.ipv6)
+            try:
+                live = parse_save(text)
+            except OutOfOrder:
+                live = self._chain_by_chain(fam.ipv6, text)
         except StateUnreadable as exc:
             raise RulesApplyFailed(f"read the rules of {self.where}: {exc}") from exc
         diff = diff_parsed(live, fam)
@@ -100,6 +109,18 @@ class IptablesBackend:
             return live, diff
         absent = tuple(f"-t {c[0]} {c[2]}" for c in checks if not self.confirm(fam.ipv6, (c,)))
         return live, StateDiff(diff.missing + absent, diff.extra, False)
+
+    def _chain_by_chain(self, ipv6: bool, text: str) -> dict[str, Chains]:
+        """Our tables read one chain at a time (`save_chain`): a listing of one chain holds
+        no other chain's rules, so no other chain's raw names."""
+        live: dict[str, Chains] = {}
+        for table, chains in declared(text).items():
+            live[table] = {}
+            for chain in chains:
+                listing = self.save_chain(ipv6, table, chain)
+                if listing is not None:
+                    live[table][chain] = parse_chain(listing, chain)
+        return live
 
     def _held(self, ipv6: bool, plan: tuple[TableReset, ...]) -> tuple[TableReset, ...]:
         """`plan` without the built-in-chain lines the kernel does not hold (a `-D` of one
@@ -118,6 +139,11 @@ class IptablesBackend:
     # --- primitives (one family, the current netns) ------------------------------------------
     def save(self, ipv6: bool) -> str:
         """The `iptables-save` text of the current netns for this backend's tables."""
+        raise NotImplementedError
+
+    def save_chain(self, ipv6: bool, table: str, chain: str) -> str | None:
+        """One chain's rules as `iptables -S CHAIN` prints them; None if there is no such
+        chain."""
         raise NotImplementedError
 
     def confirm(self, ipv6: bool, checks: tuple[Check, ...]) -> bool:

@@ -120,6 +120,26 @@ class LibiptcBackend(IptablesBackend):
         deletes our chains; one libiptc commit per table."""
         _forked(self._remove_here, (ipv6, plan))
 
+    def save_chain(self, ipv6: bool, table: str, chain: str) -> str | None:
+        """One chain rendered like `iptables -S CHAIN` (None if it does not exist)."""
+        out = _forked(self._chain_here, (ipv6, table, chain))
+        return out if out else None
+
+    def _chain_here(self, job: tuple[bool, str, str]) -> str:
+        ipv6, name, chain_name = job
+        iptc, tables = self._open_existing(ipv6)
+        try:
+            table = next((t for t in tables if t.name == name), None)
+            if table is None or not table.is_chain(chain_name):
+                return ""
+            rules = iptc.Chain(table, chain_name).rules
+            lines = [f"-N {chain_name}"] + [f"-A {chain_name} {_render_rule(table, r)}"
+                                             for r in rules]
+        finally:
+            for table in tables:
+                table.close()
+        return "".join(line + "\n" for line in lines)
+
     def confirm(self, ipv6: bool, checks: tuple[Check, ...]) -> bool:
         """Is every line a rule of its chain, rendered on its own?"""
         return _forked(self._confirm_here, (ipv6, checks)) == "yes"

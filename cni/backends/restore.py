@@ -200,6 +200,12 @@ class RestoreBackend(IptablesBackend):
                 f"reset ISTIO rules with {flavor.restore_bin} ({flavor.label}) in {self.where}: "
                 f"exit {r.rc}: {r.err.strip()}", details=payload)
 
+    def save_chain(self, ipv6: bool, table: str, chain: str) -> str | None:
+        """`iptables -t TABLE -S CHAIN`; None when it fails (no such chain)."""
+        flavor = self.flavor(ipv6)
+        r = run([flavor.binary, "-t", table, "-S", chain], env=self._env(flavor))
+        return r.out if r.rc == 0 else None
+
     def confirm(self, ipv6: bool, checks: tuple[Check, ...]) -> bool:
         """One `iptables-restore` of `-C` lines: exit 0 when the kernel holds every rule."""
         flavor = self.flavor(ipv6)

@@ -219,3 +219,21 @@ def test_chains_named_like_ours_in_tables_we_do_not_own(netns: Netns, backend: s
     save = netns.run(f"{TOOL[backend]}-save")
     assert ":ISTIO_CUSTOM" in save and "-A OUTPUT -j ISTIO_OUTPUT" in save
     assert ":ISTIO_REDIRECT" not in save
+
+
+def test_a_raw_name_spelling_a_rule_that_is_there_changes_nothing(netns: Netns,
+                                                                  backend: str) -> None:
+    """The same spelling while the rule is there: not a second copy (an extra), because a
+    line out of its chain's place makes our chains be read one by one; CHECK stays in sync,
+    and after a fix it is in sync again (no repair that never converges)."""
+    rs = ruleset("basic")
+    program(netns.path, rs, backend)
+    ipt(netns, backend, "-t", "nat", "-N", "AAA")
+    ipt(netns, backend, "-t", "nat", "-A", "AAA", "-m", "recent", "--rcheck", "--name",
+        "x\n-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n-A AAA", "-j", "RETURN")
+    assert check(netns.path, rs, backend).state == "identical"
+    with in_netns(netns.path):
+        from cni.backends import select_backend
+
+        assert select_backend(backend).replace(ruleset("dns")) is True
+    assert check(netns.path, ruleset("dns"), backend).state == "identical"
