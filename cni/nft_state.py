@@ -25,7 +25,6 @@ in nft-like words (`describe`), and anything outside our vocabulary as its JSON.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +43,8 @@ class StateUnreadable(ValueError):
 
 
 def _canonical(value: Any) -> str:
+    import json  # here, not at import: the module is imported on the plugin's hot path
+
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
@@ -69,6 +70,8 @@ class LiveTable:
 
 def _objects(text: str) -> list[tuple[str, dict[str, Any]]]:
     """The (kind, fields) pairs of one `nft -j` output, its shape checked."""
+    import json
+
     try:
         doc = json.loads(text)
     except ValueError as exc:
@@ -201,6 +204,8 @@ def _table_line(name: str, table: LiveTable) -> str:
 
 
 def _chain_line(table: str, name: str, chain: LiveChain) -> str:
+    import json
+
     head = f"chain {FAMILY} {table} {name}"
     if chain.header == "{}":
         return head
