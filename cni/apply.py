@@ -5,13 +5,16 @@ backend, and the three operations every caller uses. The backend does the packet
 `cni.backends.Backend`: idempotent, all or nothing, conflicts refused); TPROXY routes and the
 `::6` address come last and are backend-independent ("exists" is fine), the same in iptables
 and native nftables mode. `program`, `check` and `reset` are the same operations for a caller
-that is not inside the netns yet.
+that is not inside the netns yet. `replace` is the fix: what the netns holds becomes the rule
+set in one atomic step (`Backend.replace`), never a reset followed by a program, which would
+leave a running pod without redirection in between.
 
 A node switched between modes (`NATIVE_NFTABLES` turned on or off) has pods programmed in the
 other one. `PodNetns` may be given that `OtherMode`: `check` then also asks the other mode's
 backend what of its state is there (`StateDiff.other_mode`, its lines in `extra`, never
-`clean`), and `reset` removes that state too, so CHECK reports a conflict naming the other
-mode and repair/drift (check, reset, program) leave the pod in the configured mode only.
+`clean`), and `reset` and `replace` remove that state too, so CHECK reports a conflict naming
+the other mode and repair/drift (check, then replace) leave the pod in the configured mode only,
+the configured mode's rules in place before the other mode's are removed.
 `program` (the ADD) looks at its own mode only: a new sandbox holds nothing, and the ADD's hot
 path must not load the other mode's tools. When the other mode's tools cannot read the netns
 (no iptables binaries in nftables mode, no nftables in iptables mode), its state is not
@@ -110,6 +113,24 @@ class PodNetns:
         """Remove our rules, and the other mode's state when there is any (routes and `::6`
         stay: `program` only adds what is missing)."""
         as_owner(self.path, self._reset)
+
+    def replace(self) -> str:
+        """Make the netns hold exactly the rule set, whatever it holds now, without a moment
+        in which the pod has no redirection (the fix of repair and drift); "applied" or
+        "already-programmed".
+
+        Routes and `::6` come first (they change nothing until a rule uses them), then the
+        backend's one atomic replace, then the other mode's state is removed, once this
+        mode's rules are in place (both redirect the same way meanwhile)."""
+        return as_owner(self.path, self._replace)
+
+    def _replace(self) -> str:
+        changed = _program_links(self.path, self.ruleset, self.ipv6)
+        changed = self.backend.replace(self.ruleset) or changed
+        if self.other is not None and self.other.leftovers(self.ipv6):
+            self.other.backend.reset(self.other.ruleset())
+            changed = True
+        return "applied" if changed else "already-programmed"
 
     def _program(self) -> str:
         changed = self.backend.program(self.ruleset)

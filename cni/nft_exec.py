@@ -33,6 +33,8 @@ NFT_TIMEOUT_S = 10.0
 MAX_OUTPUT = 4 << 20
 """A pod netns holds a few hundred lines of rules; anything near this is not ours to parse."""
 NFT_PATHS = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
+NFT_CTX_OUTPUT_JSON = 1 << 4
+"""libnftables' output flag for JSON (`nft -j`)."""
 LOAD_ORDER = "load-order"
 MAX_LOAD_ORDER = 4096
 
@@ -63,8 +65,10 @@ class NftError(Exception):
 class Nft(Protocol):
     name: str
 
-    def run(self, commands: str) -> str:
-        """Run `commands` (one per line) as one batch; return the output. Raises NftError."""
+    def run(self, commands: str, json: bool = False) -> str:
+        """Run `commands` (one per line) as one batch; return the output, in nftables' JSON
+        form with `json` (one `list` command per call: nft 1.0 prints nothing for several).
+        Raises NftError."""
 
 
 class LibNftables:
@@ -96,15 +100,21 @@ class LibNftables:
         for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
             getattr(lib, name).argtypes = [ctypes.c_void_p]
             getattr(lib, name).restype = ctypes.c_char_p
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_output_get_flags.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_output_get_flags.restype = ctypes.c_uint
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
         return cls(lib)
 
-    def run(self, commands: str) -> str:
+    def run(self, commands: str, json: bool = False) -> str:
         ctx = self._lib.nft_ctx_new(0)
         if not ctx:
             raise NftError("libnftables: cannot create a context")
         try:
+            if json:
+                flags = self._lib.nft_ctx_output_get_flags(ctx)
+                self._lib.nft_ctx_output_set_flags(ctx, flags | NFT_CTX_OUTPUT_JSON)
             self._lib.nft_ctx_buffer_output(ctx)
             self._lib.nft_ctx_buffer_error(ctx)
             rc = self._lib.nft_run_cmd_from_buffer(ctx, commands.encode())
@@ -135,13 +145,17 @@ class NftBinary:
             (p for p in NFT_PATHS if os.access(p, os.X_OK)), None)
         return cls(path) if path else None
 
-    def run(self, commands: str) -> str:
+    def run(self, commands: str, json: bool = False) -> str:
         import subprocess
 
         from cni.backends.restore import host_env  # the host's nft loads the host's libraries
 
         try:
-            proc = subprocess.run([self.path, "-f", "-"], input=commands.encode(),
+            # `nft -j -f -` reads its input as JSON: a JSON listing is asked for on the
+            # command line (our own fixed words, never a pod's text)
+            argv = ([self.path, "-j", *commands.split()] if json
+                    else [self.path, "-f", "-"])
+            proc = subprocess.run(argv, input=b"" if json else commands.encode(),
                                   capture_output=True, timeout=NFT_TIMEOUT_S, check=False,
                                   env=host_env(None))
         except subprocess.TimeoutExpired:

@@ -26,19 +26,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cni.iptables_config import WILDCARD, IptablesConfig
-from cni.ruleset import FamilyRules, Rule, RuleSet, TproxyRoutes
+from cni.ruleset import (
+    ISTIO_DIVERT,
+    ISTIO_DROP,
+    ISTIO_IN_REDIRECT,
+    ISTIO_INBOUND,
+    ISTIO_OUTPUT,
+    ISTIO_OUTPUT_DNS,
+    ISTIO_REDIRECT,
+    ISTIO_TPROXY,
+    FamilyRules,
+    Rule,
+    RuleSet,
+    TproxyRoutes,
+)
 from cni.values import BadValue, Cidr
 from cni.values import cidr as parse_cidr
 
-# Chains and fixed values, as in upstream's tools/istio-iptables/pkg/constants.
-ISTIO_INBOUND = "ISTIO_INBOUND"
-ISTIO_OUTPUT = "ISTIO_OUTPUT"
-ISTIO_OUTPUT_DNS = "ISTIO_OUTPUT_DNS"
-ISTIO_REDIRECT = "ISTIO_REDIRECT"
-ISTIO_IN_REDIRECT = "ISTIO_IN_REDIRECT"
-ISTIO_DIVERT = "ISTIO_DIVERT"
-ISTIO_TPROXY = "ISTIO_TPROXY"
-ISTIO_DROP = "ISTIO_DROP"
+# Fixed values, as in upstream's tools/istio-iptables/pkg/constants (the chains: cni.ruleset).
 TPROXY = "TPROXY"
 OUTBOUND_MARK = "1338"
 """Marks proxy-to-app packets over `lo` in TPROXY mode so inbound capture skips them."""

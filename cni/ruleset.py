@@ -13,6 +13,23 @@ from dataclasses import dataclass, field
 
 BUILTIN_CHAINS = frozenset({"INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING"})
 TABLES = ("filter", "mangle", "nat", "raw")
+
+# Our chains, with upstream's names (its tools/istio-iptables/pkg/constants).
+ISTIO_INBOUND = "ISTIO_INBOUND"
+ISTIO_OUTPUT = "ISTIO_OUTPUT"
+ISTIO_OUTPUT_DNS = "ISTIO_OUTPUT_DNS"
+ISTIO_REDIRECT = "ISTIO_REDIRECT"
+ISTIO_IN_REDIRECT = "ISTIO_IN_REDIRECT"
+ISTIO_DIVERT = "ISTIO_DIVERT"
+ISTIO_TPROXY = "ISTIO_TPROXY"
+ISTIO_DROP = "ISTIO_DROP"
+OWN_CHAINS = frozenset({ISTIO_INBOUND, ISTIO_OUTPUT, ISTIO_OUTPUT_DNS, ISTIO_REDIRECT,
+                        ISTIO_IN_REDIRECT, ISTIO_DIVERT, ISTIO_TPROXY, ISTIO_DROP})
+"""Every chain upstream's rules create; a chain of another name (`ISTIO_CUSTOM`, `ISTIOOUTPUT`)
+is never ours, whatever it looks like."""
+OWN_TABLES = frozenset({"mangle", "nat", "raw"})
+"""The tables upstream's rules use; a chain or rule in another table (`filter`, `security`) is
+never ours, even one named like ours."""
 IP6_MARKER = "# ip6tables-restore\n"
 """Separates the IPv6 payload in `RuleSet.restore_text` (a comment to iptables-restore)."""
 
@@ -66,7 +83,7 @@ class FamilyRules:
                 seen.append(r.chain)
         for r in self.rules:
             t = r.target
-            if r.table == table and t and t.startswith("ISTIO") and t not in seen:
+            if r.table == table and t in OWN_CHAINS and t not in seen:
                 seen.append(t)
         return tuple(seen)
 

@@ -2,11 +2,14 @@
 
 The rules come from the plugin's own pod pipeline (`cni.pipeline`), so repair and drift program
 byte-for-byte what the ADD would have. Unlike the ADD, which refuses a netns holding other
-ISTIO_* rules, repair owns the outcome: a netns whose rules were flushed or altered is reset
-(the backend removes our state) and programmed again, all in one visit to the netns, through the
-configured backend only (python-iptables needs no iptables binary for any of it). A netns
-programmed in the other mode (a node switched between iptables and native nftables mode) is
-the same case: its check reports the other mode's state, the reset removes it (`cni.apply`).
+ISTIO_* rules, repair owns the outcome: a netns whose rules were flushed or altered gets
+exactly the wanted rules in one atomic replace (`PodNetns.replace`: one commit per table, one
+nftables transaction), in one visit to the netns, through the configured backend only
+(python-iptables needs no iptables binary for any of it). Never a reset then a program: the pod
+is running, and between the two its connections would skip the proxy (conntrack keeps them
+so for their lifetime). A netns programmed in the other mode (a node switched between iptables
+and native nftables mode) is the same case: its check reports the other mode's state, and the
+replace removes it once the configured mode's rules are in place (`cni.apply`).
 
 Enters the pod netns on the calling thread: call from one worker thread at a time. The netns is
 the one the caller's /proc scan found, held by descriptor (`cni.held_netns.HeldNetns`, in the
@@ -34,7 +37,7 @@ class RulesState(StrEnum):
     PROGRAMMED = "programmed"
     """The netns had none of our rules; now it has them."""
     REPAIRED = "repaired"
-    """It had other rules of ours: reset, then programmed."""
+    """It had other rules of ours: replaced by the wanted ones in one step."""
     DRIFTED = "drifted"
     """It differs and was left alone, because fixing was not asked for."""
 
@@ -58,14 +61,12 @@ class RulesOutcome:
 def reconcile_rules(netns_path: HeldNetns, redirect: Redirect, backend: str | RuleMode = "auto",
                     fix: bool = True) -> RulesOutcome:
     """Compare the pod netns with what `redirect` requires; with `fix`, make it hold exactly
-    that (reset first when it holds anything of ours)."""
+    that, in one atomic replace of whatever of ours it holds."""
     with pipeline.visit(netns_path, redirect, backend) as pod_ns:
         diff = pod_ns.check()
         if not diff.missing and not diff.extra:
             return RulesOutcome(RulesState.IN_SYNC, diff)
         if not fix:
             return RulesOutcome(RulesState.DRIFTED, diff)
-        if not diff.clean:
-            pod_ns.reset()
-        pod_ns.program()
+        pod_ns.replace()
     return RulesOutcome(RulesState.PROGRAMMED if diff.clean else RulesState.REPAIRED, diff)

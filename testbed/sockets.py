@@ -5,7 +5,13 @@
                             SO_ORIGINAL_DST (getsockopt SOL_IP/SOL_IPV6 80), then exit.
   connect HOST PORT [UID]   connect (as UID if given), print "connected <local addr>", exit 0;
                             exit 1 with "refused"/"timeout".
-The listener prints "ready" once it listens, so tests synchronise on output, never on sleeps.
+  serve PORT NAME           accept connections on PORT for ever; say NAME to each and close:
+                            who answered a client is what the client reads.
+  probe HOST PORT UID [N]   N connections (0: until killed) one after the other as UID, each
+                            printing "got <name> <t>" (what the server said) or "fail <why>
+                            <t>", t the CLOCK_MONOTONIC second the connection began.
+The listener and the server print "ready" once they listen, so tests synchronise on output,
+never on sleeps.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import select
 import socket
 import struct
 import sys
+import time
 
 SO_ORIGINAL_DST = 80
 IP6T_SO_ORIGINAL_DST = 80
@@ -86,9 +93,50 @@ def connect(host: str, port: int, uid: int | None) -> int:
     return 0
 
 
+def serve(port: int, name: str) -> None:
+    socks = [s for s in (_bound(socket.AF_INET, port), _bound(socket.AF_INET6, port)) if s]
+    print("ready", flush=True)
+    said = name.encode() + b"\n"
+    while True:
+        readable, _, _ = select.select(socks, [], [])
+        for sock in readable:
+            conn, _ = sock.accept()
+            with conn:
+                try:
+                    conn.sendall(said)
+                except OSError:
+                    continue  # the client gave up: nothing to tell it
+
+
+def probe(host: str, port: int, uid: int, count: int) -> None:
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    if os.getuid() != uid:  # else already started as that uid (inside a pod's userns)
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    done = 0
+    while count == 0 or done < count:
+        done += 1
+        began = time.monotonic()
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(10)
+                s.connect(sockaddr)
+                said = s.makefile("rb").readline(64).decode(errors="replace").strip()
+            outcome = f"got {said}" if said else "fail nothing-said"
+        except OSError as exc:
+            outcome = f"fail {type(exc).__name__}"
+        print(f"{outcome} {began:.6f}", flush=True)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "listen":
         listen(int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 1)
+    elif sys.argv[1] == "serve":
+        serve(int(sys.argv[2]), sys.argv[3])
+    elif sys.argv[1] == "probe":
+        probe(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+              int(sys.argv[5]) if len(sys.argv) > 5 else 0)
     else:
         uid = int(sys.argv[4]) if len(sys.argv) > 4 else None
         sys.exit(connect(sys.argv[2], int(sys.argv[3]), uid))

@@ -83,6 +83,13 @@ class Backend(Protocol):
         """Remove everything of this mode's that is ours (whatever rules it holds now, per
         family of `ruleset`), so that `program` starts from clean; foreign rules stay."""
 
+    def replace(self, ruleset: AnyRuleSet) -> bool:
+        """Make the netns hold exactly `ruleset` whatever of ours it holds now, in one atomic
+        step (one commit per table and family in iptables mode, one transaction in nftables
+        mode), so a running pod is never without redirection on the way; foreign rules are
+        never touched; True when anything changed. The fix of repair and drift: unlike
+        `program`, other state of ours is not a conflict but what is replaced."""
+
 
 def select_backend(choice: str | RuleMode, where: str = "") -> Backend:
     """The backend for a mode, or for an iptables backend name (one of BACKENDS); `where`

@@ -11,7 +11,10 @@ kernel ends up with the same entries as `iptables-legacy-restore` would create, 
 `iptables-legacy-save` prints identical text. Per family: every table is built in memory,
 then committed one by one; if a later commit fails, what earlier commits created is removed.
 A reset finds the rules to delete by their rendered `iptables-save` text, so it removes exactly
-what the shared reset plan (made from that same text) names.
+what the shared reset plan (made from that same text) names. A replace (`swap`) does the
+reset's work and the apply's on one handle per table, so each table changes in one commit.
+Each rule is rendered on its own, and a newline inside one (a raw name some extensions print)
+is written as `\n`: one rule is one line, and `confirm` finds a rule by its rendered line.
 libiptc takes no xtables lock, so it never waits on the host's `/run/xtables.lock`.
 
 Every libiptc operation runs in a forked child (it inherits this thread's netns). libxtables
@@ -33,7 +36,7 @@ from typing import Any
 
 from cni.backends.iptables import IptablesBackend
 from cni.errors import RulesApplyFailed
-from cni.live_state import ParsedRule, TableReset, UnsupportedRule, parse_rule
+from cni.live_state import Check, ParsedRule, TableReset, UnsupportedRule, parse_rule
 from cni.ruleset import BUILTIN_CHAINS, FamilyRules, Rule
 
 LIBDIR_CANDIDATES = ("/usr/lib/xtables", "/usr/lib64/xtables", "/lib/xtables",
@@ -117,6 +120,81 @@ class LibiptcBackend(IptablesBackend):
         deletes our chains; one libiptc commit per table."""
         _forked(self._remove_here, (ipv6, plan))
 
+    def save_chain(self, ipv6: bool, table: str, chain: str) -> str | None:
+        """One chain rendered like `iptables -S CHAIN` (None if it does not exist)."""
+        out = _forked(self._chain_here, (ipv6, table, chain))
+        return out if out else None
+
+    def _chain_here(self, job: tuple[bool, str, str]) -> str:
+        ipv6, name, chain_name = job
+        iptc, tables = self._open_existing(ipv6)
+        try:
+            table = next((t for t in tables if t.name == name), None)
+            if table is None or not table.is_chain(chain_name):
+                return ""
+            rules = iptc.Chain(table, chain_name).rules
+            lines = [f"-N {chain_name}"] + [f"-A {chain_name} {_render_rule(table, r)}"
+                                             for r in rules]
+        finally:
+            for table in tables:
+                table.close()
+        return "".join(line + "\n" for line in lines)
+
+    def confirm(self, ipv6: bool, checks: tuple[Check, ...]) -> bool:
+        """Is every line a rule of its chain, rendered on its own?"""
+        return _forked(self._confirm_here, (ipv6, checks)) == "yes"
+
+    def swap(self, family: FamilyRules, plan: tuple[TableReset, ...]) -> None:
+        """Per table, one handle: our state out and `family` in, then one commit."""
+        _forked(self._swap_here, (family, plan))
+
+    def _confirm_here(self, job: tuple[bool, tuple[Check, ...]]) -> str:
+        ipv6, checks = job
+        iptc, tables = self._open_existing(ipv6)
+        by_name = {t.name: t for t in tables}
+        try:
+            for table_name, spec, line in checks:
+                table = by_name.get(table_name)
+                chain = spec.split(" ", 1)[0]
+                if table is None or not table.is_chain(chain) or not any(
+                        f"-A {chain} {_render_rule(table, r)}" == line
+                        for r in iptc.Chain(table, chain).rules):
+                    return "no"
+        finally:
+            for table in tables:
+                table.close()
+        return "yes"
+
+    def _swap_here(self, job: tuple[FamilyRules, tuple[TableReset, ...]]) -> str:
+        family, plan = job
+        iptc = _iptc()
+        steps = {t.table: t for t in plan}
+        for name in sorted(set(steps) | set(family.tables())):
+            table = self._table(iptc, family.ipv6, name)
+            try:
+                step = steps.get(name, TableReset(name, (), ()))
+                self._delete_lines(iptc, table, step)
+                wanted = family.chains(name)
+                for chain in step.chains:
+                    if table.is_chain(chain):
+                        table.flush_entries(chain)
+                for chain in step.chains:
+                    if chain not in wanted and table.is_chain(chain):
+                        table.delete_chain(chain)
+                for chain in wanted:
+                    if not table.is_chain(chain):
+                        table.create_chain(chain)
+                self._add_rules(iptc, table, family, name)
+                table.commit()
+            except (UnsupportedRule, ValueError, AttributeError, iptc.IPTCError,
+                    iptc.XTablesError) as exc:
+                raise RulesApplyFailed(
+                    f"replace table {name} (libiptc) in {self.where}: {exc}",
+                    details=family.restore_payload()) from exc
+            finally:
+                table.close()
+        return ""
+
     def _apply_here(self, family: FamilyRules) -> str:
         iptc = _iptc()
         try:
@@ -152,6 +230,10 @@ class LibiptcBackend(IptablesBackend):
                 table.close()
                 raise ValueError(f"chain {chain} already exists in table {name}")
             table.create_chain(chain)
+        self._add_rules(iptc, table, family, name)
+        return name, table
+
+    def _add_rules(self, iptc: Any, table: Any, family: FamilyRules, name: str) -> None:
         for rule in family.rules_in(name):
             entry = _build_rule(iptc, table, rule, family.ipv6)
             chain = iptc.Chain(table, rule.chain)
@@ -159,7 +241,6 @@ class LibiptcBackend(IptablesBackend):
                 chain.append_rule(entry)
             else:
                 chain.insert_rule(entry, position=rule.position - 1)
-        return name, table
 
     def _undo(self, iptc: Any, family: FamilyRules, tables: list[str]) -> None:
         for name in tables:
@@ -218,13 +299,17 @@ class LibiptcBackend(IptablesBackend):
                 table.close()
         return ""
 
-    def _remove_table(self, iptc: Any, table: Any, step: TableReset) -> None:
+    def _delete_lines(self, iptc: Any, table: Any, step: TableReset) -> None:
+        """Delete the plan's built-in-chain rules, found by their rendered line."""
         for chain_name, line in step.deletes:
             chain = iptc.Chain(table, chain_name)
             rule = next((r for r in chain.rules
                          if f"-A {chain_name} {_render_rule(table, r)}" == line), None)
             if rule is not None:  # else deleted meanwhile: the goal is reached
                 chain.delete_rule(rule)
+
+    def _remove_table(self, iptc: Any, table: Any, step: TableReset) -> None:
+        self._delete_lines(iptc, table, step)
         for name in step.chains:
             if table.is_chain(name):
                 table.flush_entries(name)
@@ -367,7 +452,7 @@ def _render_rule(table: Any, rule: Any) -> str:
         parts.append(f"{jump} {target.name}")
     else:
         parts.append(f"{jump} {target.name}{_saved(target, ip)}")
-    return " ".join(parts)
+    return " ".join(parts).replace("\n", "\\n")
 
 
 def _split_neg(value: str) -> tuple[str, str]:

@@ -15,7 +15,9 @@ set, here an `NftRuleSet` (one rule list for both families).
   iptables backends, other tables of ours are not a conflict: replacing them is upstream's way.
 - `check`: the live tables compared with the wanted ones (`cni.nft_state`), missing and extra
   lines as `StateDiff`, the type CHECK, repair and the drift check consume.
-- `reset`: delete our tables (repair, or a node switched back to iptables mode).
+- `replace` (the fix of repair and drift): `program`, whose one transaction already replaces
+  our tables as a whole, so no packet sees them half way or missing.
+- `reset`: delete our tables (a node switched back to iptables mode).
 
 How "exactly like" is decided: the kernel prints rules in its own canonical form, so the
 wanted tables are applied in a throwaway netns (`cni.netns.scratch_netns`), listed, and the
@@ -41,10 +43,11 @@ from cni.errors import RulesApplyFailed
 from cni.live_state import StateDiff
 from cni.netns import scratch_netns
 from cni.nft_exec import Nft, NftError, select_nft
-from cni.nft_ruleset import FAMILY, NftRuleSet
-from cni.nft_state import LiveTable, diff_tables, parse_listing
+from cni.nft_ruleset import FAMILY, TABLES, NftRuleSet
+from cni.nft_state import LiveTable, StateUnreadable, diff_tables, parse_table, table_names
 
-LIST_OURS = f"list ruleset {FAMILY}"
+LIST_TABLES = f"list tables {FAMILY}"
+READ_ATTEMPTS = 5
 CANONICAL_CACHE_SIZE = 64
 PROGRAM_ATTEMPTS = 5
 NETNS_LOCKS = 64
@@ -122,6 +125,10 @@ class NftablesBackend:
         self._run(self.where, replacement(ruleset, live, wanted), "replace our tables in")
         return True
 
+    def replace(self, ruleset: NftRuleSet) -> bool:
+        """`program`: it already replaces our tables in the one transaction it commits."""
+        return self.program(ruleset)
+
     def check(self, ruleset: NftRuleSet) -> StateDiff:
         """What the netns lacks (`missing`) or has beyond (`extra`) `ruleset`."""
         return diff_tables(self._read(self.where), self._wanted(ruleset))
@@ -137,11 +144,32 @@ class NftablesBackend:
         return bool(live)
 
     def _read(self, where: str) -> dict[str, LiveTable]:
-        return parse_listing(self._run(where, LIST_OURS, "list the tables of"))
+        """Our tables, each listed by name in nftables' JSON form (`cni.nft_state`). A table
+        deleted between `list tables` and its own listing (another writer) makes the read
+        start over, up to READ_ATTEMPTS in all."""
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return self._read_once(where)
+            except RulesApplyFailed:
+                if attempt == READ_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _run(self, where: str, commands: str, what: str) -> str:
+    def _read_once(self, where: str) -> dict[str, LiveTable]:
+        tables: dict[str, LiveTable] = {}
         try:
-            return self.nft.run(commands)
+            names = table_names(self._run(where, LIST_TABLES, "list the tables of", json=True))
+            for name in (n for n in TABLES if n in names):
+                text = self._run(where, f"list table {FAMILY} {name}",
+                                 f"list table {FAMILY} {name} of", json=True)
+                tables[name] = parse_table(text, name)
+        except StateUnreadable as exc:
+            raise RulesApplyFailed(f"nftables ({self.nft.name}): read {where}: {exc}") from exc
+        return tables
+
+    def _run(self, where: str, commands: str, what: str, json: bool = False) -> str:
+        try:
+            return self.nft.run(commands, json=json)
         except NftError as exc:
             raise RulesApplyFailed(f"nftables ({self.nft.name}): {what} {where}: {exc}",
                                    details=commands) from exc
@@ -174,18 +202,20 @@ def replacement(
     from the wanted ones (`add chain` would not change them), deleted after the table's flush
     so nothing jumps to them any more, and whole tables it does not use. A table of ours
     holding objects a flush keeps (sets, maps, ...: never ours) is deleted and rebuilt
-    instead, still in the one transaction. Every delete follows an `add` of the same object
-    (upstream's own cleanup idiom): if another writer removed it since `live` was read, the
-    add recreates it for the delete, instead of failing the whole transaction."""
+    instead, still in the one transaction, and so is one whose own fields differ (flags such
+    as `dormant`, a comment: `add table` would not change them). Every delete follows an
+    `add` of the same object (upstream's own cleanup idiom): if another writer removed it
+    since `live` was read, the add recreates it for the delete, instead of failing the whole
+    transaction."""
     lines: list[str] = []
     for table in ruleset.tables:
         commands = table.commands()
         stale = live.get(table.name)
-        if stale is not None and stale.other:
+        want = wanted.get(table.name)
+        if stale is not None and (stale.other or stale.attrs != (want.attrs if want else "{}")):
             commands[1:1] = [f"delete table {FAMILY} {table.name}",
                              f"add table {FAMILY} {table.name}"]
         elif stale is not None:
-            want = wanted.get(table.name)
             want_chains = want.chains if want is not None else {}
             gone = [name for name, chain in stale.chains.items()
                     if name not in want_chains or chain.header != want_chains[name].header]

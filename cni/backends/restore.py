@@ -15,8 +15,11 @@ is passed where supported (legacy >= 1.6.2). nft needs no lock. In a pod's own u
 host uid 0, which owns the host's `/run/xtables.lock` that iptables < 1.8.6 would take instead.
 
 Apply is one `iptables-restore --noflush` per family with the payload on stdin: the kernel takes
-it whole or not at all; so is a reset (`-D` our jumps, `-F`/`-X` our chains). No shell is ever
-involved (argv lists only).
+it whole or not at all; so is a reset (`-D` our jumps, `-F`/`-X` our chains), and so is a
+replace (`swap`: the reset's lines, then `-N` and the rules, each table one commit). What the
+save text shows of our rules is confirmed with one restore of `-C` lines (`confirm`; legacy
+with `--test`, so it evaluates them without committing; nft commits nothing for `-C`). No shell
+is ever involved (argv lists only).
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from dataclasses import dataclass
 
 from cni.backends.iptables import IptablesBackend
 from cni.errors import RulesApplyFailed
-from cni.live_state import TableReset, reset_payload
-from cni.ruleset import FamilyRules
+from cni.live_state import Check, TableReset, check_payload, replace_payload, reset_payload
+from cni.ruleset import OWN_CHAINS, FamilyRules
 
 POD_LOCKFILE = "/proc/self/ns/net"
+ABSENT = re.compile(r"line \d+ failed")
+"""What iptables-restore says when a `-C` rule is not there (legacy adds nothing more)."""
 WAIT_SINCE = (1, 6, 2)
 LOCKFILE_ENV_SINCE = (1, 8, 6)
 PROBE_RULE = ("-t", "filter", "-A", "INPUT", "-p", "255", "-j", "DROP")
@@ -195,6 +200,37 @@ class RestoreBackend(IptablesBackend):
                 f"reset ISTIO rules with {flavor.restore_bin} ({flavor.label}) in {self.where}: "
                 f"exit {r.rc}: {r.err.strip()}", details=payload)
 
+    def save_chain(self, ipv6: bool, table: str, chain: str) -> str | None:
+        """`iptables -t TABLE -S CHAIN`; None when it fails (no such chain)."""
+        flavor = self.flavor(ipv6)
+        r = run([flavor.binary, "-t", table, "-S", chain], env=self._env(flavor))
+        return r.out if r.rc == 0 else None
+
+    def confirm(self, ipv6: bool, checks: tuple[Check, ...]) -> bool:
+        """One `iptables-restore` of `-C` lines: exit 0 when the kernel holds every rule."""
+        flavor = self.flavor(ipv6)
+        argv = self.restore_argv(flavor) + (["--test"] if flavor.legacy else [])
+        r = run(argv, stdin=check_payload(checks), env=self._env(flavor))
+        if r.rc == 0:
+            return True
+        if r.rc == 1 and ABSENT.search(r.err):
+            return False
+        raise RulesApplyFailed(
+            f"confirm rules with {flavor.restore_bin} ({flavor.label}) in {self.where}: exit "
+            f"{r.rc}: {r.err.strip()}", details=check_payload(checks))
+
+    def swap(self, family: FamilyRules, plan: tuple[TableReset, ...]) -> None:
+        """One `iptables-restore --noflush`: per table, our state out and `family` in, in one
+        commit."""
+        payload = replace_payload(plan, family)
+        flavor = self.flavor(family.ipv6)
+        self._dumps.pop(family.ipv6, None)
+        r = run(self.restore_argv(flavor), stdin=payload, env=self._env(flavor))
+        if r.rc != 0:
+            raise RulesApplyFailed(
+                f"replace ISTIO rules with {flavor.restore_bin} ({flavor.label}) in "
+                f"{self.where}: exit {r.rc}: {r.err.strip()}", details=payload)
+
     def delete(self, family: FamilyRules) -> None:
         """Best-effort undo of `family` (jump rules out of built-in chains, then our chains).
 
@@ -211,7 +247,7 @@ def undo_commands(family: FamilyRules) -> list[list[str]]:
     """Upstream's `UndoRules` order: built-in-chain rules deleted in reverse, then -F, then -X."""
     cmds: list[list[str]] = []
     for rule in reversed(family.rules):
-        if rule.chain.startswith("ISTIO"):
+        if rule.chain in OWN_CHAINS:
             continue
         cmds.append(["-t", rule.table, "-D", rule.chain, *rule.spec])
     for table in family.tables():

@@ -91,11 +91,23 @@ def test_flushed_chain_reports_missing_rules() -> None:
 
 
 def test_extra_chain_and_jump_are_reported() -> None:
-    extra = BASIC_SAVE.replace(":KUBE-FOREIGN", ":ISTIO_OLD - [0:0]\n:KUBE-FOREIGN").replace(
-        "-A PREROUTING -j KUBE-FOREIGN", "-A PREROUTING -p tcp -j ISTIO_OLD")
+    extra = BASIC_SAVE.replace(":KUBE-FOREIGN", ":ISTIO_INBOUND - [0:0]\n:KUBE-FOREIGN").replace(
+        "-A PREROUTING -j KUBE-FOREIGN", "-A PREROUTING -p tcp -j ISTIO_INBOUND")
     diff = diff_state(extra, WANT)
-    assert set(diff.extra) == {"-t nat -N ISTIO_OLD", "-t nat -A PREROUTING -p tcp -j ISTIO_OLD"}
+    assert set(diff.extra) == {"-t nat -N ISTIO_INBOUND",
+                               "-t nat -A PREROUTING -p tcp -j ISTIO_INBOUND"}
     assert diff.missing == ()
+
+
+def test_chains_named_like_ours_are_not_ours() -> None:
+    """Upstream's exact chain names in our tables only: a lookalike, or one of our names in a
+    table we do not use, is someone else's and never in a diff."""
+    lookalikes = BASIC_SAVE.replace(":KUBE-FOREIGN", ":ISTIO_CUSTOM - [0:0]\n:ISTIOOUTPUT - [0:0]"
+                                    "\n:KUBE-FOREIGN").replace(
+        "-A PREROUTING -j KUBE-FOREIGN", "-A PREROUTING -j ISTIO_CUSTOM\n-A OUTPUT -j ISTIOOUTPUT")
+    lookalikes += ("*filter\n:OUTPUT ACCEPT [0:0]\n:ISTIO_OUTPUT - [0:0]\n"
+                   "-A OUTPUT -j ISTIO_OUTPUT\n-A ISTIO_OUTPUT -j DROP\nCOMMIT\n")
+    assert diff_state(lookalikes, WANT).state == "identical"
 
 
 def test_reordered_chain_is_a_conflict() -> None:

@@ -140,7 +140,7 @@ def test_foreign_objects_in_our_table_are_replaced_too(netns, way: str) -> None:
     clean = listing(netns)
     netns.run("nft", "add set inet istio-proxy-nat stray { type ipv4_addr ; }")
     diff = prog.check(netns.path, rs)
-    assert diff.extra == ("inet istio-proxy-nat: set stray {",) and not diff.missing
+    assert diff.extra == ("inet istio-proxy-nat: set stray",) and not diff.missing
     assert prog.program(netns.path, rs) == "applied"
     assert listing(netns) == clean
     assert prog.program(netns.path, rs) == "already-programmed"

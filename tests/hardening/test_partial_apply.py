@@ -112,16 +112,16 @@ from cni import nft_exec
 real_lib_run = nft_exec.LibNftables.run
 real_bin_run = nft_exec.NftBinary.run
 
-def lib_run(self, commands):  # in-process: nothing can outlive the kill
-    return point(lambda: real_lib_run(self, commands))
+def lib_run(self, commands, json=False):  # in-process: nothing can outlive the kill
+    return point(lambda: real_lib_run(self, commands, json))
 
-def bin_run(self, commands):
+def bin_run(self, commands, json=False):
     def spawn():
         child = subprocess.Popen([self.path, "-f", "-"], stdin=subprocess.PIPE,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        child.stdin.write(commands.encode())
+        child.stdin.write(b"" if json else commands.encode())
         child.stdin.close()
-    return point(lambda: real_bin_run(self, commands), spawn)
+    return point(lambda: real_bin_run(self, commands, json), spawn)
 
 nft_exec.LibNftables.run = lib_run
 nft_exec.NftBinary.run = bin_run
