@@ -5,18 +5,16 @@ real server and watch cache against the API stand-in."""
 
 from __future__ import annotations
 
-import array
 import json
 import os
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from cni import agent_client
+from cni import agent_client, wire
 from testbed.agent import ServingAgent, serve_plugin_calls
 from testbed.kubeapi import KubeApiServer, kubernetes_api_client
 from testbed.netns import create_netns
@@ -208,14 +206,10 @@ def _ask_as(uid: int, path: Path, fd: int) -> dict:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.settimeout(20)
-                sock.connect(f"/proc/self/fd/{parent}/{path.name}")
-                body = agent_client.frame({"command": "ADD"})
-                sock.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                       array.array("i", [fd]).tobytes())])
-                answer = agent_client.read_frame(sock, time.monotonic() + 20, 1 << 20)
-            os.write(write, json.dumps(answer).encode())
+            answer = agent_client.call(f"/proc/self/fd/{parent}/{path.name}",
+                                       wire.request({b"CNI_COMMAND": b"ADD"}, b"{}"), fd, 20)
+            os.write(write, json.dumps([type(answer).__name__, getattr(answer, "reason", "")])
+                     .encode())
             status = 0
         finally:
             os._exit(status)
@@ -238,15 +232,17 @@ def test_a_non_root_peer_is_refused(node: Node, kube_api):
         answer = _ask_as(65534, node.run_dir / "cni.sock", fd)
     finally:
         os.close(fd)
-    assert answer == {"result": "fallback", "reason": "only root may use this socket"}
+    assert answer == ["Fallback", "node agent deferred: only root may use this socket"]
     assert agent.served("ADD", "ok") == 0 and istio_lines(pod_ns.name) == []
 
 
-def _ask(path: Path, fd: int) -> dict | None:
-    request = {"command": "ADD", "containerID": "c1", "netns": "/what/the/runtime/said",
-               "ifname": "eth0", "args": "", "path": "/opt/cni/bin",
-               "conf": {"cniVersion": "1.0.0", "name": "n", "type": "istio-cni"}}
-    return agent_client.call_agent(str(path), request, fd, 20)
+def _ask(path: Path, fd: int) -> agent_client.Answer | agent_client.Fallback:
+    """A request as a thin client would send it, but with any descriptor (`fd`) beside it."""
+    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": b"c1",
+           b"CNI_NETNS": b"/what/the/runtime/said", b"CNI_IFNAME": b"eth0",
+           b"CNI_ARGS": b"K8S_POD_NAMESPACE=default;K8S_POD_NAME=p", b"CNI_PATH": b"/opt/cni/bin"}
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "istio-cni"}
+    return agent_client.call(str(path), wire.request(env, json.dumps(conf).encode()), fd, 20)
 
 
 def test_a_descriptor_that_is_not_a_pod_netns_is_refused(node: Node, kube_api, tmp_path):
@@ -263,9 +259,10 @@ def test_a_descriptor_that_is_not_a_pod_netns_is_refused(node: Node, kube_api, t
             answer = _ask(sock, fd)
         finally:
             os.close(fd)
-        assert answer is not None and answer["result"] == "error", answer
-        assert answer["code"] == 8 and what in answer["msg"], answer
-        assert "/what/the/runtime/said" in answer["msg"]
+        assert isinstance(answer, agent_client.Answer), answer.reason
+        error = json.loads(answer.stdout)
+        assert answer.status == 1 and error["code"] == 8 and what in error["msg"], error
+        assert "/what/the/runtime/said" in error["msg"]
 
 
 def test_fifty_concurrent_adds_through_the_agent_are_all_redirected(node: Node, kube_api):
