@@ -6,6 +6,7 @@ real server and watch cache against the API stand-in."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -15,11 +16,14 @@ from pathlib import Path
 import pytest
 
 from cni import agent_client, wire
+from node_daemon.logsink import LogSink
+from node_daemon.metrics import Metrics
 from testbed.agent import ServingAgent, serve_plugin_calls
 from testbed.kubeapi import KubeApiServer, kubernetes_api_client
 from testbed.netns import create_netns
 from testbed.node import Node, assert_app_traffic_redirected, istio_lines, saved_rules
 from testbed.pods import workload
+from testbed.wait import wait_for
 from tests.e2e.conftest import AGENT_SERVES
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(
@@ -286,3 +290,52 @@ def test_fifty_concurrent_adds_through_the_agent_are_all_redirected(node: Node, 
     for ns in netns:
         assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(ns))
     assert agent.served("ADD", "ok") == 50
+
+
+# --- a served call is logged like an in-process one ------------------------------------------
+
+def _redirected(lines: list[str]) -> list[dict]:
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    return [e for e in entries if e.get("msg", "").startswith("redirected: ")]
+
+
+def test_a_served_add_is_logged_like_the_in_process_one(node: Node, kube_api, caplog):
+    """The same line with the same fields (pod, container id, netns), in the same three places,
+    whichever path served the ADD: the plugin's stderr, the run dir's istio-cni.log and the
+    agent's own log (`cni-plugin`, where the in-process call's report to log.sock lands)."""
+    caplog.set_level(logging.INFO)  # the agent's default level
+    sink = LogSink(node.run_dir / "log.sock", Metrics())
+    node.cleanup.add("stop the log sink", sink.stop)
+    agent = serving(node, kube_api)
+    pod = node.api.add_pod(workload("meshed-pod"))
+    served_ns, alone_ns = node.new_pod_netns(), node.new_pod_netns()
+    served = node.add(served_ns, pod)
+    node.istio_entry()["agent_serve"] = False
+    alone = node.add(alone_ns, pod)
+    assert [c.status for c in served + alone] == [0, 0, 0, 0]
+    assert agent.served("ADD", "ok") == 1
+    name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+    fields = {ns: {"pod": name, "container_id": f"c-{ns}", "netns": f"/var/run/netns/{ns}"}
+              for ns in (served_ns, alone_ns)}
+
+    def same_line(entries: list[dict], ns: str) -> dict:
+        assert len(entries) == 1, entries
+        assert {k: entries[0].get(k) for k in ("pod", "container_id", "netns")} == fields[ns]
+        return {k: v for k, v in entries[0].items() if k not in ("time", *fields[ns])}
+
+    stderr = {ns: same_line(_redirected(call[-1].stderr.splitlines()), ns)
+              for ns, call in ((served_ns, served), (alone_ns, alone))}
+    assert stderr[served_ns] == stderr[alone_ns]
+    assert stderr[served_ns]["msg"] == "redirected: sidecar injected; redirecting (applied)"
+    logged = (node.run_dir / "istio-cni.log").read_text().splitlines()
+    for ns in (served_ns, alone_ns):
+        same_line([e for e in _redirected(logged) if e.get("netns", "").endswith(ns)], ns)
+
+    def agent_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "cni-plugin" and r.getMessage().startswith("redirected: ")]
+
+    wait_for(lambda: len(agent_lines()) == 2, 20, "both calls' lines in the agent's log")
+    assert sorted(agent_lines()) == sorted(
+        f"redirected: sidecar injected; redirecting (applied) pod={name} "
+        f"container_id=c-{ns} netns=/var/run/netns/{ns}" for ns in (served_ns, alone_ns))
