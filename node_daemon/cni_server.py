@@ -12,8 +12,9 @@ shown everywhere as the runtime's CNI_NETNS), never a path from the request.
 
 Logged like the in-process call (`cni.plugin_log.ServedCallLog`): the call's lines, with the pod,
 go back to the plugin as its stderr, into the run dir's `istio-cni.log`, and into this agent's
-log through `cni-plugin` (as a `log.sock` report would); the ADD's event goes into the metrics.
-All of that after the answer is sent: nothing from logging is on the pod's critical path.
+log through `cni-plugin` (as a `log.sock` report would), the last two after the answer is sent:
+nothing from logging is on the pod's critical path. The ADD's event goes into the metrics just
+before the answer (counters only), so whoever has the answer sees it counted.
 
 The server defers ("fallback": the plugin does the call itself, with its own retries) whenever it
 cannot answer as the in-process path would: the agent is not ready, the pod is neither cached
@@ -144,14 +145,20 @@ class CniService:
         return Served(wire.answered(status, out, stderr), "ok" if status == 0 else "error",
                       lines, plugin.run_dir, plugin.event)
 
-    def record(self, served: Served) -> None:
+    def count(self, served: Served, command: str) -> None:
+        """Before the answer (a few counter increments): the call in the served counter, its
+        ADD event in the plugin's ADD metrics, so a caller that has its answer sees both."""
+        self.metrics.served.labels(command=command if command in SERVED_COMMANDS else "other",
+                                   result=served.result).inc()
+        if served.event is not None:
+            self.metrics.plugin_add(served.event["outcome"], served.event["phases"])
+
+    def log(self, served: Served) -> None:
         """After the answer: the call's lines into the run dir's plugin log and this agent's
-        log (as a `log.sock` report would put them), its ADD event into the metrics."""
+        log (as a `log.sock` report would put them)."""
         if served.lines:
             plugin_log.append_lines(served.run_dir, served.lines)
             handle_log(json.dumps(served.lines).encode(), self.metrics)
-        if served.event is not None:
-            self.metrics.plugin_add(served.event["outcome"], served.event["phases"])
 
 
 class _ServedHandlers:
@@ -220,12 +227,9 @@ class _Handler(socketserver.BaseRequestHandler):
                 _send(sock, wire.fallback(f"expected one netns descriptor, got {len(fds)}"))
                 return
             served = self.service.answer(environ, stdin, fds[0])
-            command = wire.text(environ.get(b"CNI_COMMAND", b""))
-            self.service.metrics.served.labels(
-                command=command if command in SERVED_COMMANDS else "other",
-                result=served.result).inc()
+            self.service.count(served, wire.text(environ.get(b"CNI_COMMAND", b"")))
             _send(sock, served.frame)
-            self.service.record(served)
+            self.service.log(served)
         except (OSError, ValueError) as exc:
             log.debug("plugin connection ended early: %s", exc)
         finally:
