@@ -22,8 +22,9 @@ to program) the netns.
 
 Lean on purpose (the import graph a served call loads is pinned by
 `tests/cni/test_lean_imports.py`): the interpreter's built-in modules, `_socket`, `fcntl` and
-`_json` (three small extensions), and this package's `wire`, `jsonread`, `netns_check` and
-`errors`. Not `os`, `socket` (`enum`, `selectors`), `json` (`re`), `logging` or `struct`.
+`_json` (three small extensions), and this package's `wire`, `jsonread` and `netns_check`.
+Not `os`, `socket` (`enum`, `selectors`), `json` (`re`), `logging`, `struct`, or even
+`cni.errors` (only a refused netns needs it, and that call is done in-process anyway).
 """
 
 import _stat
@@ -32,7 +33,6 @@ import sys
 import time
 
 from cni import netns_check, wire
-from cni.errors import InvalidNetNS
 
 SERVED_COMMANDS = (b"ADD", b"CHECK")
 
@@ -75,10 +75,10 @@ def serve(environ: dict[bytes, bytes], stdin: bytes) -> Answer | Fallback:
     if len(payload) > wire.MAX_REQUEST:
         return Fallback("debug", f"a {len(payload)}-byte request is over the agent's limit")
     try:
-        netns = wire.text(environ.get(b"CNI_NETNS", b""))
-        fd = netns_check.open_netns(netns)
-    except InvalidNetNS as exc:
-        return Fallback("debug", f"the netns is not handed to the agent: {exc.msg}")
+        fd = netns_check.open_netns(wire.text(environ.get(b"CNI_NETNS", b"")))
+    except Exception as exc:  # noqa: BLE001 - InvalidNetNS (not imported unless refused)
+        why = getattr(exc, "msg", None) or f"{type(exc).__name__}: {exc}"
+        return Fallback("debug", f"the netns is not handed to the agent: {why}")
     try:
         if netns_check.is_own_netns(fd):
             return Fallback("debug", "CNI_NETNS is the plugin's own netns")

@@ -141,8 +141,8 @@ from cni.__main__ import main
 main()
 """
 THIN_CLIENT = {
-    "cni", "cni.__main__", "cni.wire", "cni.agent_client", "cni.netns_check", "cni.errors",
-    "cni.jsonread", "_json", "_socket", "fcntl", "_stat", "errno",
+    "cni", "cni.__main__", "cni.wire", "cni.agent_client", "cni.netns_check", "cni.jsonread",
+    "_json", "_socket", "fcntl", "_stat",
 }
 """Everything a served ADD or CHECK imports beyond what the interpreter starts with: the
 package's thin client and three small extensions. Not os, socket, json, re, logging, struct,
