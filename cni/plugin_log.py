@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from enum import StrEnum
 
@@ -293,18 +294,23 @@ class _Router(logging.Handler):
 
 
 _router: _Router | None = None
+_router_lock = threading.Lock()  # `logging` imports threading: no cost here
 _RAW = logging.Formatter("%(message)s")
 
 
 def _installed_router() -> _Router:
+    """The one router of this process, installed by the first served call (under a lock: two
+    first calls at once must not install two, or every line would come twice)."""
     global _router
     if _router is None:
-        router = _Router()
-        for name in ("istio-cni", "cni"):
-            logger = logging.getLogger(name)
-            logger.addHandler(router)
-            logger.propagate = False
-        _router = router
+        with _router_lock:
+            if _router is None:
+                router = _Router()
+                for name in ("istio-cni", "cni"):
+                    logger = logging.getLogger(name)
+                    logger.addHandler(router)
+                    logger.propagate = False
+                _router = router
     return _router
 
 
@@ -328,8 +334,6 @@ class ServedCallLog:
         self._thread = 0
 
     def __enter__(self) -> ServedCallLog:
-        import threading
-
         self._thread = threading.get_ident()
         _installed_router().calls[self._thread] = self.records
         return self

@@ -10,7 +10,9 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -339,3 +341,25 @@ def test_a_served_add_is_logged_like_the_in_process_one(node: Node, kube_api, ca
     assert sorted(agent_lines()) == sorted(
         f"redirected: sidecar injected; redirecting (applied) pod={name} "
         f"container_id=c-{ns} netns=/var/run/netns/{ns}" for ns in (served_ns, alone_ns))
+
+
+def test_a_plugin_of_the_earlier_protocol_is_told_to_fall_back(node: Node, kube_api):
+    """A rolling upgrade: a plugin that still frames its request as a length and a JSON object
+    gets "fallback" in that framing (and does the ADD itself), never a hang or a closed socket."""
+    agent = serving(node, kube_api)
+    pod_ns = create_netns(node.cleanup, "icni-e2e-old")
+    body = json.dumps({"command": "ADD", "netns": pod_ns.path}).encode()
+    fd = os.open(pod_ns.path, os.O_RDONLY)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(str(node.run_dir / "cni.sock"))
+            sock.sendmsg([len(body).to_bytes(4, "big") + body],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
+            length = int.from_bytes(agent_client.read_exactly(sock, 4, time.monotonic() + 20),
+                                    "big")
+            answer = json.loads(agent_client.read_exactly(sock, length, time.monotonic() + 20))
+    finally:
+        os.close(fd)
+    assert answer["result"] == "fallback", answer
+    assert agent.served("ADD", "ok") == 0 and istio_lines(pod_ns.name) == []
