@@ -275,18 +275,23 @@ def send_report(socket_path: str, event: dict | None = None) -> bool:
 class _Router(logging.Handler):
     """On the plugin's loggers (`istio-cni`, `cni`) in the agent, which then do not propagate: a
     record of a thread serving a call goes to that call's `ServedCallLog`; any other record goes
-    on to the root logger's handlers, exactly as propagation would have taken it."""
+    on to the root logger's handlers, as propagation would have taken it (but to none that sits
+    on those loggers too and so had it already: pytest puts its capture there)."""
 
-    def __init__(self) -> None:
+    def __init__(self, loggers: list[logging.Logger]) -> None:
         super().__init__()
+        self.loggers = loggers
         self.calls: dict[int, list[logging.LogRecord]] = {}
 
     def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: nothing shared
         captured = self.calls.get(record.thread or 0)
         if captured is not None:
             captured.append(record)
-        else:
-            logging.getLogger().callHandlers(record)
+            return True
+        had_it = {handler for logger in self.loggers for handler in logger.handlers}
+        for handler in logging.getLogger().handlers:
+            if handler not in had_it and record.levelno >= handler.level:
+                handler.handle(record)
         return True
 
     def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does it
@@ -305,9 +310,9 @@ def _installed_router() -> _Router:
     if _router is None:
         with _router_lock:
             if _router is None:
-                router = _Router()
-                for name in ("istio-cni", "cni"):
-                    logger = logging.getLogger(name)
+                loggers = [logging.getLogger("istio-cni"), logging.getLogger("cni")]
+                router = _Router(loggers)
+                for logger in loggers:
                     logger.addHandler(router)
                     logger.propagate = False
                 _router = router
