@@ -1,15 +1,22 @@
-"""The istio-cni binary's entry point: hand env and stdin to the protocol, write what it says.
+"""The istio-cni binary's entry point: the process around one CNI call.
 
-Everything else happens in `cni.protocol.dispatch` and `cni.plugin.Plugin`; this file only
-touches the process (environment, stdin, stdout, exit status) and makes sure nothing but the
-protocol's JSON ever reaches stdout, even on an unexpected crash. Hot path: VERSION and the
-about text import neither the plugin nor logging, and the process ends with `os._exit` once
-everything is flushed (interpreter teardown costs ~12 ms per call and does nothing for us).
+Four ways through, each importing only what it needs (every import is paid on every pod start):
+
+- VERSION and the about text: answered from `cni.versions`, nothing else imported;
+- DEL and GC: validated by `cni.protocol` and answered by `cni.teardown`, no logging;
+- ADD and CHECK, when the node agent serves: the thin client (`cni.agent_client`) hands the
+  call to the agent and writes its answer; no logging, no `json`, no `os`;
+- otherwise (no agent, or it cannot serve this call): the whole call in-process, the plugin's
+  stages, logging to stderr and the run dir's log file, and a report to the agent's `log.sock`
+  that never waits.
+
+Only the protocol's JSON ever reaches stdout, even on an unexpected crash. The process ends with
+`posix._exit` once everything is flushed (interpreter teardown costs ~12 ms per call and does
+nothing for us). `posix`, not `os`: the calls that never reach the in-process path do not pay
+for importing `os`.
 """
 
-from __future__ import annotations
-
-import os
+import posix
 import sys
 
 from cni import __version__
@@ -22,61 +29,77 @@ def _finish(out: bytes, err: bytes, status: int) -> None:
     sys.stdout.flush()
     sys.stderr.buffer.write(err)
     sys.stderr.flush()
-    os._exit(status)
+    posix._exit(status)
 
 
 def main() -> None:
-    command = os.environ.get("CNI_COMMAND", "")
-    if command in ("", "VERSION"):
+    command = posix.environ.get(b"CNI_COMMAND", b"")
+    if command in (b"", b"VERSION"):
         from cni.versions import about_text, version_json
 
         if command:
             _finish(version_json(), b"", 0)
         _finish(b"", about_text(ABOUT).encode(), 0)
-    if command in ("DEL", "GC"):
-        _teardown(command)
+    from cni import wire
 
-    import logging
+    stdin = wire.read_stdin(sys.stdin.buffer)
+    if command in (b"DEL", b"GC"):
+        _teardown(stdin)
+    fallback = None
+    if command in (b"ADD", b"CHECK"):
+        from cni import agent_client
 
-    from cni import plugin_log
-
-    plugin_log.setup_stderr()
-    from cni.plugin import Plugin
-    from cni.protocol import dispatch, read_config
-
-    stdin = read_config(sys.stdin.buffer)
-    plugin = Plugin()
-    out, err, status = dispatch(
-        os.environ, stdin, plugin, about=ABOUT,
-        on_internal_error=lambda exc: logging.getLogger("istio-cni").error(
-            "internal error", exc_info=exc),
-    )
-    if status != 0 and out:
-        logging.getLogger("istio-cni").error("%s failed: %s", command, out.decode().strip())
-    sys.stdout.buffer.write(out)
-    sys.stdout.flush()
-    if plugin.agent_socket:
-        plugin_log.send_report(plugin.agent_socket, plugin.event)
-    logging.shutdown()  # flushes the rotating log file
-    _finish(b"", err, status)
+        served = agent_client.serve(dict(posix.environ), stdin)
+        if isinstance(served, agent_client.Answer):
+            _finish(served.stdout, served.stderr, served.status)
+        fallback = (served.level, served.reason)
+    _in_process(stdin, fallback)
 
 
-def _teardown(command: str) -> None:
+def _environment() -> dict[str, str]:
+    """The environment as `os.environ` has it (decoded as `os.fsdecode` does), without `os`."""
+    from cni.wire import text
+
+    return {text(name): text(value) for name, value in posix.environ.items()}
+
+
+def _teardown(stdin: bytes) -> None:
     """DEL and GC: validated and answered without the plugin's stages; logging is set up only
     to report a failure (to stderr, as for every command)."""
-    from cni.protocol import dispatch, read_config
+    from cni.protocol import dispatch
     from cni.teardown import Teardown
 
-    out, err, status = dispatch(os.environ, read_config(sys.stdin.buffer), Teardown())
+    env = _environment()
+    out, err, status = dispatch(env, stdin, Teardown())
     if status != 0:
         import logging
 
         from cni import plugin_log
 
         plugin_log.setup_stderr()
-        logging.getLogger("istio-cni").error("%s failed: %s", command, out.decode().strip())
+        logging.getLogger("istio-cni").error("%s failed: %s", env.get("CNI_COMMAND"),
+                                             out.decode().strip())
         logging.shutdown()
     _finish(out, err, status)
+
+
+def _in_process(stdin: bytes, fallback: tuple[str, str] | None) -> None:
+    """The whole call in this process (`fallback`: why the agent did not serve it)."""
+    import logging
+
+    from cni import plugin_log
+
+    plugin_log.setup_stderr()
+    from cni.plugin import Plugin, run_call
+
+    plugin = Plugin(fallback=fallback)
+    out, err, status = run_call(_environment(), stdin, plugin, about=ABOUT)
+    sys.stdout.buffer.write(out)
+    sys.stdout.flush()
+    if plugin.agent_socket:
+        plugin_log.send_report(plugin.agent_socket, plugin.event)
+    logging.shutdown()  # flushes the rotating log file
+    _finish(b"", err, status)
 
 
 if __name__ == "__main__":

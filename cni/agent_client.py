@@ -1,83 +1,125 @@
-"""The plugin's side of an agent-served ADD or CHECK: one request over `<run dir>/cni.sock`.
+"""The plugin as a thin client of the node agent: an ADD or CHECK handed whole to `cni.sock`.
 
-The node agent is a warm process that already holds the API client, a watch of this node's pods
-and the code that programs a pod netns; a plugin that hands it the call skips the pod GET (and
-its TLS handshake) and the rule modules' imports. The plugin still parses and validates the call
-itself and decides the skips that need no API (excluded namespaces, the agent's own pods), so the
-agent only ever sees pods that need a lookup.
+The node agent is a warm process that already holds the API client, a watch of this node's pods,
+the rule code and the logging; a plugin process that only forwards the call skips all of that.
+So when the agent can serve, the plugin does the least a process can do: read stdin and the
+`CNI_*` environment, open `CNI_NETNS` with the checks every path makes
+(`cni.netns_check.open_netns`, and never its own netns), send both and the netns descriptor
+(`SCM_RIGHTS`) over `<cni_agent_run_dir>/cni.sock`, write what the agent answers (stdout and
+stderr bytes) and exit with its status. Parsing and validating the call, the decisions (the
+agent's own pods and excluded namespaces too), logging and metrics all happen in the agent
+(`node_daemon.cni_server`), with the same `cni.protocol` and `cni.plugin` code the in-process
+path runs, so answers and errors are the same whichever path served the call.
 
-The request carries the CNI command, the `CNI_*` values, the network config, and the pod's
-network namespace as an open file descriptor (`SCM_RIGHTS`): there is no path to translate
-between the host's mounts and the agent's container, and no race with a netns path the runtime
-recycles. Frames are a 4-byte big-endian length and a JSON object, both ways.
+Every way the agent cannot serve ends in a `Fallback` with the reason, and the plugin then does
+the whole call in-process exactly as without an agent (and logs the reason): agent serving off
+in the config (or a config this reader cannot take: the in-process path reports what is wrong);
+a netns that fails the checks (the in-process path reports it, if the pod needs its netns);
+no socket, or a socket not owned by root or open to others; a refused or dropped connection; no
+answer within `agent_serve_timeout_seconds`; or the agent's own "fallback" (it is not ready, or
+cannot find the pod). An answer, once received, is final: the agent has programmed (or refused
+to program) the netns.
 
-Every way the agent can fail to answer ends in `None`, and the plugin then does the whole call
-in-process exactly as without an agent: no socket, a socket not owned by root or open to others,
-a refused or dropped connection, no answer within the budget, or the agent's own "fallback" (it
-is not ready, or does not know the pod). An answer, once received, is final: the agent has
-programmed (or refused to program) the netns, with the same outcome and CNI error the in-process
-path would have had.
+Lean on purpose (the import graph a served call loads is pinned by
+`tests/cni/test_lean_imports.py`): the interpreter's built-in modules, `_socket`, `fcntl` and
+`_json` (three small extensions), and this package's `wire`, `jsonread` and `netns_check`.
+Not `os`, `socket` (`enum`, `selectors`), `json` (`re`), `logging`, `struct`, or even
+`cni.errors` (only a refused netns needs it, and that call is done in-process anyway).
 """
 
-from __future__ import annotations
-
-import array
-import json
-import logging
-import os
-import socket
-import stat
-import struct
+import _stat
+import posix
+import sys
 import time
-from typing import Any
 
-SOCKET_NAME = "cni.sock"
-MAX_REQUEST = 1 << 20
-"""The largest request the agent reads (a network config with its prevResult is a few KiB); a
-larger config is served in-process."""
-MAX_ANSWER = 1 << 20
-_HEADER = struct.Struct(">I")
+from cni import netns_check, wire
 
-log = logging.getLogger("istio-cni")
+SERVED_COMMANDS = (b"ADD", b"CHECK")
+
+
+class Answer:
+    """What the agent answered: the plugin writes `stdout` and `stderr` and exits `status`."""
+
+    __slots__ = ("status", "stdout", "stderr")
+
+    def __init__(self, status: int, stdout: bytes, stderr: bytes) -> None:
+        self.status, self.stdout, self.stderr = status, stdout, stderr
+
+
+class Fallback:
+    """Why the plugin does the call itself; `level` is how loudly to log it ("debug" when
+    nothing is wrong: no agent, or serving off; "warning" for a socket that must not be used)."""
+
+    __slots__ = ("level", "reason")
+
+    def __init__(self, level: str, reason: str) -> None:
+        self.level, self.reason = level, reason
 
 
 def socket_path(run_dir: str) -> str:
-    return os.path.join(run_dir, SOCKET_NAME)
+    return f"{run_dir.rstrip('/')}/{wire.SOCKET_NAME}"
 
 
-def _usable_socket(path: str) -> str:
-    """Why the socket at `path` must not be used ("" when it may): only root's own, closed to
-    others, may receive a pod's netns."""
+def serve(environ: dict[bytes, bytes], stdin: bytes) -> Answer | Fallback:
+    """Hand this ADD or CHECK to the node agent: its `Answer`, or why it is ours to do."""
+    if environ.get(b"CNI_COMMAND") not in SERVED_COMMANDS:
+        return Fallback("debug", "only ADD and CHECK are served by the agent")
+    settings = _agent_settings(stdin)
+    if isinstance(settings, Fallback):
+        return settings
+    path, budget = settings
+    why = _unusable_socket(path)
+    if why:
+        return Fallback("debug" if why == "no agent socket" else "warning", why)
+    payload = wire.request(environ, stdin)
+    if len(payload) > wire.MAX_REQUEST:
+        return Fallback("debug", f"a {len(payload)}-byte request is over the agent's limit")
     try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return "no agent socket"
-    except OSError as exc:
-        return f"agent socket {path}: {exc.strerror}"
-    if not stat.S_ISSOCK(info.st_mode):
-        return f"agent socket {path} is not a socket"
-    if info.st_uid != 0:
-        return f"agent socket {path} is owned by uid {info.st_uid}, not root"
-    if info.st_mode & 0o077:
-        return f"agent socket {path} has mode {stat.S_IMODE(info.st_mode):04o}, not 0600"
-    return ""
+        fd = netns_check.open_netns(wire.text(environ.get(b"CNI_NETNS", b"")))
+    except Exception as exc:  # noqa: BLE001 - InvalidNetNS (not imported unless refused)
+        why = getattr(exc, "msg", None) or f"{type(exc).__name__}: {exc}"
+        return Fallback("debug", f"the netns is not handed to the agent: {why}")
+    try:
+        if netns_check.is_own_netns(fd):
+            return Fallback("debug", "CNI_NETNS is the plugin's own netns")
+        return call(path, payload, fd, budget)
+    finally:
+        posix.close(fd)
 
 
-def frame(obj: Any) -> bytes:
-    body = json.dumps(obj, separators=(",", ":")).encode()
-    return _HEADER.pack(len(body)) + body
+def call(path: str, payload: bytes, netns_fd: int, budget: float) -> Answer | Fallback:
+    """Send the request frame `payload` with `netns_fd` to the agent at `path`: its answer, or
+    why not. `budget` bounds everything (connect, send, the agent's work, the answer), in
+    seconds."""
+    import _socket
+
+    deadline = time.monotonic() + budget
+    try:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        try:
+            sock.settimeout(budget)
+            sock.connect(path)
+            fds = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                    netns_fd.to_bytes(4, sys.byteorder, signed=True))]
+            sent = sock.sendmsg([payload], fds)
+            while sent < len(payload):
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sent += sock.send(payload[sent:])
+            header = read_exactly(sock, wire.HEADER_SIZE, deadline)
+            length = wire.body_length(header, wire.ANSWER_MAGIC, wire.MAX_ANSWER)
+            answer = wire.parse_answer(read_exactly(sock, length, deadline))
+        finally:
+            sock.close()
+    except (OSError, ValueError) as exc:
+        return Fallback("info", f"node agent at {path} did not answer: {exc}")
+    if isinstance(answer, str):
+        return Fallback("info", f"node agent deferred: {answer}")
+    return Answer(*answer)
 
 
-def read_frame(sock: socket.socket, deadline: float, limit: int) -> Any:
-    """One frame from `sock`, within the monotonic `deadline` and `limit` bytes."""
-    header = read_exactly(sock, _HEADER.size, deadline)
-    (length,) = _HEADER.unpack(header)
-    if length > limit:
-        raise ValueError(f"frame of {length} bytes is over the {limit}-byte limit")
-    return json.loads(read_exactly(sock, length, deadline))
-
-
-def read_exactly(sock: socket.socket, count: int, deadline: float) -> bytes:
+def read_exactly(sock, count: int, deadline: float) -> bytes:  # type: ignore[no-untyped-def]
+    """`count` bytes from `sock` by the monotonic `deadline` (TimeoutError), or
+    ConnectionError if the peer closes first."""
     chunks, got = [], 0
     while got < count:
         remaining = deadline - time.monotonic()
@@ -92,40 +134,44 @@ def read_exactly(sock: socket.socket, count: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
-def usable_socket(path: str) -> bool:
-    """May the plugin hand a pod's netns to the socket at `path`? Says why not in the log."""
-    why = _usable_socket(path)
-    if why:
-        level = logging.DEBUG if why == "no agent socket" else logging.WARNING
-        log.log(level, "serving in-process: %s", why)
-    return not why
+def _agent_settings(stdin: bytes) -> tuple[str, float] | Fallback:
+    """The agent's socket and the budget, from the network config's three keys the client needs
+    (read as `cni.config` reads them); a config it cannot take is the in-process path's to
+    report."""
+    from cni import jsonread
 
-
-def call_agent(path: str, request: dict[str, Any], netns_fd: int,
-               budget: float) -> dict[str, Any] | None:
-    """Send `request` with `netns_fd` to the agent at `path` (checked by `usable_socket`); its
-    answer, or None to fall back. `budget` bounds everything (connect, send, the agent's work,
-    the answer) in seconds."""
-    payload = frame(request)
-    if len(payload) > MAX_REQUEST:
-        log.debug("serving in-process: a %d-byte request is over the agent's limit", len(payload))
-        return None
-    deadline = time.monotonic() + budget
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(budget)
-            sock.connect(path)
-            fds = array.array("i", [netns_fd]).tobytes()
-            sent = sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-            if sent < len(payload):
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                sock.sendall(payload[sent:])
-            answer = read_frame(sock, deadline, MAX_ANSWER)
+        conf = jsonread.loads(stdin)
+    except (ValueError, RecursionError):
+        conf = None
+    if not isinstance(conf, dict):
+        return Fallback("debug", "the network config is for the in-process path to decode")
+    serving = conf.get("agent_serve")
+    if serving is False:
+        return Fallback("debug", "agent serving is off (agent_serve: false)")
+    run_dir = conf.get("cni_agent_run_dir") or wire.DEFAULT_RUN_DIR
+    budget = conf.get("agent_serve_timeout_seconds")
+    budget = wire.AGENT_SERVE_TIMEOUT if budget is None else budget
+    if (serving not in (None, True) or not isinstance(run_dir, str)
+            or isinstance(budget, bool) or not isinstance(budget, int | float)
+            or not 0 < budget < 1e9):
+        return Fallback("debug", "the network config is for the in-process path to check")
+    return socket_path(run_dir), float(budget)
+
+
+def _unusable_socket(path: str) -> str:
+    """Why the socket at `path` must not be used ("" when it may): only root's own, closed to
+    others, may receive a pod's netns."""
+    try:
+        info = posix.lstat(path)
+    except FileNotFoundError:
+        return "no agent socket"
     except (OSError, ValueError) as exc:
-        log.info("serving in-process: node agent at %s did not answer: %s", path, exc)
-        return None
-    if not isinstance(answer, dict) or answer.get("result") not in ("ok", "error"):
-        reason = answer.get("reason", "") if isinstance(answer, dict) else ""
-        log.info("serving in-process: node agent deferred: %s", reason or repr(answer)[:200])
-        return None
-    return answer
+        return f"agent socket {path}: {getattr(exc, 'strerror', None) or exc}"
+    if not _stat.S_ISSOCK(info.st_mode):
+        return f"agent socket {path} is not a socket"
+    if info.st_uid != 0:
+        return f"agent socket {path} is owned by uid {info.st_uid}, not root"
+    if info.st_mode & 0o077:
+        return f"agent socket {path} has mode {_stat.S_IMODE(info.st_mode):04o}, not 0600"
+    return ""

@@ -6,6 +6,7 @@ importing the settings model (which pulls in `pathlib`: milliseconds on every po
 
 from __future__ import annotations
 
+from cni import wire
 from cni.values import one_of
 
 BACKENDS = ("auto", "nft", "legacy", "python-iptables")
@@ -22,5 +23,6 @@ PLUGIN_LOG_LEVELS = ("debug", "info", "warn", "error", "none")
 log_level = one_of(PLUGIN_LOG_LEVELS, fold_case=True, aliases={"warning": "warn"})
 """The plugin's log levels; any case, and `warning` for `warn`."""
 
-DEFAULT_RUN_DIR = "/var/run/istio-cni"
-"""Upstream's CNI_AGENT_RUN_DIR: the plugin's kubeconfig, the agent's sockets, the plugin log."""
+DEFAULT_RUN_DIR = wire.DEFAULT_RUN_DIR
+"""Upstream's CNI_AGENT_RUN_DIR (defined with the thin client, which needs it without this
+module's imports)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from cni import wire
 from cni.choices import BACKENDS, DEFAULT_RUN_DIR, NFTABLES_BACKENDS, log_level
 from cni.errors import InvalidNetworkConfig
 
@@ -32,11 +33,8 @@ again later" (code 11). The outer bound is the kubelet's RunPodSandbox deadline 
 --runtime-request-timeout, 4 minutes by default; containerd sets none of its own on a CNI call),
 which every plugin of the chain shares."""
 
-AGENT_SERVE_TIMEOUT = 5.0
-"""The default budget, in seconds, for the node agent to answer an agent-served ADD or CHECK
-(connect, send, its work, the answer) before the plugin does the call itself. An agent serves a
-cached pod in milliseconds and a pod it must GET in well under a second; 5 s only matters when
-the agent is stuck, and then bounds what a pod start pays for it before the in-process path."""
+AGENT_SERVE_TIMEOUT = wire.AGENT_SERVE_TIMEOUT
+"""The default agent_serve_timeout_seconds (why 5 s: `cni.wire.AGENT_SERVE_TIMEOUT`)."""
 
 _backend = one_of(BACKENDS)
 _nft_backend = one_of(NFTABLES_BACKENDS)

@@ -6,8 +6,6 @@ message that says what we were doing, on what, and why. Anything else that escap
 Codes 1-51 are the CNI spec's (and libcni's 8); 100 and up are ours.
 """
 
-from __future__ import annotations
-
 
 class CNIError(Exception):
     """Base: code 999 (libcni's ErrInternal)."""
@@ -98,15 +96,6 @@ class NoPodAddress(CNIError):
     """No usable (non-loopback, non-link-local) address in the pod netns to pick IPv4/IPv6."""
 
     code = 105
-
-
-class AgentAnswered(CNIError):
-    """The CNI error the node agent answered for an agent-served call, with its code: the one
-    the in-process path would have raised for the same pod and netns."""
-
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
-        super().__init__(msg, details)
-        self.code = code
 
 
 class NetnsReturnFailed(BaseException):

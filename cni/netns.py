@@ -17,26 +17,19 @@ its facts read the same way; what writes or compares its packet filter runs as i
 from __future__ import annotations
 
 import ctypes
-import errno
 import fcntl
 import ipaddress
 import os
-import re
 import socket
-import stat
 import struct
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
+from cni import netns_check
 from cni.errors import InvalidNetNS, NoPodAddress
 
 CLONE_NEWNET = 0x40000000
-NS_GET_NSTYPE = 0xB703  # _IO(0xb7, 0x3), Linux >= 4.11
-NSFS_MAGIC = 0x6E736673  # statfs f_type of namespace files (bind-mounted or /proc/PID/ns/*)
-STATFS_SIZE = 256  # >= sizeof(struct statfs) on every Linux ABI
-NS_LINK_RE = re.compile(r"^[a-z_]+:\[[0-9]+\]$")  # what /proc/PID/ns/* links read as
-OWN_FD_RE = re.compile(r"^/proc/self/fd/[0-9]+$")
 SIOCGIFCONF = 0x8912
 IFREQ_SIZE = 40  # sizeof(struct ifreq) on 64-bit Linux
 CURRENT_NETNS = "/proc/thread-self/ns/net"
@@ -72,85 +65,10 @@ def _unshare(flags: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def _fstatfs_type(fd: int) -> int:
-    """`f_type` of the filesystem holding `fd` (works on O_PATH descriptors)."""
-    buf = ctypes.create_string_buffer(STATFS_SIZE)
-    if _c().fstatfs(fd, buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ctypes.c_long.from_buffer(buf).value  # f_type is the first field, a long
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
-        if test(mode):
-            return name
-    return "a regular file"
-
-
 def _open_netns(path: str) -> int:
-    """An fd for setns on the netns at `path`; `InvalidNetNS` for anything else.
-
-    Nothing is opened for reading until the path is known to be a namespace: `O_PATH` never
-    blocks (a FIFO would hang a plain open forever) and has no side effect on devices. Links
-    are not followed, except the kernel's own namespace links (`/proc/PID/ns/net`, which read
-    as `net:[INODE]`). What the path names must be an nsfs inode; it is then reopened through
-    `/proc/self/fd` (the inode already checked, no second path lookup) and its namespace type
-    asked with NS_GET_NSTYPE.
-    """
-    try:
-        pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise InvalidNetNS(f"enter netns {path}: path does not exist") from exc
-    except OSError as exc:
-        raise InvalidNetNS(f"enter netns {path}: cannot open: {exc.strerror}") from exc
-    try:
-        mode = os.fstat(pfd).st_mode
-        if stat.S_ISLNK(mode):
-            followed = _follow_ns_link(path)
-            os.close(pfd)
-            pfd = followed
-            mode = os.fstat(pfd).st_mode
-        if not stat.S_ISREG(mode) or _fstatfs_type(pfd) != NSFS_MAGIC:
-            raise InvalidNetNS(f"enter netns {path}: {_kind(mode)}, not a namespace file")
-        fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise InvalidNetNS(f"enter netns {path}: cannot open: {exc.strerror}") from exc
-    finally:
-        os.close(pfd)
-    try:
-        _check_nstype(fd, path)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _follow_ns_link(path: str) -> int:
-    """The O_PATH fd of what a `/proc/PID/ns/net`-style link names, or of what an open
-    descriptor of ours is (`/proc/self/fd/N`: how the agent enters a netns it was handed);
-    other links are refused. What is reached is then checked to be a netns like any path."""
-    if OWN_FD_RE.match(path):
-        return os.open(path, os.O_PATH | os.O_CLOEXEC)
-    target = os.readlink(path)
-    if not NS_LINK_RE.match(target):
-        raise InvalidNetNS(
-            f"enter netns {path}: a symbolic link (to {target[:200]!r}), not a namespace file")
-    return os.open(path, os.O_PATH | os.O_CLOEXEC)
-
-
-def _check_nstype(fd: int, path: str) -> None:
-    """A namespace of another type (uts, mnt...) is refused before setns."""
-    try:
-        nstype = fcntl.ioctl(fd, NS_GET_NSTYPE)
-    except OSError as exc:
-        if exc.errno == errno.ENOTTY:
-            raise InvalidNetNS(f"enter netns {path}: not a namespace file") from exc
-        return  # ioctl unsupported (kernel < 4.11): setns(CLONE_NEWNET) will say EINVAL
-    if nstype != CLONE_NEWNET:
-        raise InvalidNetNS(f"enter netns {path}: namespace type {nstype:#x} is not a netns")
+    """An fd for setns on the netns at `path`; `InvalidNetNS` for anything else. The check is
+    `cni.netns_check.open_netns`, the one every path (in-process, thin client, agent) makes."""
+    return netns_check.open_netns(path)
 
 
 @contextmanager
@@ -299,15 +217,10 @@ def scratch_netns() -> Iterator[None]:
 def open_netns(path: str) -> int:
     """An O_RDONLY descriptor of the network namespace at `path`, checked the way `in_netns`
     checks it (never blocks, refuses what is not a netns); the caller closes it."""
-    return _open_netns(path)
+    return netns_check.open_netns(path)
 
 
 def check_netns_fd(fd: int, what: str) -> None:
     """Refuse a descriptor that is not a network namespace (`what` names it in the error):
     for a descriptor that came from another process, which could be any open file."""
-    try:
-        if _fstatfs_type(fd) != NSFS_MAGIC:
-            raise InvalidNetNS(f"{what}: {_kind(os.fstat(fd).st_mode)}, not a namespace file")
-    except OSError as exc:
-        raise InvalidNetNS(f"{what}: cannot inspect: {exc.strerror}") from exc
-    _check_nstype(fd, what)
+    netns_check.check_netns_fd(fd, what)

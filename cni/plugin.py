@@ -13,22 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from cni import plugin_log, teardown
 from cni.config import PluginConfig, parse_plugin_config
 from cni.decision import Decision, decide_before_lookup
-from cni.errors import (
-    AgentAnswered,
-    CNIError,
-    InvalidNetNS,
-    PluginNotAvailable,
-    RulesMismatch,
-)
+from cni.errors import CNIError, InvalidNetNS, PluginNotAvailable, RulesMismatch
 from cni.plugin_log import AddOutcome
-from cni.protocol import CmdArgs, parse_cni_args
+from cni.protocol import CmdArgs, dispatch, parse_cni_args
 from cni.results import encode_result
 
 log = logging.getLogger("istio-cni")
@@ -59,19 +53,27 @@ class Plugin:
 
     def __init__(
         self, pod_source_factory: Callable[[PluginConfig], PodSource] = api_pod_source,
-        *, via_agent: bool = True, own_logging: bool = True,
+        *, own_logging: bool = True, netns_fd: int | None = None,
+        fallback: tuple[str, str] | None = None,
     ) -> None:
-        """`via_agent`: hand ADD/CHECK to the node agent when the config allows and it answers
-        (the agent's own instance has it off). `own_logging`: configure the process's logging
-        from the config (off in the agent, whose logging is its own)."""
+        """`own_logging`: configure the process's logging from the config (off in the agent,
+        whose logging is its own). `netns_fd`: the agent's, the pod netns the thin client
+        handed over; every step that enters the netns enters that descriptor, never a path
+        (`CNI_NETNS` then only names it in messages and log lines). `fallback`: (level,
+        reason) why the thin client did not hand this call to the agent, logged once the
+        config has set up logging."""
         self.pod_source_factory = pod_source_factory
-        self.via_agent = via_agent
         self.own_logging = own_logging
+        self.netns_fd = netns_fd
+        self.fallback = fallback
         self.event: dict[str, Any] | None = None
         """The ADD event for the node agent (outcome, reason, phase timings), set by add()."""
         self.phases: dict[str, float] = {}
         self.agent_socket = ""
         """Where the node agent listens for our log lines and ADD event (set from the config)."""
+        self.log_level = "info"
+        self.run_dir = ""
+        """The config's plugin_log_level and cni_agent_run_dir, once it is parsed."""
 
     # --- ADD ---------------------------------------------------------------------------------
     def add(self, args: CmdArgs) -> dict[str, Any]:
@@ -82,10 +84,8 @@ class Plugin:
         try:
             result = encode_result(conf.prev_result, conf.cni_version)
             plog = _pod_logger(args, k8s)
-            _refuse_own_netns(args)
+            _refuse_own_netns(args, self._netns(args))
             early = _decide_early(conf, k8s)
-            if early is None and self._served_by_agent(args, conf, plog):
-                return result
             with self._phase("lookup"):
                 decision, pod = (early, None) if early is not None else self._decide(conf, k8s)
             if decision.redirect:
@@ -93,8 +93,6 @@ class Plugin:
                 plog.info("redirected: %s (%s)", decision.reason, outcome)
             else:
                 plog.info("skipped: %s", decision.reason)
-        except AgentAnswered:
-            raise  # the agent counted it
         except CNIError as exc:
             self._record(pod_name, AddOutcome.FAILED, exc.msg, start)
             raise
@@ -109,8 +107,6 @@ class Plugin:
         early = _decide_early(conf, k8s)
         if early is not None:
             return None
-        if self._served_by_agent(args, conf, _pod_logger(args, k8s)):
-            return None
         decision, pod = self._decide(conf, k8s)
         if not decision.redirect:
             return None
@@ -118,7 +114,7 @@ class Plugin:
         from cni.redirect import redirect_from_pod
 
         mode = conf.rule_mode
-        diff = pipeline.check_pod(args.netns, redirect_from_pod(pod), mode)
+        diff = pipeline.check_pod(self._netns(args), redirect_from_pod(pod), mode)
         if diff.missing or diff.extra:
             details = "\n".join(
                 [f"missing: {r}" for r in diff.missing] + [f"extra: {r}" for r in diff.extra]
@@ -152,46 +148,19 @@ class Plugin:
     # --- stages ------------------------------------------------------------------------------
     def _prepare(self, args: CmdArgs) -> tuple[PluginConfig, dict[str, str]]:
         conf = parse_plugin_config(args.conf)
+        self.log_level, self.run_dir = conf.log_level, conf.cni_agent_run_dir
         if self.own_logging:
             plugin_log.configure(conf.log_level, conf.cni_agent_run_dir)
             self.agent_socket = conf.log_uds_address
+        if self.fallback is not None:
+            level, reason = self.fallback
+            log.log(plugin_log.level_number(level), "serving in-process: %s", reason)
+            self.fallback = None
         return conf, parse_cni_args(args.args)
 
-    def _served_by_agent(self, args: CmdArgs, conf: PluginConfig,
-                         plog: logging.LoggerAdapter) -> bool:
-        """True when the node agent served this ADD or CHECK (its CNI error is raised as ours);
-        False when the call is ours to do: agent serving off, or the agent did not answer."""
-        if not (self.via_agent and conf.agent_serve):
-            return False
-        from cni import agent_client
-
-        path = agent_client.socket_path(conf.cni_agent_run_dir)
-        if not agent_client.usable_socket(path):
-            return False
-        request = {"command": args.command, "containerID": args.container_id,
-                   "netns": args.netns, "ifname": args.ifname, "args": args.args,
-                   "path": args.path, "conf": args.conf}
-        try:
-            # never blocks (a FIFO opens at once) and follows no more than the runtime's path;
-            # the agent checks that what it receives is a netns other than its own
-            fd = os.open(args.netns, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return False  # the in-process path reports a bad netns when (if) it needs it
-        try:
-            with self._phase("agent"):
-                answer = agent_client.call_agent(path, request, fd, conf.agent_serve_timeout)
-        finally:
-            os.close(fd)
-        if answer is None:
-            self.phases.pop("agent", None)
-            return False
-        self.event = None  # the agent counts the calls it serves
-        if answer["result"] == "error":
-            raise AgentAnswered(int(answer.get("code", 999)), str(answer.get("msg", "")),
-                                str(answer.get("details", "")))
-        plog.debug("served by the node agent: %s: %s", answer.get("outcome", "?"),
-                   answer.get("reason", ""))
-        return True
+    def _netns(self, args: CmdArgs) -> str:
+        """What to open to enter the pod netns: the agent's held descriptor, else CNI_NETNS."""
+        return args.netns if self.netns_fd is None else f"/proc/self/fd/{self.netns_fd}"
 
     def _decide(self, conf: PluginConfig, k8s: dict[str, str]) -> tuple[Decision, Any]:
         """The decision after the pod lookup, and the pod it was made on."""
@@ -208,9 +177,10 @@ class Plugin:
 
         with self._phase("rules"):
             redirect = redirect_from_pod(pod)
-        with netns.in_netns(args.netns):
+        where = self._netns(args)
+        with netns.in_netns(where):
             with self._phase("rules"):
-                pod_ns = pipeline.here(args.netns, redirect, conf.rule_mode)
+                pod_ns = pipeline.here(where, redirect, conf.rule_mode)
             for note in pod_ns.ruleset.notes:
                 log.warning("%s", note)
             with self._phase("apply"):
@@ -236,12 +206,13 @@ def _decide_early(conf: PluginConfig, k8s: dict[str, str]) -> Decision | None:
     return decide_before_lookup(name, ns, conf.pod_namespace, conf.exclude_namespaces)
 
 
-def _refuse_own_netns(args: CmdArgs) -> None:
-    """Never program our own (the host's) netns: libcni's check, done before touching it."""
+def _refuse_own_netns(args: CmdArgs, where: str) -> None:
+    """Never program our own (the host's) netns: libcni's check, done before touching it.
+    `where` is what names the netns for this process (`Plugin._netns`)."""
     if args.netns_override.lower() in ("1", "true"):
         return
     try:
-        ours, theirs = os.stat("/proc/self/ns/net"), os.stat(args.netns)
+        ours, theirs = os.stat("/proc/self/ns/net"), os.stat(where)
     except OSError:
         return  # a missing netns is reported by the netns stage, if the pod needs it
     if (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino):
@@ -253,3 +224,17 @@ def _pod_logger(args: CmdArgs, k8s: dict[str, str]) -> logging.LoggerAdapter:
     return plugin_log.PodContext(
         log, {"pod": pod, "container_id": args.container_id, "netns": args.netns}
     )
+
+
+def run_call(env: Mapping[str, str], stdin: bytes, plugin: Plugin, about: str = "",
+             reraise: tuple[type[BaseException], ...] = ()) -> tuple[bytes, bytes, int]:
+    """One CNI call through the protocol, as both paths run it (the in-process entry point and
+    the agent serving a thin client): `dispatch`, and a failed call logged as one error line
+    naming the command and the CNI error."""
+    out, err, status = dispatch(
+        env, stdin, plugin, about=about or "CNI plugin istio-cni",
+        on_internal_error=lambda exc: log.error("internal error", exc_info=exc),
+        reraise=reraise)
+    if status != 0 and out:
+        log.error("%s failed: %s", env.get("CNI_COMMAND", ""), out.decode().strip())
+    return out, err, status

@@ -5,12 +5,19 @@ capture into their own logs), to `<run dir>/istio-cni.log` (rotated at 10 MB, up
 when the run dir exists, and, best effort, to the node agent over `<run dir>/log.sock`. Lines are
 JSON, one per record, like upstream's.
 
-What the agent is promised (`send_report`): each CNI call sends at most one report, at exit, over
-one connection: `POST /log` (upstream's body: a JSON array of JSON-encoded lines) and then, for an
-ADD, `POST /event`, pipelined in that order on that connection, so the agent sees a call's lines
-before its event. Delivery is best effort: the report is written with a 100 ms timeout and never
-waits for the answer, so a missing or stuck agent never delays a pod; the lines are in stderr and
-the log file either way.
+What the agent is promised (`send_report`): each in-process CNI call sends at most one report, at
+exit, over one connection: `POST /log` (upstream's body: a JSON array of JSON-encoded lines) and
+then, for an ADD, `POST /event`, pipelined in that order on that connection, so the agent sees a
+call's lines before its event. Delivery is best effort and never on the pod's critical path: the
+socket is non-blocking, the report at most `MAX_REPORT` bytes (the oldest lines give way), written
+once; a connect or a write that would wait (no agent, a full backlog, an agent that accepts and
+never reads) drops it at once, and no answer is ever read. The lines are in stderr and the log
+file either way.
+
+A call the node agent serves (`cni.agent_client`) is logged by the agent, with the same lines
+reaching the same places (`ServedCallLog`): the plugin's stderr (the agent sends them back with
+its answer), this rotating file in the run dir, and the agent's own log through `cni-plugin`, as
+a report on `log.sock` would.
 
 The log file is opened without following a symlink and without blocking, and only if it is a
 regular file: a FIFO or a link planted at its path must neither hang every pod on the node nor
@@ -24,12 +31,15 @@ import json
 import logging
 import os
 import stat
+import threading
 import time
 from enum import StrEnum
 
 LOG_FILE_NAME = "istio-cni.log"
 LOG_FILE_MAX_BYTES = 10 * 1024 * 1024
-UDS_TIMEOUT = 0.1
+MAX_REPORT = 64 * 1024
+"""The most a report writes to `log.sock`: well inside a Unix socket's send buffer, so one
+non-blocking write takes all of it."""
 _LEVELS = {
     "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
     "warning": logging.WARNING, "error": logging.ERROR, "none": logging.CRITICAL + 10,
@@ -147,6 +157,11 @@ _stderr_handler: logging.Handler | None = None
 _file_handler: logging.Handler | None = None
 
 
+def level_number(name: str) -> int:
+    """The logging level of a plugin_log_level name (info for anything else)."""
+    return _LEVELS.get(name, logging.INFO)
+
+
 def setup_stderr(level: str = "info") -> None:
     """First thing the entry point does: route all logging to stderr only."""
     global _stderr_handler
@@ -196,30 +211,33 @@ def _request(path: str, body: bytes, last: bool) -> bytes:
     return head.encode() + body
 
 
-def post_to_agent(socket_path: str, requests: list[tuple[str, bytes]],
-                  timeout: float = UDS_TIMEOUT) -> bool:
+def post_to_agent(socket_path: str, requests: list[tuple[str, bytes]]) -> bool:
     """HTTP POSTs over one Unix-socket connection, pipelined in order, fire and forget.
 
-    The requests are written and the connection closed without waiting for the answers (the
-    agent reads what is in the socket buffer either way), so a busy agent never adds its latency
-    to a pod start. False when they could not be written (no agent, or its backlog full past
-    `timeout`).
+    Never waits: the socket is non-blocking, so a connect the agent's backlog cannot take, or a
+    write its buffer cannot take whole, drops the report there and then; the answers are never
+    read (the agent handles what it received either way). True when the whole report was
+    written. The caller bounds its size (`send_report`: `MAX_REPORT`).
     """
-    if not requests or not os.path.exists(socket_path):
+    if not requests:
         return False
     payload = b"".join(
         _request(path, body, last=i == len(requests) - 1) for i, (path, body) in enumerate(requests)
     )
-    import socket  # only a call that reports to an agent pays for it
+    import _socket  # not `socket` (enum, selectors): only a call that reports pays, and little
 
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(socket_path)
-            sock.sendall(payload)
+        sock = _socket.socket(_socket.AF_UNIX,
+                              _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC)
     except OSError:
         return False
-    return True
+    try:
+        sock.connect(socket_path)
+        return sock.send(payload) == len(payload)
+    except OSError:  # no agent, a full backlog (EAGAIN), a full buffer
+        return False
+    finally:
+        sock.close()
 
 
 class AddOutcome(StrEnum):
@@ -238,9 +256,122 @@ def send_report(socket_path: str, event: dict | None = None) -> bool:
     call's lines are handled before its event.
     """
     requests: list[tuple[str, bytes]] = []
-    if _buffer.lines:
-        requests.append(("/log", json.dumps(_buffer.lines).encode()))
-        _buffer.lines = []
+    room = MAX_REPORT - 1024  # the headers, and the event (a few hundred bytes)
     if event is not None:
         requests.append(("/event", json.dumps(event).encode()))
+        room -= len(requests[0][1])
+    lines, _buffer.lines = _buffer.lines, []
+    sizes = [len(json.dumps(line)) + 2 for line in lines]
+    total, first = sum(sizes) + 2, 0
+    while first < len(lines) and total > room:  # the oldest lines give way to the last ones
+        total -= sizes[first]
+        first += 1
+    lines = lines[first:]
+    if lines:
+        requests.insert(0, ("/log", json.dumps(lines).encode()))
     return post_to_agent(socket_path, requests)
+
+
+class _Router(logging.Handler):
+    """On the plugin's loggers (`istio-cni`, `cni`) in the agent, which then do not propagate: a
+    record of a thread serving a call goes to that call's `ServedCallLog`; any other record goes
+    on to the root logger's handlers, as propagation would have taken it (but to none that sits
+    on those loggers too and so had it already: pytest puts its capture there)."""
+
+    def __init__(self, loggers: list[logging.Logger]) -> None:
+        super().__init__()
+        self.loggers = loggers
+        self.calls: dict[int, list[logging.LogRecord]] = {}
+
+    def handle(self, record: logging.LogRecord) -> bool:  # no handler lock: nothing shared
+        captured = self.calls.get(record.thread or 0)
+        if captured is not None:
+            captured.append(record)
+            return True
+        had_it = {handler for logger in self.loggers for handler in logger.handlers}
+        for handler in logging.getLogger().handlers:
+            if handler not in had_it and record.levelno >= handler.level:
+                handler.handle(record)
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does it
+        self.handle(record)
+
+
+_router: _Router | None = None
+_router_lock = threading.Lock()  # `logging` imports threading: no cost here
+_RAW = logging.Formatter("%(message)s")
+
+
+def _installed_router() -> _Router:
+    """The one router of this process, installed by the first served call (under a lock: two
+    first calls at once must not install two, or every line would come twice)."""
+    global _router
+    if _router is None:
+        with _router_lock:
+            if _router is None:
+                loggers = [logging.getLogger("istio-cni"), logging.getLogger("cni")]
+                router = _Router(loggers)
+                for logger in loggers:
+                    logger.addHandler(router)
+                    logger.propagate = False
+                _router = router
+    return _router
+
+
+class ServedCallLog:
+    """The log of one call the agent serves for a thin client, on the thread serving it.
+
+    Inside the `with` block, what the plugin's code logs on this thread (`istio-cni`, `cni.*`)
+    is kept here instead of reaching the agent's log directly; `lines()` then gives the JSON
+    lines the in-process plugin would have written, the same records with the same fields (pod,
+    container id, netns), for the same three places: the plugin's stderr, the run dir's log file
+    (`append_lines`) and the agent's log via `cni-plugin`. The agent writes them after it has
+    answered, so no line is on the pod's critical path. Lines below the agent's own level for
+    these loggers are not made at all (run the agent at debug to see a call's debug lines).
+    """
+
+    def __init__(self, fd_path: str = "", shown: str = "") -> None:
+        """`fd_path` (`/proc/self/fd/N`, how the agent enters the netns it was handed) is shown
+        as `shown` (the runtime's CNI_NETNS) in every line, as the in-process plugin names it."""
+        self.records: list[logging.LogRecord] = []
+        self.fd_path, self.shown = fd_path, shown
+        self._thread = 0
+
+    def __enter__(self) -> ServedCallLog:
+        self._thread = threading.get_ident()
+        _installed_router().calls[self._thread] = self.records
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _installed_router().calls.pop(self._thread, None)
+
+    def lines(self, level: str) -> list[str]:
+        """The JSON lines at or above the call's `level` (its plugin_log_level)."""
+        threshold = level_number(level)
+        formatter = JsonFormatter()
+        shown = json.dumps(self.shown, ensure_ascii=False)[1:-1]
+        out = []
+        for record in self.records:
+            if record.levelno >= threshold:
+                line = formatter.format(record)
+                out.append(line.replace(self.fd_path, shown) if self.fd_path else line)
+        return out
+
+
+def append_lines(run_dir: str, lines: list[str]) -> None:
+    """Add a served call's lines to `<run dir>/istio-cni.log`, as the in-process call would
+    have (the same checks: no link followed, nothing but a regular file, rotated at 10 MB);
+    nothing when the run dir does not exist. Best effort, like any log write."""
+    if not lines or not os.path.isdir(run_dir):
+        return
+    try:
+        handler = RotatingLogFile(os.path.join(run_dir, LOG_FILE_NAME))
+    except OSError:
+        return
+    try:
+        handler.setFormatter(_RAW)
+        for line in lines:
+            handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+    finally:
+        handler.close()

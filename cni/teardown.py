@@ -6,19 +6,17 @@ entry point answers them without importing the plugin's stages (or `logging`): t
 DEL at least once per pod, and GC on every garbage collection.
 """
 
-from __future__ import annotations
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cni.protocol import CmdArgs
 
 
-def delete(args: CmdArgs) -> None:
+def delete(args: "CmdArgs") -> None:
     """Nothing to undo: the rules live and die with the pod netns. Never needs the API."""
     return None
 
 
-def gc(args: CmdArgs) -> None:
+def gc(args: "CmdArgs") -> None:
     """No per-attachment state outside the pod netns, so nothing to collect."""
     return None
 

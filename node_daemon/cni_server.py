@@ -1,22 +1,34 @@
 """The agent's side of an agent-served ADD or CHECK: `<run dir>/cni.sock`.
 
-The plugin (`cni.agent_client`) sends the call and the pod's netns as an open descriptor; this
-server runs the very same `cni.plugin.Plugin` on it, in a thread, with two differences only: the
-pod comes from the agent's watch cache when the cached pod is proven to be the one the runtime
-names (its UID is the runtime's K8S_POD_UID, and the watch is current; else one GET), and the
-netns is the descriptor received (`/proc/self/fd/N`), never a path from the request.
-The answer is the outcome, or the CNI error (code, msg, details) the plugin then returns as its
-own; the ADD's event goes straight into the agent's metrics.
+The plugin is a thin client (`cni.agent_client`): it sends the call as it received it (the
+`CNI_*` environment and stdin, verbatim, framed by `cni.wire`) and the pod's netns as an open
+descriptor, and writes back what this server answers: stdout, stderr and the exit status. So
+everything the in-process plugin does happens here, with the very same code: `cni.protocol`
+validates the environment and the config (same errors), `cni.plugin.Plugin` decides (the agent's
+own pods and excluded namespaces too) and programs, with two differences only: the pod comes
+from the agent's watch cache when the cached pod is proven to be the one the runtime names (its
+UID is the runtime's K8S_POD_UID, and the watch is current; else one GET: `PodCacheSource`),
+and the netns is the descriptor received (entered as `/proc/self/fd/N`, shown everywhere as the
+runtime's CNI_NETNS), never a path from the request.
+
+Logged like the in-process call (`cni.plugin_log.ServedCallLog`): the call's lines, with the pod,
+go back to the plugin as its stderr, into the run dir's `istio-cni.log`, and into this agent's
+log through `cni-plugin` (as a `log.sock` report would), the last two after the answer is sent:
+nothing from logging is on the pod's critical path. The ADD's event goes into the metrics just
+before the answer (counters only), so whoever has the answer sees it counted.
 
 The server defers ("fallback": the plugin does the call itself, with its own retries) whenever it
-cannot answer as the in-process path would: the agent is not ready, or the pod is neither cached
-nor found by one GET (it may not be visible yet; the plugin's lookup retries for that).
+cannot answer as the in-process path would: the agent is not ready, the pod is neither cached
+nor found by one GET (it may not be visible yet; the plugin's lookup retries for that), or
+serving it failed for a reason of the agent's own.
 
 Who may ask: only root (`SO_PEERCRED`), over a socket that is 0600 in a 0700 run dir. What is
-trusted: nothing in the request is a path the agent opens; the descriptor must be a network
-namespace, and never the agent's own (which, with hostNetwork, is the host's). Bounded: one
-request of at most `MAX_REQUEST` bytes within `REQUEST_DEADLINE` seconds per connection, at most
-`MAX_CONNECTIONS` served at once (one more is closed at accept, and its plugin falls back).
+trusted: nothing in the request is a path the agent opens; the descriptor must pass
+`cni.netns_check.check_netns_fd` (a network namespace) and never be the agent's own (which, with
+hostNetwork, is the host's): the thin client already refused anything the in-process path would
+(`cni.netns_check.open_netns`), so this only stops a client that is not our plugin. Bounded: one
+request of at most `wire.MAX_REQUEST` bytes within `REQUEST_DEADLINE` seconds per connection, at
+most `MAX_CONNECTIONS` served at once (one more is closed at accept, and its plugin falls back).
 """
 
 from __future__ import annotations
@@ -32,11 +44,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cni import agent_client, netns
-from cni.errors import CNIError
-from cni.plugin import Plugin
-from cni.protocol import parse_request
+from cni import netns_check, plugin_log, wire
+from cni.errors import CNIError, InvalidNetNS
+from cni.plugin import Plugin, run_call
 from node_daemon.httpserve import KeptUnixServer
+from node_daemon.logsink import handle_log
 from node_daemon.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -98,66 +110,95 @@ class PodCacheSource:
             self.metrics.served_cache_misses.labels(reason=reason).inc()
 
 
+class Served:
+    """One answered call: the frame to send, then what to log and count once it is sent."""
+
+    __slots__ = ("frame", "result", "lines", "run_dir", "event")
+
+    def __init__(self, frame: bytes, result: str, lines: list[str] | None = None,
+                 run_dir: str = "", event: dict[str, Any] | None = None) -> None:
+        self.frame, self.result, self.lines = frame, result, lines or []
+        self.run_dir, self.event = run_dir, event
+
+
 class CniService:
-    """One served call: the request and its netns descriptor in, the answer out."""
+    """One served call: the thin client's environment, stdin and netns descriptor in, the
+    plugin's stdout, stderr and exit status out (or "fallback")."""
 
     def __init__(self, metrics: Metrics, ready: Callable[[], tuple[bool, str]],
                  cached: Callable[[str], dict[str, Any] | None] | None = None,
                  api: Any = None) -> None:
         self.metrics, self.ready, self.cached, self.api = metrics, ready, cached, api
-        self._own_netns = os.stat("/proc/self/ns/net")
 
-    def answer(self, request: Any, fd: int) -> dict[str, Any]:
-        if not isinstance(request, dict) or request.get("command") not in SERVED_COMMANDS:
-            return {"result": "fallback", "reason": "not an ADD or CHECK request"}
+    def answer(self, environ: dict[bytes, bytes], stdin: bytes, fd: int) -> Served:
+        env = {wire.text(name): wire.text(value) for name, value in environ.items()}
+        command = env.get("CNI_COMMAND", "")
+        if command not in SERVED_COMMANDS:
+            return Served(wire.fallback("not an ADD or CHECK request"), "fallback")
         ok, why = self.ready()
         if not ok:
-            return {"result": "fallback", "reason": f"agent not ready: {why}"}
-        shown = str(request.get("netns", ""))[:4096]
+            return Served(wire.fallback(f"agent not ready: {why}"), "fallback")
+        shown = env.get("CNI_NETNS", "")[:4096]
+        uid = _cni_arg(env.get("CNI_ARGS", ""), "K8S_POD_UID")
+        source = PodCacheSource(self.cached, self.api, uid, self.metrics)
+        plugin = Plugin(pod_source_factory=lambda conf: source, own_logging=False, netns_fd=fd)
+        handlers = _ServedHandlers(plugin, fd, shown)
+        fd_path = f"/proc/self/fd/{fd}"
         try:
-            self._check_fd(fd, shown)
-            env = {
-                "CNI_COMMAND": request["command"],
-                "CNI_CONTAINERID": str(request.get("containerID", "")),
-                "CNI_NETNS": f"/proc/self/fd/{fd}",
-                "CNI_IFNAME": str(request.get("ifname", "")),
-                "CNI_ARGS": str(request.get("args", "")),
-                "CNI_PATH": str(request.get("path", "")),
-            }
-            args = parse_request(env, json.dumps(request.get("conf")).encode())
-            uid = _cni_arg(args.args, "K8S_POD_UID")
-            source = PodCacheSource(self.cached, self.api, uid, self.metrics)
-            plugin = Plugin(pod_source_factory=lambda conf: source, via_agent=False,
-                            own_logging=False)
-            try:
-                if args.command == "ADD":
-                    plugin.add(args)
-                else:
-                    plugin.check(args)
-            finally:
-                if plugin.event is not None:
-                    self.metrics.plugin_add(plugin.event["outcome"], plugin.event["phases"])
+            with plugin_log.ServedCallLog(fd_path, shown) as call_log:
+                out, _, status = run_call(env, stdin, handlers, reraise=(Exception,))
         except Defer as exc:
-            log.debug("deferring %s of %s to the plugin: %s", request.get("command"), shown, exc)
-            return {"result": "fallback", "reason": str(exc)}
-        except CNIError as exc:
-            fd_path = f"/proc/self/fd/{fd}"
-            return {"result": "error", "code": exc.code, "msg": exc.msg.replace(fd_path, shown),
-                    "details": exc.details.replace(fd_path, shown)}
+            log.debug("deferring %s of %s to the plugin: %s", command, shown, exc)
+            return Served(wire.fallback(str(exc)), "fallback")
         except Exception as exc:  # noqa: BLE001 - an agent bug must not fail a pod: defer
-            log.error("serving %s of %s failed, deferring to the plugin: %r",
-                      request.get("command"), shown, exc)
-            return {"result": "fallback", "reason": f"agent error: {type(exc).__name__}"}
-        event = plugin.event or {}
-        return {"result": "ok", "outcome": event.get("outcome", "checked"),
-                "reason": event.get("reason", "")}
+            log.error("serving %s of %s failed, deferring to the plugin: %r", command, shown, exc)
+            return Served(wire.fallback(f"agent error: {type(exc).__name__}"), "fallback")
+        lines = call_log.lines(plugin.log_level)
+        stderr = "".join(f"{line}\n" for line in lines).encode()
+        return Served(wire.answered(status, out, stderr), "ok" if status == 0 else "error",
+                      lines, plugin.run_dir, plugin.event)
 
-    def _check_fd(self, fd: int, shown: str) -> None:
-        netns.check_netns_fd(fd, f"netns of {shown or 'the request'}")
-        info = os.fstat(fd)
-        if (info.st_dev, info.st_ino) == (self._own_netns.st_dev, self._own_netns.st_ino):
-            raise netns.InvalidNetNS(
-                f"netns of {shown or 'the request'} is the agent's own (the host's): refused")
+    def count(self, served: Served, command: str) -> None:
+        """Before the answer (a few counter increments): the call in the served counter, its
+        ADD event in the plugin's ADD metrics, so a caller that has its answer sees both."""
+        self.metrics.served.labels(command=command if command in SERVED_COMMANDS else "other",
+                                   result=served.result).inc()
+        if served.event is not None:
+            self.metrics.plugin_add(served.event["outcome"], served.event["phases"])
+
+    def log(self, served: Served) -> None:
+        """After the answer: the call's lines into the run dir's plugin log and this agent's
+        log (as a `log.sock` report would put them)."""
+        if served.lines:
+            plugin_log.append_lines(served.run_dir, served.lines)
+            handle_log(json.dumps(served.lines).encode(), self.metrics)
+
+
+class _ServedHandlers:
+    """The plugin's ADD and CHECK on a handed-over netns: the descriptor is checked first, and
+    a CNI error names the netns as the runtime did (CNI_NETNS), not as the agent enters it."""
+
+    def __init__(self, plugin: Plugin, fd: int, shown: str) -> None:
+        self.plugin, self.fd, self.shown = plugin, fd, shown
+        self.fd_path = f"/proc/self/fd/{fd}"
+
+    def add(self, args: Any) -> dict[str, Any]:
+        return self._run(self.plugin.add, args)
+
+    def check(self, args: Any) -> None:
+        return self._run(self.plugin.check, args)
+
+    def _run(self, handler: Callable[[Any], Any], args: Any) -> Any:
+        try:
+            what = f"netns of {self.shown or 'the request'}"
+            netns_check.check_netns_fd(self.fd, what)
+            if netns_check.is_own_netns(self.fd):
+                raise InvalidNetNS(f"{what} is the agent's own (the host's): refused")
+            return handler(args)
+        except CNIError as exc:
+            exc.msg = exc.msg.replace(self.fd_path, self.shown)
+            exc.details = exc.details.replace(self.fd_path, self.shown)
+            raise
 
 
 def _cni_arg(raw: str, key: str) -> str:
@@ -189,19 +230,19 @@ class _Handler(socketserver.BaseRequestHandler):
             uid = _peer_uid(sock)
             if uid != 0:
                 log.warning("refused a request on the plugin socket from uid %d", uid)
-                _send(sock, {"result": "fallback", "reason": "only root may use this socket"})
+                _send(sock, wire.fallback("only root may use this socket"))
                 return
-            request, fds = _receive(sock, time.monotonic() + REQUEST_DEADLINE)
+            body, fds = _receive(sock, time.monotonic() + REQUEST_DEADLINE)
+            if body is None:
+                return
+            environ, stdin = wire.parse_request(body)
             if len(fds) != 1:
-                _send(sock, {"result": "error", "code": 8,
-                             "msg": f"expected one netns descriptor, got {len(fds)}"})
+                _send(sock, wire.fallback(f"expected one netns descriptor, got {len(fds)}"))
                 return
-            answer = self.service.answer(request, fds[0])
-            command = request.get("command") if isinstance(request, dict) else None
-            self.service.metrics.served.labels(
-                command=command if command in SERVED_COMMANDS else "other",
-                result=answer["result"]).inc()
-            _send(sock, answer)
+            served = self.service.answer(environ, stdin, fds[0])
+            self.service.count(served, wire.text(environ.get(b"CNI_COMMAND", b"")))
+            _send(sock, served.frame)
+            self.service.log(served)
         except (OSError, ValueError) as exc:
             log.debug("plugin connection ended early: %s", exc)
         finally:
@@ -214,32 +255,43 @@ def _peer_uid(sock: socket.socket) -> int:
     return struct.unpack("3i", creds)[1]
 
 
-def _receive(sock: socket.socket, deadline: float) -> tuple[Any, list[int]]:
-    """The request frame and the descriptors that came with it (the caller closes them)."""
+_OLD_FALLBACK = json.dumps({"result": "fallback",
+                            "reason": "plugin and agent speak different protocols"}).encode()
+
+
+def _receive(sock: socket.socket, deadline: float) -> tuple[bytes | None, list[int]]:
+    """The request body and the descriptors that came with it (the caller closes them); None
+    for a plugin of the earlier (JSON) protocol, which is told to fall back in its own
+    framing."""
     sock.settimeout(max(deadline - time.monotonic(), 0.001))
     data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 4)
     try:
-        if len(data) < 4:
-            data += _more(sock, 4 - len(data), deadline)
-        (length,) = struct.unpack(">I", data[:4])
-        if length > agent_client.MAX_REQUEST:
-            raise ValueError(f"request of {length} bytes is over the limit")
-        body = data[4:]
+        if len(data) < wire.HEADER_SIZE:
+            data += agent_read(sock, wire.HEADER_SIZE - len(data), deadline)
+        if data[:4] != wire.REQUEST_MAGIC and data[4:5] == b"{":
+            sock.sendall(struct.pack(">I", len(_OLD_FALLBACK)) + _OLD_FALLBACK)
+            for fd in fds:
+                os.close(fd)
+            return None, []
+        length = wire.body_length(data[:wire.HEADER_SIZE], wire.REQUEST_MAGIC, wire.MAX_REQUEST)
+        body = data[wire.HEADER_SIZE:]
         if len(body) < length:
-            body += _more(sock, length - len(body), deadline)
-        return json.loads(body[:length]), list(fds)
+            body += agent_read(sock, length - len(body), deadline)
+        return body[:length], list(fds)
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
 
 
-def _more(sock: socket.socket, count: int, deadline: float) -> bytes:
-    return agent_client.read_exactly(sock, count, deadline)
+def agent_read(sock: socket.socket, count: int, deadline: float) -> bytes:
+    from cni.agent_client import read_exactly
+
+    return read_exactly(sock, count, deadline)
 
 
-def _send(sock: socket.socket, answer: dict[str, Any]) -> None:
+def _send(sock: socket.socket, frame: bytes) -> None:
     try:
-        sock.sendall(agent_client.frame(answer))
+        sock.sendall(frame)
     except OSError as exc:
         log.debug("plugin gone before its answer: %s", exc)

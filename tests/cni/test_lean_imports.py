@@ -5,9 +5,12 @@ Each check runs in a fresh interpreter, the way the runtime starts the plugin.
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +124,88 @@ def test_a_redirected_pod_loads_only_its_own_modes_modules(netns, native_nftable
         assert "cni.backends.nftables" in nftables and not iptables - {"cni.rules"}
     else:
         assert "cni.backends.restore" in iptables and not nftables
+
+
+# --- the thin client: what a served call and a DEL load, exactly -------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENTRY_PROBE = r"""
+import posix, sys
+sys.path.insert(0, sys.argv[1])
+out, before, real_exit = int(sys.argv[2]), set(sys.modules), posix._exit
+def _exit(status):
+    posix.write(out, repr(sorted(set(sys.modules) - before)).encode())
+    real_exit(status)
+posix._exit = _exit
+from cni.__main__ import main
+main()
+"""
+THIN_CLIENT = {
+    "cni", "cni.__main__", "cni.wire", "cni.agent_client", "cni.netns_check", "cni.jsonread",
+    "_json", "_socket", "fcntl", "_stat",
+}
+"""Everything a served ADD or CHECK imports beyond what the interpreter starts with: the
+package's thin client and three small extensions. Not os, socket, json, re, logging, struct,
+collections, typing, dataclasses, enum: the agent does all of that work."""
+TEARDOWN = {
+    "cni", "cni.__main__", "cni.wire", "cni.protocol", "cni.errors", "cni.versions",
+    "cni.jsonread", "_json", "cni.teardown",
+}
+"""Everything a DEL imports beyond the interpreter's start: the protocol's validation."""
+
+
+def run_entry(env: dict[str, str], conf: dict) -> tuple[int, str, set[str]]:
+    """The plugin's entry point in a fresh `python -I -S` (the way the frozen binary starts:
+    no site): its exit status, stdout, and the modules it loaded."""
+    read, write = os.pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-I", "-S", "-c", ENTRY_PROBE, REPO, str(write)],
+                              input=json.dumps(conf), env=env, capture_output=True, text=True,
+                              timeout=60, pass_fds=(write,), check=False)
+    finally:
+        os.close(write)
+    with os.fdopen(read) as f:
+        loaded = set(ast.literal_eval(f.read()))
+    return proc.returncode, proc.stdout, loaded
+
+
+@pytest.fixture
+def serving_agent(tmp_path: Path):  # noqa: ANN201
+    """The node agent's cni.sock server, in this process, with one cached plain pod."""
+    from node_daemon.cni_server import CniServer, CniService
+    from node_daemon.metrics import Metrics
+
+    pods = {"shop/app-1": {"metadata": {"name": "app-1", "namespace": "shop"},
+                           "spec": {"containers": [{"name": "app"}]}}}
+    service = CniService(Metrics(), lambda: (True, ""), pods.get, None)
+    server = CniServer(tmp_path / "run" / "cni.sock", service)
+    try:
+        yield tmp_path / "run", service.metrics
+    finally:
+        server.stop()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("command, pod", [("ADD", "kube-system/coredns-1"), ("ADD", "shop/app-1"),
+                                          ("CHECK", "shop/app-1")])
+def test_a_served_call_loads_only_the_thin_client(serving_agent, netns, command: str,  # noqa: ANN001
+                                                  pod: str) -> None:
+    run_dir, metrics = serving_agent
+    ns, name = pod.split("/")
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": netns.path,
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
+           "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"}
+    conf = {"cniVersion": "1.0.0", "name": "net", "type": "istio-cni",
+            "exclude_namespaces": ["kube-system"], "cni_agent_run_dir": str(run_dir)}
+    status, out, loaded = run_entry(env, conf)
+    assert status == 0, out
+    assert metrics.value("istio_cni_agent_served_total", command=command, result="ok") == 1
+    assert loaded == THIN_CLIENT
+
+
+def test_del_loads_only_the_protocol() -> None:
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/opt/cni/bin"}
+    status, out, loaded = run_entry(env, {"cniVersion": "1.0.0", "name": "net"})
+    assert (status, out) == (0, "")
+    assert loaded == TEARDOWN

@@ -5,23 +5,27 @@ real server and watch cache against the API stand-in."""
 
 from __future__ import annotations
 
-import array
 import json
+import logging
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from cni import agent_client
+from cni import agent_client, wire
+from node_daemon.logsink import LogSink
+from node_daemon.metrics import Metrics
 from testbed.agent import ServingAgent, serve_plugin_calls
 from testbed.kubeapi import KubeApiServer, kubernetes_api_client
 from testbed.netns import create_netns
 from testbed.node import Node, assert_app_traffic_redirected, istio_lines, saved_rules
 from testbed.pods import workload
+from testbed.wait import wait_for
 from tests.e2e.conftest import AGENT_SERVES
 
 pytestmark = [pytest.mark.root, pytest.mark.skipif(
@@ -253,14 +257,10 @@ def _ask_as(uid: int, path: Path, fd: int) -> dict:
             os.setgroups([])
             os.setgid(uid)
             os.setuid(uid)
-            with socket.socket(socket.AF_UNIX) as sock:
-                sock.settimeout(20)
-                sock.connect(f"/proc/self/fd/{parent}/{path.name}")
-                body = agent_client.frame({"command": "ADD"})
-                sock.sendmsg([body], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                       array.array("i", [fd]).tobytes())])
-                answer = agent_client.read_frame(sock, time.monotonic() + 20, 1 << 20)
-            os.write(write, json.dumps(answer).encode())
+            answer = agent_client.call(f"/proc/self/fd/{parent}/{path.name}",
+                                       wire.request({b"CNI_COMMAND": b"ADD"}, b"{}"), fd, 20)
+            os.write(write, json.dumps([type(answer).__name__, getattr(answer, "reason", "")])
+                     .encode())
             status = 0
         finally:
             os._exit(status)
@@ -283,15 +283,17 @@ def test_a_non_root_peer_is_refused(node: Node, kube_api):
         answer = _ask_as(65534, node.run_dir / "cni.sock", fd)
     finally:
         os.close(fd)
-    assert answer == {"result": "fallback", "reason": "only root may use this socket"}
+    assert answer == ["Fallback", "node agent deferred: only root may use this socket"]
     assert agent.served("ADD", "ok") == 0 and istio_lines(pod_ns.name) == []
 
 
-def _ask(path: Path, fd: int) -> dict | None:
-    request = {"command": "ADD", "containerID": "c1", "netns": "/what/the/runtime/said",
-               "ifname": "eth0", "args": "", "path": "/opt/cni/bin",
-               "conf": {"cniVersion": "1.0.0", "name": "n", "type": "istio-cni"}}
-    return agent_client.call_agent(str(path), request, fd, 20)
+def _ask(path: Path, fd: int) -> agent_client.Answer | agent_client.Fallback:
+    """A request as a thin client would send it, but with any descriptor (`fd`) beside it."""
+    env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": b"c1",
+           b"CNI_NETNS": b"/what/the/runtime/said", b"CNI_IFNAME": b"eth0",
+           b"CNI_ARGS": b"K8S_POD_NAMESPACE=default;K8S_POD_NAME=p", b"CNI_PATH": b"/opt/cni/bin"}
+    conf = {"cniVersion": "1.0.0", "name": "n", "type": "istio-cni"}
+    return agent_client.call(str(path), wire.request(env, json.dumps(conf).encode()), fd, 20)
 
 
 def test_a_descriptor_that_is_not_a_pod_netns_is_refused(node: Node, kube_api, tmp_path):
@@ -308,9 +310,10 @@ def test_a_descriptor_that_is_not_a_pod_netns_is_refused(node: Node, kube_api, t
             answer = _ask(sock, fd)
         finally:
             os.close(fd)
-        assert answer is not None and answer["result"] == "error", answer
-        assert answer["code"] == 8 and what in answer["msg"], answer
-        assert "/what/the/runtime/said" in answer["msg"]
+        assert isinstance(answer, agent_client.Answer), answer.reason
+        error = json.loads(answer.stdout)
+        assert answer.status == 1 and error["code"] == 8 and what in error["msg"], error
+        assert "/what/the/runtime/said" in error["msg"]
 
 
 def test_fifty_concurrent_adds_through_the_agent_are_all_redirected(node: Node, kube_api):
@@ -334,3 +337,74 @@ def test_fifty_concurrent_adds_through_the_agent_are_all_redirected(node: Node, 
     for ns in netns:
         assert any("-A OUTPUT -j ISTIO_OUTPUT" in ln for ln in istio_lines(ns))
     assert agent.served("ADD", "ok") == 50
+
+
+# --- a served call is logged like an in-process one ------------------------------------------
+
+def _redirected(lines: list[str]) -> list[dict]:
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    return [e for e in entries if e.get("msg", "").startswith("redirected: ")]
+
+
+def test_a_served_add_is_logged_like_the_in_process_one(node: Node, kube_api, caplog):
+    """The same line with the same fields (pod, container id, netns), in the same three places,
+    whichever path served the ADD: the plugin's stderr, the run dir's istio-cni.log and the
+    agent's own log (`cni-plugin`, where the in-process call's report to log.sock lands)."""
+    caplog.set_level(logging.INFO)  # the agent's default level
+    sink = LogSink(node.run_dir / "log.sock", Metrics())
+    node.cleanup.add("stop the log sink", sink.stop)
+    agent = serving(node, kube_api)
+    pod = node.api.add_pod(workload("meshed-pod"))
+    served_ns, alone_ns = node.new_pod_netns(), node.new_pod_netns()
+    served = node.add(served_ns, pod)
+    node.istio_entry()["agent_serve"] = False
+    alone = node.add(alone_ns, pod)
+    assert [c.status for c in served + alone] == [0, 0, 0, 0]
+    assert agent.served("ADD", "ok") == 1
+    name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+    fields = {ns: {"pod": name, "container_id": f"c-{ns}", "netns": f"/var/run/netns/{ns}"}
+              for ns in (served_ns, alone_ns)}
+
+    def same_line(entries: list[dict], ns: str) -> dict:
+        assert len(entries) == 1, entries
+        assert {k: entries[0].get(k) for k in ("pod", "container_id", "netns")} == fields[ns]
+        return {k: v for k, v in entries[0].items() if k not in ("time", *fields[ns])}
+
+    stderr = {ns: same_line(_redirected(call[-1].stderr.splitlines()), ns)
+              for ns, call in ((served_ns, served), (alone_ns, alone))}
+    assert stderr[served_ns] == stderr[alone_ns]
+    assert stderr[served_ns]["msg"] == "redirected: sidecar injected; redirecting (applied)"
+    logged = (node.run_dir / "istio-cni.log").read_text().splitlines()
+    for ns in (served_ns, alone_ns):
+        same_line([e for e in _redirected(logged) if e.get("netns", "").endswith(ns)], ns)
+
+    def agent_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.name == "cni-plugin" and r.getMessage().startswith("redirected: ")]
+
+    wait_for(lambda: len(agent_lines()) == 2, 20, "both calls' lines in the agent's log")
+    assert sorted(agent_lines()) == sorted(
+        f"redirected: sidecar injected; redirecting (applied) pod={name} "
+        f"container_id=c-{ns} netns=/var/run/netns/{ns}" for ns in (served_ns, alone_ns))
+
+
+def test_a_plugin_of_the_earlier_protocol_is_told_to_fall_back(node: Node, kube_api):
+    """A rolling upgrade: a plugin that still frames its request as a length and a JSON object
+    gets "fallback" in that framing (and does the ADD itself), never a hang or a closed socket."""
+    agent = serving(node, kube_api)
+    pod_ns = create_netns(node.cleanup, "icni-e2e-old")
+    body = json.dumps({"command": "ADD", "netns": pod_ns.path}).encode()
+    fd = os.open(pod_ns.path, os.O_RDONLY)
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(str(node.run_dir / "cni.sock"))
+            sock.sendmsg([len(body).to_bytes(4, "big") + body],
+                         [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
+            length = int.from_bytes(agent_client.read_exactly(sock, 4, time.monotonic() + 20),
+                                    "big")
+            answer = json.loads(agent_client.read_exactly(sock, length, time.monotonic() + 20))
+    finally:
+        os.close(fd)
+    assert answer["result"] == "fallback", answer
+    assert agent.served("ADD", "ok") == 0 and istio_lines(pod_ns.name) == []

@@ -139,13 +139,13 @@ def getattr_(self, name):
     return op
 
 IPRoute.__getattr__ = getattr_
-import os
-_real_exit = os._exit
-def _exit(status):  # the plugin ends with os._exit: report the count on the way out
+import posix
+_real_exit = posix._exit
+def _exit(status):  # the plugin ends with posix._exit: report the count on the way out
     sys.stderr.write(f"\nICNI-OPS={count[0]}\n")
     sys.stderr.flush()
     _real_exit(status)
-os._exit = _exit
+posix._exit = _exit
 from cni.__main__ import main
 main()
 """

@@ -22,7 +22,7 @@ from testbed.wait import wait_for
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
     conn.request("GET", path)
     resp = conn.getresponse()
     body = resp.read().decode()
@@ -38,7 +38,7 @@ def test_plugin_log_lines_are_reemitted_with_their_level(tmp_path, caplog):
                  json.dumps({"level": "debug", "msg": "payload"}), "not json"]
         with caplog.at_level(logging.DEBUG, logger="cni-plugin"):
             assert post_to_agent(str(tmp_path / "log.sock"),
-                                 [("/log", json.dumps(lines).encode())], timeout=5)
+                                 [("/log", json.dumps(lines).encode())])
             wait_for(lambda: metrics.value("istio_cni_plugin_log_lines_total") == 3)
         recs = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "cni-plugin"]
         assert (logging.WARNING, "no rules pod=shop/a") in recs
@@ -54,10 +54,9 @@ def test_add_events_become_outcome_counters_and_phase_histograms(tmp_path):
     try:
         event = {"pod": "shop/a", "outcome": "redirected", "reason": "sidecar injected",
                  "phases": {"lookup": 0.004, "rules": 0.001, "apply": 0.003, "total": 0.009}}
-        assert post_to_agent(str(tmp_path / "log.sock"), [("/event", json.dumps(event).encode())],
-                             timeout=5)
-        assert post_to_agent(str(tmp_path / "log.sock"), [("/event", b'{"outcome": "nope"}')],
-                             timeout=5)  # answered 400, counted nowhere
+        assert post_to_agent(str(tmp_path / "log.sock"), [("/event", json.dumps(event).encode())])
+        # answered 400, counted nowhere
+        assert post_to_agent(str(tmp_path / "log.sock"), [("/event", b'{"outcome": "nope"}')])
         wait_for(lambda: metrics.value("istio_cni_plugin_add_total", outcome="redirected"))
         assert metrics.value("istio_cni_plugin_add_duration_seconds_count", phase="total") == 1
         assert metrics.value("istio_cni_plugin_add_duration_seconds_bucket", phase="apply",
@@ -76,7 +75,7 @@ def test_a_stuck_plugin_connection_does_not_block_others(tmp_path):
     try:
         stuck.connect(str(tmp_path / "log.sock"))
         stuck.sendall(b"POST /log HTTP/1.1\r\nContent-Length: 100\r\n\r\n[")  # never finishes
-        assert post_to_agent(str(tmp_path / "log.sock"), [("/log", b'["{}"]')], timeout=5)
+        assert post_to_agent(str(tmp_path / "log.sock"), [("/log", b'["{}"]')])
     finally:
         stuck.close()
         sink.stop()
@@ -281,7 +280,7 @@ def test_the_log_socket_comes_back_after_the_run_dir_is_wiped(tmp_path):
         shutil.rmtree(run_dir)
         assert not sink.healthy()
         wait_for(sink.healthy, what="log.sock recreated")
-        assert post_to_agent(str(run_dir / "log.sock"), [("/log", b'["{}"]')], timeout=5)
+        assert post_to_agent(str(run_dir / "log.sock"), [("/log", b'["{}"]')])
         wait_for(lambda: metrics.value("istio_cni_plugin_log_lines_total") == 1)
         assert sink.rebinds == 1
     finally:
