@@ -120,6 +120,8 @@ class Agent:
 
     def __post_init__(self) -> None:
         self.metrics.export_installs(self._install_counts)
+        if not self.policy.namespace:
+            self.policy = replace(self.policy, namespace=self.cfg.namespace)
 
     def _install_counts(self) -> Mapping[str, float]:
         counts = self.installer.metrics.snapshot().get("installs")
@@ -354,13 +356,12 @@ class Agent:
         def left() -> float:
             return max(0.0, deadline - time.monotonic())
 
-        # the gate first: stopping the controller is no readiness loss to publish
+        # the gate first (the uninstall is no readiness loss for it to publish), then the
+        # uninstall, which is what the node depends on; the rest with what time is left
         if self.node_gate is not None:
-            self.node_gate.stop(timeout=min(2.0, left()))
+            self.node_gate.stop(timeout=min(0.5, left()))
         if self.plugin_token is not None:
             self.plugin_token.stop()
-        if self.controller is not None:
-            _bounded("stop the repair controller", self.controller.stop, min(2.0, left()))
         if self._install_attempted:
             try:
                 self.installer.uninstall(keep_plugin)
@@ -371,18 +372,29 @@ class Agent:
                 self.node_gate.publish_final(Readiness(
                     False, Reason.PLUGIN_UNINSTALLED, "istio-cni plugin uninstalled (agent "
                     "stopped)"), timeout=left())
-        for server in (self.health, self.cni_server, self.logsink, self.metrics_http):
-            if server is not None:
-                server.stop()
+        steps = [("stop the repair controller", self.controller.stop)] if self.controller else []
+        steps += [(f"stop {name}", server.stop) for name, server in (
+            ("the health server", self.health), ("cni.sock", self.cni_server),
+            ("log.sock", self.logsink), ("the metrics server", self.metrics_http))
+            if server is not None]
+        _bounded(steps, left())
 
 
-def _bounded(what: str, step: Callable[[], None], timeout: float) -> None:
-    """Run `step`, waiting for it at most `timeout` seconds (it goes on in the background)."""
-    thread = threading.Thread(target=step, name=what, daemon=True)
-    thread.start()
-    thread.join(max(0.0, timeout))
-    if thread.is_alive():
-        log.warning("shutdown: %s did not finish within %.1fs; going on", what, timeout)
+def _bounded(steps: list[tuple[str, Callable[[], None]]], timeout: float) -> None:
+    """Run `steps` side by side, waiting for them at most `timeout` seconds in all (a step
+    still running then goes on in the background, and is named)."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    threads = []
+    for what, step in steps:
+        thread = threading.Thread(target=step, name=what, daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    late = [t.name for t in threads if t.is_alive()]
+    if late:
+        log.warning("shutdown: %s did not finish within the grace period; exiting anyway",
+                    ", ".join(late))
 
 
 def run(cfg: DaemonConfig, installer: Installer, api: Any, stop: threading.Event,

@@ -204,6 +204,7 @@ class NodeGate:
         self.off = threading.Event()
         """Set when the gate turned itself off (no admission policy confines it)."""
         self._started = time.monotonic()
+        self._beat = False
         self.failures = 0
         """Consecutive failed syncs (0 after a success)."""
         self.synced: Readiness | None = None
@@ -307,9 +308,11 @@ class NodeGate:
                 and time.monotonic() - self._started < self.heartbeat) if kind else False
         if kind and not held:
             changed = condition_patch(node, kind, readiness, _now()) is not None
-            patch = condition_patch(node, kind, readiness, _now(), heartbeat)
+            # this agent's first write renews what an earlier agent left
+            patch = condition_patch(node, kind, readiness, _now(), heartbeat or not self._beat)
             if patch is not None:
                 self.api.patch_node_status(self.node_name, patch)
+                self._beat = True
                 (log.info if changed else log.debug)(
                     "node %s: condition %s=%s (%s: %s)", self.node_name, kind,
                     "True" if readiness.ready else "False", readiness.reason,

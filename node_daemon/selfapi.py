@@ -55,11 +55,18 @@ class IssuedToken:
 
 
 class SelfApi:
-    """`api_client` is a `kubernetes.client.ApiClient` (the agent's own credentials)."""
+    """`api_client` is a `kubernetes.client.ApiClient` (the agent's own credentials); calls go
+    through a client of their own with the same configuration and no retries, because urllib3
+    retries a timed-out GET three times, which would make each timeout four."""
 
     def __init__(self, api_client: Any) -> None:
+        import copy
+
         from kubernetes import client
 
+        configuration = copy.copy(api_client.configuration)
+        configuration.retries = False
+        api_client = client.ApiClient(configuration)
         self._core = client.CoreV1Api(api_client)
         self._apps = client.AppsV1Api(api_client)
         self._authz = client.AuthorizationV1Api(api_client)

@@ -148,10 +148,11 @@ class Decision:
 
 
 def decide(policy: ShutdownPolicy, api: DecisionApi | None, permissions: Permissions,
-           clock: Clock, stop_waiting: threading.Event | None = None) -> Decision:
+           clock: Clock, window: float = WITHDRAWAL_WINDOW) -> Decision:
     """Keep the plugin (a restart, an upgrade) or remove it (the install is going away, or the
-    API cannot say in time); logs the decision and its reason in one line."""
-    decision = _decide(policy, api, permissions, clock, stop_waiting or threading.Event())
+    API cannot say in time); logs the decision and its reason in one line. `window`: how
+    long grants are watched when the DaemonSet cannot be looked up."""
+    decision = _decide(policy, api, permissions, clock, threading.Event(), window)
     level = logging.WARNING if decision.reason.startswith("cannot tell") else logging.INFO
     log.log(level, "shutdown: %s the plugin: %s", "keeping" if decision.keep else "removing",
             decision.reason)
@@ -159,7 +160,7 @@ def decide(policy: ShutdownPolicy, api: DecisionApi | None, permissions: Permiss
 
 
 def _decide(policy: ShutdownPolicy, api: DecisionApi | None, permissions: Permissions,
-            clock: Clock, pause: threading.Event) -> Decision:
+            clock: Clock, pause: threading.Event, window: float) -> Decision:
     if policy.uninstall == "true":
         return Decision(False, "UNINSTALL_ON_SHUTDOWN=true")
     if policy.uninstall == "false":
@@ -192,7 +193,7 @@ def _decide(policy: ShutdownPolicy, api: DecisionApi | None, permissions: Permis
                                   "(a restart or an upgrade)")
         else:
             return Decision(False, f"cannot tell a restart from an uninstall in time ({last})")
-    return _watch_grants(permissions, api, clock, pause)
+    return _watch_grants(permissions, api, clock, pause, window)
 
 
 def _going_away(exc: ApiError, had_it: bool, what: str) -> Decision | None:
@@ -208,13 +209,13 @@ def _going_away(exc: ApiError, had_it: bool, what: str) -> Decision | None:
 
 
 def _watch_grants(permissions: Permissions, api: DecisionApi, clock: Clock,
-                  pause: threading.Event) -> Decision:
+                  pause: threading.Event, seconds: float) -> Decision:
     """No `get daemonsets`: keep unless a grant held at start goes within the window."""
     watched = permissions.granted
     if not watched:
         return Decision(False, "cannot tell a restart from an uninstall: this agent may not "
                                "get its DaemonSet and holds no grant to watch")
-    window = Clock(min(clock.deadline, clock.now() + WITHDRAWAL_WINDOW), clock.now)
+    window = Clock(min(clock.deadline, clock.now() + seconds), clock.now)
     answered = False  # the last complete round of reviews found every grant still held
     while window.left() > 0:
         round_ok: bool | None = True
@@ -239,4 +240,4 @@ def _watch_grants(permissions: Permissions, api: DecisionApi, clock: Clock,
         return Decision(False, "cannot tell a restart from an uninstall in time (no answer "
                                "about this agent's grants)")
     return Decision(True, f"no get daemonsets granted; every grant held at start ({len(watched)}"
-                          f") still held after {WITHDRAWAL_WINDOW:g}s: a restart or an upgrade")
+                          f") still held after {seconds:g}s: a restart or an upgrade")

@@ -114,7 +114,7 @@ def test_strict_validation_catches_a_misspelled_field() -> None:
 
 def test_everything_namespaced_is_in_istio_system() -> None:
     kinds = [d["kind"] for d in DOCS]
-    assert kinds == ["ConfigMap", "DaemonSet", "ServiceAccount", "ClusterRole",
+    assert kinds == ["ConfigMap", "DaemonSet", "ServiceAccount", "ServiceAccount", "ClusterRole",
                      "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding", "ClusterRole",
                      "ClusterRoleBinding", "Role", "RoleBinding"]
     for d in DOCS:

