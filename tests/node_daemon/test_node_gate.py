@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,7 @@ from node_daemon.agent import Agent
 from node_daemon.config import DaemonConfig, NodeGateConfig, RepairConfig
 from node_daemon.kubeapi import ApiError, NodeApi, PodApi
 from node_daemon.logsink import LogSink
-from node_daemon.node_gate import (
-    HEARTBEAT_SECONDS,
-    READY,
-    STALE_AFTER_SECONDS,
-    NodeGate,
-    Readiness,
-    Reason,
-    condition_current,
-    condition_patch,
-)
+from node_daemon.node_gate import READY, NodeGate, Readiness, Reason, condition_patch
 from testbed.kubeapi import KubeApiServer, kubernetes_api_client
 from testbed.nodes import READINESS_TAINT, make_node
 from testbed.wait import wait_for
@@ -380,88 +370,3 @@ def test_api_error_is_the_only_failure_type_the_node_api_raises(kube_api: KubeAp
         nodes.get_node("nowhere")
     assert err.value.not_found and "get node nowhere" in err.value.message
 
-
-# --- the condition cannot outlive the agent; a restart is not a missing plugin (#20 item 4) ----
-
-def status_patches(api: KubeApiServer) -> list[dict[str, Any]]:
-    return [r.body for r in api.requests if r.method == "PATCH" and not r.query.get("dryRun")
-            and r.path == f"/api/v1/nodes/{NODE}/status"]
-
-
-def test_the_heartbeat_is_renewed_while_nothing_changes(kube_api: KubeApiServer,
-                                                        nodes: NodeApi) -> None:
-    """A running agent keeps renewing lastHeartbeatTime; one that is gone stops, and its
-    condition reads as stale past the bound, whatever it last said."""
-    kube_api.add_node(make_node(NODE))
-    gate = NodeGate(nodes, NODE, BOTH, lambda: READY, poll=0.01, heartbeat=0.05,
-                    backoff=(0.01, 0.05))
-    gate.start()
-    try:
-        wait_for(lambda: len(status_patches(kube_api)) >= 3, 15, "three heartbeats")
-    finally:
-        gate.stop()
-    bodies = status_patches(kube_api)
-    assert all(b["status"]["conditions"][0]["status"] == "True" for b in bodies)
-    current = condition(kube_api)
-    assert current is not None and condition_current(current)
-    later = datetime.now(UTC) + timedelta(seconds=STALE_AFTER_SECONDS + 1)
-    assert not condition_current(current, later), "no heartbeat for the bound: stale"
-    assert HEARTBEAT_SECONDS * 2 < STALE_AFTER_SECONDS
-
-
-def test_a_new_agent_keeps_the_condition_it_finds_while_it_installs(
-        kube_api: KubeApiServer, tmp_path: Path) -> None:
-    """A restart that kept the plugin: the new agent does not flip the condition to
-    PluginNotInstalled while its first install runs; it renews it once ready."""
-    node = make_node(NODE)
-    node["status"]["conditions"].append({
-        "type": CONDITION, "status": "True", "reason": "AgentReady",
-        "message": READY.message, "lastHeartbeatTime": "2026-01-01T00:00:00Z",
-        "lastTransitionTime": "2026-01-01T00:00:00Z"})
-    kube_api.add_node(node)
-    installer = GatedInstaller()
-    agent = Agent(_agent_cfg(tmp_path), installer, PodApi(agent_client(kube_api)))
-    stop = threading.Event()
-    thread = threading.Thread(target=lambda: agent.run(stop, keep_plugin=True))
-    thread.start()
-    try:
-        wait_for(lambda: agent.node_gate is not None and agent.node_gate.synced is not None,
-                 15, "the gate's first look at the node")
-        assert status_patches(kube_api) == [] and condition_is(kube_api, "True", "AgentReady")
-        installer.release.set()
-        wait_for(lambda: status_patches(kube_api), 15, "the condition renewed once ready")
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert [b["status"]["conditions"][0]["status"] for b in status_patches(kube_api)] == [
-        "True"]
-    current = condition(kube_api)
-    assert current is not None and current["lastTransitionTime"] == "2026-01-01T00:00:00Z"
-    assert current["lastHeartbeatTime"] != "2026-01-01T00:00:00Z"
-
-
-def test_a_fresh_node_still_says_why_while_the_install_waits(kube_api: KubeApiServer,
-                                                             nodes: NodeApi) -> None:
-    kube_api.add_node(make_node(NODE))
-    starting = Readiness(False, Reason.PLUGIN_NOT_INSTALLED, "CNI plugin not installed",
-                         starting=True)
-    gate = NodeGate(nodes, NODE, BOTH, lambda: starting, poll=0.01, backoff=(0.01, 0.05))
-    gate.start()
-    try:
-        wait_for(lambda: condition_is(kube_api, "False", "PluginNotInstalled"), 15,
-                 "the condition on a node that has none")
-    finally:
-        gate.stop()
-
-
-def test_without_an_admission_policy_the_gate_is_off_and_writes_nothing(
-        kube_api: KubeApiServer, nodes: NodeApi, caplog: pytest.LogCaptureFixture) -> None:
-    kube_api.add_node(make_node(NODE, taints=[READINESS_TAINT]))
-    gate = NodeGate(nodes, NODE, BOTH, lambda: READY, poll=0.01, confined=lambda: False)
-    with caplog.at_level(logging.WARNING, logger="node_daemon.node_gate"):
-        gate.start()
-        wait_for(gate.off.is_set, 15, "the gate off")
-        gate.stop()
-    assert writes(kube_api) == []
-    lines = [r.message for r in caplog.records if "node readiness gate off" in r.message]
-    assert len(lines) == 1 and "node-policy.yaml" in lines[0]
