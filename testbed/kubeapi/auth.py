@@ -213,7 +213,8 @@ class Auth:
 
     def authenticate(self, authorization: str | None) -> Identity:
         """The identity behind `Authorization: Bearer <token>`, else a 401."""
-        token = (authorization or "").removeprefix("Bearer ").strip()
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        token = token.strip() if scheme.lower() == "bearer" else ""  # the scheme is caseless
         with self._lock:
             identity = self._tokens.get(token)
             sa_alive = identity is not None and (identity.service_account is None or
