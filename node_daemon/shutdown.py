@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE_SECONDS = 30.0
 """terminationGracePeriodSeconds when the pod spec cannot be read: upstream's chart's value and
 Kubernetes' default."""
-EXIT_MARGIN = 1.0
+EXIT_MARGIN = 1.5
 """Seconds (at least; 10% of the grace period when that is more) kept for the process to stop
 its servers and exit after the last step."""
 UNINSTALL_RESERVE = 1.0

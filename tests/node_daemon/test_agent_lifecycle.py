@@ -21,6 +21,7 @@ the plugin's credential is still accepted once the agent's pod object is gone.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,8 @@ def test_a_hanging_api_at_sigterm_ends_within_the_grace_period(cluster: KubeApiS
     stopped = terminate(agent)
     cluster.clear_faults()
     delete_pod(cluster, agent)  # the pod object goes: its token is void
+    logging.getLogger(__name__).info("exit %s, %.2f s after SIGTERM", stopped.exit_code,
+                                     stopped.seconds)
     assert stopped.exit_code is not None, (
         f"SIGKILLed at the grace period:\n{log_of(agent)[-3000:]}")
     assert plugin_works(cluster, dirs), log_of(agent)[-3000:]
