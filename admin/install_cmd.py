@@ -133,12 +133,37 @@ def uninstall_command(keep_plugin_if_upgrading: bool, verbose: bool,
             f"nothing removed: {'; '.join(missing)} (not this node's directories as mounted "
             "here? set them with the flags or the environment)"))
     installer = Installer(cfg)
-    keep = keep_plugin_if_upgrading and installer.keep_plugin_on_shutdown()
+    keep = keep_plugin_if_upgrading and _is_upgrade(cfg)
     try:
         installer.uninstall(keep_plugin=keep)
     except InstallError as exc:
         raise click.ClickException(printable(exc)) from None
     click.echo("istio-cni kept in place (upgrade)" if keep else "istio-cni removed", err=True)
+
+
+def _is_upgrade(cfg: config.InstallerConfig) -> bool:
+    """UNINSTALL_ON_SHUTDOWN as `run` applies it on SIGTERM (`node_daemon.shutdown`), with this
+    pod's service account, within the default grace period."""
+    import time
+
+    from node_daemon.kubeapi import ApiError, load_api_client
+    from node_daemon.permissions import UNKNOWN, Need, review
+    from node_daemon.selfapi import AccessQuestion, SelfApi
+    from node_daemon.shutdown import DEFAULT_GRACE_SECONDS, Clock, ShutdownPolicy, decide
+
+    policy = ShutdownPolicy(cfg.uninstall_on_shutdown, cfg.pod_namespace, cfg.daemonset_name)
+    api, permissions = None, UNKNOWN
+    if policy.uninstall == "auto":
+        try:
+            api = SelfApi(load_api_client())
+        except ApiError as exc:
+            logging.getLogger(__name__).warning("no API access: %s", exc.message)
+        else:
+            permissions = review(api, [
+                Need(policy.daemonset_question(), "telling an upgrade from an uninstall"),
+                Need(AccessQuestion("get", "pods"), "a grant to watch for withdrawal")])
+    clock = Clock(time.monotonic() + DEFAULT_GRACE_SECONDS)
+    return decide(policy, api, permissions, clock).keep
 
 
 def register(cli: click.Group) -> None:

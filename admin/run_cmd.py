@@ -51,17 +51,20 @@ def run_daemon(cfg: DaemonConfig, installer_cfg: InstallerConfig,
                stop: threading.Event) -> int:
     from node_daemon import agent
     from node_daemon.kubeapi import ApiError, PodApi, load_api_client
+    from node_daemon.shutdown import ShutdownPolicy
 
     api = None
-    if (cfg.repair.enabled or cfg.node_gate.enabled) and not cfg.refusal:
+    if not cfg.refusal:
         try:
             api = PodApi(load_api_client(cfg.kubeconfig or None))
         except ApiError as exc:
             if cfg.repair.enabled:
                 raise click.ClickException(f"repair controller: {exc.message}") from exc
-            # the gate is optional: without API access the agent runs without it
-            logging.getLogger(__name__).warning("node readiness gate: %s", exc.message)
-    return agent.run(cfg, installer_factory(installer_cfg), api, stop)
+            # the rest is optional: without API access the agent runs without it
+            logging.getLogger(__name__).warning("no API access: %s", exc.message)
+    policy = ShutdownPolicy(installer_cfg.uninstall_on_shutdown, installer_cfg.pod_namespace,
+                            installer_cfg.daemonset_name)
+    return agent.run(cfg, installer_factory(installer_cfg), api, stop, policy=policy)
 
 
 @click.command("run")
@@ -100,4 +103,10 @@ def serve(cfg: DaemonConfig, installer_cfg: InstallerConfig, env: Mapping[str, s
         raise click.ClickException(str(exc)) from exc
     except ImportError as exc:
         raise click.ClickException(f"installer unavailable: {exc}") from exc
-    sys.exit(code)
+    # The shutdown ended within the grace period; the interpreter's own teardown (collecting
+    # clients whose connections an unanswering API server still holds) can take seconds more,
+    # and the kubelet's SIGKILL does not wait. Everything that matters is on disk: leave now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -29,7 +29,7 @@ from cni.choices import (
     PLUGIN_LOG_LEVELS,
     log_level,
 )
-from cni.values import BadValue, go_bool, names, one_of, path
+from cni.values import BadValue, go_bool, names, one_of, path, text
 
 UPSTREAM = "upstream"
 OURS = "ours"
@@ -107,6 +107,12 @@ FORCE_IPTABLES_BINARY = Setting(
     "Written as the plugin's `iptables_backend` and used by repair and drift. Empty (or "
     "`auto`): detect the backend per pod netns, as upstream.",
     origin="upstream name, ours in the plugin config")
+
+POD_NAMESPACE = Setting(
+    "POD_NAMESPACE", "", text,
+    "The agent's own namespace (downward API). Its pods pass through the plugin "
+    "(`pod_namespace`); its own pod, its DaemonSet (looked up on shutdown) and the plugin's "
+    "ServiceAccount are there.", shown_default='`""` (downward API)')
 
 EXCLUDE_NAMESPACES = Setting(
     "EXCLUDE_NAMESPACES", (), names,

@@ -24,6 +24,7 @@ from cni.settings import (
     NATIVE_NFTABLES,
     NFTABLES_BACKEND,
     OURS,
+    POD_NAMESPACE,
     Setting,
     SettingError,
     log_level,
@@ -102,10 +103,6 @@ KUBERNETES_SERVICE_HOST = Setting(
 KUBERNETES_SERVICE_PORT = Setting(
     "KUBERNETES_SERVICE_PORT", "", lambda value: str(port(value)),
     "The API server port.", shown_default="required (set by the kubelet)")
-POD_NAMESPACE = Setting(
-    "POD_NAMESPACE", "", text,
-    "The agent's own namespace. Its pods pass through the plugin (`pod_namespace`), and this "
-    "is where the DaemonSet is looked up on shutdown.", shown_default='`""` (downward API)')
 UPDATE_CNI_BINARIES = Setting(
     "UPDATE_CNI_BINARIES", True, go_bool,
     "`false` leaves a binary alone if one already exists at the target.",
@@ -231,7 +228,7 @@ class InstallerConfig:
     force_iptables_binary: str = FORCE_IPTABLES_BINARY.default
     """FORCE_IPTABLES_BINARY: "" = the plugin detects per pod (no `iptables_backend`)."""
     uninstall_on_shutdown: str = UNINSTALL_ON_SHUTDOWN.default
-    """UNINSTALL_ON_SHUTDOWN: auto, true or false (see installer.upgrade)."""
+    """UNINSTALL_ON_SHUTDOWN: auto, true or false (applied by node_daemon.shutdown)."""
     daemonset_name: str = DAEMONSET_NAME.default
     """DAEMONSET_NAME."""
 

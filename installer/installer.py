@@ -27,7 +27,6 @@ from installer import (
     owned,
     primary,
     rundir,
-    upgrade,
 )
 from installer.config import DEFAULT_STANDALONE_NAME, InstallerConfig
 from installer.fswatch import FsWatch
@@ -100,10 +99,11 @@ class Installer:
     """Puts the plugin on this node, keeps it there, takes it off."""
 
     def __init__(self, config: InstallerConfig,
-                 daemonset_probe: upgrade.DaemonSetProbe | None = None) -> None:
+                 token_source: kubeconfig_writer.TokenSource | None = None) -> None:
         self.config = config
         self.metrics = InstallerMetrics()
-        self._probe = daemonset_probe or upgrade.ApiDaemonSetProbe(config)
+        self.token_source = token_source
+        """The plugin's own token (`node_daemon.plugin_token`); None: this pod's."""
         self._lock = threading.RLock()
         self._ready = threading.Event()
         self._uninstalled = False
@@ -224,7 +224,7 @@ class Installer:
                 self._fail(COPY_BINARIES_FAILURE)
                 raise InstallError(str(exc), COPY_BINARIES_FAILURE) from exc
             try:
-                kube = kubeconfig_writer.write_kubeconfig(self.config)
+                kube = kubeconfig_writer.write_kubeconfig(self.config, self.token_source)
             except kubeconfig_writer.KubeconfigError as exc:
                 self._fail(CREATE_KUBECONFIG_FAILURE)
                 raise InstallError(str(exc), CREATE_KUBECONFIG_FAILURE) from exc
@@ -395,9 +395,16 @@ class Installer:
         finally:
             self.close_watch()
 
-    def keep_plugin_on_shutdown(self) -> bool:
-        """UNINSTALL_ON_SHUTDOWN applied: True when this shutdown is an upgrade/restart."""
-        return not upgrade.should_uninstall(self.config, self._probe)
+    def rewrite_kubeconfig(self) -> bool:
+        """Write the plugin's kubeconfig again (its token was renewed); True when it changed.
+        Nothing once uninstalled, or before the first install."""
+        with self._lock:
+            if self._uninstalled or self.config_path is None:
+                return False
+            try:
+                return kubeconfig_writer.write_kubeconfig(self.config, self.token_source)
+            except kubeconfig_writer.KubeconfigError as exc:
+                raise InstallError(str(exc), CREATE_KUBECONFIG_FAILURE) from exc
 
     def uninstall(self, keep_plugin: bool = False) -> None:
         """Remove our entry (restoring the original file), then the kubeconfig, the binaries

@@ -1,9 +1,12 @@
-"""The plugin's kubeconfig: built from the agent's service account, written to the run dir.
+"""The plugin's kubeconfig: the plugin's credential and the API server's CA, in the run dir.
 
 It lives in CNI_AGENT_RUN_DIR (not net.d, where other CNIs' watchers would see the churn), holds
-the *contents* of the projected token (the plugin runs on the host, where the pod's token path
-does not exist), and is rewritten only when its bytes would change: at install, and whenever the
-service account dir changes (the kubelet rotates the token by swapping the `..data` symlink).
+the *contents* of a token (the plugin runs on the host, where the pod's token path does not
+exist), and is rewritten only when its bytes would change: at install, whenever the service
+account dir changes (the kubelet rotates the token by swapping the `..data` symlink), and when
+the agent renews the plugin's own token. The token is the plugin's own when the agent passes a
+`TokenSource` that has one (`node_daemon.plugin_token`: a ServiceAccount granted only
+`pods: get`, a token that outlives this pod); otherwise this pod's projected token, as upstream.
 JSON, rendered by `cni.kubeconfig.render_kubeconfig`, because the plugin parses JSON fastest.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +23,10 @@ from installer import atomic, rundir
 from installer.config import InstallerConfig
 
 log = logging.getLogger(__name__)
+
+
+TokenSource = Callable[[], str | None]
+"""The plugin's own token, or None to write this pod's service account token."""
 
 
 class KubeconfigError(Exception):
@@ -69,14 +77,15 @@ def read_service_account(cfg: InstallerConfig) -> ServiceAccount:
     return ServiceAccount(token, ca)
 
 
-def render(cfg: InstallerConfig) -> str:
+def render(cfg: InstallerConfig, token_source: TokenSource | None = None) -> str:
     sa = read_service_account(cfg)
-    return render_kubeconfig(server_url(cfg), sa.token, sa.ca_data, cfg.skip_tls_verify)
+    token = (token_source() if token_source is not None else None) or sa.token
+    return render_kubeconfig(server_url(cfg), token, sa.ca_data, cfg.skip_tls_verify)
 
 
-def write_kubeconfig(cfg: InstallerConfig) -> bool:
+def write_kubeconfig(cfg: InstallerConfig, token_source: TokenSource | None = None) -> bool:
     """Write the kubeconfig if its content or mode differ; True when it was (re)written."""
-    text = render(cfg).encode()
+    text = render(cfg, token_source).encode()
     path = cfg.kubeconfig_path
     try:
         if atomic.read_bytes(path) == text and atomic.file_mode(path, -1) == cfg.kubeconfig_mode:

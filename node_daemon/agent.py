@@ -3,10 +3,15 @@
 Order follows upstream's `root.go`: metrics, the plugin's log socket, health, install, the repair
 controller, then the installer's watch loop in the calling thread until `stop` is set (SIGTERM).
 The node readiness gate (ours, `node_gate.py`) starts with the servers, so the node's condition
-says why it is not ready while the install waits. On the way out everything is stopped in
-reverse and the installer uninstalls the plugin (sidecar mode: always, unless `keep_plugin`),
-so pods created while no agent runs are left to the validation container and the next agent's
-repair controller, as upstream; the gate then sets the condition False.
+says why it is not ready while the install waits.
+
+At start, with API access, the agent learns once what it may ask (`permissions.py`, one line),
+its own grace period (`shutdown.read_grace`), and mints the plugin's own token
+(`plugin_token.py`) that the installer writes into the plugin's kubeconfig. On SIGTERM every
+step is bounded by what is left of the grace period: first the decision to keep the plugin
+(a restart or an upgrade) or remove it (`shutdown.decide`), taken while the agent still serves;
+then the gate, the controller and the token renewal stop, the installer uninstalls (or leaves
+the plugin for the next agent), and the gate sets the condition False when it removed it.
 
 One agent per node: after the health and metrics servers, the agent takes `<run dir>/agent.lock`
 (`runlock.py`); while another agent holds it, this one waits, not ready and naming it, before
@@ -22,13 +27,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from node_daemon.actions import Actions, Reporter
 from node_daemon.cni_server import CniServer, CniService
-from node_daemon.config import DaemonConfig
+from node_daemon.config import DaemonConfig, NodeGateConfig
 from node_daemon.controller import RepairController
 from node_daemon.drift import DriftChecker
 from node_daemon.fatal import exit_when_stuck
@@ -37,8 +43,12 @@ from node_daemon.kubeapi import NodeApi
 from node_daemon.logsink import LogSink
 from node_daemon.metrics import Metrics
 from node_daemon.netns_finder import NetnsFinder
-from node_daemon.node_gate import READY, NodeGate, Readiness, Reason
+from node_daemon.node_gate import READY, NodeGate, Readiness, Reason, policy_confines
+from node_daemon.permissions import Need, Permissions, review
+from node_daemon.plugin_token import PluginToken, token_question
 from node_daemon.runlock import RunDirLock
+from node_daemon.selfapi import AccessQuestion, SelfApi
+from node_daemon.shutdown import Clock, GraceBudget, ShutdownPolicy, decide, read_grace
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,8 @@ class InstallCounts(Protocol):
 
 
 class Installer(Protocol):
-    """What the agent calls on the installer, and nothing else."""
+    """What the agent calls on the installer, and nothing else. An installer with a
+    `token_source` attribute (the real one) is given the plugin's own token through it."""
 
     @property
     def ready(self) -> bool:
@@ -81,8 +92,8 @@ class Installer(Protocol):
         the agent logs it and starts the watch again."""
         ...
 
-    def keep_plugin_on_shutdown(self) -> bool:
-        """True when this shutdown is an upgrade or restart (UNINSTALL_ON_SHUTDOWN)."""
+    def rewrite_kubeconfig(self) -> bool:
+        """Write the plugin's kubeconfig again (its token was renewed)."""
         ...
 
     def uninstall(self, keep_plugin: bool = False) -> None:
@@ -110,6 +121,15 @@ class Agent:
     nodes: Any = None
     """A `kubeapi.NodeApi` for the readiness gate; None: one sharing `api`'s client."""
     node_gate: NodeGate | None = None
+    policy: ShutdownPolicy = field(default_factory=ShutdownPolicy)
+    """UNINSTALL_ON_SHUTDOWN and the DaemonSet it looks up (from the installer's settings)."""
+    selfapi: Any = None
+    """A `selfapi.SelfApi` (its own pod, its DaemonSet, permissions, tokens); None: one on
+    `api`'s client."""
+    plugin_token: PluginToken | None = None
+    """The plugin's own token, when its ServiceAccount may be asked for one."""
+    permissions: Permissions = field(default_factory=Permissions)
+    grace: GraceBudget = field(default_factory=GraceBudget)
     started: threading.Event = field(default_factory=threading.Event)
     """Set once installed and the controller started (tests wait on it)."""
     _install_attempted: bool = False
@@ -118,12 +138,16 @@ class Agent:
     _not_ready: str = ""
     """Why the agent itself is not ready (another agent holds the run dir, the watch is being
     restarted), before anything the installer says."""
+    _installing: bool = True
+    _stopped_at: float | None = None
 
     def __post_init__(self) -> None:
         self.metrics.export_installs(self._install_counts)
         self.metrics.export_watch(
             lambda: self.controller.state() if self.controller is not None else None)
         self.metrics.export_install_watch(self._watch_state)
+        if not self.policy.namespace:
+            self.policy = replace(self.policy, namespace=self.cfg.namespace)
 
     def _watch_state(self) -> tuple[bool, float]:
         snap = self.installer.metrics.snapshot()
@@ -154,7 +178,8 @@ class Agent:
         if not installed:
             if why := self.installer.not_loaded:
                 return Readiness(False, Reason.CONFIG_NOT_LOADED, why)
-            return Readiness(False, Reason.PLUGIN_NOT_INSTALLED, "CNI plugin not installed")
+            return Readiness(False, Reason.PLUGIN_NOT_INSTALLED, "CNI plugin not installed",
+                             starting=self._installing)
         if self.controller is not None and not self.controller.synced:
             return Readiness(False, Reason.CONTROLLER_NOT_SYNCED, "repair controller not synced")
         if self.controller is not None and not self.controller.fresh:
@@ -171,16 +196,19 @@ class Agent:
 
         On the way out the plugin stays installed when `keep_plugin` is set or the installer's
         `keep_plugin_on_shutdown()` says this is an upgrade."""
+        self._note_stop_time(stop)
         try:
             self._start_endpoints()
             if not self._take_run_dir(stop):
                 return 0  # stopped while another agent held the node
             self._start_sockets()
-            self._start_node_gate()
             if self.cfg.refusal:  # not ready, and nothing installed or repaired until SIGTERM
+                self._start_node_gate()
                 log.error("not ready: %s", self.cfg.refusal)
                 stop.wait()
                 return 0
+            self._learn()
+            self._start_node_gate()
             self._install_attempted = True
             try:
                 # stop= lets SIGTERM interrupt the wait for a primary CNI config
@@ -188,6 +216,10 @@ class Agent:
             except Exception as exc:
                 log.error("install failed: %s", exc)
                 return 1
+            finally:
+                self._installing = False
+            if self.plugin_token is not None:
+                self.plugin_token.start(self._rewrite_kubeconfig)
             self._start_controller()
             self.started.set()
             self._watch_installer(stop)
@@ -200,6 +232,83 @@ class Agent:
         """Prometheus text, with istio_cni_install_ready refreshed first."""
         self.ready()
         return self.metrics.render()
+
+    def _note_stop_time(self, stop: threading.Event) -> None:
+        """The grace period runs from SIGTERM, not from when the watch loop noticed it."""
+        def wait() -> None:
+            stop.wait()
+            self._stopped_at = time.monotonic()
+
+        threading.Thread(target=wait, name="sigterm-clock", daemon=True).start()
+
+    def _needs(self) -> list[Need]:
+        """What the agent will ask the API, each with what it is for."""
+        ns, rc, gate = self.cfg.namespace, self.cfg.repair, self.cfg.node_gate
+        needs = []
+        if ns and self.cfg.pod_name:
+            needs.append(Need(AccessQuestion("get", "pods", namespace=ns,
+                                             name=self.cfg.pod_name),
+                              "its own grace period: else 30 s is assumed"))
+        if rc.enabled:
+            for verb in ("list", "watch"):
+                needs.append(Need(AccessQuestion(verb, "pods"), "the repair controller"))
+            needs.append(Need(AccessQuestion("create", "events", namespace=ns),
+                              "repair events"))
+            needs.append(Need(AccessQuestion("patch", "events", namespace=ns),
+                              "counting a repeated repair event instead of posting it anew"))
+        if self.policy.uninstall == "auto" and ns:
+            needs.append(Need(self.policy.daemonset_question(),
+                              "telling an upgrade from an uninstall at once: else grants are "
+                              "watched for withdrawal for a few seconds at shutdown"))
+        if ns and self.cfg.plugin_service_account:
+            needs.append(Need(token_question(ns, self.cfg.plugin_service_account),
+                              "the plugin's own credential: else this pod's token, which dies "
+                              "with this pod"))
+        node = rc.node_name
+        if gate.taint_key:
+            needs.append(Need(AccessQuestion("patch", "nodes", name=node),
+                              "removing the startup taint"))
+        if gate.condition_type:
+            needs.append(Need(AccessQuestion("patch", "nodes", subresource="status",
+                                             name=node), "the node condition"))
+        return needs
+
+    def _learn(self) -> None:
+        """Once, before the install: permissions, the grace period, the plugin's token."""
+        if self.api is None:
+            return
+        if self.selfapi is None:
+            self.selfapi = SelfApi(self.api.api_client)
+        self.permissions = review(self.selfapi, self._needs())
+        self.grace = read_grace(self.selfapi, self.cfg.namespace, self.cfg.pod_name)
+        self._start_plugin_token()
+
+    def _start_plugin_token(self) -> None:
+        ns, account = self.cfg.namespace, self.cfg.plugin_service_account
+        if not account:
+            log.info("plugin credential: this pod's own token (PLUGIN_SERVICE_ACCOUNT is "
+                     "empty): once this pod is deleted, the plugin's API calls fail until a "
+                     "new agent runs")
+            return
+        allowed = self.permissions.allows(token_question(ns, account)) if ns else False
+        if not allowed:
+            log.warning(
+                "plugin credential: this pod's own token, because this agent may not create "
+                "tokens for ServiceAccount %s/%s (%s): once this pod is deleted (a failed "
+                "rollout), every pod on this node fails its ADD until a new agent runs. Grant "
+                "`create serviceaccounts/token` on it (daemonset.yaml's Role istio-cni-node) "
+                "and bind it only `pods: get`", ns or "(no POD_NAMESPACE)", account,
+                "not granted" if allowed is False else "unknown")
+            return
+        token = PluginToken(self.selfapi, ns, account, self.cfg.repair.node_name,
+                            self.cfg.plugin_token_seconds)
+        token.renew()  # a failure: this pod's token for now, the renewal thread retries
+        self.plugin_token = token
+        if hasattr(self.installer, "token_source"):  # the real installer writes it
+            self.installer.token_source = token.current  # type: ignore[attr-defined]
+
+    def _rewrite_kubeconfig(self) -> None:
+        self.installer.rewrite_kubeconfig()
 
     def _start_endpoints(self) -> None:
         """Health and metrics first: a waiting agent still answers /readyz with its reason."""
@@ -288,25 +397,56 @@ class Agent:
             log.warning("node readiness gate: no API access; the node's taint and condition "
                         "are left alone")
             return
-        self.node_gate = NodeGate(nodes, self.cfg.repair.node_name, gate, self.readiness)
+        gate = self._granted_gate(gate)
+        if not gate.enabled:
+            return
+        node = self.cfg.repair.node_name
+        confined: Callable[[], bool] | None = None
+        if self.selfapi is not None:
+            confined = lambda: policy_confines(self.selfapi, node, gate)  # noqa: E731
+        self.node_gate = NodeGate(nodes, node, gate, self.readiness, confined=confined)
         self.node_gate.start()
 
-    def _installer_keeps_plugin(self) -> bool:
-        """Ask the installer (UNINSTALL_ON_SHUTDOWN: is this an upgrade or a deletion?)."""
-        try:
-            return self.installer.keep_plugin_on_shutdown()
-        except Exception as exc:  # noqa: BLE001 - when in doubt, uninstall (safe default)
-            log.error("could not decide whether to keep the plugin: %s; uninstalling", exc)
-            return False
+    def _granted_gate(self, gate: NodeGateConfig) -> NodeGateConfig:
+        """The gate's halves this agent may do; each refused half is turned off with one line
+        saying how to grant it."""
+        node = self.cfg.repair.node_name
+        taint_q = AccessQuestion("patch", "nodes", name=node)
+        status_q = AccessQuestion("patch", "nodes", subresource="status", name=node)
+        if gate.taint_key and self.permissions.allows(taint_q) is False:
+            log.warning("node readiness gate: the startup taint %s is not removed: this agent "
+                        "may not patch nodes. Grant it (daemonset.yaml's ClusterRole "
+                        "istio-cni-node-readiness, with node-policy.yaml confining it), let "
+                        "istiod's untaint controller remove it (pilot.taint.enabled), or set "
+                        "NODE_READINESS_TAINT_KEY=none", gate.taint_key)
+            gate = replace(gate, taint_key="")
+        if gate.condition_type and self.permissions.allows(status_q) is False:
+            log.warning("node readiness gate: no %s condition: this agent may not patch "
+                        "nodes/status. Grant it (daemonset.yaml's ClusterRole "
+                        "istio-cni-node-readiness) or set NODE_READINESS_CONDITION_TYPE=\"\"",
+                        gate.condition_type)
+            gate = replace(gate, condition_type="")
+        return gate
 
     def _shutdown(self, keep_plugin: bool) -> None:
-        # the gate first: stopping the controller is no readiness loss to publish
+        """Every step within what is left of the grace period (from SIGTERM)."""
+        started = self._stopped_at or time.monotonic()
+        deadline = self.grace.deadline(started)
+        if self._install_attempted and not keep_plugin:
+            clock = Clock(self.grace.decision_deadline(started))
+            # decided while the agent still serves pods and repairs
+            keep_plugin = decide(self.policy, self.selfapi, self.permissions, clock).keep
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        # the gate first (the uninstall is no readiness loss for it to publish), then the
+        # uninstall, which is what the node depends on; the rest with what time is left
         if self.node_gate is not None:
-            self.node_gate.stop()
-        if self.controller is not None:
-            self.controller.stop()
+            self.node_gate.stop(timeout=min(0.5, left()))
+        if self.plugin_token is not None:
+            self.plugin_token.stop()
         if self._install_attempted:
-            keep_plugin = keep_plugin or self._installer_keeps_plugin()
             try:
                 self.installer.uninstall(keep_plugin)
             except Exception as exc:
@@ -315,15 +455,36 @@ class Agent:
                 # a restart keeps the plugin and the node stays ready; this node has none now
                 self.node_gate.publish_final(Readiness(
                     False, Reason.PLUGIN_UNINSTALLED, "istio-cni plugin uninstalled (agent "
-                    "stopped)"))
-        for server in (self.health, self.cni_server, self.logsink, self.metrics_http):
-            if server is not None:
-                server.stop()
+                    "stopped)"), timeout=left())
+        steps = [("stop the repair controller", self.controller.stop)] if self.controller else []
+        steps += [(f"stop {name}", server.stop) for name, server in (
+            ("the health server", self.health), ("cni.sock", self.cni_server),
+            ("log.sock", self.logsink), ("the metrics server", self.metrics_http))
+            if server is not None]
+        _bounded(steps, left())
         if self._run_lock is not None:
             self._run_lock.release()  # last: the next agent starts after all of the above
 
 
+def _bounded(steps: list[tuple[str, Callable[[], None]]], timeout: float) -> None:
+    """Run `steps` side by side, waiting for them at most `timeout` seconds in all (a step
+    still running then goes on in the background, and is named)."""
+    deadline = time.monotonic() + max(0.0, timeout)
+    threads = []
+    for what, step in steps:
+        thread = threading.Thread(target=step, name=what, daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    late = [t.name for t in threads if t.is_alive()]
+    if late:
+        log.warning("shutdown: %s did not finish within the grace period; exiting anyway",
+                    ", ".join(late))
+
+
 def run(cfg: DaemonConfig, installer: Installer, api: Any, stop: threading.Event,
-        keep_plugin: bool = False) -> int:
+        keep_plugin: bool = False, policy: ShutdownPolicy | None = None) -> int:
     """The `run` command's one library call."""
-    return Agent(cfg, installer, api).run(stop, keep_plugin)
+    return Agent(cfg, installer, api, policy=policy or ShutdownPolicy(
+        namespace=cfg.namespace)).run(stop, keep_plugin)

@@ -27,6 +27,7 @@ from cni.settings import (
     NATIVE_NFTABLES,
     NFTABLES_BACKEND,
     OURS,
+    POD_NAMESPACE,
     Setting,
     SettingError,
     read_settings,
@@ -145,6 +146,35 @@ LOG_LEVEL = Setting(
     "The agent's log level (`debug`, `info`, `warn`, `error`); `run --log-level` overrides "
     "it.", origin=OURS)
 
+# --- the agent's own pod and the plugin's credential --------------------------------------------
+
+POD_NAME = Setting(
+    "POD_NAME", "", text,
+    "The agent's own pod (downward API `metadata.name`): read once at start for its "
+    "`terminationGracePeriodSeconds`, which bounds every shutdown step; unset: 30 s.",
+    origin="upstream (its chart sets it)", shown_default='`""` (downward API)')
+
+
+def token_seconds(value: str) -> int:
+    """A TokenRequest lifetime: at least 600 s (the API server's minimum)."""
+    number = integer(value)
+    if number < 600:
+        raise BadValue(f"{value!r} is shorter than 600 s, the API server's minimum")
+    return number
+
+
+PLUGIN_SERVICE_ACCOUNT = Setting(
+    "PLUGIN_SERVICE_ACCOUNT", "istio-cni-plugin", text,
+    "The plugin's own ServiceAccount (in `POD_NAMESPACE`, granted only `pods: get`): the agent "
+    "writes a token of it, from a TokenRequest, into the plugin's kubeconfig, so the file on "
+    "the host grants nothing else and outlives this pod (needs `create serviceaccounts/token` "
+    "on it). Empty, or not granted: this pod's own token, as upstream.", origin=OURS)
+PLUGIN_TOKEN_SECONDS = Setting(
+    "PLUGIN_TOKEN_SECONDS", 86400, token_seconds,
+    "Lifetime of the plugin's token (seconds, at least 600). The agent renews it every hour "
+    "(half the lifetime when shorter), so after the last agent stops, the plugin keeps "
+    "working for at least this minus one hour (23 h by default).", origin=OURS)
+
 # --- the node readiness gate (node_daemon/node_gate.py) ---------------------------------------
 
 TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -230,7 +260,8 @@ SETTINGS: tuple[Setting, ...] = (
     NFTABLES_BACKEND, CNI_AGENT_RUN_DIR,
     MONITORING_PORT, READINESS_PORT, HEALTH_BIND_ADDRESS, HOST_PROC, DRIFT_CHECK_INTERVAL,
     DRIFT_REPAIR, REPAIR_WATCH_TIMEOUT, REPAIR_WATCH_STALE_SECONDS, KUBECONFIG,
-    AMBIENT_ENABLED, LOG_LEVEL,
+    AMBIENT_ENABLED, LOG_LEVEL, POD_NAME, POD_NAMESPACE, PLUGIN_SERVICE_ACCOUNT,
+    PLUGIN_TOKEN_SECONDS,
     *NODE_GATE_SETTINGS,
 )
 """Every variable the agent reads, in the order of docs/node-daemon.md's table."""
@@ -259,7 +290,6 @@ IGNORED: tuple[Setting, ...] = (
              "netns; sidecar mode never needs to."),
     _ignored("NODE_NAME", "The node name `REPAIR_NODE_NAME` already carries in the chart; a "
              "different value is logged as a warning."),
-    _ignored("POD_NAME", "The agent's own pod name; nothing here needs it."),
     _ignored("GOMEMLIMIT", "Go's memory limit; a Python process has no such knob (set the "
              "container's memory limit)."),
     _ignored("GOMAXPROCS", "Go's thread count; no equivalent here."),
@@ -387,6 +417,14 @@ class DaemonConfig:
     """LOG_LEVEL."""
     node_gate: NodeGateConfig = field(default_factory=NodeGateConfig)
     """NODE_READINESS_*: the readiness gate on the agent's node."""
+    pod_name: str = POD_NAME.default
+    """POD_NAME: the agent's own pod ("" = unknown: the default grace period)."""
+    namespace: str = POD_NAMESPACE.default
+    """POD_NAMESPACE."""
+    plugin_service_account: str = PLUGIN_SERVICE_ACCOUNT.default
+    """PLUGIN_SERVICE_ACCOUNT: "" = the plugin uses this pod's token."""
+    plugin_token_seconds: int = PLUGIN_TOKEN_SECONDS.default
+    """PLUGIN_TOKEN_SECONDS."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DaemonConfig:
@@ -420,6 +458,10 @@ class DaemonConfig:
             ambient_enabled=values[AMBIENT_ENABLED.name],
             log_level=values[LOG_LEVEL.name],
             node_gate=NodeGateConfig.from_values(values),
+            pod_name=values[POD_NAME.name],
+            namespace=values[POD_NAMESPACE.name],
+            plugin_service_account=values[PLUGIN_SERVICE_ACCOUNT.name],
+            plugin_token_seconds=values[PLUGIN_TOKEN_SECONDS.name],
         )
 
     @property

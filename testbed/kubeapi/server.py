@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from testbed.kubeapi.admission import Admission, AdmissionRequest
+from testbed.kubeapi.auth import Attributes, Auth, Identity, attributes
 from testbed.kubeapi.patches import PatchError, apply_patch, merge_patch
 from testbed.kubeapi.store import ApiError, ObjectStore, Pod, not_found, now, parse_selector
 from testbed.kubeapi.tls import TLSMaterial
@@ -34,6 +36,11 @@ from testbed.kubeapi.tls import TLSMaterial
 _NS = r"/api/v1/namespaces/(?P<ns>[^/]+)"
 _POD = _NS + r"/pods/(?P<name>[^/]+)"
 _NODE = r"/api/v1/nodes/(?P<name>[^/]+)"
+_DAEMONSET = r"/apis/apps/v1/namespaces/(?P<ns>[^/]+)/daemonsets/(?P<name>[^/]+)"
+_TOKEN = _NS + r"/serviceaccounts/(?P<name>[^/]+)/token"
+_ACCESS_REVIEW = r"/apis/authorization\.k8s\.io/v1/selfsubjectaccessreviews"
+TOKEN_MIN_SECONDS = 600
+"""The shortest TokenRequest the API server accepts (its validation's minimum)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,12 @@ class KubeApiServer:
         self.store = ObjectStore(bookmark_interval=bookmark_interval)
         """Pods."""
         self.nodes = ObjectStore("Node", "nodes", namespaced=False)
+        self.daemonsets = ObjectStore("DaemonSet", "daemonsets")
+        self.auth = Auth(self._exists)
+        """Authentication and RBAC, off until a test loads RBAC or issues a token."""
+        self.admission = Admission()
+        """ValidatingAdmissionPolicies in force on node writes (`admission.load(docs)`)."""
+        self._caller = threading.local()
         self._lock = threading.Lock()
         self._posted = threading.Condition(self._lock)
         """Notified when an Event is posted, and on stop."""
@@ -149,6 +162,30 @@ class KubeApiServer:
 
     def get_node(self, name: str) -> dict[str, Any]:
         return self.nodes.get("", name)
+
+    def add_daemonset(self, namespace: str, name: str) -> dict[str, Any]:
+        """Create a DaemonSet (apps/v1), as `kubectl apply` or `helm install` would."""
+        return self.daemonsets.add({"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                    "metadata": {"name": name, "namespace": namespace}})
+
+    def delete_daemonset(self, namespace: str, name: str, *, foreground: bool = False) -> None:
+        """Delete it: gone at once (background propagation, kubectl's and helm's default), or
+        with `foreground` kept with a deletionTimestamp while its pods go."""
+        if foreground:
+            self.daemonsets.update(namespace, name, lambda ds: merge_patch(ds, {"metadata": {
+                "deletionTimestamp": now(), "finalizers": ["foregroundDeletion"]}}))
+        else:
+            self.daemonsets.delete(namespace, name, None)
+
+    def _exists(self, kind: str, namespace: str, name: str, uid: str) -> bool:
+        """Whether the object a token is bound to still exists (the same one: same uid)."""
+        store = {"Pod": self.store, "Node": self.nodes}.get(kind)
+        if store is None:
+            return False
+        try:
+            return store.get(namespace if kind == "Pod" else "", name)["metadata"]["uid"] == uid
+        except ApiError:
+            return False
 
     def compact(self) -> int:
         """Expire all older resourceVersions: a watch from one of them gets a 410 ERROR event."""
@@ -285,7 +322,12 @@ class KubeApiServer:
         delay = self._take_fault("delay", method, path)
         if delay and self._stopping.wait(delay.seconds):
             return None
-        if self._token is not None and headers.get("Authorization") != f"Bearer {self._token}":
+        self._caller.identity = None
+        if self.auth.enabled:
+            identity = self.auth.authenticate(headers.get("Authorization"))
+            self.auth.authorize(identity, attributes(method, path, query))
+            self._caller.identity = identity
+        elif self._token is not None and headers.get("Authorization") != f"Bearer {self._token}":
             raise ApiError(401, "Unauthorized")
         fail = self._take_fault("fail", method, path)
         if fail:
@@ -325,11 +367,59 @@ class KubeApiServer:
         }
         return _Reply(200, body)
 
-    def _patch_pod(self, args: dict[str, str], _q: Any, headers: Any, body: Any) -> _Reply:
-        return self._patch(self.store, args["ns"], args, headers, body)
+    def _patch_pod(self, args: dict[str, str], query: dict[str, str], headers: Any,
+                   body: Any) -> _Reply:
+        return self._patch(self.store, args["ns"], args, query, headers, body)
 
-    def _patch_node(self, args: dict[str, str], _q: Any, headers: Any, body: Any) -> _Reply:
-        return self._patch(self.nodes, "", args, headers, body)
+    def _patch_node(self, args: dict[str, str], query: dict[str, str], headers: Any,
+                    body: Any) -> _Reply:
+        return self._patch(self.nodes, "", args, query, headers, body)
+
+    def _get_daemonset(self, args: dict[str, str], *_: Any) -> _Reply:
+        return _Reply(200, self.daemonsets.get(args["ns"], args["name"]))
+
+    def _create_token(self, args: dict[str, str], _q: Any, _h: Any, body: Any) -> _Reply:
+        """A TokenRequest (authentication.k8s.io/v1) for a service account."""
+        spec = dict((body or {}).get("spec") or {})
+        seconds = int(spec.get("expirationSeconds") or 3600)
+        if seconds < TOKEN_MIN_SECONDS:
+            raise ApiError(422, "TokenRequest.authentication.k8s.io is invalid: "
+                                "spec.expirationSeconds: Invalid value: may not specify a "
+                                "duration less than 10 minutes")
+        bound = None
+        ref = spec.get("boundObjectRef")
+        if ref:
+            kind, name = ref.get("kind"), ref.get("name", "")
+            if kind not in ("Pod", "Node", "Secret"):
+                raise ApiError(400, f"cannot bind token for {kind}")
+            ns = args["ns"] if kind != "Node" else ""
+            store = self.nodes if kind == "Node" else self.store
+            obj = store.get(ns, name)
+            uid = obj["metadata"]["uid"]
+            if ref.get("uid") and ref["uid"] != uid:
+                raise ApiError(409, f"the UID in the bound object reference ({ref['uid']}) "
+                                    f"does not match the UID in record ({uid})")
+            bound = (kind, ns, name, uid)
+            spec["boundObjectRef"] = {**ref, "uid": uid}
+        token, expires = self.auth.request_token(args["ns"], args["name"], seconds, bound)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+        spec["expirationSeconds"] = seconds
+        return _Reply(201, {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                            "metadata": {"name": args["name"], "namespace": args["ns"]},
+                            "spec": spec, "status": {"token": token,
+                                                     "expirationTimestamp": stamp}})
+
+    def _access_review(self, _args: dict[str, str], _q: Any, _h: Any, body: Any) -> _Reply:
+        """A SelfSubjectAccessReview: may the caller do what `spec.resourceAttributes` says."""
+        attrs = ((body or {}).get("spec") or {}).get("resourceAttributes") or {}
+        identity: Identity | None = self._caller.identity
+        allowed = identity is None or self.auth.allowed(identity, Attributes(
+            attrs.get("verb", ""), attrs.get("group", ""), attrs.get("resource", ""),
+            attrs.get("subresource", ""), attrs.get("namespace", ""), attrs.get("name", "")))
+        return _Reply(201, {"kind": "SelfSubjectAccessReview",
+                            "apiVersion": "authorization.k8s.io/v1",
+                            "spec": (body or {}).get("spec") or {},
+                            "status": {"allowed": allowed}})
 
     def _get_node(self, args: dict[str, str], *_: Any) -> _Reply:
         return _Reply(200, self.nodes.get("", args["name"]))
@@ -345,11 +435,14 @@ class KubeApiServer:
                 "metadata": {"resourceVersion": str(rv)}, "items": items}
         return _Reply(200, body)
 
-    def _patch(self, store: ObjectStore, namespace: str, args: dict[str, str], headers: Any,
-               body: Any) -> _Reply:
-        """PATCH of an object or its status subresource, as the API server applies it."""
+    def _patch(self, store: ObjectStore, namespace: str, args: dict[str, str],
+               query: dict[str, str], headers: Any, body: Any) -> _Reply:
+        """PATCH of an object or its status subresource, as the API server applies it: the
+        policies in force admit it or not; `?dryRun=All` answers without storing."""
         content_type = headers.get("Content-Type", "")
         status_only = args.get("sub") == "status"
+        identity: Identity | None = self._caller.identity
+        dry_run = query.get("dryRun") == "All"
 
         def change(old: Pod) -> Pod:
             try:
@@ -369,8 +462,14 @@ class KubeApiServer:
             new.pop(kept, None)
             if kept in old:
                 new[kept] = old[kept]
+            if identity is not None:
+                self.admission.validate(AdmissionRequest(
+                    "UPDATE", "", store.resource, args.get("sub") or "", args["name"],
+                    namespace, identity.user_info, dry_run), new, old)
             return new
 
+        if dry_run:
+            return _Reply(200, change(store.get(namespace, args["name"])))
         return _Reply(200, store.update(namespace, args["name"], change))
 
     def _delete_pod(self, args: dict[str, str], _q: Any, _h: Any, body: Any) -> _Reply:
@@ -443,6 +542,9 @@ _ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
     ("PATCH", re.compile(_NODE + r"(?:/(?P<sub>status))?"), KubeApiServer._patch_node),
     ("POST", re.compile(_NS + r"/events"), KubeApiServer._create_event),
     ("PATCH", re.compile(_NS + r"/events/(?P<name>[^/]+)"), KubeApiServer._patch_event),
+    ("GET", re.compile(_DAEMONSET), KubeApiServer._get_daemonset),
+    ("POST", re.compile(_TOKEN), KubeApiServer._create_token),
+    ("POST", re.compile(_ACCESS_REVIEW), KubeApiServer._access_review),
     (
         "POST",
         re.compile(r"/apis/events\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/events"),

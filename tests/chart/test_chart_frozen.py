@@ -14,6 +14,13 @@ the `cni-plugin` scope's level, and SIGTERM takes the plugin off the node. With 
 `ambient.enabled=true` (`AMBIENT_ENABLED=true`) the same agent stays not ready with the reason
 on `/readyz` and in one error line, and neither installs anything nor calls the API.
 
+Under the chart's own RBAC (its rendered ClusterRoles: no `get daemonsets`, no `patch nodes`,
+no tokens), its 30 s grace period and the agent's pod and bound token in the stand-in: a
+restart while pods keep being created (each ADD retried until it succeeds, as the kubelet
+does) keeps every meshed pod redirected; `helm uninstall` (the DaemonSet, then the RBAC and the
+ServiceAccount) removes the plugin; an API that stops answering at SIGTERM still sees the agent
+exit within the grace period and the node able to start pods.
+
 The bundles come from ISTIO_CNI_DIST (a dist dir holding `istio-cni/` and `istio-cni-node/`)
 or a fresh build of build.spec (1-2 min).
 """
@@ -21,9 +28,12 @@ or a fresh build of build.spec (1-2 min).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
+import subprocess
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -34,15 +44,17 @@ from pathlib import Path
 import pytest
 
 from testbed import netns as nsutil
+from testbed.agentpod import uninstall_release
 from testbed.chartpod import IMAGE_PATH, ChartPod, chart_pod, copy_service_account
 from testbed.cleanup import Cleanup
 from testbed.cnirun import Runtime
 from testbed.frozen import build_bundles
 from testbed.kubeapi import KubeApiServer
 from testbed.node import Node, assert_app_traffic_redirected, istio_lines, missing_prerequisites
+from testbed.nodes import make_node
 from testbed.pods import workload
 from testbed.procs import Proc
-from testbed.wait import wait_for
+from testbed.wait import WaitTimeout, wait_for
 from tests.chart import chart
 
 pytest.importorskip("PyInstaller", reason="PyInstaller is not installed (pip install -e '.[dev]')")
@@ -99,7 +111,7 @@ class Started:
 
 @contextmanager
 def chart_agent(tmp_path: Path, api: KubeApiServer, dist: Path,
-                configmap: dict[str, str] | None = None) -> Iterator[Started]:
+                configmap: dict[str, str] | None = None, token: str = TOKEN) -> Iterator[Started]:
     """The frozen agent started as the chart starts it, on a node whose primary CNI config is
     bridge + host-local; stopped (and everything it mounted gone) afterwards."""
     if reason := missing_prerequisites():
@@ -107,19 +119,26 @@ def chart_agent(tmp_path: Path, api: KubeApiServer, dist: Path,
     busy = [p for p in (8000, 15014) if not _port_free(p)]
     assert not busy, f"ports {busy} are taken on this host: the chart's agent binds them"
     with Cleanup() as cleanup:
-        sa = copy_service_account(tmp_path / "sa", TOKEN, api.ca_pem or b"", chart.NAMESPACE)
+        sa = copy_service_account(tmp_path / "sa", token, api.ca_pem or b"", chart.NAMESPACE)
         pod = chart_pod(cleanup, tmp_path / "root", plugin_bundle=dist / "istio-cni",
                         agent_bundle=dist / "istio-cni-node", service_account=sa)
         primary = pod.net_dir / "10-k8s.conflist"
         primary.write_text(json.dumps(_primary_conflist(tmp_path / "ipam"), indent=2))
-        env = {"PATH": IMAGE_PATH, "HOSTNAME": chart.POD_NAME,
-               **chart.pod_env(NODE, configmap),
-               "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port)}
-        argv = ["env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                *pod.container_argv(*chart.argv())]
-        agent = Proc("install-cni", argv)
-        cleanup.add("stop the agent", agent.stop)
+        agent = start_in(pod, api, cleanup, configmap)
         yield Started(pod, agent, primary, cleanup)
+
+
+def start_in(pod: ChartPod, api: KubeApiServer, cleanup: Cleanup,
+             configmap: dict[str, str] | None = None, name: str = "install-cni") -> Proc:
+    """The chart's container command in `pod`, with the chart's environment."""
+    env = {"PATH": IMAGE_PATH, "HOSTNAME": chart.POD_NAME,
+           **chart.pod_env(NODE, configmap),
+           "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(api.port)}
+    argv = ["env", "-i", *(f"{k}={v}" for k, v in env.items()),
+            *pod.container_argv(*chart.argv())]
+    agent = Proc(name, argv)
+    cleanup.add(f"stop {name}", agent.stop)
+    return agent
 
 
 def _stop(agent: Proc) -> list[dict]:
@@ -200,3 +219,172 @@ def test_frozen_agent_under_an_ambient_chart_stays_not_ready_and_installs_nothin
         assert os.listdir(started.pod.bin_dir) == [] == os.listdir(started.pod.run_dir)
         assert kube_api_tls.requests == []
         assert [r["msg"] for r in records if r["level"] == "error"] == [f"not ready: {reason}"]
+
+
+# --- under the chart's RBAC and grace period ----------------------------------------------------
+
+def chart_cluster(api: KubeApiServer) -> str:
+    """The chart installed: its RBAC, its DaemonSet, the node, the agent's pod (the chart's
+    grace period) and the token the kubelet projects for it, returned."""
+    api.auth.load_rbac(chart.DOCS)
+    api.add_daemonset(chart.NAMESPACE, "istio-cni-node")
+    api.add_node(make_node(NODE))
+    return new_agent_pod(api)
+
+
+def new_agent_pod(api: KubeApiServer) -> str:
+    grace = chart.POD["terminationGracePeriodSeconds"]
+    assert grace == 30, "HEAD's chart"
+    pod = api.add_pod({"metadata": {"name": chart.POD_NAME, "namespace": chart.NAMESPACE},
+                       "spec": {"nodeName": NODE, "serviceAccountName": "istio-cni",
+                                "terminationGracePeriodSeconds": grace}})
+    return api.auth.pod_token(chart.NAMESPACE, "istio-cni", pod)
+
+
+def wait_ready(agent: Proc) -> None:
+    def ready() -> bool:
+        assert agent.popen.poll() is None, "\n".join(agent.lines[-30:])
+        return _get("http://127.0.0.1:8000/readyz")[0] == 200
+
+    try:
+        wait_for(ready, 90, "the agent ready on :8000/readyz")
+    except WaitTimeout:
+        raise AssertionError("not ready: " + _get("http://127.0.0.1:8000/readyz")[1] + "\n"
+                             + "\n".join(agent.lines[-30:])) from None
+
+
+def terminate_within_grace(agent: Proc) -> int | None:
+    """SIGTERM, then SIGKILL at the chart's grace period as the kubelet would; the exit code,
+    or None when it had to be killed."""
+    os.killpg(agent.popen.pid, signal.SIGTERM)
+    try:
+        code: int | None = agent.popen.wait(timeout=chart.POD["terminationGracePeriodSeconds"])
+    except subprocess.TimeoutExpired:
+        os.killpg(agent.popen.pid, signal.SIGKILL)
+        agent.popen.wait(timeout=10)
+        code = None
+    agent.rest(timeout=10)
+    return code
+
+
+def sandbox(started: Started, api: KubeApiServer) -> Node:
+    """The chart's node as a CNI runtime sees it: bridge + host-local in a node netns, then
+    the installed frozen plugin, run on the node."""
+    pod, cleanup = started.pod, started.cleanup
+    node_ns = nsutil.create_netns(cleanup, "icni-chart-node").name
+    runtime = Runtime(binaries={"istio-cni": pod.node_argv("/opt/cni/bin/istio-cni")},
+                      node_netns=node_ns)
+    conflist = json.loads(started.primary.read_text())
+    return Node(node_ns, pod.run_dir, api, runtime, conflist, SUBNET, cleanup,
+                prefix="icni-chart")
+
+
+class Churn:
+    """Meshed pods created one after another until stopped, each ADD retried (after a DEL)
+    until it succeeds, as the kubelet does; what each successful ADD left is recorded."""
+
+    def __init__(self, node: Node, api: KubeApiServer) -> None:
+        self.node, self.api = node, api
+        self.stop = threading.Event()
+        self.started: list[tuple[str, bool]] = []
+        """(pod, redirected) of every ADD that succeeded."""
+        self.failed_attempts = 0
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="churn", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                meshed = self.api.add_pod(workload(name=f"churn-{i}", node=NODE))
+                pod_ns = self.node.new_pod_netns()
+                for _ in range(120):
+                    calls = self.node.add(pod_ns, meshed)
+                    if all(c.status == 0 for c in calls):
+                        self.started.append((f"churn-{i}", any(
+                            "ISTIO_OUTPUT" in ln for ln in istio_lines(pod_ns))))
+                        break
+                    self.failed_attempts += 1
+                    self.node.add(pod_ns, meshed, "DEL")
+                    self.stop.wait(0.5)  # the kubelet's back-off between sandbox attempts
+                else:
+                    raise AssertionError(f"churn-{i} never started")
+        except BaseException as exc:  # surfaced in the test thread
+            self.errors.append(exc)
+
+    def count(self) -> int:
+        return len(self.started)
+
+
+def test_under_the_charts_rbac_a_restart_under_churn_keeps_every_pod_redirected(
+        tmp_path: Path, kube_api_tls: KubeApiServer, dist: Path) -> None:
+    api = kube_api_tls
+    first_token = chart_cluster(api)
+    with chart_agent(tmp_path, api, dist, token=first_token) as started:
+        wait_ready(started.agent)
+        node = sandbox(started, api)
+        churn = Churn(node, api)
+        churn.thread.start()
+        try:
+            wait_for(lambda: churn.count() >= 2 or churn.errors, 120, "pods starting")
+            # the restart: SIGTERM, the pod object deleted, a new pod with its own token
+            assert terminate_within_grace(started.agent) == 0, "\n".join(
+                started.agent.lines[-20:])
+            during = churn.count()
+            api.delete_pod(chart.NAMESPACE, chart.POD_NAME)
+            (tmp_path / "sa" / "token").write_text(new_agent_pod(api))
+            second = start_in(started.pod, api, started.cleanup, name="install-cni-2")
+            wait_ready(second)
+            wait_for(lambda: churn.count() >= during + 3 or churn.errors, 180,
+                     "pods starting after the restart")
+        finally:
+            churn.stop.set()
+            churn.thread.join(180)
+        assert not churn.errors, churn.errors
+        logging.getLogger(__name__).info(
+            "churn: %d meshed pods started, %d redirected; %d ADD attempts failed (retried), "
+            "%d pods started before the restart", churn.count(),
+            sum(r for _, r in churn.started), churn.failed_attempts, during)
+        records = [json.loads(ln) for ln in started.agent.lines if ln.strip()]
+        assert any("keeping the plugin" in r["msg"] for r in records), records[-10:]
+        unredirected = [name for name, redirected in churn.started if not redirected]
+        assert unredirected == [], f"{len(unredirected)} of {churn.count()} meshed pods " \
+                                   f"started without redirection"
+        assert "istio-cni" in [p["type"] for p in json.loads(started.primary.read_text())[
+            "plugins"]]
+        terminate_within_grace(second)
+
+
+def test_helm_uninstall_under_the_charts_rbac_removes_the_plugin(
+        tmp_path: Path, kube_api_tls: KubeApiServer, dist: Path) -> None:
+    api = kube_api_tls
+    token = chart_cluster(api)
+    with chart_agent(tmp_path, api, dist, token=token) as started:
+        wait_ready(started.agent)
+        api.delete_daemonset(chart.NAMESPACE, "istio-cni-node")
+        uninstall_release(api, chart.DOCS)
+        assert terminate_within_grace(started.agent) == 0
+        after = json.loads(started.primary.read_text())
+        assert [p["type"] for p in after["plugins"]] == ["bridge"]
+        assert not (started.pod.bin_dir / "istio-cni").exists()
+        assert not (started.pod.run_dir / "istio-cni-kubeconfig").exists()
+
+
+def test_a_hanging_api_at_shutdown_stays_within_the_charts_grace_period(
+        tmp_path: Path, kube_api_tls: KubeApiServer, dist: Path) -> None:
+    api = kube_api_tls
+    token = chart_cluster(api)
+    with chart_agent(tmp_path, api, dist, token=token) as started:
+        wait_ready(started.agent)
+        api.hang(".*")
+        code = terminate_within_grace(started.agent)
+        api.clear_faults()
+        api.delete_pod(chart.NAMESPACE, chart.POD_NAME)
+        assert code == 0, "\n".join(started.agent.lines[-20:])
+        # the node can start pods: istio-cni is gone from the config the runtime loads, or
+        # still there with a credential the API accepts
+        plugins = [p["type"] for p in json.loads(started.primary.read_text())["plugins"]]
+        if "istio-cni" in plugins:
+            kubeconfig = json.loads((started.pod.run_dir / "istio-cni-kubeconfig").read_text())
+            api.auth.authenticate(f"Bearer {kubeconfig['users'][0]['user']['token']}")

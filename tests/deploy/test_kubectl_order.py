@@ -128,9 +128,9 @@ def kubectl_delete(api: Api, home: Path, *args: str) -> list[str]:
 def test_kubectl_deletes_the_daemonset_before_its_service_account_and_rbac(api: Api,
                                                                             tmp_path: Path):
     kinds = kubectl_delete(api, tmp_path, "-l", "app.kubernetes.io/name=istio-cni")
-    assert kinds == ["configmaps", "daemonsets", "serviceaccounts", "clusterroles",
-                     "clusterrolebindings", "clusterroles", "clusterrolebindings",
-                     "clusterroles", "clusterrolebindings", "roles",
+    assert kinds == ["configmaps", "daemonsets", "serviceaccounts", "serviceaccounts",
+                     "clusterroles", "clusterrolebindings", "clusterroles",
+                     "clusterrolebindings", "clusterroles", "clusterrolebindings", "roles",
                      "rolebindings"]  # file order, and no namespaces
 
 
@@ -138,9 +138,10 @@ def test_a_plain_kubectl_delete_leaves_the_namespace_alone(api: Api, tmp_path: P
     """`kubectl delete -f daemonset.yaml`, as docs/deploy.md says: the same as with the label
     selector; istio-system, which istiod shares, is not in the file and stays."""
     kinds = kubectl_delete(api, tmp_path)
-    assert kinds == ["configmaps", "daemonsets", "serviceaccounts", "clusterroles",
-                     "clusterrolebindings", "clusterroles", "clusterrolebindings",
-                     "clusterroles", "clusterrolebindings", "roles", "rolebindings"]
+    assert kinds == ["configmaps", "daemonsets", "serviceaccounts", "serviceaccounts",
+                     "clusterroles", "clusterrolebindings", "clusterroles",
+                     "clusterrolebindings", "clusterroles", "clusterrolebindings", "roles",
+                     "rolebindings"]
 
 
 def test_the_first_apply_creates_the_namespace_first(api: Api, tmp_path: Path):
@@ -150,7 +151,7 @@ def test_the_first_apply_creates_the_namespace_first(api: Api, tmp_path: Path):
             "-f", str(MANIFEST))
     created = [path.rsplit("/", 1)[-1] for path in api.created]
     assert created == ["namespaces", "configmaps", "daemonsets", "serviceaccounts",
-                       "clusterroles", "clusterrolebindings", "clusterroles",
+                       "serviceaccounts", "clusterroles", "clusterrolebindings", "clusterroles",
                        "clusterrolebindings", "clusterroles", "clusterrolebindings", "roles",
                        "rolebindings"]
     assert api.created[1] == "/api/v1/namespaces/istio-system/configmaps"

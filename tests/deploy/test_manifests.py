@@ -23,8 +23,8 @@ from kubernetes_validate.utils import all_versions, latest_version
 from admin.cli import cli
 from cni.decision import decide_before_lookup
 from installer.config import InstallerConfig
-from installer.upgrade import PROBE_TIMEOUT_SECONDS
 from node_daemon.config import DaemonConfig, NodeGateConfig
+from node_daemon.shutdown import WITHDRAWAL_WINDOW, GraceBudget
 from tests.deploy.manifest import (
     MANIFEST,
     NAMESPACE,
@@ -114,7 +114,7 @@ def test_strict_validation_catches_a_misspelled_field() -> None:
 
 def test_everything_namespaced_is_in_istio_system() -> None:
     kinds = [d["kind"] for d in DOCS]
-    assert kinds == ["ConfigMap", "DaemonSet", "ServiceAccount", "ClusterRole",
+    assert kinds == ["ConfigMap", "DaemonSet", "ServiceAccount", "ServiceAccount", "ClusterRole",
                      "ClusterRoleBinding", "ClusterRole", "ClusterRoleBinding", "ClusterRole",
                      "ClusterRoleBinding", "Role", "RoleBinding"]
     for d in DOCS:
@@ -227,9 +227,14 @@ def test_ports_and_probes_match_the_daemon() -> None:
 
 
 def test_grace_period_covers_the_shutdown() -> None:
-    """SIGTERM: stop the controller, GET the DaemonSet (up to PROBE_TIMEOUT_SECONDS), uninstall.
-    The last two are file renames and a watch close: 10 s of margin is generous."""
-    assert POD["terminationGracePeriodSeconds"] >= PROBE_TIMEOUT_SECONDS + 10
+    """SIGTERM: the decision (bounded by the grace period the agent reads from its pod) then
+    the uninstall. The period leaves the decision room for the grant watch of a cluster where
+    the agent may not get its DaemonSet, and the agent reads it (POD_NAME, POD_NAMESPACE)."""
+    grace = GraceBudget(float(POD["terminationGracePeriodSeconds"]))
+    assert grace.decision_deadline(0.0) >= WITHDRAWAL_WINDOW + 5
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+           for e in container(DOCS)["env"]}
+    assert env["POD_NAME"] == "metadata.name" and env["POD_NAMESPACE"] == "metadata.namespace"
 
 
 # --- the pod: scheduling and privileges ------------------------------------------------------

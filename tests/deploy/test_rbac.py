@@ -5,14 +5,16 @@ the API stand-in (`KubeApiServer`, which records every request), with the enviro
 manifest gives it and the service account token, and each recorded request is mapped to the
 (apiGroup, resource, verb) the API server would authorize. Per component:
 
-- the plugin: the installer writes its kubeconfig from the service account (as in the pod),
+- the plugin: the agent asks for a token of the plugin's own ServiceAccount (TokenRequest, the
+  stand-in with the manifest's RBAC on), the installer writes it into the plugin's kubeconfig,
   then the plugin's pod lookup (`cni.podlookup.ApiPodSource`) reads a pod through it;
 - the node daemon: the repair controller in the shipped mode (repair in place) over a broken
   pod, plus the admin commands run in the pod (`explain NS/POD`, `repair --dry-run`), and the
   same controller in delete and label modes for the commented additions;
 - the node daemon's readiness gate, with the manifest's settings, over a tainted node from
   not ready to ready and to the condition it publishes on the way out;
-- the installer: `Installer.keep_plugin_on_shutdown()` with UNINSTALL_ON_SHUTDOWN=auto.
+- the shutdown decision (`node_daemon.shutdown.decide`) with UNINSTALL_ON_SHUTDOWN=auto, and
+  the TokenRequest above: together, the namespaced Role.
 
 Each observed set must equal what that component's role grants. A static check follows: every
 role is bound to the DaemonSet's service account, and the namespaced Role names exactly the
@@ -22,6 +24,7 @@ DaemonSet the installer looks up.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,12 @@ from installer import Installer
 from installer.config import InstallerConfig
 from node_daemon.config import DaemonConfig, NodeGateConfig
 from node_daemon.controller import RepairController
-from node_daemon.kubeapi import NodeApi
+from node_daemon.kubeapi import ApiError, NodeApi
 from node_daemon.node_gate import READY, NodeGate, Readiness, Reason
+from node_daemon.permissions import Permissions
+from node_daemon.plugin_token import PluginToken
+from node_daemon.selfapi import SelfApi
+from node_daemon.shutdown import Clock, ShutdownPolicy, decide
 from testbed.cleanup import Cleanup
 from testbed.controller import NoNetns, start_controller
 from testbed.kubeapi import KubeApiServer, kubernetes_api_client, write_kubeconfig
@@ -63,12 +70,18 @@ PRIMARY = {"cniVersion": "1.0.0", "name": "k8s-pod-network",
            "plugins": [{"type": "bridge", "bridge": "cni0"}]}
 
 
-def observed(api: KubeApiServer, since: int = 0) -> set[Access]:
-    reqs = api.requests[since:]
-    # every request ran as the DaemonSet's service account
-    assert all({k.lower(): v for k, v in r.headers.items()}.get("authorization")
-               == f"Bearer {TOKEN}" for r in reqs)
+def observed(api: KubeApiServer, since: int = 0, token: str = TOKEN) -> set[Access]:
+    """What was asked with `token`; every request since `since` carried it, or another token
+    the caller names by asking for it too."""
+    reqs = [r for r in api.requests[since:]
+            if {k.lower(): v for k, v in r.headers.items()}.get("authorization")
+            == f"Bearer {token}"]
     return {access_of(r.method, r.path, r.query) for r in reqs}
+
+
+def tokens_used(api: KubeApiServer) -> set[str]:
+    return {{k.lower(): v for k, v in r.headers.items()}.get("authorization", "")
+            for r in api.requests}
 
 
 def rules_of(access: set[Access]) -> set[tuple[str, str, str]]:
@@ -137,22 +150,40 @@ def _drive_repair(api: KubeApiServer, make: Callable[..., Any], mode: str | None
     return observed(api)
 
 
-def test_plugin_needs_exactly_the_istio_cni_role(api: KubeApiServer,
-                                                 node_env: dict[str, str]) -> None:
+def test_plugin_needs_exactly_the_plugin_role(kube_api_tls: KubeApiServer,
+                                              node_env: dict[str, str]) -> None:
+    api = kube_api_tls
+    api.require_token(None)
+    api.auth.load_rbac(DOCS)
+    agent_pod = api.add_pod({"metadata": {"name": "istio-cni-node-abcde",
+                                          "namespace": NAMESPACE},
+                             "spec": {"nodeName": NODE, "serviceAccountName": "istio-cni"}})
+    agent_token = api.auth.pod_token(NAMESPACE, "istio-cni", agent_pod)
+    api.add_node(make_node(NODE))
     api.add_pod(make_pod("app-1"))
-    installer = Installer(InstallerConfig.from_env(node_env))
+    env = DaemonConfig.from_env(node_env)
+    plugin_token = PluginToken(SelfApi(kubernetes_api_client(api, agent_token)), NAMESPACE,
+                               env.plugin_service_account, NODE, env.plugin_token_seconds)
+    assert plugin_token.renew()
+    installer = Installer(InstallerConfig.from_env(node_env), token_source=plugin_token.current)
     installer.install(timeout=5)
-    before = len(api.requests)
-    assert before == 0, "installing makes no API call"
     kubeconfig = Path(node_env["CNI_AGENT_RUN_DIR"]) / "istio-cni-kubeconfig"
     source = ApiPodSource(load_kubeconfig(str(kubeconfig)), RetryPolicy(attempts=1, deadline=10))
     try:
         assert source.get_pod("shop", "app-1")["metadata"]["name"] == "app-1"
     finally:
         source.close()
-    seen = observed(api)
+    assert tokens_used(api) == {f"Bearer {agent_token}", f"Bearer {plugin_token.current()}"}
+    # the agent asked for the plugin's token, and nothing else
+    assert observed(api, token=agent_token) == {
+        Access("", "serviceaccounts/token", "create", NAMESPACE, "istio-cni-plugin")}
+    # the plugin read the pod, and nothing else, as its own ServiceAccount
+    seen = observed(api, token=str(plugin_token.current()))
     assert seen == {Access("", "pods", "get", "shop", "app-1")}
-    assert rules_of(seen) == role_rules("ClusterRole", "istio-cni")
+    assert rules_of(seen) == role_rules("ClusterRole", "istio-cni-plugin")
+    binding = find(DOCS, "ClusterRoleBinding", "istio-cni-plugin")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "istio-cni-plugin",
+                                    "namespace": NAMESPACE}]
 
 
 def test_daemon_in_the_shipped_mode_needs_exactly_the_repair_role(
@@ -218,36 +249,53 @@ def test_readiness_gate_needs_exactly_the_node_readiness_role(
     assert api.get_node("node-b")["spec"]["taints"] == [READINESS_TAINT]
 
 
-def test_installer_shutdown_probe_needs_exactly_the_namespaced_role(
+def test_the_shutdown_decision_and_the_plugin_token_need_exactly_the_namespaced_role(
         api: KubeApiServer, node_env: dict[str, str]) -> None:
     cfg = InstallerConfig.from_env(node_env)
     assert cfg.uninstall_on_shutdown == "auto", "the ConfigMap's shutdown policy"
-    # the stand-in serves no DaemonSets: 404 means "being removed", and the request is recorded
-    assert Installer(cfg).keep_plugin_on_shutdown() is False
+    selfapi = SelfApi(kubernetes_api_client(api, TOKEN))
+    policy = ShutdownPolicy(cfg.uninstall_on_shutdown, cfg.pod_namespace, cfg.daemonset_name)
+    permissions = Permissions({policy.daemonset_question(): True})
+    # the stand-in serves no such DaemonSet: 404 means "being removed"
+    assert decide(policy, selfapi, permissions, Clock(time.monotonic() + 10)).keep is False
+    daemon = DaemonConfig.from_env(node_env)
+    with pytest.raises(ApiError):  # no such ServiceAccount in this stand-in: 404, recorded
+        selfapi.request_token(daemon.namespace, daemon.plugin_service_account, 3600, None,
+                              (5, 5))
     seen = observed(api)
     role = find(DOCS, "Role", "istio-cni-node")
-    assert seen == {Access("apps", "daemonsets", "get", NAMESPACE, "istio-cni-node")}
+    assert seen == {Access("apps", "daemonsets", "get", NAMESPACE, "istio-cni-node"),
+                    Access("", "serviceaccounts/token", "create", NAMESPACE,
+                           "istio-cni-plugin")}
     assert rules_of(seen) == rule_accesses(role["rules"])
     assert role["metadata"]["namespace"] == NAMESPACE == DAEMONSET["metadata"]["namespace"]
     names = {n for rule in role["rules"] for n in rule.get("resourceNames", [])}
-    assert names == {a.name for a in seen} == {DAEMONSET["metadata"]["name"]}
+    assert names == {a.name for a in seen} == {DAEMONSET["metadata"]["name"],
+                                               daemon.plugin_service_account}
 
 
-def test_every_role_is_bound_to_the_daemonsets_service_account_and_nothing_else() -> None:
+def test_every_role_is_bound_to_one_of_the_two_service_accounts() -> None:
+    """The agent's roles to the DaemonSet's ServiceAccount; the plugin's role, and nothing
+    else, to the plugin's (which no pod runs as)."""
     sa_name = DAEMONSET["spec"]["template"]["spec"]["serviceAccountName"]
     assert sa_name == SA["metadata"]["name"] and SA["metadata"]["namespace"] == NAMESPACE
+    plugin_sa = find(DOCS, "ServiceAccount", "istio-cni-plugin")
+    assert plugin_sa["automountServiceAccountToken"] is False
     roles = {(d["kind"], d["metadata"]["name"]) for d in DOCS
              if d["kind"] in ("ClusterRole", "Role")}
     bound = set()
     for binding in (d for d in DOCS if d["kind"] in ("ClusterRoleBinding", "RoleBinding")):
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa_name,
+        account = "istio-cni-plugin" if binding["metadata"]["name"] == "istio-cni-plugin" \
+            else sa_name
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account,
                                         "namespace": NAMESPACE}]
         ref = binding["roleRef"]
         assert ref["apiGroup"] == "rbac.authorization.k8s.io"
         if binding["kind"] == "RoleBinding":
             assert binding["metadata"]["namespace"] == NAMESPACE
         bound.add((ref["kind"], ref["name"]))
-    assert bound == roles == {("ClusterRole", "istio-cni"), ("ClusterRole", "istio-cni-repair"),
+    assert bound == roles == {("ClusterRole", "istio-cni-plugin"),
+                              ("ClusterRole", "istio-cni-repair"),
                               ("ClusterRole", "istio-cni-node-readiness"),
                               ("Role", "istio-cni-node")}
 
@@ -261,6 +309,7 @@ def test_everything_granted_is_on_a_short_allow_list() -> None:
     assert granted == {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch"),
                        ("", "events", "create"), ("", "events", "patch"),
                        ("apps", "daemonsets", "get"),
+                       ("", "serviceaccounts/token", "create"),
                        ("", "nodes", "get"), ("", "nodes", "patch"),
                        ("", "nodes/status", "patch")}
 

@@ -24,6 +24,7 @@ from node_daemon.node_gate import READY, NodeGate, Readiness, Reason, condition_
 from testbed.kubeapi import KubeApiServer, kubernetes_api_client
 from testbed.nodes import READINESS_TAINT, make_node
 from testbed.wait import wait_for
+from tests.deploy.manifest import NAMESPACE, REPO, documents
 from tests.node_daemon.test_servers import FakeInstaller
 
 NODE, OTHER = "node-a", "node-b"
@@ -248,10 +249,20 @@ class GatedInstaller(FakeInstaller):
         super().install(stop)
 
 
+def agent_client(api: KubeApiServer) -> Any:
+    """The agent's client as in a cluster with daemonset.yaml and node-policy.yaml applied:
+    its pod's bound token (carrying its node), its RBAC, the admission policy in force."""
+    api.auth.load_rbac(documents())
+    api.admission.load(documents(REPO / "node-policy.yaml"))
+    pod = api.add_pod({"metadata": {"name": "istio-cni-node-g", "namespace": NAMESPACE},
+                       "spec": {"nodeName": NODE, "serviceAccountName": "istio-cni"}})
+    return kubernetes_api_client(api, api.auth.pod_token(NAMESPACE, "istio-cni", pod))
+
+
 def _agent_cfg(tmp_path: Path) -> DaemonConfig:
     return DaemonConfig(repair=RepairConfig(node_name=NODE, enabled=True), run_dir=tmp_path,
                         health_port=0, monitoring_port=0, bind_address="127.0.0.1",
-                        node_gate=BOTH)
+                        node_gate=BOTH, namespace=NAMESPACE)
 
 
 def test_the_agent_gates_its_node_from_install_to_uninstall(
@@ -260,7 +271,7 @@ def test_the_agent_gates_its_node_from_install_to_uninstall(
     kube_api.add_node(make_node(OTHER, taints=[READINESS_TAINT]))
     other_before = kube_api.get_node(OTHER)
     installer = GatedInstaller()
-    agent = Agent(_agent_cfg(tmp_path), installer, PodApi(kubernetes_api_client(kube_api)))
+    agent = Agent(_agent_cfg(tmp_path), installer, PodApi(agent_client(kube_api)))
     stop = threading.Event()
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(agent.run(stop)))
@@ -292,7 +303,7 @@ def test_a_restart_that_keeps_the_plugin_leaves_the_condition_true(
     kube_api.add_node(make_node(NODE))
     installer = GatedInstaller()
     installer.release.set()
-    agent = Agent(_agent_cfg(tmp_path), installer, PodApi(kubernetes_api_client(kube_api)))
+    agent = Agent(_agent_cfg(tmp_path), installer, PodApi(agent_client(kube_api)))
     stop = threading.Event()
     thread = threading.Thread(target=lambda: agent.run(stop, keep_plugin=True))
     thread.start()
@@ -361,3 +372,4 @@ def test_api_error_is_the_only_failure_type_the_node_api_raises(kube_api: KubeAp
     with pytest.raises(ApiError) as err:
         nodes.get_node("nowhere")
     assert err.value.not_found and "get node nowhere" in err.value.message
+

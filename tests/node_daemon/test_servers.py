@@ -18,6 +18,7 @@ from node_daemon.config import DaemonConfig, RepairConfig
 from node_daemon.health import health_server, metrics_server
 from node_daemon.logsink import LogSink
 from node_daemon.metrics import Metrics
+from node_daemon.shutdown import ShutdownPolicy
 from testbed.wait import wait_for
 
 
@@ -102,7 +103,7 @@ def test_healthz_always_readyz_follows_state_and_metrics_served():
 
 
 class FakeInstaller:
-    """The installer seam `agent.Installer`: install, watch(stop), keep_plugin_on_shutdown,
+    """The installer seam `agent.Installer`: install, watch(stop), rewrite_kubeconfig,
     uninstall, ready, and the install count (the installer's own `InstallerMetrics`)."""
 
     def __init__(self, fail_install: bool = False) -> None:
@@ -124,8 +125,9 @@ class FakeInstaller:
         self.calls.append("watch")
         stop.wait()
 
-    def keep_plugin_on_shutdown(self) -> bool:
-        return False
+    def rewrite_kubeconfig(self) -> bool:
+        self.calls.append("rewrite kubeconfig")
+        return True
 
     def uninstall(self, keep_plugin: bool = False) -> None:
         self.calls.append(f"uninstall keep={keep_plugin}")
@@ -188,34 +190,30 @@ def test_installs_total_is_the_installer_s_one_count(tmp_path):
     assert 'istio_cni_installs_total{result="COPY_BINARIES_FAILURE"} 1.0' in body
 
 
-@pytest.mark.parametrize("keep", [True, False])
-def test_agent_asks_the_installer_whether_to_keep_the_plugin(tmp_path, keep, mocker):
-    """UNINSTALL_ON_SHUTDOWN: the installer's decision (upgrade vs deletion) is called, not
-    mistaken for a truthy attribute."""
+@pytest.mark.parametrize(("setting", "keep"), [("false", True), ("true", False)])
+def test_agent_applies_uninstall_on_shutdown(tmp_path, setting, keep):
+    """UNINSTALL_ON_SHUTDOWN=true/false: the decision is the setting, nothing asked."""
     installer = FakeInstaller()
-    asked = mocker.patch.object(installer, "keep_plugin_on_shutdown", return_value=keep)
-    agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
+    agent = Agent(_cfg(tmp_path, enabled=False), installer, None,
+                  policy=ShutdownPolicy(setting, "istio-system"))
     stop = threading.Event()
     stop.set()  # shut down as soon as the watch starts
     assert agent.run(stop) == 0
-    asked.assert_called_once_with()
     assert installer.calls[-1] == f"uninstall keep={keep}"
 
 
-def test_agent_uninstalls_when_the_installer_cannot_decide(tmp_path, mocker, caplog):
-    """The upgrade-or-deletion question fails in a way the installer did not foresee: the agent
-    takes the safe default (uninstall, so no pod is left with a plugin nobody repairs) and says
-    why, instead of dying with the plugin in place."""
+def test_agent_uninstalls_when_it_cannot_decide(tmp_path, caplog):
+    """`auto` with no way to ask the API: the safe default (uninstall, so no pod is left with a
+    plugin nobody maintains), said as a warning with its reason."""
     installer = FakeInstaller()
-    mocker.patch.object(installer, "keep_plugin_on_shutdown",
-                        side_effect=OSError(5, "Input/output error"))
-    agent = Agent(_cfg(tmp_path, enabled=False), installer, None)
+    agent = Agent(_cfg(tmp_path, enabled=False), installer, None,
+                  policy=ShutdownPolicy("auto", "istio-system"))
     stop = threading.Event()
     stop.set()
-    with caplog.at_level(logging.ERROR, logger="node_daemon.agent"):
+    with caplog.at_level(logging.WARNING, logger="node_daemon.shutdown"):
         assert agent.run(stop) == 0
     assert installer.calls[-1] == "uninstall keep=False"
-    assert "could not decide whether to keep the plugin: [Errno 5] Input/output error" \
+    assert "removing the plugin: cannot tell a restart from an uninstall: no API access" \
         in caplog.text
 
 
