@@ -34,7 +34,7 @@ from testbed.kubeapi import KubeApiServer, kubernetes_api_client
 from testbed.nodes import make_node
 from testbed.pods import BROKEN_WAITING, COMPLETED, NODE, make_pod, workload
 from testbed.wait import wait_for
-from tests.node_daemon.test_node_gate import _agent_cfg, condition_is
+from tests.node_daemon.test_node_gate import _agent_cfg, agent_client, condition_is
 from tests.node_daemon.test_servers import FakeInstaller, _get
 
 CFG = RepairConfig(node_name=NODE)
@@ -59,8 +59,10 @@ def test_a_silent_watch_makes_the_agent_not_ready_and_says_why(kube_api: KubeApi
     kube_api.store.bookmark_interval = 0.1  # the heartbeat of a healthy watch
     kube_api.add_node(make_node(NODE))
     installer = FakeInstaller()
+    # as in a cluster with the manifests applied: the node gate publishes only under the
+    # admission policy that confines it
     agent = Agent(replace(_agent_cfg(tmp_path), watch_stale_after=2.0), installer,
-                  PodApi(kubernetes_api_client(kube_api)))
+                  PodApi(agent_client(kube_api)))
     stop = threading.Event()
     thread = threading.Thread(target=lambda: agent.run(stop))
     thread.start()
