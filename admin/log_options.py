@@ -28,10 +28,14 @@ SCOPES: dict[str, tuple[str, ...]] = {
     "install": ("installer",),
     "repair": ("node_daemon.controller", "node_daemon.actions", "node_daemon.broken",
                "node_daemon.drift"),
-    "cni-plugin": ("cni-plugin",),
+    "cni-plugin": ("cni-plugin", "istio-cni", "cni"),
 }
 """Upstream's scope -> our logger names ("" is the root logger). `cni-plugin` is where the
-plugin's lines are re-emitted (node_daemon.logsink)."""
+plugin's lines are re-emitted (node_daemon.logsink), and the plugin's own loggers (`istio-cni`,
+`cni.*`): the agent runs the plugin's code for the calls it serves, and a served call's lines
+are made at these loggers' level, so `cni-plugin:debug` gives a served call its debug lines as
+it gives an in-process call's report (the agent's repair and drift, which run the same code,
+then log its debug lines too)."""
 
 PLUGIN_SCOPE = "cni-plugin"
 ALL = "all"

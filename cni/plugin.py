@@ -99,6 +99,7 @@ class Plugin:
         self._record(pod_name,
                      AddOutcome.REDIRECTED if decision.redirect else AddOutcome.SKIPPED,
                      decision.reason, start)
+        plog.debug("phases (seconds): %s", self.phases)  # lazy: formatted only at debug
         return result
 
     # --- CHECK -------------------------------------------------------------------------------

@@ -327,8 +327,8 @@ class ServedCallLog:
     lines the in-process plugin would have written, the same records with the same fields (pod,
     container id, netns), for the same three places: the plugin's stderr, the run dir's log file
     (`append_lines`) and the agent's log via `cni-plugin`. The agent writes them after it has
-    answered, so no line is on the pod's critical path. Lines below the agent's own level for
-    these loggers are not made at all (run the agent at debug to see a call's debug lines).
+    answered, so no line is on the pod's critical path. Lines below the agent's level for these
+    loggers (its `cni-plugin` scope) are not made at all: `cni-plugin:debug` makes them.
     """
 
     def __init__(self, fd_path: str = "", shown: str = "") -> None:

@@ -135,17 +135,23 @@ def test_ambient_enabled_keeps_the_agent_not_ready_and_touching_nothing():
 
 # --- the flags ------------------------------------------------------------------------------------
 
+def PLUGIN_LOGGERS(level: int) -> dict[str, int]:  # noqa: N802 - reads as the table's constant
+    """The `cni-plugin` scope's loggers: where plugin reports are re-emitted, and the plugin's
+    own loggers (the agent runs the plugin's code for served calls)."""
+    return {"cni-plugin": level, "istio-cni": level, "cni": level}
+
+
 @pytest.mark.parametrize(("text", "loggers", "plugin"), [
     ("", {}, None),
     ("info", {"": logging.INFO}, None),  # the chart's default global.logging.level
     ("default:info", {"": logging.INFO}, None),
-    ("default:warn,cni-plugin:debug", {"": logging.WARNING, "cni-plugin": logging.DEBUG},
+    ("default:warn,cni-plugin:debug", {"": logging.WARNING, **PLUGIN_LOGGERS(logging.DEBUG)},
      "debug"),
     ("install:debug, repair:error", {"installer": logging.DEBUG,
                                      **dict.fromkeys(log_options.SCOPES["repair"],
                                                      logging.ERROR)}, None),
-    ("cni-plugin:none", {"cni-plugin": log_options.LEVELS["none"]}, "none"),
-    ("cni-plugin:fatal", {"cni-plugin": logging.CRITICAL}, "error"),
+    ("cni-plugin:none", PLUGIN_LOGGERS(log_options.LEVELS["none"]), "none"),
+    ("cni-plugin:fatal", PLUGIN_LOGGERS(logging.CRITICAL), "error"),
 ])
 def test_log_output_level_parses_as_upstreams(text, loggers, plugin):
     levels = log_options.parse_output_levels(text)
