@@ -175,7 +175,7 @@ def serving_agent(tmp_path: Path):  # noqa: ANN201
     from node_daemon.cni_server import CniServer, CniService
     from node_daemon.metrics import Metrics
 
-    pods = {"shop/app-1": {"metadata": {"name": "app-1", "namespace": "shop"},
+    pods = {"shop/app-1": {"metadata": {"name": "app-1", "namespace": "shop", "uid": "u-1"},
                            "spec": {"containers": [{"name": "app"}]}}}
     service = CniService(Metrics(), lambda: (True, ""), pods.get, None)
     server = CniServer(tmp_path / "run" / "cni.sock", service)
@@ -194,7 +194,7 @@ def test_a_served_call_loads_only_the_thin_client(serving_agent, netns, command:
     ns, name = pod.split("/")
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": netns.path,
            "CNI_IFNAME": "eth0", "CNI_PATH": "/opt/cni/bin",
-           "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name}"}
+           "CNI_ARGS": f"K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID=u-1"}
     conf = {"cniVersion": "1.0.0", "name": "net", "type": "istio-cni",
             "exclude_namespaces": ["kube-system"], "cni_agent_run_dir": str(run_dir)}
     status, out, loaded = run_entry(env, conf)
