@@ -96,11 +96,6 @@ def table_names(text: str) -> set[str]:
             if kind == "table" and f.get("family") == FAMILY and f.get("name") in TABLES}
 
 
-def table_families(text: str) -> set[str]:
-    """The families that hold any table in a `list tables` JSON output."""
-    return {str(f.get("family")) for kind, f in _objects(text) if kind == "table"}
-
-
 def parse_table(text: str, name: str) -> LiveTable:
     """One of our tables from its `list table inet NAME` JSON output; only objects that say
     they belong to it are read (the listing holds nothing else)."""

@@ -24,8 +24,10 @@ Which of these facts change from one pod to the next?
     pod netns). libiptc is not asked: initialising a table handle makes the kernel instantiate
     that table in the netns, which would turn the next detection to legacy.
   - nftables tables: `iptables-nft-save` prints the netns's nftables tables of family `ip`
-    (`ip6`) and nothing else; libnftables' JSON `list tables` (structured, `cni.nft_state`)
-    says whether there is any. None means the nft save would print nothing.
+    (`ip6`) and nothing else; the kernel's table list for that family (one nfnetlink dump,
+    read message by message: `nft_tables`) says whether there is any. None means the nft save
+    would print nothing. (Not libnftables: loading it would add ~1.6 MiB to an agent that,
+    in iptables mode, has no other use for it.)
 
 A fresh sandbox netns, what an ADD almost always meets, holds no table at all: the state is
 then known to be empty without a process, and the ADD is one restore. Anything else (a table
@@ -39,6 +41,8 @@ CPython), and a value learned twice is the same value. A forked child (a pod's u
 
 from __future__ import annotations
 
+import socket
+import struct
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -49,9 +53,26 @@ TABLE_NAMES = {False: "/proc/thread-self/net/ip_tables_names",
 """The legacy tables the kernel has instantiated in this thread's netns (what
 `iptables-legacy-save` reads to know which tables to print)."""
 MAX_TABLE_NAMES = 4096
-NFT_FAMILY = {False: "ip", True: "ip6"}
-"""The nftables family whose tables `iptables-nft-save` (`ip6tables-nft-save`) prints."""
 _UNSET = object()
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_NEWTABLE = NFNL_SUBSYS_NFTABLES << 8 | 0  # NFT_MSG_NEWTABLE: one table of the dump
+NFT_GETTABLE = NFNL_SUBSYS_NFTABLES << 8 | 1  # NFT_MSG_GETTABLE
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_NOOP, NLMSG_DONE = 1, 3
+NLMSG_HEADER = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+NFGENMSG = struct.Struct("=BBH")  # family, version, resource id (big-endian, 0 here)
+NFPROTO = {False: 2, True: 10}
+"""NFPROTO_IPV4 / NFPROTO_IPV6: the nftables families `ip` and `ip6`, whose tables
+`iptables-nft-save` and `ip6tables-nft-save` print."""
+NETLINK_TIMEOUT = 5.0
+NETLINK_BUFFER = 65536
+MAX_NETLINK_READS = 1024
+_GETTABLE_DUMP = {
+    ipv6: NLMSG_HEADER.pack(NLMSG_HEADER.size + NFGENMSG.size, NFT_GETTABLE,
+                            NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + NFGENMSG.pack(family, 0, 0)
+    for ipv6, family in NFPROTO.items()}
 
 
 def legacy_table_names(ipv6: bool) -> list[str]:
@@ -105,19 +126,47 @@ class NodeFacts:
             lib = self._nft_lib = LibNftables.load()
         return lib  # type: ignore[return-value]
 
-    def nft_tables(self, ipv6: bool) -> bool | None:
-        """Does this thread's netns hold an nftables table of the family `iptables-nft-save`
-        prints for `ipv6`? None when libnftables cannot say."""
-        lib = self.libnftables()
-        if lib is None:
-            return None
-        from cni.nft_exec import NftError
-        from cni.nft_state import StateUnreadable, table_families
 
+def nft_tables(ipv6: bool) -> bool | None:
+    """Does this thread's netns hold an nftables table of the family `iptables-nft-save`
+    prints for `ipv6` (`ip`, `ip6`)? The kernel's own list: one `NFT_MSG_GETTABLE` dump over
+    nfnetlink for that family (the kernel leaves the others out), read message by message.
+    None when the kernel does not answer it (no nf_tables, an error, no end in sight): the
+    caller then runs the save."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_NETFILTER)  # in this thread's netns, like a child's
+    except OSError:
+        return None
+    with sock:
         try:
-            return NFT_FAMILY[ipv6] in table_families(lib.run("list tables", json=True))
-        except (NftError, StateUnreadable):
+            sock.settimeout(NETLINK_TIMEOUT)
+            sock.sendto(_GETTABLE_DUMP[ipv6], (0, 0))
+            for _ in range(MAX_NETLINK_READS):
+                answer = _tables_in(sock.recv(NETLINK_BUFFER))
+                if answer is not _UNSET:
+                    return answer  # type: ignore[return-value]
+        except OSError:
             return None
+    return None
+
+
+def _tables_in(data: bytes) -> bool | None | object:
+    """True at the first table of the dump, False at its end, None at an error or a message
+    that is not a dump's; `_UNSET` when this part of the dump holds none of these."""
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length, kind, _flags, _seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size:
+            return None
+        if kind == NFT_NEWTABLE:
+            return True
+        if kind == NLMSG_DONE:
+            return False
+        if kind != NLMSG_NOOP:
+            return None  # NLMSG_ERROR (no nf_tables, no permission) or anything unexpected
+        offset += (length + 3) & ~3
+    return _UNSET
 
 
 NODE = NodeFacts()

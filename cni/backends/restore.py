@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from cni.backends.iptables import IptablesBackend
-from cni.backends.node_facts import legacy_table_names
+from cni.backends.node_facts import legacy_table_names, nft_tables
 from cni.errors import RulesApplyFailed
 from cni.live_state import (
     Check,
@@ -245,7 +245,7 @@ class RestoreBackend(IptablesBackend):
         if flavor.legacy:
             empty = self._legacy_tables(ipv6) is False
         else:
-            empty = self.facts.nft_tables(ipv6) is False
+            empty = nft_tables(ipv6) is False
         self._warm_used = self._warm_used or empty
         return empty
 
