@@ -25,14 +25,15 @@ Which of these facts change from one pod to the next?
     that table in the netns, which would turn the next detection to legacy.
   - nftables tables: `iptables-nft-save` prints the netns's nftables tables of family `ip`
     (`ip6`) and nothing else; the kernel's table list for that family (one nfnetlink dump,
-    read message by message: `nft_tables`) says whether there is any. None means the nft save
+    read message by message: `nft_tables`) says whether there is any: none, and the nft save
     would print nothing. (Not libnftables: loading it would add ~1.6 MiB to an agent that,
-    in iptables mode, has no other use for it.)
+    in iptables mode, has no other use for it. In native nftables mode it is the way rules
+    are written, loaded once per process: `NodeFacts.libnftables`.)
 
 A fresh sandbox netns, what an ADD almost always meets, holds no table at all: the state is
 then known to be empty without a process, and the ADD is one restore. Anything else (a table
-of the kind exists, the list cannot be read, libnftables is missing) runs the save as the cold
-path does, so a netns that holds anything is read exactly as before (`cni.live_state`).
+of the kind exists, a list cannot be read, the kernel does not answer) runs the save as the
+cold path does, so a netns that holds anything is read exactly as before (`cni.live_state`).
 
 Shared by the agent's threads without a lock: each access is one dict operation (atomic in
 CPython), and a value learned twice is the same value. A forked child (a pod's user namespace,
