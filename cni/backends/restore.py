@@ -4,7 +4,11 @@ The caller has entered the pod netns on this thread; child processes inherit it.
 follows upstream's `DetectIptablesVersion`, per family (`ip6tables-*` for IPv6):
 forced `nft`/`legacy`; else legacy if `iptables-legacy-save` shows rules (>= 3 lines) in this
 netns; else nft if usable (`iptables-nft-save` runs and a probe rule can be added and deleted,
-proving kernel support); else plain `iptables`.
+proving kernel support); else plain `iptables`. Cold (the plugin's process), each of these is a
+process per pod. Warm (`facts`: the node agent), the same choice is made from the node's facts
+learned once and the netns's read in-process (`cni.backends.node_facts`), and a netns holding
+no table of the chosen kind is known to save as nothing, so its ADD is the restore alone; an
+operation that fails after using them is retried once, cold (`_revalidating`).
 
 Locking: legacy writers take an xtables lock, by default the host's `/run/xtables.lock`, which
 kube-proxy holds for long stretches. We point `XTABLES_LOCKFILE` (iptables >= 1.8.6) at
