@@ -463,7 +463,7 @@ class BenchNode:
         meta = pod["metadata"]
         t0 = time.perf_counter()
         result = self.runtime.call("istio-cni", command, path(netns), f"c-{netns}", conf,
-                                   k8s_args(meta["namespace"], meta["name"]))
+                                   k8s_args(meta["namespace"], meta["name"], meta.get("uid", "")))
         return time.perf_counter() - t0, result
 
     def pod_gets(self) -> int:

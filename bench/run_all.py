@@ -7,7 +7,8 @@ Root is needed (network namespaces, iptables). The frozen plugin is `dist/istio-
 (build it with `scripts/build-frozen.sh`), copied privately for the run; the frozen hello-world
 is built once into build/bench-hello/. Sizes of the full run: 200 interleaved iterations of
 the plugin variants, 20 fresh interpreters for the in-process phases, the daemon watching
-1,000 pods with 10 s of churn, 20 repairs, 50 re-insertions, 3 rounds of 50 concurrent ADDs.
+1,000 pods with 10 s of churn and 5,000 ADDs it serves, 20 repairs, 50 re-insertions, 3 rounds
+of 50 concurrent ADDs with no agent and 3 of 120 through the agent.
 """
 
 from __future__ import annotations
@@ -54,11 +55,16 @@ class Sizes:
     reinserts: int = 50
     concurrent: int = 50
     rounds: int = 3
+    served: int = 5000
+    """ADDs served over the daemon's cni.sock in the footprint run (RSS flat?)."""
+    agent_concurrent: int = 120
+    """Concurrent ADDs through the agent (all served?)."""
 
 
 FULL = Sizes()
 QUICK = Sizes(iterations=5, warmup=1, interpreters=3, pods=100, churn_seconds=2.0,
-              idle_seconds=1.0, repairs=3, reinserts=5, concurrent=10, rounds=1)
+              idle_seconds=1.0, repairs=3, reinserts=5, concurrent=10, rounds=1, served=50,
+              agent_concurrent=10)
 
 
 def run(sizes: Sizes, plugin_argv: list[str], hello_argv: list[str],
@@ -76,12 +82,14 @@ def run(sizes: Sizes, plugin_argv: list[str], hello_argv: list[str],
         emit(t)
     emit(phases.table(latency, phases.inprocess(sizes.interpreters), phases.importtime()))
     footprint = daemon_footprint.run_footprint(sizes.pods, sizes.churn_seconds,
-                                               sizes.idle_seconds)
+                                               sizes.idle_seconds, served=sizes.served)
     emit(daemon_footprint.table(footprint))
     emit(api_load.table(latency, footprint))
     emit(daemon_latency.table(daemon_latency.measure(sizes.repairs, sizes.reinserts)))
     emit(concurrency.table(concurrency.measure(plugin_argv, sizes.concurrent, "nft",
                                                sizes.rounds)))
+    emit(concurrency.table(concurrency.measure(plugin_argv, sizes.agent_concurrent, "nft",
+                                               sizes.rounds, agent=True)))
     return out
 
 

@@ -28,6 +28,7 @@ import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
 from cni.ruleset import BUILTIN_CHAINS, OWN_CHAINS, OWN_TABLES, FamilyRules, Rule
 
@@ -63,6 +64,8 @@ FLAG_OPTS = frozenset({"--save-mark", "--restore-mark"})
 TARGET_ALIASES = {"--to-port": "--to-ports"}
 CTSTATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED", "SNAT", "DNAT")
 FULL_MASK = 0xFFFFFFFF
+SAVE_FORM_CACHE = 2048
+"""Rules whose `save_form` is kept: a few rule sets' worth (~40 rules each)."""
 
 
 class UnsupportedRule(ValueError):
@@ -216,8 +219,10 @@ def _render_target(target: str, opts: tuple[Opt, ...], ipv6: bool) -> str:
     return f"-j {target}"
 
 
+@lru_cache(maxsize=SAVE_FORM_CACHE)
 def save_form(rule: Rule, ipv6: bool) -> str:
-    """The line `iptables-save` prints for `rule` once applied (`-A CHAIN ...`)."""
+    """The line `iptables-save` prints for `rule` once applied (`-A CHAIN ...`). Pure, so kept
+    for the node agent's next pods (a pod's rule set is mostly its neighbours')."""
     parsed = parse_rule(rule.spec)
     parts = [f"-A {rule.chain}"]
     for name in IP_ORDER:
@@ -505,7 +510,8 @@ def claimed(live: dict[str, Chains], wanted: FamilyRules) -> tuple[Rule, ...]:
     out = []
     for table in wanted.tables():
         have = {line for lines in live.get(table, {}).values() for line in lines}
-        out += [r for r in wanted.rules_in(table) if save_form(r, wanted.ipv6) in have]
+        if have:
+            out += [r for r in wanted.rules_in(table) if save_form(r, wanted.ipv6) in have]
     return tuple(out)
 
 

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cni import plugin_log, teardown
 from cni.config import PluginConfig, parse_plugin_config
@@ -24,6 +24,9 @@ from cni.errors import CNIError, InvalidNetNS, PluginNotAvailable, RulesMismatch
 from cni.plugin_log import AddOutcome
 from cni.protocol import CmdArgs, dispatch, parse_cni_args
 from cni.results import encode_result
+
+if TYPE_CHECKING:
+    from cni.backends import RuleMode
 
 log = logging.getLogger("istio-cni")
 
@@ -54,18 +57,21 @@ class Plugin:
     def __init__(
         self, pod_source_factory: Callable[[PluginConfig], PodSource] = api_pod_source,
         *, own_logging: bool = True, netns_fd: int | None = None,
-        fallback: tuple[str, str] | None = None,
+        fallback: tuple[str, str] | None = None, warm: bool = False,
     ) -> None:
         """`own_logging`: configure the process's logging from the config (off in the agent,
         whose logging is its own). `netns_fd`: the agent's, the pod netns the thin client
         handed over; every step that enters the netns enters that descriptor, never a path
         (`CNI_NETNS` then only names it in messages and log lines). `fallback`: (level,
         reason) why the thin client did not hand this call to the agent, logged once the
-        config has set up logging."""
+        config has set up logging. `warm`: the agent's, a long-lived process: the rule backend
+        keeps what is the node's and reads the netns in-process (`cni.backends.RuleMode.warm`);
+        off in the plugin's own process, which detects everything per pod as upstream does."""
         self.pod_source_factory = pod_source_factory
         self.own_logging = own_logging
         self.netns_fd = netns_fd
         self.fallback = fallback
+        self.warm = warm
         self.event: dict[str, Any] | None = None
         """The ADD event for the node agent (outcome, reason, phase timings), set by add()."""
         self.phases: dict[str, float] = {}
@@ -114,7 +120,7 @@ class Plugin:
         from cni import pipeline
         from cni.redirect import redirect_from_pod
 
-        mode = conf.rule_mode
+        mode = self._rule_mode(conf)
         diff = pipeline.check_pod(self._netns(args), redirect_from_pod(pod), mode)
         if diff.missing or diff.extra:
             details = "\n".join(
@@ -163,6 +169,9 @@ class Plugin:
         """What to open to enter the pod netns: the agent's held descriptor, else CNI_NETNS."""
         return args.netns if self.netns_fd is None else f"/proc/self/fd/{self.netns_fd}"
 
+    def _rule_mode(self, conf: PluginConfig) -> RuleMode:
+        return conf.rule_mode._replace(warm=True) if self.warm else conf.rule_mode
+
     def _decide(self, conf: PluginConfig, k8s: dict[str, str]) -> tuple[Decision, Any]:
         """The decision after the pod lookup, and the pod it was made on."""
         name, ns = k8s.get("K8S_POD_NAME", ""), k8s.get("K8S_POD_NAMESPACE", "")
@@ -181,7 +190,7 @@ class Plugin:
         where = self._netns(args)
         with netns.in_netns(where):
             with self._phase("rules"):
-                pod_ns = pipeline.here(where, redirect, conf.rule_mode)
+                pod_ns = pipeline.here(where, redirect, self._rule_mode(conf))
             for note in pod_ns.ruleset.notes:
                 log.warning("%s", note)
             with self._phase("apply"):

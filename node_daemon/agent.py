@@ -375,8 +375,9 @@ class Agent:
             return
         finder = self.finder or NetnsFinder(self.cfg.host_proc)
         reporter = Reporter(self.api, self.metrics, rc.node_name)
-        actions = Actions(rc, self.api, reporter, finder, self.cfg.rule_mode)
-        drift = DriftChecker(rc, reporter, finder, self.cfg.rule_mode,
+        mode = self.cfg.rule_mode._replace(warm=True)  # a long-lived process: the node's facts kept
+        actions = Actions(rc, self.api, reporter, finder, mode)
+        drift = DriftChecker(rc, reporter, finder, mode,
                              fix=self.cfg.drift_repair)
         self.controller = RepairController(self.api, rc, actions, drift, self.cfg.watch_timeout,
                                            self.cfg.drift_interval, self.cfg.watch_stale_after)

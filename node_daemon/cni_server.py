@@ -141,7 +141,8 @@ class CniService:
         shown = env.get("CNI_NETNS", "")[:4096]
         uid = _cni_arg(env.get("CNI_ARGS", ""), "K8S_POD_UID")
         source = PodCacheSource(self.cached, self.api, uid, self.metrics)
-        plugin = Plugin(pod_source_factory=lambda conf: source, own_logging=False, netns_fd=fd)
+        plugin = Plugin(pod_source_factory=lambda conf: source, own_logging=False, netns_fd=fd,
+                        warm=True)
         handlers = _ServedHandlers(plugin, fd, shown)
         fd_path = f"/proc/self/fd/{fd}"
         try:

@@ -16,6 +16,10 @@ in-process through python-iptables (hosts with no iptables binaries); both share
 Which one a caller gets is a `RuleMode`, chosen once from the config (the plugin's keys, the
 agent's environment); a backend says which rule set it takes (`native_nftables`).
 
+Warm or cold (`RuleMode.warm`): the plugin's process detects everything per pod, as upstream
+does (it lives for one pod); the node agent keeps what is the node's and reads the rest
+in-process (`cni.backends.node_facts`), deciding exactly as the cold way would.
+
 Hot path: nothing heavy is imported here; each backend module is imported only when selected.
 """
 
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from cni.choices import BACKENDS, NFTABLES_BACKENDS
 
 if TYPE_CHECKING:
+    from cni.backends.node_facts import NodeFacts
     from cni.live_state import StateDiff
     from cni.nft_ruleset import NftRuleSet
     from cni.ruleset import RuleSet
@@ -47,6 +52,10 @@ class RuleMode(NamedTuple):
     """iptables mode's backend, one of `cni.settings.BACKENDS`."""
     nftables_backend: str = NFTABLES_BACKENDS[0]
     """nftables mode's way to talk to nftables, one of `cni.settings.NFTABLES_BACKENDS`."""
+    warm: bool = False
+    """A long-lived process (the node agent): what does not change per pod is learned once and
+    kept (`cni.backends.node_facts`), and the per-netns facts are read in-process, with the
+    same decisions as a cold detection. Off in the plugin's own process, which runs once."""
 
     @property
     def label(self) -> str:
@@ -101,7 +110,7 @@ def select_backend(choice: str | RuleMode, where: str = "") -> Backend:
                              f"of {', '.join(NFTABLES_BACKENDS)}")
         from cni.backends.nftables import NftablesBackend
 
-        return NftablesBackend(mode.nftables_backend, where)
+        return NftablesBackend(mode.nftables_backend, where, _facts(mode))
     name = mode.iptables_backend
     if name == "python-iptables":
         from cni.backends.libiptc import LibiptcBackend
@@ -110,5 +119,14 @@ def select_backend(choice: str | RuleMode, where: str = "") -> Backend:
     if name in ("auto", "nft", "legacy"):
         from cni.backends.restore import RestoreBackend
 
-        return RestoreBackend(None if name == "auto" else name, where)
+        return RestoreBackend(None if name == "auto" else name, where, _facts(mode))
     raise ValueError(f"unknown rule backend {name!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def _facts(mode: RuleMode) -> NodeFacts | None:
+    """The process's node facts for a warm mode, None for a cold one."""
+    if not mode.warm:
+        return None
+    from cni.backends.node_facts import NODE
+
+    return NODE

@@ -35,14 +35,13 @@ from collections.abc import Callable
 from typing import Any
 
 from cni.backends.iptables import IptablesBackend
+from cni.backends.node_facts import legacy_table_names
 from cni.errors import RulesApplyFailed
 from cni.live_state import Check, ParsedRule, TableReset, UnsupportedRule, parse_rule
 from cni.ruleset import BUILTIN_CHAINS, FamilyRules, Rule
 
 LIBDIR_CANDIDATES = ("/usr/lib/xtables", "/usr/lib64/xtables", "/lib/xtables",
                      "/usr/local/lib/xtables", "/lib64/xtables")
-TABLE_NAMES = {False: "/proc/thread-self/net/ip_tables_names",
-               True: "/proc/thread-self/net/ip6_tables_names"}
 
 
 def find_xtables_libdir() -> str | None:
@@ -326,11 +325,7 @@ class LibiptcBackend(IptablesBackend):
         decoding a jump makes python-iptables ask every table whether the target is a chain,
         and a closed handle would crash libiptc.
         """
-        try:
-            with open(TABLE_NAMES[ipv6]) as f:
-                names = f.read().split()
-        except FileNotFoundError:
-            names = []
+        names = legacy_table_names(ipv6)
         if not names:
             return None, []
         iptc = _iptc()

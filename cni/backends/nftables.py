@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from cni.errors import RulesApplyFailed
 from cni.live_state import StateDiff
@@ -45,6 +46,9 @@ from cni.netns import scratch_netns
 from cni.nft_exec import Nft, NftError, select_nft
 from cni.nft_ruleset import FAMILY, TABLES, NftRuleSet
 from cni.nft_state import LiveTable, StateUnreadable, diff_tables, parse_table, table_names
+
+if TYPE_CHECKING:
+    from cni.backends.node_facts import NodeFacts
 
 LIST_TABLES = f"list tables {FAMILY}"
 READ_ATTEMPTS = 5
@@ -81,9 +85,11 @@ class NftablesBackend:
 
     native_nftables = True
 
-    def __init__(self, way: str = "auto", where: str = "") -> None:
+    def __init__(self, way: str = "auto", where: str = "", facts: NodeFacts | None = None) -> None:
         self.way = way
         self.where = where or "current netns"
+        self.facts = facts
+        """Warm (the node agent): libnftables is loaded once per process (`NodeFacts`)."""
         self._nft: Nft | None = None
 
     @property
@@ -91,7 +97,9 @@ class NftablesBackend:
         """The chosen way, resolved on first use (ValueError / RulesApplyFailed if none)."""
         if self._nft is None:
             try:
-                self._nft = select_nft(self.way)
+                kept = (self.facts.libnftables() if self.facts is not None
+                        and self.way in ("auto", "libnftables") else None)
+                self._nft = kept or select_nft(self.way)
             except NftError as exc:
                 raise RulesApplyFailed(f"native nftables ({self.way}): {exc}") from exc
         return self._nft

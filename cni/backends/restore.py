@@ -4,7 +4,11 @@ The caller has entered the pod netns on this thread; child processes inherit it.
 follows upstream's `DetectIptablesVersion`, per family (`ip6tables-*` for IPv6):
 forced `nft`/`legacy`; else legacy if `iptables-legacy-save` shows rules (>= 3 lines) in this
 netns; else nft if usable (`iptables-nft-save` runs and a probe rule can be added and deleted,
-proving kernel support); else plain `iptables`.
+proving kernel support); else plain `iptables`. Cold (the plugin's process), each of these is a
+process per pod. Warm (`facts`: the node agent), the same choice is made from the node's facts
+learned once and the netns's read in-process (`cni.backends.node_facts`), and a netns holding
+no table of the chosen kind is known to save as nothing, so its ADD is the restore alone; an
+operation that fails after using them is retried once, cold (`_revalidating`).
 
 Locking: legacy writers take an xtables lock, by default the host's `/run/xtables.lock`, which
 kube-proxy holds for long stretches. We point `XTABLES_LOCKFILE` (iptables >= 1.8.6) at
@@ -24,16 +28,33 @@ is ever involved (argv lists only).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from cni.backends.iptables import IptablesBackend
+from cni.backends.node_facts import legacy_table_names, nft_tables
 from cni.errors import RulesApplyFailed
-from cni.live_state import Check, TableReset, check_payload, replace_payload, reset_payload
-from cni.ruleset import OWN_CHAINS, FamilyRules
+from cni.live_state import (
+    Check,
+    StateDiff,
+    TableReset,
+    check_payload,
+    replace_payload,
+    reset_payload,
+)
+from cni.ruleset import OWN_CHAINS, FamilyRules, RuleSet
+
+if TYPE_CHECKING:
+    from cni.backends.node_facts import NodeFacts
+
+log = logging.getLogger("istio-cni")
+T = TypeVar("T")
 
 POD_LOCKFILE = "/proc/self/ns/net"
 ABSENT = re.compile(r"line \d+ failed")
@@ -104,16 +125,59 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
 
 
 class RestoreBackend(IptablesBackend):
-    """The host's `iptables-restore` / `iptables-save` (see the module docstring)."""
+    """The host's `iptables-restore` / `iptables-save` (see the module docstring); with
+    `facts`, warm: the node's facts kept there, the netns's read in-process
+    (`cni.backends.node_facts`), every decision the same as the cold way's."""
 
-    def __init__(self, force: str | None = None, where: str = "") -> None:
+    def __init__(self, force: str | None = None, where: str = "",
+                 facts: NodeFacts | None = None) -> None:
         if force not in (None, "nft", "legacy"):
             raise ValueError(f"force must be nft or legacy, not {force!r}")
         super().__init__(where)
         self.force = force
+        self.facts = facts
+        """Where the node's facts are kept and learned (None: cold, as the plugin is)."""
+        self._warm = facts is not None
+        """Whether kept facts and in-process reads may be used (off for a retry)."""
+        self._warm_used = False
+        """Whether anything so far came from them rather than a process: what makes a failure
+        worth detecting again (`_revalidating`)."""
         self._flavors: dict[bool, Flavor] = {}
         self._dumps: dict[bool, str] = {}
 
+    # --- the Backend interface: a warm failure is retried once, cold ------------------------
+    def program(self, ruleset: RuleSet) -> bool:
+        return self._revalidating("program", super().program, ruleset)
+
+    def check(self, ruleset: RuleSet) -> StateDiff:
+        return self._revalidating("check", super().check, ruleset)
+
+    def reset(self, ruleset: RuleSet) -> None:
+        return self._revalidating("reset", super().reset, ruleset)
+
+    def replace(self, ruleset: RuleSet) -> bool:
+        return self._revalidating("replace", super().replace, ruleset)
+
+    def _revalidating(self, what: str, op: Callable[[RuleSet], T], ruleset: RuleSet) -> T:
+        """`op`; if it failed after using kept facts or in-process reads, the node's facts are
+        forgotten, and `op` runs once more with everything detected by processes, as the
+        plugin does (learning the node's facts again). Only `RulesApplyFailed`: a conflict is a
+        decision on the state read, which the warm read gets exactly as the cold one. `op`
+        leaves nothing behind when it fails (all or nothing), so the retry starts clean."""
+        try:
+            return op(ruleset)
+        except RulesApplyFailed as exc:
+            if self.facts is None or not self._warm_used:
+                raise
+            log.warning("%s of %s with the node's kept iptables facts failed (%s): detecting "
+                        "again and retrying once", what, self.where, exc.msg)
+            self.facts.forget()
+        self._warm = self._warm_used = False
+        self._flavors.clear()
+        self._dumps.clear()
+        return op(ruleset)
+
+    # --- detection -----------------------------------------------------------------------------
     def flavor(self, ipv6: bool) -> Flavor:
         """Detect (once per instance) which binary serves this family here."""
         if ipv6 not in self._flavors:
@@ -123,25 +187,71 @@ class RestoreBackend(IptablesBackend):
     def _detect(self, prefix: str, ipv6: bool) -> Flavor:
         if self.force:
             return self._forced(f"{prefix}-{self.force}", self.force == "legacy")
-        legacy = run([f"{prefix}-legacy-save"])
-        if legacy.rc == 0 and legacy.out.count("\n") >= 3:
-            self._dumps[ipv6] = legacy.out
-            return self._forced(f"{prefix}-legacy", True)
-        nft = run([f"{prefix}-nft-save"])
-        if nft.rc == 0 and self._probe(f"{prefix}-nft"):
-            self._dumps[ipv6] = nft.out
+        if self._legacy_tables(ipv6) is not False:
+            legacy = run([f"{prefix}-legacy-save"])
+            if legacy.rc == 0 and legacy.out.count("\n") >= 3:
+                self._dumps[ipv6] = legacy.out
+                return self._forced(f"{prefix}-legacy", True)
+        if self._nft_usable(prefix, ipv6):
             return Flavor(f"{prefix}-nft", False, (0, 0, 0))
         return self._forced(prefix, None)
 
+    def _legacy_tables(self, ipv6: bool) -> bool | None:
+        """Warm: whether this netns has legacy tables (False: the legacy save would print
+        nothing, so it is not run); None when cold or unreadable (the save decides)."""
+        if not self._warm:
+            return None
+        try:
+            names = legacy_table_names(ipv6)
+        except OSError:
+            return None
+        self._warm_used = True
+        return bool(names)
+
+    def _nft_usable(self, prefix: str, ipv6: bool) -> bool:
+        """Upstream's test: `<prefix>-nft-save` runs here and the probe rule goes in and out.
+        Warm, a node's answer once known is kept; its save is then run only when the state is
+        read (`save`). Learned: "usable", and "not installed"."""
+        known = self.facts.nft_usable(prefix) if self._warm and self.facts else None
+        if known is not None:
+            self._warm_used = True
+            return known
+        nft = run([f"{prefix}-nft-save"])
+        usable = nft.rc == 0 and self._probe(f"{prefix}-nft")
+        if usable:
+            self._dumps[ipv6] = nft.out
+        if self.facts is not None and (usable or nft.rc == 127):
+            self.facts.learn_nft(prefix, usable)
+        return usable
+
     def _forced(self, binary: str, legacy: bool | None) -> Flavor:
-        """Version (and, for plain `iptables`, the variant) from `X-save --version`."""
+        """Version (and, for plain `iptables`, the variant) from `X-save --version` (warm: once
+        per binary)."""
+        known = self.facts.version(binary) if self._warm and self.facts else None
+        if known is not None:
+            self._warm_used = True
+            version, says_legacy = known
+            return Flavor(binary, says_legacy if legacy is None else legacy, version)
         r = run([f"{binary}-save", "--version"])
         if r.rc == 127:
             raise RulesApplyFailed(f"detect iptables in {self.where}: {binary}-save not found")
         version = parse_version(r.out) if "unrecognized option" not in r.err else None
-        if legacy is None:
-            legacy = "nf_tables" not in r.out
-        return Flavor(binary, legacy, version or (0, 0, 0))
+        says_legacy = "nf_tables" not in r.out
+        if self.facts is not None:
+            self.facts.learn_version(binary, version or (0, 0, 0), says_legacy)
+        return Flavor(binary, says_legacy if legacy is None else legacy, version or (0, 0, 0))
+
+    def _holds_no_tables(self, flavor: Flavor, ipv6: bool) -> bool:
+        """Warm: this netns has no table the flavour's save would print, so that save is
+        empty (`cni.backends.node_facts`)."""
+        if not self._warm or self.facts is None:
+            return False
+        if flavor.legacy:
+            empty = self._legacy_tables(ipv6) is False
+        else:
+            empty = nft_tables(ipv6) is False
+        self._warm_used = self._warm_used or empty
+        return empty
 
     def _probe(self, binary: str) -> bool:
         """Kernel support: can a never-matching rule (protocol 255) be added, then deleted?"""
@@ -163,6 +273,8 @@ class RestoreBackend(IptablesBackend):
         flavor = self.flavor(ipv6)
         if ipv6 in self._dumps:  # the dump detection already took, still current
             return self._dumps[ipv6]
+        if self._holds_no_tables(flavor, ipv6):
+            return ""  # what the save prints for a netns with no table of its kind
         r = run([flavor.save_bin])
         if r.rc != 0:
             raise RulesApplyFailed(

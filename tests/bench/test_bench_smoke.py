@@ -33,7 +33,8 @@ def tables() -> dict[str, Table]:
     from bench.common import leftover_netns, source_plugin_argv
 
     sizes = run_all.Sizes(iterations=2, warmup=0, interpreters=2, pods=20, churn_seconds=0.5,
-                          idle_seconds=0.3, repairs=2, reinserts=2, concurrent=3, rounds=1)
+                          idle_seconds=0.3, repairs=2, reinserts=2, concurrent=3, rounds=1,
+                          served=4, agent_concurrent=3)
     before = set(leftover_netns())
     out = run_all.run(sizes, source_plugin_argv(), [sys.executable, "-c", "print('hello')"],
                       echo=False)
@@ -46,7 +47,7 @@ def _row(table: Table, prefix: str) -> Row:
 
 
 def test_every_table_has_numbers(tables: dict[str, Table]) -> None:
-    assert len(tables) == 6, list(tables)
+    assert len(tables) == 7, list(tables)
     for title, table in tables.items():
         assert table.rows, title
         assert "n/a" not in table.render()
@@ -77,6 +78,12 @@ def test_api_load_counts_are_exact(tables: dict[str, Table]) -> None:
 def test_daemon_and_concurrency_tables_report_success(tables: dict[str, Table]) -> None:
     assert float(_row(tables["Node daemon latencies"], "repair in place").median) > 0
     assert float(_row(tables["Node daemon latencies"], "installer re-insertion").median) > 0
-    assert all(float(r.median) > 0 for r in tables["Node daemon footprint"].rows)  # RSS MiB
-    conc = next(t for title, t in tables.items() if "concurrent ADDs" in title)
-    assert _row(conc, "ADDs succeeded").ok
+    assert all(float(r.median) > 0 for r in tables["Node daemon footprint"].rows
+               if not r.name.startswith("  growth"))  # RSS MiB
+    for how in ("with no agent", "through the agent"):
+        conc = next(t for title, t in tables.items() if f"concurrent ADDs {how}" in title)
+        assert _row(conc, "ADDs succeeded").ok
+    assert _row(conc, "ADDs served by the agent").ok  # through the agent: none fell back
+    footprint = tables["Node daemon footprint"]
+    assert float(_row(footprint, "after 4 served ADDs").median) > 0, footprint.render()
+    assert _row(footprint, "  growth from served ADD").median.startswith(("+", "-"))

@@ -154,8 +154,18 @@ def test_a_pod_netns_is_programmed_the_same_on_both_paths(served_node: Node) -> 
     alone = node.add(alone_ns, pod)
     assert [c.status for c in served] == [c.status for c in alone] == [0, 0], alone[-1].stdout
     assert node.agent.served("ADD", "ok") == 1
-    assert saved_rules(served_ns) == saved_rules(alone_ns)
+    assert _without_probe(saved_rules(served_ns)) == _without_probe(saved_rules(alone_ns))
     assert "-A OUTPUT -j ISTIO_OUTPUT" in saved_rules(served_ns)
+
+
+PROBE_RESIDUE = "*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\nCOMMIT\n"
+"""What upstream's nft probe (a rule added to `filter INPUT`, then deleted) leaves in a netns
+it detects in: an empty `filter` table. The in-process plugin probes every pod netns, as
+upstream does; the agent knows its node and probes none (`cni.backends.node_facts`)."""
+
+
+def _without_probe(saved: str) -> str:
+    return (saved + "\n").replace(PROBE_RESIDUE, "", 1)
 
 
 # --- junk environment and stdin, property-based, in this process --------------------------------

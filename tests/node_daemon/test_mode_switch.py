@@ -60,15 +60,18 @@ def test_check_in_the_other_mode_is_a_conflict_naming_the_mode(pod_netns, before
     assert check_pod(ns.path, spec, MODES[before]).state == "identical"
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["cold", "warm"])
 @pytest.mark.parametrize(("before", "after"), SWITCHES)
-def test_drift_resets_the_other_mode_and_programs_the_configured_one(pod_netns, before, after):
+def test_drift_resets_the_other_mode_and_programs_the_configured_one(pod_netns, before, after,
+                                                                     warm):
+    """Cold, and warm as the agent runs it (`RuleMode.warm`: the same decisions)."""
     ns = pod_netns()
     pod = make_pod("app", ip=ns.ip, init_status=COMPLETED, phase="Running")
     spec = plan(pod)[2]
     program_pod(ns.path, spec, MODES[before])
     metrics = Metrics()
     checker = DriftChecker(RepairConfig(node_name=NODE), Reporter(None, metrics, NODE),
-                           NetnsFinder(Path("/proc")), MODES[after])
+                           NetnsFinder(Path("/proc")), MODES[after]._replace(warm=warm))
     [result] = checker.check_all([pod])
     assert result.result == "success", result.message
     assert f"programmed in {MODES[before].label} mode" in result.message
