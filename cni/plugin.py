@@ -96,6 +96,7 @@ class Plugin:
                 decision, pod = (early, None) if early is not None else self._decide(conf, k8s)
             if decision.redirect:
                 outcome = self._program(args, conf, pod)
+                plog.debug("phases so far (seconds): %s", self.phases)  # formatted at debug only
                 plog.info("redirected: %s (%s)", decision.reason, outcome)
             else:
                 plog.info("skipped: %s", decision.reason)
@@ -105,7 +106,6 @@ class Plugin:
         self._record(pod_name,
                      AddOutcome.REDIRECTED if decision.redirect else AddOutcome.SKIPPED,
                      decision.reason, start)
-        plog.debug("phases (seconds): %s", self.phases)  # lazy: formatted only at debug
         return result
 
     # --- CHECK -------------------------------------------------------------------------------
