@@ -346,7 +346,12 @@ class Actions:
             return self.reporter.record(pod, Action.LABEL, Result.SKIP,
                                         f"already has label {self.cfg.label_key}")
         assert self.api is not None
-        patch = {"metadata": {"labels": {self.cfg.label_key: self.cfg.label_value}}}
+        # the pod's UID in the patch is a precondition: the API refuses the patch (409) if the
+        # name now holds another pod, re-created since this one was read
+        patch = {"metadata": {"uid": meta.get("uid"),
+                              "labels": {self.cfg.label_key: self.cfg.label_value}}}
+        if not meta.get("uid"):
+            del patch["metadata"]["uid"]
         try:
             self.api.merge_patch_status(meta["namespace"], meta["name"], patch)
         except ApiError as exc:

@@ -449,6 +449,10 @@ class KubeApiServer:
                 new = apply_patch(content_type, old, body)
             except PatchError as exc:
                 raise ApiError(exc.code, str(exc)) from exc
+            uid = new.get("metadata", {}).get("uid")
+            if uid and uid != old["metadata"].get("uid"):  # the API server's UID precondition
+                raise ApiError(409, f"Precondition failed: UID in precondition: {uid}, UID in "
+                                    f"object meta: {old['metadata'].get('uid')}")
             want = new.get("metadata", {}).get("resourceVersion")
             if want != old["metadata"]["resourceVersion"]:
                 raise ApiError(

@@ -93,13 +93,15 @@ def test_delete_conflict_is_retried_then_succeeds(kube_api, controller):
 
 def test_label_mode_merge_patches_status_and_skips_labelled(kube_api, controller):
     c = controller(replace(CFG, label_pods=True))
-    kube_api.add_pod(make_pod("broken", init_status=BROKEN_WAITING))
+    pod = kube_api.add_pod(make_pod("broken", init_status=BROKEN_WAITING))
     wait_for(lambda: kube_api.get_pod("shop", "broken")["metadata"]["labels"].get(
         "cni.istio.io/uninitialized") == "true", what="label")
     patch = [r for r in kube_api.requests if r.method == "PATCH"][0]
     assert patch.path.endswith("/pods/broken/status")
     assert patch.headers["Content-Type"] == "application/merge-patch+json"
-    assert patch.body == {"metadata": {"labels": {"cni.istio.io/uninitialized": "true"}}}
+    # the UID is the patch's precondition: never the label of a pod re-created under the name
+    assert patch.body == {"metadata": {"uid": pod["metadata"]["uid"],
+                                       "labels": {"cni.istio.io/uninitialized": "true"}}}
     # The label's own MODIFIED event brings the pod back: now it is skipped, not patched again.
     wait_for(lambda: c.metrics.value("istio_cni_repair_pods_repaired_total", type="label",
                                      result="skip") >= 1, what="skip")

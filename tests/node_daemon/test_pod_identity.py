@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from cni.pipeline import check_pod, plan
-from node_daemon.actions import Action, Reporter, Result
+from node_daemon.actions import Action, Actions, Reporter, Result
 from node_daemon.agent import Agent
 from node_daemon.config import RepairConfig
 from node_daemon.controller import MAX_ATTEMPTS, RepairController
@@ -124,6 +124,25 @@ def test_an_action_is_taken_on_the_pod_the_api_has_now(kube_api: KubeApiServer,
                                                 .get("labels") or {})
     assert _uid(kube_api.get_pod("shop", "broken")) == _uid(new)
     assert kube_api.count("PATCH", "/pods/broken/status") == 1
+
+
+def test_a_label_patch_never_lands_on_a_pod_re_created_since_it_was_read(
+        kube_api: KubeApiServer) -> None:
+    """The label action's PATCH carries the pod's UID as a precondition: a pod deleted and
+    re-created under its name between the controller's read and the PATCH is not labelled, and
+    the action fails (retried, when the pod is read again)."""
+    old = kube_api.add_pod(make_pod("broken", init_status=BROKEN_WAITING))
+    kube_api.delete_pod("shop", "broken")
+    new = kube_api.add_pod(make_pod("broken", init_status=COMPLETED))
+    api = PodApi(kubernetes_api_client(kube_api))
+    actions = Actions(replace(CFG, label_pods=True), api, Reporter(api, Metrics(), NODE))
+    result = actions.label(old)
+    assert result.result == Result.FAIL and "409" in result.message
+    now = kube_api.get_pod("shop", "broken")
+    assert _uid(now) == _uid(new) and "cni.istio.io/uninitialized" not in (
+        now["metadata"].get("labels") or {})
+    assert actions.label(new).result == Result.SUCCESS  # the pod it was read as: labelled
+    assert "cni.istio.io/uninitialized" in kube_api.get_pod("shop", "broken")["metadata"]["labels"]
 
 
 @pytest.mark.root
