@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner, Result
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from admin.cli import cli
@@ -128,8 +128,7 @@ def assert_clean(res: Result, must_fail: bool) -> None:
 
 @pytest.mark.parametrize(("command", "param"), PARAMS,
                          ids=[f"{c}:{p.name}" for c, p in PARAMS])
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25)
 @given(junk=JUNK)
 def test_junk_value_is_one_clear_error(node: NodeDirs, command: str, param: click.Parameter,
                                        junk: str) -> None:

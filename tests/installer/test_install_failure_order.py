@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from admin.cli import cli
@@ -123,8 +123,7 @@ SOURCES = {"10-calico.conflist": "calico.conflist", "10-net.conf": "bridge.conf"
            "10-flannel.json": "flannel.json"}
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60)
 @given(name=st.sampled_from(sorted(SOURCES)), at=st.integers(0, 40),
        code=st.sampled_from(ERRNOS), phase=st.sampled_from(["install", "uninstall"]))
 def test_a_write_error_at_any_step_leaves_the_node_working(tmp_path_factory, mocker,

@@ -13,7 +13,7 @@ import os
 import threading
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from installer import Installer, InstallError, discovery
@@ -164,8 +164,7 @@ def test_go_json_matches_python_json_on_ordinary_documents():
             loads(bad)
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=200)
 @given(junk=st.one_of(
     st.binary(max_size=2000),
     st.text(alphabet='[]{}",:0123456789eE.-+ \\utrufalsn\xff', max_size=2000),
