@@ -272,11 +272,14 @@ def _gone(pid: int) -> bool:
 
 def test_an_argument_that_is_not_utf8_is_echoed_escaped_not_a_traceback(tmp_path: Path):
     """Through the real entry point: argv bytes that are not UTF-8 reach Python as lone
-    surrogates; printing them back must not fail."""
+    surrogates; printing them back must not fail. The flag stands for a setting, and no setting
+    may hold them (tests/hardening/test_unencodable_values.py): one line names both."""
     proc = subprocess.run(
         [sys.executable, "-m", "admin.cli", "version", "--cni-bin-target-dirs",
          os.fsencode(tmp_path) + b"/\xff"],
         capture_output=True, timeout=60, check=False)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert b"Traceback" not in proc.stderr
-    assert f"not installed in {tmp_path}/\\udcff".encode() in proc.stdout
+    assert proc.stderr.decode().strip() == (
+        f"Error: CNI_BIN_TARGET_DIRS: '{tmp_path}/\\udcff' has the byte 0xff, which is not "
+        f"UTF-8 (character {len(str(tmp_path)) + 1})")
