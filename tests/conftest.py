@@ -57,7 +57,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under the test command (ISTIO_CNI_STRICT_SKIPS=1) a skip outside the allowlist fails
     the run, even when every test that ran passed."""
-    if STRICT and _SKIPS.unexpected and exitstatus == pytest.ExitCode.OK:
+    if STRICT and _SKIPS.unexpected and exitstatus in (pytest.ExitCode.OK,
+                                                       pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
