@@ -15,7 +15,7 @@ from cni.errors import InvalidNetworkConfig
 
 if TYPE_CHECKING:
     from cni.backends import RuleMode
-from cni.values import BadValue, one_of, utf8_text
+from cni.values import BadValue, encodable_text, one_of
 
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
 
@@ -108,9 +108,9 @@ def _typed(conf: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
 
 
 def _text(value: str, key: str) -> str:
-    """A config string that can be used: a path, a name or an address (`utf8_text`)."""
+    """A config string that can be used: a path, a name or an address (`encodable_text`)."""
     try:
-        return utf8_text(value)
+        return encodable_text(value)
     except BadValue as exc:
         raise InvalidNetworkConfig(f"invalid plugin config: {key}: {exc}", repr(value)) from None
 

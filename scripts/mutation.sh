@@ -49,7 +49,7 @@ for module in "${MODULES[@]}"; do
     rm -rf "$work" && mkdir -p "$work"
     git ls-files -z --cached --others --exclude-standard \
         | xargs -0 cp --parents --no-dereference -t "$work" 2>/dev/null || true
-    read -ra tops < <(git ls-files | cut -d/ -f1 | sort -u | tr '\n' ' ')
+    mapfile -t tops < <(git ls-files | cut -d/ -f1 | sort -u)
     read -ra tests <<<"${TESTS[$module]}"
     cat >>"$work/pyproject.toml" <<EOF
 

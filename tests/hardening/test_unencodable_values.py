@@ -1,12 +1,13 @@
 """A value that cannot be encoded where it must go is one clear error, in every command.
 
-Two kinds of character have no bytes to become: a byte of argv or the environment that is not
+Three kinds of character have no bytes to become: a byte of argv or the environment that is not
 UTF-8 (Python holds it as a lone surrogate U+DC80-U+DCFF: a valid path byte, but no UTF-8 file,
-JSON string or log line can carry it) and any other lone surrogate (from a JSON escape such as
-`"\\ud800"` in the plugin's config or the agent's socket, or an in-process caller). Each is swept
-through every place a setting, path, name or token is encoded: the settings of every component
-(`cni.values.utf8_text`, read by `Setting.read`), every option of every CLI command, the plugin's
-environment and config strings for every CNI command, the pod lookup's URL and header, and the
+JSON string or log line can carry it), any other lone surrogate (from a JSON escape such as
+`"\\ud800"` in the plugin's config or the agent's socket, or an in-process caller) and NUL (where
+a path or an argv ends). Each is swept through every place a setting, path, name or token is
+encoded: the settings of every component (`cni.values.encodable_text`, read by
+`Setting.read`), every option of every CLI command, the plugin's environment and config strings
+for every CNI command, the pod lookup's URL and header, and the
 plugin's log file in a real exec. The answer is always an error that names what is wrong (a CNI
 error with its code, a click error, a `SettingError`), never a traceback or an internal error.
 
@@ -38,8 +39,10 @@ from node_daemon import config as daemon_config
 from testbed.kubeapi import KubeApiServer
 from testbed.nodedirs import NodeDirs, make_node_dirs
 
-BAD = {"lone-surrogate": "a\ud800b", "non-utf8-byte": "a\udcffb"}
-"""U+D800 has no bytes at all; U+DCFF is the byte 0xff of an argv or environment."""
+BAD = {"lone-surrogate": "a\ud800b", "non-utf8-byte": "a\udcffb", "nul": "a\x00b"}
+"""U+D800 has no bytes at all; U+DCFF is the byte 0xff of an argv or environment; NUL ends
+a path, an argv or a C string (it reaches the plugin as the JSON escape "\\u0000")."""
+SHOWN = {"lone-surrogate": "U+D800", "non-utf8-byte": "0xff", "nul": "NUL"}
 SETTINGS = {s.name: s for s in (*daemon_config.SETTINGS, *installer_config.SETTINGS)}
 
 
@@ -62,8 +65,8 @@ def test_every_setting_refuses_a_value_with_no_bytes(name: str, kind: str) -> No
     reading); `install`, `uninstall`, `repair`, `drift` and `explain` read subsets of it."""
     with pytest.raises(SettingError) as err:
         read_configs({name: BAD[kind]})
-    assert str(err.value).startswith(f"{name}: {BAD[kind]!r} has ")
-    assert ("0xff" if kind == "non-utf8-byte" else "U+D800") in str(err.value)
+    assert str(err.value).startswith(f"{name}: {BAD[kind]!r} ")
+    assert SHOWN[kind] in str(err.value)
 
 
 # --- the CLI: every option, and a setting through every command that reads settings -------------
@@ -98,8 +101,8 @@ BASE_ARGS = {"install": ["--wait-timeout", "0.2"]}
 @pytest.mark.parametrize(("command", "param"), PARAMS, ids=[f"{c}:{p.name}" for c, p in PARAMS])
 def test_every_option_refuses_a_value_with_no_bytes_or_takes_it_as_bytes(
         node: NodeDirs, command: str, param: click.Parameter, kind: str) -> None:
-    """A lone surrogate is refused by every option. The byte 0xff is refused by every option
-    backed by a setting; a plain path may hold it (it is a valid file name byte)."""
+    """A lone surrogate or a NUL is refused by every option. The byte 0xff is refused by every
+    option backed by a setting; a plain path may hold it (it is a valid file name byte)."""
     value = "junk-" + BAD[kind]
     if isinstance(param, click.Argument):
         args = [command, value]
@@ -107,11 +110,11 @@ def test_every_option_refuses_a_value_with_no_bytes_or_takes_it_as_bytes(
         args = [command, *BASE_ARGS.get(command, []), param.opts[0], value]
         if command == "explain" and param.name != "pod_file":
             args = [command, "shop/cart", param.opts[0], value]
-    must_fail = kind == "lone-surrogate" or param.name in SETTING_OPTIONS
+    must_fail = kind != "non-utf8-byte" or param.name in SETTING_OPTIONS
     res = invoke(node, args)
     assert_clean(res, must_fail)
     if param.name in SETTING_OPTIONS:
-        assert f"{param.envvar}: " in res.stderr and "has " in res.stderr, res.stderr
+        assert f"{param.envvar}: " in res.stderr and SHOWN[kind] in res.stderr, res.stderr
 
 
 COMMANDS_READING_SETTINGS = {
@@ -215,7 +218,7 @@ def test_a_cni_variable_with_no_bytes_is_a_clear_error(name: str, command: str,
     in-process callers can also hand a lone surrogate, which is refused with code 4."""
     status, answer = call({**ENV, "CNI_COMMAND": command, name: ENV.get(name, "") + BAD[kind]},
                           CONF)
-    if kind == "lone-surrogate" and command != "VERSION":
+    if kind != "non-utf8-byte" and command != "VERSION":
         assert status == 1 and answer["code"] == 4 and name in answer["msg"], answer
 
 
