@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,8 +145,10 @@ def test_server_errors_forever(api: KubeApiServer, tmp_path: Path) -> None:
 
 
 def test_slow_response_times_out_and_is_retried(api: KubeApiServer, tmp_path: Path) -> None:
-    api.delay(PATH, seconds=30.0, count=1)
-    policy = RetryPolicy(attempts=3, interval=1.0, deadline=30.0, timeout=0.3)
+    """The first GET hangs past the attempt's bound; the second, answered at once, must fit
+    in the same bound: 3 s, generous for a loopback answer on a loaded machine."""
+    api.delay(PATH, seconds=60.0, count=1)
+    policy = RetryPolicy(attempts=3, interval=0.0, deadline=60.0, timeout=3.0)
 
     assert lookup(access_for(api, tmp_path), policy)["metadata"]["name"] == NAME
     assert api.count("GET", PATH) == 2
@@ -161,14 +164,29 @@ def test_slow_responses_forever(api: KubeApiServer, tmp_path: Path) -> None:
     assert isinstance(exc.__cause__, TimeoutError)
 
 
+def bounded(limit: float, what: str) -> Callable[[Callable[[], CNIError]], CNIError]:
+    """Run the failing lookup; it must end well within `limit` seconds. A behavioural bound,
+    not a speed test: `limit` is far above the deadline under test and far below what the
+    lookup would take without it (a per-attempt timeout of 30-60 s), so a loaded machine
+    cannot fail it and a lookup that ignored the deadline cannot pass it."""
+    def run(call: Callable[[], CNIError]) -> CNIError:
+        start = time.monotonic()
+        exc = call()
+        took = time.monotonic() - start
+        assert took < limit, f"{what}: the lookup took {took:.1f} s"
+        return exc
+    return run
+
+
 def test_hanging_server_cannot_outlast_the_deadline(api: KubeApiServer, tmp_path: Path) -> None:
     """The per-attempt timeout (60 s) is capped by the deadline (0.5 s)."""
     api.hang(PATH)
     policy = RetryPolicy(attempts=30, interval=1.0, deadline=0.5, timeout=60.0)
 
-    exc = failure(access_for(api, tmp_path), TryAgainLater, policy=policy)
+    exc = bounded(20, "the 0.5 s deadline did not cap the 60 s attempt")(
+        lambda: failure(access_for(api, tmp_path), TryAgainLater, policy=policy))
 
-    assert "timed out" in exc.msg and PATH in exc.msg
+    assert "timed out" in exc.msg and PATH in exc.msg and "1 attempt(s)" in exc.msg, exc.msg
 
 
 def test_deadline_bounds_the_number_of_attempts(kube_api: KubeApiServer, tmp_path: Path) -> None:
@@ -436,7 +454,8 @@ def test_trickling_server_cannot_outlast_the_deadline(tmp_path: Path, where: str
     with hostile_server(TRICKLED[where]()) as (url, _):
         policy = RetryPolicy(attempts=1, interval=0.0, deadline=1.0, timeout=30.0)
 
-        exc = failure(hostile_access(url, tmp_path), TryAgainLater, policy=policy)
+        exc = bounded(15, "the 1 s deadline did not cap the trickled 30 s attempt")(
+            lambda: failure(hostile_access(url, tmp_path), TryAgainLater, policy=policy))
 
     assert "timed out" in exc.msg and "1 attempt(s)" in exc.msg, exc.msg
     assert isinstance(exc.__cause__, TimeoutError)
@@ -445,8 +464,9 @@ def test_trickling_server_cannot_outlast_the_deadline(tmp_path: Path, where: str
 def test_trickle_cut_by_the_attempt_bound_leaves_room_for_the_next_attempt(
     tmp_path: Path,
 ) -> None:
-    """The first connection trickles; the attempt's own bound (0.5 s of a 30 s deadline) ends
-    it, and the second attempt, on a fresh connection, gets the pod."""
+    """The first connection trickles; the attempt's own bound (3 s of a 60 s deadline) ends
+    it, and the second attempt, on a fresh connection, gets the pod (within the same 3 s:
+    generous for a loopback answer on a loaded machine)."""
     served = [0]
 
     def first_trickles(conn: socket.socket, stop: threading.Event) -> None:
@@ -457,7 +477,7 @@ def test_trickle_cut_by_the_attempt_bound_leaves_room_for_the_next_attempt(
             conn.sendall(ANSWER)
 
     with hostile_server(first_trickles) as (url, conns):
-        policy = RetryPolicy(attempts=3, interval=0.0, deadline=30.0, timeout=0.5)
+        policy = RetryPolicy(attempts=3, interval=0.0, deadline=60.0, timeout=3.0)
 
         assert lookup(hostile_access(url, tmp_path), policy)["metadata"]["name"] == NAME
 
@@ -476,7 +496,8 @@ def test_tls_handshake_that_never_comes_is_bounded(tmp_path: Path) -> None:
         access = load_kubeconfig(str(write_kubeconfig(tmp_path, url, token=TOKEN, insecure=True)))
         policy = RetryPolicy(attempts=1, interval=0.0, deadline=0.5, timeout=30.0)
 
-        exc = failure(access, TryAgainLater, policy=policy)
+        exc = bounded(15, "the 0.5 s deadline did not cap the 30 s TLS handshake")(
+            lambda: failure(access, TryAgainLater, policy=policy))
 
     assert "timed out" in exc.msg, exc.msg
 
