@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from cni.fileread import read_file_at_most, read_regular_file
+from testbed.wait import wait_for
 
 
 def test_reads_a_regular_file_and_follows_links(tmp_path: Path) -> None:
@@ -116,3 +121,106 @@ def test_anything_but_a_regular_file_is_refused_without_blocking(
 def test_a_unix_socket_is_refused(tmp_path: Path) -> None:
     with pytest.raises(OSError):  # open() itself fails on a socket (ENXIO)
         read_regular_file(_socket_file(tmp_path), 100)
+
+
+# --- the bounds themselves: what a removed or loosened limit would change ---------------------
+# (scripts/mutation.sh: each test below fails on a mutant of cni/fileread.py that survived the
+# tests above: the limit counted per read instead of in all, an off-by-one at the limit, a
+# read that asks for more than one byte past it, a deadline check that gives up early.)
+
+def _in_pipe(w: int) -> int:
+    """Bytes written to the pipe and not yet read (FIONREAD on its write end)."""
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(w, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+@contextmanager
+def _pipe_fed(parts: list[bytes]) -> Iterator[tuple[int, int]]:
+    """A pipe (read end, write end) whose writer puts each part in only once the reader took
+    the previous one (the pipe is empty): the reader sees exactly these parts, one read
+    each. The writer stops, and the ends are closed, when the block ends."""
+    r, w = os.pipe()
+    done = threading.Event()
+
+    def feed() -> None:
+        for part in parts:
+            wait_for(lambda: done.is_set() or _in_pipe(w) == 0, timeout=60,
+                     what="the reader to take a part")
+            if done.is_set():
+                return
+            os.write(w, part)
+
+    thread = threading.Thread(target=feed, daemon=True)
+    thread.start()
+    try:
+        yield r, w
+    finally:
+        done.set()
+        thread.join(timeout=60)
+        os.close(w)
+        os.close(r)
+
+
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_the_limit_counts_every_read_not_each_one(timeout: float | None) -> None:
+    """Three parts of 4 bytes, limit 10: no single read passes the limit, their sum does."""
+    with _pipe_fed([b"aaaa", b"bbbb", b"cccc"]) as (r, _):
+        with pytest.raises(OSError, match="larger than 10 bytes") as caught:
+            read_file_at_most(f"/proc/self/fd/{r}", 10, timeout=timeout)
+    assert caught.value.errno == errno.EFBIG
+
+
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_exactly_the_limit_is_read_whole(timeout: float | None) -> None:
+    r, w = os.pipe()
+    os.write(w, b"x" * 10)
+    os.close(w)
+    try:
+        assert read_file_at_most(f"/proc/self/fd/{r}", 10, timeout=timeout) == b"x" * 10
+    finally:
+        os.close(r)
+
+
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_no_more_than_one_byte_past_the_limit_is_taken(timeout: float | None) -> None:
+    """A first part of 4 bytes, then 100: the reader asks for what is left up to one byte past
+    the limit (10 + 1 - 4 = 7) and stops; the rest stays in the pipe for nobody."""
+    with _pipe_fed([b"aaaa", b"b" * 100]) as (r, w):
+        with pytest.raises(OSError, match="larger than 10 bytes"):
+            read_file_at_most(f"/proc/self/fd/{r}", 10, timeout=timeout)
+        assert _in_pipe(w) == 100 - 7
+
+
+def test_a_timeout_under_a_second_still_reads_what_is_there() -> None:
+    """All the data and the end are already in the pipe: any timeout is enough."""
+    r, w = os.pipe()
+    os.write(w, b"{}")
+    os.close(w)
+    try:
+        assert read_file_at_most(f"/proc/self/fd/{r}", 10, timeout=0.9) == b"{}"
+    finally:
+        os.close(r)
+
+
+def test_with_a_timeout_a_fifo_nobody_writes_to_fails_as_timed_out(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError) as caught:
+        read_file_at_most(fifo, 1024, timeout=0.2)
+    assert caught.value.errno == errno.ETIMEDOUT
+
+
+@pytest.mark.parametrize("reader", [read_regular_file, read_file_at_most])
+def test_the_errors_carry_their_errno_and_path(tmp_path: Path, reader) -> None:
+    big = tmp_path / "big"
+    big.write_bytes(b"abcd")
+    with pytest.raises(OSError) as caught:
+        reader(str(big), 3)
+    assert (caught.value.errno, caught.value.filename) == (errno.EFBIG, str(big))
+    with pytest.raises(OSError) as caught:
+        read_regular_file(str(tmp_path), 3)
+    assert (caught.value.errno, caught.value.filename) == (errno.EINVAL, str(tmp_path))
+    assert caught.value.strerror == "not a regular file (a directory)"
