@@ -28,6 +28,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     root-tier tests skip with a reason when not root (CI runs as root, so they run there)."""
     unseeded = sorted({f"{item.nodeid.split('[')[0]}: {'; '.join(reasons)}" for item in items
                        if (reasons := hypothesis_profiles.check_item(item, PROFILE))})
+    if PROFILE in hypothesis_profiles.DETERMINISTIC:
+        unseeded += [found for path in sorted({str(item.path) for item in items})
+                     for found in hypothesis_profiles.source_overrides(path)]
     if unseeded:
         raise pytest.UsageError(
             f"Hypothesis tests that would not run the same way twice under the {PROFILE!r} "

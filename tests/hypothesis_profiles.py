@@ -15,13 +15,18 @@ directory, which then ran unseeded and failed by chance.)
   example database, and ten times the examples of every property; what it finds is added to
   the test as an `@example(...)`, so the deterministic profiles replay it forever.
 
-`check_item` is the gate: the root conftest refuses to run a session in which any collected
-Hypothesis test would run unseeded (derandomize off and no `@seed`), with a database, with a
-deadline, or with the timing health check on.
+`check_item` and `source_overrides` are the gate: the root conftest refuses to run a session in
+which any collected Hypothesis test would run unseeded (derandomize off and no `@seed`), with a
+database, with a deadline, or with the timing health check on. `check_item` reads the settings a
+module-level property will run with; a property defined inside a test (to count what its
+examples reached, then assert on the counts) gets its settings only when it runs, so
+`source_overrides` reads every collected test module for a `settings(...)` that overrides one
+of those, or a profile loaded anywhere but here.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Callable
 from typing import Any
@@ -71,6 +76,30 @@ def unseeded_reasons(test: Callable[..., Any]) -> list[str]:
     return reasons
 
 
+OVERRIDES = frozenset({"derandomize", "database", "deadline", "suppress_health_check"})
+"""The settings that make a run differ from the next (or on a loaded machine)."""
+
+
+def source_overrides(path: str) -> list[str]:
+    """Where the module at `path` overrides the deterministic profile: a `settings(...)` with
+    one of OVERRIDES, or a profile registered or loaded (`path:line: what`)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = (node.func.id if isinstance(node.func, ast.Name) else
+                node.func.attr if isinstance(node.func, ast.Attribute) else "")
+        if name in ("load_profile", "register_profile"):
+            found.append(f"{path}:{node.lineno}: settings.{name}(...)")
+        elif name == "settings":
+            keys = sorted(k.arg for k in node.keywords if k.arg in OVERRIDES)
+            if keys:
+                found.append(f"{path}:{node.lineno}: settings({', '.join(keys)}=...)")
+    return found
+
+
 def hypothesis_test(item: Any) -> Callable[..., Any] | None:
     """The Hypothesis-wrapped function a collected pytest item runs, or None."""
     func = getattr(item, "obj", None)
@@ -90,8 +119,9 @@ def explore_item(item: Any) -> None:
     """Under the exploration profile: the item's property runs random, with the database and
     EXPLORE_FACTOR times its examples (a test's own `max_examples` is scaled too)."""
     test = hypothesis_test(item)
-    if test is None:
-        return
+    if test is None or getattr(test, "_explored", False):
+        return  # a parametrized test is one function for many items: scale it once
+    test._explored = True  # type: ignore[attr-defined]
     chosen = test._hypothesis_internal_use_settings  # type: ignore[attr-defined]
     examples = chosen.max_examples
     if examples != settings.default.max_examples:  # the test sized itself: scale it

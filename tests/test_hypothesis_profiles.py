@@ -21,12 +21,15 @@ from tests import hypothesis_profiles
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _test_modules() -> list[Path]:
+    return sorted(p for p in (REPO / "tests").rglob("test_*.py")
+                  if "hypothesis" in p.read_text())
+
+
 def _properties() -> list[tuple[str, object]]:
     """Every Hypothesis test defined at module level (or in a class) in tests/."""
     found = []
-    for path in sorted((REPO / "tests").rglob("test_*.py")):
-        if "hypothesis" not in path.read_text():
-            continue
+    for path in _test_modules():
         module = importlib.import_module(".".join(path.relative_to(REPO).with_suffix("").parts))
         for name, obj in vars(module).items():
             for func in (obj, *vars(obj).values()) if isinstance(obj, type) else (obj,):
@@ -39,11 +42,26 @@ def test_every_property_in_the_suite_is_seeded_whatever_its_directory() -> None:
     """tests/admin/test_cli_sweep.py is collected before tests/hardening/: its settings,
     bound at import, once missed the profile that directory's conftest loaded."""
     properties = _properties()
-    assert len(properties) >= 9, properties  # the sweep, the installer's, the hardening ones
     assert "tests.admin.test_cli_sweep.test_junk_value_is_one_clear_error" in dict(properties)
     unseeded = {name: reasons for name, func in properties
                 if (reasons := hypothesis_profiles.unseeded_reasons(func))}
     assert unseeded == {}
+
+
+def test_a_property_defined_in_a_test_inherits_the_profile() -> None:
+    """Properties that count what their examples reached are defined inside the test; their
+    settings are made when it runs, from the profile, unless their module overrides it."""
+    assert settings.default.derandomize and settings.default.database is None
+    assert settings.default.deadline is None
+    assert [o for p in _test_modules() for o in hypothesis_profiles.source_overrides(str(p))
+            if "test_hypothesis_profiles.py" not in o] == []
+
+    @settings(max_examples=3)
+    @given(st.integers())
+    def inner(x: int) -> None:
+        pass
+
+    assert hypothesis_profiles.unseeded_reasons(inner) == []
 
 
 def _collect(tmp_path: Path, source: str, profile: str = "dev") -> subprocess.CompletedProcess:
@@ -88,6 +106,20 @@ def test_the_gate_refuses_a_session_with_an_unseeded_property(tmp_path: Path) ->
         assert f"test_module.py::{name}: {why}" in proc.stderr, proc.stderr
 
 
+def test_the_gate_refuses_an_override_inside_a_test(tmp_path: Path) -> None:
+    """A property made when its test runs is read from the module's source."""
+    proc = _collect(tmp_path, HEADER + """
+    def test_counts():
+        @settings(derandomize=False, max_examples=5)
+        @given(st.integers())
+        def inner(x):
+            pass
+        inner()
+    """)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "test_module.py:7: settings(derandomize=...)" in proc.stderr, proc.stderr
+
+
 def test_the_gate_accepts_the_profile_and_an_explicit_seed(tmp_path: Path) -> None:
     proc = _collect(tmp_path, HEADER + """
     @settings(max_examples=5)
@@ -96,7 +128,6 @@ def test_the_gate_accepts_the_profile_and_an_explicit_seed(tmp_path: Path) -> No
         pass
 
     @seed(7)
-    @settings(derandomize=False)
     @given(st.integers())
     def test_seeded(x):
         pass
@@ -126,6 +157,7 @@ def test_explore_scales_a_sized_property_and_turns_it_random() -> None:
     item = type("Item", (), {"obj": sized})()
     assert hypothesis_profiles.unseeded_reasons(sized) == []
     hypothesis_profiles.explore_item(item)
+    hypothesis_profiles.explore_item(item)  # a second item of the same parametrized test
     chosen = sized._hypothesis_internal_use_settings  # type: ignore[attr-defined]
     assert chosen.max_examples == 25 * hypothesis_profiles.EXPLORE_FACTOR
     assert not chosen.derandomize

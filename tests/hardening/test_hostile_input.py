@@ -198,7 +198,7 @@ def test_structured_but_wrong_configs() -> None:
     assert reached["error 8, pod looked up (meshed)"] >= total // 200, reached
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20)
 @given(st.integers(min_value=100_000, max_value=2_000_000))
 def test_huge_documents(size: int) -> None:
     conf = {"cniVersion": "1.0.0", "name": "net", "type": "istio-cni",
