@@ -538,3 +538,85 @@ def test_plugin_add_against_an_endless_body_fails_clearly(tmp_path: Path) -> Non
     assert err["code"] == PodLookupFailed.code, err
     assert f"larger than the {MAX_POD_BYTES} bytes" in err["msg"]
     assert conns == [1]
+
+
+# --- the bounds themselves (scripts/mutation.sh: each fails on a mutant that survived) ---------
+
+@pytest.mark.parametrize("status", [400, 405, 410, 422])
+def test_any_other_client_error_fails_at_once(api: KubeApiServer, tmp_path: Path,
+                                              status: int) -> None:
+    """Only 429, 5xx, timeouts and broken connections are asked again: a 4xx other than 404
+    is the same answer next time, so one GET and no pause."""
+    api.fail_next(PATH, status, count=10)
+    sleeps = Sleeps()
+
+    exc = failure(access_for(api, tmp_path), PodLookupFailed, sleep=sleeps)
+
+    assert api.count("GET", PATH) == 1 and sleeps == []
+    assert f"GET {PATH}: {status} " in exc.msg, exc.msg
+
+
+def test_the_pause_comes_only_between_attempts(api: KubeApiServer, tmp_path: Path) -> None:
+    """Three attempts, two pauses: none after the last (the ADD would only wait longer to
+    fail), and the message's time is the time the attempts took."""
+    api.fail_next(PATH, 500, count=10)
+    now = [0.0]
+    sleeps = Sleeps()
+
+    def sleep(seconds: float) -> None:
+        sleeps(seconds)
+        now[0] += seconds
+
+    exc = failure(access_for(api, tmp_path), TryAgainLater,
+                  policy=RetryPolicy(attempts=3, interval=0.25, deadline=30.0, timeout=5.0),
+                  sleep=sleep, clock=lambda: now[0] + 1000.0)
+
+    assert sleeps == [0.25, 0.25] and api.count("GET", PATH) == 3
+    assert "gave up after 3 attempt(s) in 0.5s" in exc.msg, exc.msg
+
+
+def test_the_last_pause_is_cut_to_the_deadline(api: KubeApiServer, tmp_path: Path) -> None:
+    api.fail_next(PATH, 500, count=10)
+    now = [0.0]
+    sleeps = Sleeps()
+
+    def sleep(seconds: float) -> None:
+        sleeps(seconds)
+        now[0] += seconds
+
+    failure(access_for(api, tmp_path), TryAgainLater,
+            policy=RetryPolicy(attempts=10, interval=1.0, deadline=2.5, timeout=5.0),
+            sleep=sleep, clock=lambda: now[0])
+
+    assert sleeps == [1.0, 1.0, 0.5] and api.count("GET", PATH) == 3
+
+
+def _body_of(size: int) -> bytes:
+    """A pod document of exactly `size` bytes."""
+    head = json.dumps({"metadata": {"name": NAME, "namespace": NS}, "pad": ""}).encode()
+    return head[:-2] + b"x" * (size - len(head)) + head[-2:]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "close-delimited"])
+def test_a_pod_of_exactly_the_cap_is_read(tmp_path: Path, framing: str) -> None:
+    """The cap is the most a pod may take, not one byte less (announced or read)."""
+    body = _body_of(MAX_POD_BYTES)
+    length = b"Content-Length: %d\r\n" % len(body) if framing == "content-length" else b""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + length + \
+        b"Connection: close\r\n\r\n"
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(head + body)
+
+    with hostile_server(answer) as (url, _):
+        pod = lookup(hostile_access(url, tmp_path))
+
+    assert pod["metadata"]["name"] == NAME and len(pod["pad"]) == MAX_POD_BYTES - len(
+        _body_of(0))
+
+
+@pytest.mark.parametrize("bad", [{"timeout": 0}, {"interval": -0.5}, {"attempts": -1},
+                                 {"deadline": -1}])
+def test_a_policy_without_a_bound_is_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match="need attempts >= 1, deadline, timeout > 0"):
+        RetryPolicy(**{"attempts": 3, "interval": 1.0, "deadline": 5.0, "timeout": 1.0, **bad})
