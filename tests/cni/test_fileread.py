@@ -72,6 +72,7 @@ def test_with_a_timeout_a_fifo_and_a_pipe_are_still_read(tmp_path: Path) -> None
     try:
         assert read_file_at_most(fifo, 1024, timeout=60) == b'{"a": 1}'
     finally:
+        writer.kill()  # done by now when the read succeeded; blocked on open() if it failed
         writer.wait(timeout=60)
     read_end, write_end = os.pipe()
     os.write(write_end, b"{}")
