@@ -146,6 +146,20 @@ def test_fight_detector_window():
     assert detector.record(None) == 0  # the old ones slid out of the window
 
 
+def test_fight_hold_offs_double_up_to_their_cap_and_the_window_is_inclusive():
+    """The documented bounds (docs/installer.md): more than 5 repairs in 30 s hold the next
+    one off 0.5 s, doubling each time, never more than 5 s; a repair exactly 30 s old still
+    counts. (scripts/mutation.sh: each value here fails on a mutant that survived.)"""
+    now = [0.0]
+    detector = FightDetector(clock=lambda: now[0])
+    assert [detector.record(None) for _ in range(5)] == [0.0] * 5
+    assert [detector.record(None) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    now[0] = 30.0  # all 11 are exactly 30 s old: still inside the window
+    assert detector.record(None) == 5.0
+    now[0] = 30.001  # the first 11 slid out; one left
+    assert detector.record(None) == 0.0
+
+
 def test_stop_ends_the_loop_and_uninstall_is_final(node_dirs: NodeDirs):
     path = node_dirs.put("10-net.conflist", "list.conflist")
     installer = start(node_dirs)
