@@ -130,3 +130,44 @@ def test_what_is_not_a_regular_file_is_refused_without_blocking(tmp_path: Path) 
                           text=True, timeout=60, check=False)
     assert proc.stdout.strip() == f"{errno.EINVAL} not a regular file", proc.stderr
     assert atomic.read_bytes(tmp_path / "missing") is None
+
+
+def test_the_temp_file_is_private_before_it_gets_its_mode(target: Path, mocker) -> None:
+    """The temp holds the new bytes (a kubeconfig's token, say) before `fchmod` gives it its
+    final mode: it is created 0600, whatever the umask, and exclusively."""
+    real_fchmod = os.fchmod
+    seen: list[int] = []
+
+    def fchmod(fd: int, mode: int) -> None:
+        seen.append(os.fstat(fd).st_mode & 0o777)
+        real_fchmod(fd, mode)
+
+    mocker.patch.object(atomic.os, "fchmod", side_effect=fchmod)
+    old = os.umask(0)
+    try:
+        atomic.atomic_write(target, NEW, 0o644)
+    finally:
+        os.umask(old)
+    assert seen == [0o600] and atomic.file_mode(target, -1) == 0o644
+
+
+def test_only_our_temps_are_stale(tmp_path: Path) -> None:
+    """A killed run's temps go; another writer's dotfiles and our own files stay."""
+    ours = [atomic.temp_name("10-calico.conflist"), atomic.temp_name("istio-cni-kubeconfig")]
+    others = [".calico-tmp", "10-calico.conflist", "x.istio-cni-tmp-1", ".hidden"]
+    for name in ours + others:
+        (tmp_path / name).write_bytes(b"")
+    assert sorted(atomic.remove_stale_temps(tmp_path)) == sorted(ours)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(others)
+    assert atomic.remove_stale_temps(tmp_path / "missing") == []
+
+
+def test_remove_file_says_whether_it_removed_something(target: Path) -> None:
+    assert atomic.remove_file(target) is True and not target.exists()
+    assert atomic.remove_file(target) is False
+
+
+def test_file_mode_is_the_permission_bits(target: Path) -> None:
+    os.chmod(target, 0o2640)
+    assert atomic.file_mode(target, -1) == 0o2640
+    assert atomic.file_mode(target.with_name("missing"), 0o600) == 0o600
