@@ -139,12 +139,14 @@ def _in_pipe(w: int) -> int:
 
 
 @contextmanager
-def _pipe_fed(parts: list[bytes]) -> Iterator[tuple[int, int]]:
+def _pipe_fed(parts: list[bytes], eof: bool = False) -> Iterator[tuple[int, int]]:
     """A pipe (read end, write end) whose writer puts each part in only once the reader took
     the previous one (the pipe is empty): the reader sees exactly these parts, one read
-    each. The writer stops, and the ends are closed, when the block ends."""
+    each; with `eof`, the writer then closes its end. The writer stops, and the ends are
+    closed, when the block ends."""
     r, w = os.pipe()
     done = threading.Event()
+    closed: list[bool] = []
 
     def feed() -> None:
         for part in parts:
@@ -153,6 +155,11 @@ def _pipe_fed(parts: list[bytes]) -> Iterator[tuple[int, int]]:
             if done.is_set():
                 return
             os.write(w, part)
+        if eof:
+            wait_for(lambda: done.is_set() or _in_pipe(w) == 0, timeout=60,
+                     what="the reader to take the last part")
+            os.close(w)
+            closed.append(True)
 
     thread = threading.Thread(target=feed, daemon=True)
     thread.start()
@@ -161,7 +168,8 @@ def _pipe_fed(parts: list[bytes]) -> Iterator[tuple[int, int]]:
     finally:
         done.set()
         thread.join(timeout=60)
-        os.close(w)
+        if not closed:
+            os.close(w)
         os.close(r)
 
 
@@ -195,6 +203,12 @@ def test_no_more_than_one_byte_past_the_limit_is_taken(timeout: float | None) ->
         assert _in_pipe(w) == 100 - 7
 
 
+@pytest.mark.parametrize("timeout", [None, 60.0])
+def test_parts_are_joined_as_they_came(timeout: float | None) -> None:
+    with _pipe_fed([b'{"a"', b": 1", b"}"], eof=True) as (r, _):
+        assert read_file_at_most(f"/proc/self/fd/{r}", 10, timeout=timeout) == b'{"a": 1}'
+
+
 def test_a_timeout_under_a_second_still_reads_what_is_there() -> None:
     """All the data and the end are already in the pipe: any timeout is enough."""
     r, w = os.pipe()
@@ -214,13 +228,23 @@ def test_with_a_timeout_a_fifo_nobody_writes_to_fails_as_timed_out(tmp_path: Pat
     assert caught.value.errno == errno.ETIMEDOUT
 
 
-@pytest.mark.parametrize("reader", [read_regular_file, read_file_at_most])
+@pytest.mark.parametrize("reader", [read_regular_file, read_file_at_most,
+                                    lambda path, limit: read_file_at_most(path, limit, 60)])
 def test_the_errors_carry_their_errno_and_path(tmp_path: Path, reader) -> None:
     big = tmp_path / "big"
     big.write_bytes(b"abcd")
     with pytest.raises(OSError) as caught:
         reader(str(big), 3)
     assert (caught.value.errno, caught.value.filename) == (errno.EFBIG, str(big))
+    r, w = os.pipe()
+    os.write(w, b"abcd")
+    os.close(w)
+    try:
+        with pytest.raises(OSError) as caught:
+            read_file_at_most(f"/proc/self/fd/{r}", 3, timeout=60)
+        assert caught.value.filename == f"/proc/self/fd/{r}"
+    finally:
+        os.close(r)
     with pytest.raises(OSError) as caught:
         read_regular_file(str(tmp_path), 3)
     assert (caught.value.errno, caught.value.filename) == (errno.EINVAL, str(tmp_path))
