@@ -160,6 +160,28 @@ def test_fight_hold_offs_double_up_to_their_cap_and_the_window_is_inclusive():
     assert detector.record(None) == 0.0
 
 
+def test_failed_passes_back_off_doubling_up_to_the_cap(node_dirs: NodeDirs,
+                                                       read_only_dir: Path, caplog):
+    """An install that keeps failing (a read-only bin dir) is retried after 1, 2, 4, 8, 16,
+    then at most 30 s (RETRY_MAX), or on the next change: a change in net.d wakes each pass
+    here, so the schedule is read from the log without waiting it out."""
+    caplog.set_level(logging.INFO)
+    node_dirs.put("10-calico.conflist", "calico.conflist")
+    installer = Installer(node_dirs.config(cni_bin_target_dirs=(read_only_dir,)))
+
+    def retries() -> list[str]:
+        return [r.getMessage().split(" or on")[0] for r in caplog.records
+                if r.getMessage().startswith("install failed, retrying in ")]
+
+    with watching(installer):
+        for n in range(1, 8):
+            wait_for(lambda n=n: len(retries()) >= n, timeout=60, what=f"failed pass {n}")
+            assert not installer.ready
+            (node_dirs.net_dir / f"99-wake-{n}.txt").write_text("")  # the next change
+    assert retries()[:7] == [f"install failed, retrying in {s} s"
+                             for s in (1, 2, 4, 8, 16, 30, 30)]
+
+
 def test_stop_ends_the_loop_and_uninstall_is_final(node_dirs: NodeDirs):
     path = node_dirs.put("10-net.conflist", "list.conflist")
     installer = start(node_dirs)
