@@ -125,10 +125,10 @@ def test_what_is_not_a_regular_file_is_refused_without_blocking(tmp_path: Path) 
     os.mkfifo(fifo)
     code = ("import sys\nfrom pathlib import Path\nfrom installer import atomic\n"
             "try:\n    atomic.read_bytes(Path(sys.argv[1]))\n"
-            "except OSError as exc:\n    print(exc.errno, exc.strerror)\n")
+            "except OSError as exc:\n    print(exc.errno, exc.strerror, exc.filename)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True,
                           text=True, timeout=60, check=False)
-    assert proc.stdout.strip() == f"{errno.EINVAL} not a regular file", proc.stderr
+    assert proc.stdout.strip() == f"{errno.EINVAL} not a regular file {fifo}", proc.stderr
     assert atomic.read_bytes(tmp_path / "missing") is None
 
 
