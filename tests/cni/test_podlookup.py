@@ -620,3 +620,15 @@ def test_a_pod_of_exactly_the_cap_is_read(tmp_path: Path, framing: str) -> None:
 def test_a_policy_without_a_bound_is_refused(bad: dict) -> None:
     with pytest.raises(ValueError, match="need attempts >= 1, deadline, timeout > 0"):
         RetryPolicy(**{"attempts": 3, "interval": 1.0, "deadline": 5.0, "timeout": 1.0, **bad})
+
+
+def test_a_source_without_a_policy_takes_the_default_bounds(api: KubeApiServer,
+                                                             tmp_path: Path) -> None:
+    """`ApiPodSource(access)` (the plugin's default) retries within upstream's bounds."""
+    api.fail_next(PATH, 503, count=1)
+    source = ApiPodSource(access_for(api, tmp_path))
+    try:
+        assert source.get_pod(NS, NAME)["metadata"]["name"] == NAME
+    finally:
+        source.close()
+    assert api.count("GET", PATH) == 2
