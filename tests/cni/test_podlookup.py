@@ -556,20 +556,27 @@ def test_any_other_client_error_fails_at_once(api: KubeApiServer, tmp_path: Path
     assert f"GET {PATH}: {status} " in exc.msg, exc.msg
 
 
-def test_the_pause_comes_only_between_attempts(api: KubeApiServer, tmp_path: Path) -> None:
-    """Three attempts, two pauses: none after the last (the ADD would only wait longer to
-    fail), and the message's time is the time the attempts took."""
-    api.fail_next(PATH, 500, count=10)
-    now = [0.0]
-    sleeps = Sleeps()
+def fake_time(start: float = 0.0) -> tuple[Sleeps, Callable[[float], None],
+                                          Callable[[], float]]:
+    """A clock that advances only by the pauses asked for, and the record of those pauses."""
+    now, sleeps = [start], Sleeps()
 
     def sleep(seconds: float) -> None:
         sleeps(seconds)
         now[0] += seconds
 
+    return sleeps, sleep, lambda: now[0]
+
+
+def test_the_pause_comes_only_between_attempts(api: KubeApiServer, tmp_path: Path) -> None:
+    """Three attempts, two pauses: none after the last (the ADD would only wait longer to
+    fail), and the message's time is the time the attempts took."""
+    api.fail_next(PATH, 500, count=10)
+    sleeps, sleep, clock = fake_time(start=1000.0)
+
     exc = failure(access_for(api, tmp_path), TryAgainLater,
                   policy=RetryPolicy(attempts=3, interval=0.25, deadline=30.0, timeout=5.0),
-                  sleep=sleep, clock=lambda: now[0] + 1000.0)
+                  sleep=sleep, clock=clock)
 
     assert sleeps == [0.25, 0.25] and api.count("GET", PATH) == 3
     assert "gave up after 3 attempt(s) in 0.5s" in exc.msg, exc.msg
@@ -577,16 +584,11 @@ def test_the_pause_comes_only_between_attempts(api: KubeApiServer, tmp_path: Pat
 
 def test_the_last_pause_is_cut_to_the_deadline(api: KubeApiServer, tmp_path: Path) -> None:
     api.fail_next(PATH, 500, count=10)
-    now = [0.0]
-    sleeps = Sleeps()
-
-    def sleep(seconds: float) -> None:
-        sleeps(seconds)
-        now[0] += seconds
+    sleeps, sleep, clock = fake_time()
 
     failure(access_for(api, tmp_path), TryAgainLater,
             policy=RetryPolicy(attempts=10, interval=1.0, deadline=2.5, timeout=5.0),
-            sleep=sleep, clock=lambda: now[0])
+            sleep=sleep, clock=clock)
 
     assert sleeps == [1.0, 1.0, 0.5] and api.count("GET", PATH) == 3
 

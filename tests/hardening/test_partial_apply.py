@@ -283,13 +283,8 @@ def run_plugin(pod: Pod, backend: str, ns: str, kill_at: int = 0, mode: str = "n
     `kill_after`: an external SIGKILL that many seconds after the ADD's first side effect
     began (the child reports each one on stderr; it is waited for with a generous deadline),
     so that the kill lands in the ADD, not in Python's start on a loaded machine."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(kill_at), mode],
-                            env=pod.env("ADD", ns), stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    assert proc.stdin is not None and proc.stderr is not None
-    proc.stdin.write(json.dumps(pod.conf(backend)).encode())
-    proc.stdin.close()
+    proc = spawn_add(pod, backend, ns, kill_at, mode)
+    assert proc.stderr is not None
     lines: list[bytes] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
     reader.start()
@@ -327,16 +322,24 @@ class Tally:
     """The side effect each external random kill landed at or after (the ADD had begun it)."""
 
 
-def timed_side_effects(pod: Pod, backend: str, ns: str) -> float:
-    """Seconds from an uninterrupted ADD's first side effect to its exit."""
-    start: list[float] = []
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, "0", "never"],
+def spawn_add(pod: Pod, backend: str, ns: str, kill_at: int = 0,
+              mode: str = "never") -> subprocess.Popen:
+    """The ADD's child process, in its own session, its config sent; stderr to read."""
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(kill_at), mode],
                             env=pod.env("ADD", ns), stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
-    assert proc.stdin is not None and proc.stderr is not None
+    assert proc.stdin is not None
     proc.stdin.write(json.dumps(pod.conf(backend)).encode())
     proc.stdin.close()
+    return proc
+
+
+def timed_side_effects(pod: Pod, backend: str, ns: str) -> float:
+    """Seconds from an uninterrupted ADD's first side effect to its exit."""
+    start: list[float] = []
+    proc = spawn_add(pod, backend, ns)
+    assert proc.stderr is not None
     for line in proc.stderr:
         if line == b"ICNI-OP 1\n":
             start.append(time.monotonic())

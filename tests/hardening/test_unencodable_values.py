@@ -38,22 +38,13 @@ from installer import config as installer_config
 from node_daemon import config as daemon_config
 from testbed.kubeapi import KubeApiServer
 from testbed.nodedirs import NodeDirs, make_node_dirs
+from tests.admin.test_cli_sweep import assert_clean
 
 BAD = {"lone-surrogate": "a\ud800b", "non-utf8-byte": "a\udcffb", "nul": "a\x00b"}
 """U+D800 has no bytes at all; U+DCFF is the byte 0xff of an argv or environment; NUL ends
 a path, an argv or a C string (it reaches the plugin as the JSON escape "\\u0000")."""
 SHOWN = {"lone-surrogate": "U+D800", "non-utf8-byte": "0xff", "nul": "NUL"}
 SETTINGS = {s.name: s for s in (*daemon_config.SETTINGS, *installer_config.SETTINGS)}
-
-
-def assert_clean(res: Result, must_fail: bool) -> None:
-    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
-    assert "Traceback" not in res.output
-    if must_fail:
-        assert res.exit_code != 0, res.output
-    if res.exit_code != 0:
-        assert res.stdout == "", res.stdout
-        assert res.stderr.strip(), "an error must say what is wrong"
 
 
 # --- settings: every variable of every component -----------------------------------------------
