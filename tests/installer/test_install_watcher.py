@@ -182,6 +182,23 @@ def test_failed_passes_back_off_doubling_up_to_the_cap(node_dirs: NodeDirs,
                              for s in (1, 2, 4, 8, 16, 30, 30)]
 
 
+def test_a_failed_pass_is_retried_on_its_timer_without_any_change(node_dirs: NodeDirs,
+                                                                  read_only_dir: Path,
+                                                                  caplog):
+    """The bin dir becomes writable again (a remount: no inotify event anywhere): the retry
+    timer alone brings the plugin back, within its first few seconds."""
+    caplog.set_level(logging.INFO)
+    node_dirs.put("10-calico.conflist", "calico.conflist")
+    installer = Installer(node_dirs.config(cni_bin_target_dirs=(read_only_dir,)))
+    with watching(installer):
+        wait_for(lambda: any(r.getMessage().startswith("install failed, retrying in 1 s")
+                             for r in caplog.records), timeout=60, what="a failed pass")
+        assert not installer.ready
+        subprocess.run(["mount", "-o", "remount,rw", str(read_only_dir)], check=True)
+        wait_for(lambda: installer.ready and (read_only_dir / "istio-cni").exists(),
+                 timeout=60, what="the timed retry's install")
+
+
 def test_stop_ends_the_loop_and_uninstall_is_final(node_dirs: NodeDirs):
     path = node_dirs.put("10-net.conflist", "list.conflist")
     installer = start(node_dirs)
