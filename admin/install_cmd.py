@@ -56,9 +56,6 @@ def build_config(options: dict[str, str | None]) -> InstallerConfig:
     """os.environ, overridden by the flags given, through the one typed parser."""
     env = dict(os.environ)
     env.update({k: v for k, v in options.items() if v is not None})
-    for name, value in options.items():
-        if value is not None and "\x00" in value:  # no path or name has one (nor can env)
-            raise click.ClickException(f"{name}={value!r}: contains a NUL byte")
     try:
         return InstallerConfig.from_env(env)
     except InstallerConfigError as exc:

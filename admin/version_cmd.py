@@ -24,6 +24,7 @@ import click
 
 from admin.context import printable
 from cni import __version__ as VERSION
+from cni.settings import SettingError
 from installer.binaries import PLUGIN_NAME
 from installer.config import CNI_BIN_TARGET_DIRS
 
@@ -125,8 +126,11 @@ def version_command(bin_dirs: str | None) -> None:
     per binary, if a plugin binary is there but does not answer as a CNI plugin (not
     executable, fails, prints more than 64 KiB, or takes more than 10 s).
     """
-    dirs = CNI_BIN_TARGET_DIRS.parse(bin_dirs) if bin_dirs is not None else (
-        CNI_BIN_TARGET_DIRS.default)
+    try:  # the setting's one reading, as if the flag were the variable
+        dirs = CNI_BIN_TARGET_DIRS.read({} if bin_dirs is None else
+                                        {CNI_BIN_TARGET_DIRS.name: bin_dirs})
+    except SettingError as exc:
+        raise click.ClickException(printable(exc)) from None
     click.echo(f"istio-cni-node {VERSION} (Python {sys.version.split()[0]})")
     answers = installed_plugins(dirs)
     if not answers:

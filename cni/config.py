@@ -16,7 +16,7 @@ from cni.errors import InvalidNetworkConfig
 
 if TYPE_CHECKING:
     from cni.backends import RuleMode
-from cni.values import BadValue, one_of
+from cni.values import BadValue, encodable_text, one_of
 
 KUBECONFIG_NAME = "istio-cni-kubeconfig"
 
@@ -100,7 +100,17 @@ def _typed(conf: dict[str, Any], key: str, kind: type | tuple[type, ...], defaul
     if not isinstance(value, kind):
         name = kind.__name__ if isinstance(kind, type) else "number"
         raise InvalidNetworkConfig(f"invalid plugin config: {key} must be a {name}", repr(value))
+    if isinstance(value, str):
+        _text(value, key)
     return value
+
+
+def _text(value: str, key: str) -> str:
+    """A config string that can be used: a path, a name or an address (`encodable_text`)."""
+    try:
+        return encodable_text(value)
+    except BadValue as exc:
+        raise InvalidNetworkConfig(f"invalid plugin config: {key}: {exc}", repr(value)) from None
 
 
 def _string_list(value: Any, key: str) -> frozenset[str]:
@@ -112,7 +122,7 @@ def _string_list(value: Any, key: str) -> frozenset[str]:
         raise InvalidNetworkConfig(
             f"invalid plugin config: {key} must be a list of strings", repr(value)
         )
-    return frozenset(value)
+    return frozenset(_text(v, key) for v in value)
 
 
 def _choice(value: str, key: str, parse: Any) -> str:

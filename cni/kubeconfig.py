@@ -173,6 +173,9 @@ def _server(path: str, cluster: Mapping[str, Any]) -> str:
         raise _fail(path, f"server {server!r} is not a valid URL: {exc}") from exc
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise _fail(path, f"server {server!r} is not an http(s) URL with a host")
+    if not server.isascii() or not server.isprintable():
+        raise _fail(path, f"server {server!r} is not printable ASCII (a host name in a URL is "
+                          "ASCII: IDNA for a non-ASCII name)")
     return server.rstrip("/")
 
 
@@ -196,13 +199,26 @@ def _file(entry: Mapping[str, Any], key: str, base: str) -> str | None:
 def _token(path: str, user: Mapping[str, Any], base: str) -> str | None:
     token = user.get("token")
     if token:
-        return str(token)
+        return _header_value(path, "token", str(token))
     token_file = _file(user, "tokenFile", base)
     if token_file is None:
         return None
     try:
-        return read_regular_file(token_file, MAX_FILE_BYTES).decode("utf-8").strip()
+        token = read_regular_file(token_file, MAX_FILE_BYTES).decode("utf-8").strip()
     except OSError as exc:
         raise _fail(path, f"cannot read tokenFile {token_file}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise _fail(path, f"tokenFile {token_file} is not UTF-8 text") from exc
+    return _header_value(path, f"tokenFile {token_file}", token)
+
+
+def _header_value(path: str, what: str, token: str) -> str:
+    """The token, if an HTTP header can carry it: visible ASCII only (a bearer token is
+    base64-like; a space, a line break or a non-ASCII character would make http.client refuse
+    the header, or split it). The message gives the position, never the token."""
+    for i, ch in enumerate(token):
+        if not "!" <= ch <= "~":
+            shown = "space" if ch == " " else f"U+{ord(ch):04X}"
+            raise _fail(path, f"the {what} holds a character no HTTP header can carry "
+                              f"(character {i}: {shown})")
+    return token

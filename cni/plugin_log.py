@@ -124,7 +124,9 @@ class RotatingLogFile(logging.FileHandler):
 
     def __init__(self, path: str, max_bytes: int = LOG_FILE_MAX_BYTES) -> None:
         self.max_bytes = max_bytes
-        super().__init__(path, mode="a", encoding="utf-8")
+        # a byte of the pod's name or netns path that is not UTF-8 is written escaped:
+        # never a "Logging error" traceback on stderr
+        super().__init__(path, mode="a", encoding="utf-8", errors="backslashreplace")
 
     def _open(self):  # type: ignore[no-untyped-def]  # logging's signature
         return _open_log_file(self.baseFilename, self.encoding, self.errors)

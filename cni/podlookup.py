@@ -331,7 +331,9 @@ def _load_client_cert(ctx: ssl.SSLContext, access: KubeAccess) -> None:
 
 
 def pod_path(namespace: str, name: str) -> str:
-    return f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(name, safe='')}"
+    # a byte of CNI_ARGS that is not UTF-8 goes into the path as that byte, %-escaped
+    ns, pod = (quote(part, safe="", errors="surrogateescape") for part in (namespace, name))
+    return f"/api/v1/namespaces/{ns}/pods/{pod}"
 
 
 def get_pod(

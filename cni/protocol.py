@@ -168,6 +168,15 @@ def _validate_ids(env: "Mapping[str, str]", command: str) -> None:
         raise InvalidEnvironment("invalid interface name", ifname)
 
 
+def _has_bytes(value: str) -> bool:
+    """True if `value` is bytes the process could have been given (os.fsencode succeeds)."""
+    try:
+        value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _require_version(version: str, minimum: str, command: str) -> None:
     if version_tuple(version) < version_tuple(minimum):
         raise IncompatibleVersion(f"config version does not allow {command}", f"needs {minimum}+")
@@ -184,6 +193,10 @@ def parse_request(env: "Mapping[str, str]", stdin: bytes) -> CmdArgs:
     bad = sorted(k for k, v in env.items() if k.startswith("CNI_") and "\x00" in v)
     if bad:  # cannot come through execve, but dispatch is also called in-process
         raise InvalidEnvironment(f"env variables {bad} contain a NUL byte")
+    bad = sorted(k for k, v in env.items() if k.startswith("CNI_") and not _has_bytes(v))
+    if bad:  # likewise: a lone surrogate from a JSON escape has no bytes to be a path or a name
+        raise InvalidEnvironment(f"env variables {bad} hold a lone surrogate, which no path "
+                                 "or name can")
     conf: dict[str, Any] = {}
     if command != "VERSION":
         conf = _decode_conf(stdin)

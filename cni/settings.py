@@ -8,9 +8,12 @@ once, so the installer and the agent can never read them differently. The docs t
 rendered from these definitions (`markdown_table`) and a test keeps docs/installer.md and
 docs/node-daemon.md equal to them.
 
-Reading rules, the same for every setting: an unset variable, or one holding only whitespace,
-takes the default (as viper does: it ignores empty variables); otherwise the trimmed text is
-parsed and a bad value is a `SettingError` naming the variable and the value. A few free-text
+Reading rules, the same for every setting: a value that is not UTF-8 text, or holds a NUL, is a
+`SettingError` (`cni.values.encodable_text`: a setting goes into paths, config files, logs and
+requests); an unset
+variable, or one holding only whitespace, takes the default (as viper does: it ignores empty
+variables); otherwise the trimmed text is parsed and a bad value is a `SettingError` naming the
+variable and the value. A few free-text
 settings (`keep_empty`) keep their text as given, so that `""` can mean "any".
 
 The plugin imports this module on every call: nothing here imports more than `cni.values`.
@@ -29,7 +32,7 @@ from cni.choices import (
     PLUGIN_LOG_LEVELS,
     log_level,
 )
-from cni.values import BadValue, go_bool, names, one_of, path, text
+from cni.values import BadValue, encodable_text, go_bool, names, one_of, path, text
 
 UPSTREAM = "upstream"
 OURS = "ours"
@@ -69,6 +72,10 @@ class Setting(NamedTuple):
         raw = env.get(self.name)
         if raw is None:
             return self.default
+        try:
+            encodable_text(raw)
+        except BadValue as exc:
+            raise SettingError(f"{self.name}: {exc}") from None
         if self.keep_empty:
             return raw
         text = raw.strip()

@@ -101,6 +101,31 @@ def text(value: str) -> str:
     return value
 
 
+def encodable_text(value: str) -> str:
+    """`value` if it can become the bytes it must: UTF-8 text with no NUL; else `BadValue`
+    naming the first character that cannot.
+
+    Every setting, config string and name ends up somewhere that needs bytes: a path, a JSON
+    config file, a log line, an HTTP request, an argv. Three kinds of character cannot get
+    there: a byte of the process's argv or environment that is not UTF-8 (Python holds it as a
+    lone surrogate U+DC80-U+DCFF: a valid path byte, but no UTF-8 file or JSON string can carry
+    it: Go's decoder turns it into U+FFFD, so the plugin would see another value), any other
+    lone surrogate (from a JSON escape such as "\\ud800", or a caller in this process: it has no
+    bytes at all), and NUL (where a path, an argv or a C string ends)."""
+    nul = value.find("\x00")
+    if nul >= 0:
+        raise BadValue(f"{value!r} holds a NUL byte (character {nul}), which no path or name "
+                       "can")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(value[exc.start])
+        what = (f"the byte 0x{code - 0xDC00:02x}, which is not UTF-8" if 0xDC80 <= code <= 0xDCFF
+                else f"a lone surrogate U+{code:04X}, which no text can hold")
+        raise BadValue(f"{value!r} has {what} (character {exc.start})") from None
+    return value
+
+
 def path(value: str) -> Path:
     from pathlib import Path  # not at import: the plugin's hot path never needs it
 

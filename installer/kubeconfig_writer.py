@@ -64,6 +64,8 @@ def read_service_account(cfg: InstallerConfig) -> ServiceAccount:
     except OSError as exc:
         raise KubeconfigError(f"cannot read service account token {token_path}: "
                               f"{exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise KubeconfigError(f"service account token {token_path} is not UTF-8 text") from None
     if not token:
         raise KubeconfigError(f"service account token {token_path} is empty")
     if cfg.skip_tls_verify:

@@ -16,6 +16,6 @@ if [[ $(id -u) != 0 ]]; then
     exit 1
 fi
 if [[ ${DEMO_SKIP_SETUP:-0} != 1 ]]; then
-    bash scripts/setup.sh
+    SETUP_TEST_TOOLS=0 bash scripts/setup.sh  # the tests' own tools come with the test command
 fi
 exec .venv/bin/python -m companions.demo "$@"

@@ -1,5 +1,7 @@
-"""Suite-wide fixtures: the Kubernetes API stand-in (from `testbed`), and the root tier's
-stated skips.
+"""Suite-wide fixtures and gates: the Kubernetes API stand-in (from `testbed`), the root tier's
+stated skips, the Hypothesis profiles (loaded here, before any test module is imported, and
+checked on every collected property: `tests/hypothesis_profiles.py`) and the skip allowlist of
+the test command (`tests/skip_allowlist.py`).
 
 `kube_api` / `kube_api_tls` are function-scoped: each test gets fresh state and the server is
 stopped after it. The TLS material is made once per session.
@@ -14,16 +16,64 @@ import pytest
 
 from testbed.cleanup import Cleanup
 from testbed.kubeapi import KubeApiServer, TLSMaterial, make_tls_material, openssl_available
+from tests import hypothesis_profiles
+from tests.skip_allowlist import STRICT, SkipLedger
+
+PROFILE = hypothesis_profiles.load()  # at import: before the first test module is collected
+_SKIPS = SkipLedger()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Root-tier tests skip with a reason when not root (CI runs as root, so they run there)."""
+    """Every property runs under the suite's deterministic profile (or, by hand, explores);
+    root-tier tests skip with a reason when not root (CI runs as root, so they run there)."""
+    unseeded = sorted({f"{item.nodeid.split('[')[0]}: {'; '.join(reasons)}" for item in items
+                       if (reasons := hypothesis_profiles.check_item(item, PROFILE))})
+    if PROFILE in hypothesis_profiles.DETERMINISTIC:
+        unseeded += [found for path in sorted({str(item.path) for item in items})
+                     for found in hypothesis_profiles.source_overrides(path)]
+    if unseeded:
+        raise pytest.UsageError(
+            f"Hypothesis tests that would not run the same way twice under the {PROFILE!r} "
+            "profile (tests/hypothesis_profiles.py; remove the setting that overrides it):\n  "
+            + "\n  ".join(unseeded))
+    if PROFILE == hypothesis_profiles.EXPLORE:
+        for item in items:
+            hypothesis_profiles.explore_item(item)
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="needs root: real network namespaces and iptables")
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        _SKIPS.record(report.nodeid, report.longrepr)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPS.record(report.nodeid, report.longrepr)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under the test command (ISTIO_CNI_STRICT_SKIPS=1) a skip outside the allowlist fails
+    the run, even when every test that ran passed."""
+    if STRICT and _SKIPS.unexpected and exitstatus in (pytest.ExitCode.OK,
+                                                       pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # noqa: ANN001 - pytest's reporter
+    if not _SKIPS.unexpected:
+        return
+    say = terminalreporter.write_line
+    terminalreporter.section("skips outside tests/skip_allowlist.py", sep="=", red=STRICT)
+    for nodeid, reason in _SKIPS.unexpected:
+        say(f"{nodeid}: {reason}")
+    say(f"{len(_SKIPS.unexpected)} unexpected skip(s), {_SKIPS.expected} allowed"
+        + (": the test command fails (ISTIO_CNI_STRICT_SKIPS=1)" if STRICT else ""))
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from cni.apply import check, program, reset
 from cni.errors import InvalidNetNS, RulesApplyFailed, RulesConflict
 from cni.netns import in_netns, read_facts
 from cni.ruleset import FamilyRules, Rule, RuleSet
+from testbed.wait import wait_for
 from tests.cni.netns_fixtures import need, ruleset
 
 pytestmark = pytest.mark.root
@@ -100,16 +101,24 @@ def test_detect_ipv6_in_netns(make_netns) -> None:  # noqa: ANN001
     assert facts.ipv6(dual_stack=True) is True
 
 
+def _take(lock) -> bool:  # noqa: ANN001 - an open file
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def test_legacy_never_waits_for_the_host_lock(netns) -> None:  # noqa: ANN001
-    """kube-proxy holding /run/xtables.lock must not block a pod's ADD (pod-scoped lock)."""
+    """kube-proxy holding /run/xtables.lock must not block a pod's ADD (pod-scoped lock).
+
+    The lock file is made the way iptables makes it (O_CREAT, 0600) when no iptables command
+    has run on this host yet, and taken when whoever holds it lets go: the test does not depend
+    on what ran before it."""
     need("iptables-legacy-restore")
-    if not os.path.exists("/run/xtables.lock"):
-        pytest.skip("no host xtables lock file on this machine")
-    with open("/run/xtables.lock") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pytest.skip("the host xtables lock is busy: cannot take it for the test")
+    fd = os.open("/run/xtables.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd) as lock:
+        wait_for(lambda: _take(lock), timeout=120, what="the host xtables lock to be free")
         try:
             assert program(netns.path, ruleset("basic"), "legacy") == "applied"
         finally:

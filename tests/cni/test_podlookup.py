@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,8 +145,10 @@ def test_server_errors_forever(api: KubeApiServer, tmp_path: Path) -> None:
 
 
 def test_slow_response_times_out_and_is_retried(api: KubeApiServer, tmp_path: Path) -> None:
-    api.delay(PATH, seconds=30.0, count=1)
-    policy = RetryPolicy(attempts=3, interval=1.0, deadline=30.0, timeout=0.3)
+    """The first GET hangs past the attempt's bound; the second, answered at once, must fit
+    in the same bound: 3 s, generous for a loopback answer on a loaded machine."""
+    api.delay(PATH, seconds=60.0, count=1)
+    policy = RetryPolicy(attempts=3, interval=0.0, deadline=60.0, timeout=3.0)
 
     assert lookup(access_for(api, tmp_path), policy)["metadata"]["name"] == NAME
     assert api.count("GET", PATH) == 2
@@ -161,14 +164,29 @@ def test_slow_responses_forever(api: KubeApiServer, tmp_path: Path) -> None:
     assert isinstance(exc.__cause__, TimeoutError)
 
 
+def bounded(limit: float, what: str) -> Callable[[Callable[[], CNIError]], CNIError]:
+    """Run the failing lookup; it must end well within `limit` seconds. A behavioural bound,
+    not a speed test: `limit` is far above the deadline under test and far below what the
+    lookup would take without it (a per-attempt timeout of 30-60 s), so a loaded machine
+    cannot fail it and a lookup that ignored the deadline cannot pass it."""
+    def run(call: Callable[[], CNIError]) -> CNIError:
+        start = time.monotonic()
+        exc = call()
+        took = time.monotonic() - start
+        assert took < limit, f"{what}: the lookup took {took:.1f} s"
+        return exc
+    return run
+
+
 def test_hanging_server_cannot_outlast_the_deadline(api: KubeApiServer, tmp_path: Path) -> None:
     """The per-attempt timeout (60 s) is capped by the deadline (0.5 s)."""
     api.hang(PATH)
     policy = RetryPolicy(attempts=30, interval=1.0, deadline=0.5, timeout=60.0)
 
-    exc = failure(access_for(api, tmp_path), TryAgainLater, policy=policy)
+    exc = bounded(20, "the 0.5 s deadline did not cap the 60 s attempt")(
+        lambda: failure(access_for(api, tmp_path), TryAgainLater, policy=policy))
 
-    assert "timed out" in exc.msg and PATH in exc.msg
+    assert "timed out" in exc.msg and PATH in exc.msg and "1 attempt(s)" in exc.msg, exc.msg
 
 
 def test_deadline_bounds_the_number_of_attempts(kube_api: KubeApiServer, tmp_path: Path) -> None:
@@ -436,7 +454,8 @@ def test_trickling_server_cannot_outlast_the_deadline(tmp_path: Path, where: str
     with hostile_server(TRICKLED[where]()) as (url, _):
         policy = RetryPolicy(attempts=1, interval=0.0, deadline=1.0, timeout=30.0)
 
-        exc = failure(hostile_access(url, tmp_path), TryAgainLater, policy=policy)
+        exc = bounded(15, "the 1 s deadline did not cap the trickled 30 s attempt")(
+            lambda: failure(hostile_access(url, tmp_path), TryAgainLater, policy=policy))
 
     assert "timed out" in exc.msg and "1 attempt(s)" in exc.msg, exc.msg
     assert isinstance(exc.__cause__, TimeoutError)
@@ -445,8 +464,9 @@ def test_trickling_server_cannot_outlast_the_deadline(tmp_path: Path, where: str
 def test_trickle_cut_by_the_attempt_bound_leaves_room_for_the_next_attempt(
     tmp_path: Path,
 ) -> None:
-    """The first connection trickles; the attempt's own bound (0.5 s of a 30 s deadline) ends
-    it, and the second attempt, on a fresh connection, gets the pod."""
+    """The first connection trickles; the attempt's own bound (3 s of a 60 s deadline) ends
+    it, and the second attempt, on a fresh connection, gets the pod (within the same 3 s:
+    generous for a loopback answer on a loaded machine)."""
     served = [0]
 
     def first_trickles(conn: socket.socket, stop: threading.Event) -> None:
@@ -457,7 +477,7 @@ def test_trickle_cut_by_the_attempt_bound_leaves_room_for_the_next_attempt(
             conn.sendall(ANSWER)
 
     with hostile_server(first_trickles) as (url, conns):
-        policy = RetryPolicy(attempts=3, interval=0.0, deadline=30.0, timeout=0.5)
+        policy = RetryPolicy(attempts=3, interval=0.0, deadline=60.0, timeout=3.0)
 
         assert lookup(hostile_access(url, tmp_path), policy)["metadata"]["name"] == NAME
 
@@ -476,7 +496,8 @@ def test_tls_handshake_that_never_comes_is_bounded(tmp_path: Path) -> None:
         access = load_kubeconfig(str(write_kubeconfig(tmp_path, url, token=TOKEN, insecure=True)))
         policy = RetryPolicy(attempts=1, interval=0.0, deadline=0.5, timeout=30.0)
 
-        exc = failure(access, TryAgainLater, policy=policy)
+        exc = bounded(15, "the 0.5 s deadline did not cap the 30 s TLS handshake")(
+            lambda: failure(access, TryAgainLater, policy=policy))
 
     assert "timed out" in exc.msg, exc.msg
 
@@ -517,3 +538,99 @@ def test_plugin_add_against_an_endless_body_fails_clearly(tmp_path: Path) -> Non
     assert err["code"] == PodLookupFailed.code, err
     assert f"larger than the {MAX_POD_BYTES} bytes" in err["msg"]
     assert conns == [1]
+
+
+# --- the bounds themselves (scripts/mutation.sh: each fails on a mutant that survived) ---------
+
+@pytest.mark.parametrize("status", [400, 405, 410, 422])
+def test_any_other_client_error_fails_at_once(api: KubeApiServer, tmp_path: Path,
+                                              status: int) -> None:
+    """Only 429, 5xx, timeouts and broken connections are asked again: a 4xx other than 404
+    is the same answer next time, so one GET and no pause."""
+    api.fail_next(PATH, status, count=10)
+    sleeps = Sleeps()
+
+    exc = failure(access_for(api, tmp_path), PodLookupFailed, sleep=sleeps)
+
+    assert api.count("GET", PATH) == 1 and sleeps == []
+    assert f"GET {PATH}: {status} " in exc.msg, exc.msg
+
+
+def fake_time(start: float = 0.0) -> tuple[Sleeps, Callable[[float], None],
+                                          Callable[[], float]]:
+    """A clock that advances only by the pauses asked for, and the record of those pauses."""
+    now, sleeps = [start], Sleeps()
+
+    def sleep(seconds: float) -> None:
+        sleeps(seconds)
+        now[0] += seconds
+
+    return sleeps, sleep, lambda: now[0]
+
+
+def test_the_pause_comes_only_between_attempts(api: KubeApiServer, tmp_path: Path) -> None:
+    """Three attempts, two pauses: none after the last (the ADD would only wait longer to
+    fail), and the message's time is the time the attempts took."""
+    api.fail_next(PATH, 500, count=10)
+    sleeps, sleep, clock = fake_time(start=1000.0)
+
+    exc = failure(access_for(api, tmp_path), TryAgainLater,
+                  policy=RetryPolicy(attempts=3, interval=0.25, deadline=30.0, timeout=5.0),
+                  sleep=sleep, clock=clock)
+
+    assert sleeps == [0.25, 0.25] and api.count("GET", PATH) == 3
+    assert "gave up after 3 attempt(s) in 0.5s" in exc.msg, exc.msg
+
+
+def test_the_last_pause_is_cut_to_the_deadline(api: KubeApiServer, tmp_path: Path) -> None:
+    api.fail_next(PATH, 500, count=10)
+    sleeps, sleep, clock = fake_time()
+
+    failure(access_for(api, tmp_path), TryAgainLater,
+            policy=RetryPolicy(attempts=10, interval=1.0, deadline=2.5, timeout=5.0),
+            sleep=sleep, clock=clock)
+
+    assert sleeps == [1.0, 1.0, 0.5] and api.count("GET", PATH) == 3
+
+
+def _body_of(size: int) -> bytes:
+    """A pod document of exactly `size` bytes."""
+    head = json.dumps({"metadata": {"name": NAME, "namespace": NS}, "pad": ""}).encode()
+    return head[:-2] + b"x" * (size - len(head)) + head[-2:]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "close-delimited"])
+def test_a_pod_of_exactly_the_cap_is_read(tmp_path: Path, framing: str) -> None:
+    """The cap is the most a pod may take, not one byte less (announced or read)."""
+    body = _body_of(MAX_POD_BYTES)
+    length = b"Content-Length: %d\r\n" % len(body) if framing == "content-length" else b""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + length + \
+        b"Connection: close\r\n\r\n"
+
+    def answer(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(head + body)
+
+    with hostile_server(answer) as (url, _):
+        pod = lookup(hostile_access(url, tmp_path))
+
+    assert pod["metadata"]["name"] == NAME and len(pod["pad"]) == MAX_POD_BYTES - len(
+        _body_of(0))
+
+
+@pytest.mark.parametrize("bad", [{"timeout": 0}, {"interval": -0.5}, {"attempts": -1},
+                                 {"deadline": -1}])
+def test_a_policy_without_a_bound_is_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match="need attempts >= 1, deadline, timeout > 0"):
+        RetryPolicy(**{"attempts": 3, "interval": 1.0, "deadline": 5.0, "timeout": 1.0, **bad})
+
+
+def test_a_source_without_a_policy_takes_the_default_bounds(api: KubeApiServer,
+                                                             tmp_path: Path) -> None:
+    """`ApiPodSource(access)` (the plugin's default) retries within upstream's bounds."""
+    api.fail_next(PATH, 503, count=1)
+    source = ApiPodSource(access_for(api, tmp_path))
+    try:
+        assert source.get_pod(NS, NAME)["metadata"]["name"] == NAME
+    finally:
+        source.close()
+    assert api.count("GET", PATH) == 2

@@ -46,10 +46,15 @@ from installer import Installer, InstallerConfig
 installer = Installer(InstallerConfig.from_env(os.environ))
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
+print("PHASE installing", flush=True)
 installer.install(stop=stop, timeout=60)
+print("PHASE watching", flush=True)
 installer.watch(stop)
 installer.uninstall()
 """
+PHASES = ("starting", "installing", "watching")
+"""Where a kill can land: in Python's start (nothing of the installer's yet), in the install,
+in the watch loop (repairing the attacker's rewrites). The child reports the last two."""
 
 # Another CNI's installer: rewrites its config in a tight loop, in place (truncate + write, as
 # Calico's install-cni does) and by rename (as aws-node does), until its deadline.
@@ -87,12 +92,20 @@ class Agent:
             env={**os.environ, **self.dirs.env(), "ICNI_REPO": str(REPO)})
         log.close()
 
-    def kill(self) -> None:
+    def phase(self) -> str:
+        """How far the running installer got, from its own report."""
+        log = (self.logs / f"installer-{self.starts}.log").read_text(errors="replace")
+        reached = [p for p in PHASES if f"PHASE {p}" in log]
+        return reached[-1] if reached else PHASES[0]
+
+    def kill(self) -> str:
+        """SIGKILL it; returns the phase the kill landed in."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         status = self.proc.wait(timeout=10)
         assert status == -signal.SIGKILL, f"the installer exited ({status}) by itself:\n" + (
             self.logs / f"installer-{self.starts}.log").read_text(errors="replace")[-3000:]
+        return self.phase()
 
     def stop(self) -> int:
         assert self.proc is not None
@@ -123,7 +136,9 @@ def test_rewrite_loop_sigkills_and_token_rotation(tmp_path: Path, record_propert
         stdout=subprocess.PIPE, text=True,
         env={**os.environ, "ICNI_ORIGINAL": str(tmp_path / "original")})
     generation, kills, samples, ours_seen = 1, 0, 0, 0
+    landed = {p: 0 for p in PHASES}
     next_kill = time.monotonic() + rng.uniform(0.1, 1.0)
+    started = time.monotonic()
     next_rotation = time.monotonic() + rng.uniform(0.01, 0.2)
     try:
         while attacker.poll() is None:
@@ -140,11 +155,17 @@ def test_rewrite_loop_sigkills_and_token_rotation(tmp_path: Path, record_propert
                 assert (name in (PRIMARY, ".calico-tmp", f"{PRIMARY}.istio-cni-backup")
                         or ".istio-cni-tmp-" in name), name
             now = time.monotonic()
-            if now >= next_kill:  # a random kill point (fault injection, not a wait)
-                agent.kill()
+            if next_kill is None and agent.phase() != "starting":
+                # the random delay counts from the installer's own start, not Python's: on a
+                # loaded machine a clock-only schedule could kill it before it ever ran
+                next_kill = now + rng.uniform(0.1, 1.0)
+            if next_kill is None:
+                assert now - started < 60, "the restarted installer did not start in 60 s"
+            elif now >= next_kill:  # a random kill point (fault injection, not a wait)
+                landed[agent.kill()] += 1
                 kills += 1
                 agent.start()
-                next_kill = now + rng.uniform(0.1, 1.0)
+                next_kill, started = None, now
             if now >= next_rotation:
                 generation += 1
                 rotate_token(dirs.sa_dir, f"token-generation-{generation}", generation)
@@ -182,9 +203,12 @@ def test_rewrite_loop_sigkills_and_token_rotation(tmp_path: Path, record_propert
     logs_text = agent.log_text()
     assert "Traceback" not in logs_text, logs_text[-3000:]
     figures = {"seconds": ATTACK_SECONDS, "rewrites": rewrites, "sigkills": kills,
+               "sigkills_by_phase": landed,
                "token_rotations": generation - 1, "samples": samples,
                "samples_with_our_entry": ours_seen}
     record_property("installer_attack", figures)
     print(f"\ninstaller-attack: {figures}")
     assert kills >= 1 and rewrites > 100 and ours_seen >= 1
+    assert landed["starting"] == 0, landed  # every kill landed in the installer's own code
+    assert landed["watching"] >= 1, landed  # and some while it repaired the rewrites
 

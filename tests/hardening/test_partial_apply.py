@@ -43,9 +43,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,7 @@ from testbed.cleanup import Cleanup
 from testbed.cnirun import k8s_args
 from testbed.kubeapi import KubeApiServer, write_kubeconfig
 from testbed.pods import REPO, workload
+from testbed.wait import wait_for
 
 pytestmark = pytest.mark.root
 CI = os.environ.get("HYPOTHESIS_PROFILE") == "ci" or bool(os.environ.get("CI"))
@@ -85,6 +87,8 @@ def die():
 
 def point(thunk, spawn=None):
     count[0] += 1
+    sys.stderr.write(f"\nICNI-OP {count[0]}\n")  # where an external kill lands
+    sys.stderr.flush()
     hit = count[0] == kill_at
     if hit and mode == "before":
         die()
@@ -274,19 +278,33 @@ def wait_session_gone(sid: int) -> None:
 def run_plugin(pod: Pod, backend: str, ns: str, kill_at: int = 0, mode: str = "never",
                kill_after: float | None = None) -> tuple[int, str]:
     """ADD in a real process (its own session); returns (status, stderr) once every process
-    of that session, orphans included, has exited."""
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(kill_at), mode],
-                            env=pod.env("ADD", ns), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    stdin = json.dumps(pod.conf(backend)).encode()
+    of that session, orphans included, has exited.
+
+    `kill_after`: an external SIGKILL that many seconds after the ADD's first side effect
+    began (the child reports each one on stderr; it is waited for with a generous deadline),
+    so that the kill lands in the ADD, not in Python's start on a loaded machine."""
+    proc = spawn_add(pod, backend, ns, kill_at, mode)
+    assert proc.stderr is not None
+    lines: list[bytes] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    if kill_after is not None:
+        wait_for(lambda: b"ICNI-OP 1\n" in lines or proc.poll() is not None, timeout=60,
+                 what="the ADD's first side effect")
     try:
-        _, err = proc.communicate(stdin, timeout=kill_after)
+        proc.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)  # an external SIGKILL at a random moment
-        _, err = proc.communicate()
+        proc.wait()
+    reader.join(timeout=30)
+    proc.stderr.close()
     wait_session_gone(proc.pid)
-    return proc.returncode, err.decode(errors="replace")
+    return proc.returncode, b"".join(lines).decode(errors="replace")
+
+
+def ops_begun(err: str) -> int:
+    """How many side effects the child had begun (its ICNI-OP reports)."""
+    return max([0, *(int(m) for m in re.findall(r"^ICNI-OP (\d+)$", err, re.MULTILINE))])
 
 
 @dataclass
@@ -300,6 +318,36 @@ class Tally:
     only two outcomes the test allows)."""
     completed_by_readd: int = 0
     refused_by_readd: int = 0
+    random_kills_at_op: list[int] = field(default_factory=list)
+    """The side effect each external random kill landed at or after (the ADD had begun it)."""
+
+
+def spawn_add(pod: Pod, backend: str, ns: str, kill_at: int = 0,
+              mode: str = "never") -> subprocess.Popen:
+    """The ADD's child process, in its own session, its config sent; stderr to read."""
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(kill_at), mode],
+                            env=pod.env("ADD", ns), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    assert proc.stdin is not None
+    proc.stdin.write(json.dumps(pod.conf(backend)).encode())
+    proc.stdin.close()
+    return proc
+
+
+def timed_side_effects(pod: Pod, backend: str, ns: str) -> float:
+    """Seconds from an uninterrupted ADD's first side effect to its exit."""
+    start: list[float] = []
+    proc = spawn_add(pod, backend, ns)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line == b"ICNI-OP 1\n":
+            start.append(time.monotonic())
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    wait_session_gone(proc.pid)
+    assert proc.returncode == 0 and start, "the uninterrupted ADD failed"
+    return time.monotonic() - start[0]
 
 
 def verify_after_kill(pod: Pod, backend: str, ns: str, reference: str, tally: Tally,
@@ -380,14 +428,17 @@ def test_sigkill_at_every_side_effect_then_check_and_readd(pod: Pod, pod_netns, 
         verify_after_kill(pod, backend, ns, reference, tally, f"kill {mode} op {kill_at}")
         nsutil.delete_netns(ns)
 
-    # external SIGKILLs at seeded random moments over the length of an uninterrupted run
-    start = time.monotonic()
-    run_plugin(pod, backend, pod_netns())
-    full = time.monotonic() - start
+    # external SIGKILLs at seeded random moments over the length of an uninterrupted run's
+    # side effects (counted from the first one: the kill lands inside the ADD)
+    full = timed_side_effects(pod, backend, pod_netns())
     for i in range(RANDOM_KILLS):
         ns = pod_netns()
-        status, _ = run_plugin(pod, backend, ns, kill_after=rng.uniform(0.0, full))
+        status, err = run_plugin(pod, backend, ns, kill_after=rng.uniform(0.0, full))
         killed = status == -signal.SIGKILL
+        if killed:
+            begun = ops_begun(err)
+            assert 1 <= begun <= ops, f"random kill {i} landed outside the ADD: {begun} ops"
+            tally.random_kills_at_op.append(begun)
         tally.kills += killed
         verify_after_kill(pod, backend, ns, reference, tally, f"random kill {i}", killed)
         nsutil.delete_netns(ns)

@@ -17,8 +17,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from admin.cli import cli
 from installer import Installer, InstallError
@@ -92,10 +90,11 @@ ERRNOS = (errno.ENOSPC, errno.EIO, errno.EROFS, errno.EACCES)
 
 
 class Fault:
-    """Makes the `at`-th write-like os call (counting from 0) fail with `code`."""
+    """Makes the `at`-th write-like os call (counting from 0) fail with `code`; `at=None` only
+    counts them. `fired` says whether the fault was injected (the run reached call `at`)."""
 
-    def __init__(self, mocker, at: int, code: int) -> None:  # noqa: ANN001 - pytest-mock
-        self.at, self.code, self.calls = at, code, 0
+    def __init__(self, mocker, at: int | None, code: int) -> None:  # noqa: ANN001 - pytest-mock
+        self.at, self.code, self.calls, self.fired = at, code, 0, False
         for name in WRITES:
             mocker.patch.object(os, name, self._wrap(getattr(os, name)))
         real_open = os.open
@@ -110,6 +109,7 @@ class Fault:
     def _tick(self, what: object) -> None:
         self.calls += 1
         if self.calls - 1 == self.at:
+            self.fired = True
             raise OSError(self.code, os.strerror(self.code), str(what))
 
     def _wrap(self, real):  # noqa: ANN001, ANN202
@@ -123,16 +123,12 @@ SOURCES = {"10-calico.conflist": "calico.conflist", "10-net.conf": "bridge.conf"
            "10-flannel.json": "flannel.json"}
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(name=st.sampled_from(sorted(SOURCES)), at=st.integers(0, 40),
-       code=st.sampled_from(ERRNOS), phase=st.sampled_from(["install", "uninstall"]))
-def test_a_write_error_at_any_step_leaves_the_node_working(tmp_path_factory, mocker,
-                                                            name: str, at: int, code: int,
-                                                            phase: str):
+def _run(mocker, tmp_path_factory, name: str, phase: str,  # noqa: ANN001
+         at: int | None, code: int) -> tuple[NodeDirs, bytes, Fault]:
+    """`phase` (install, or uninstall after a clean install) on a fresh node with the `at`-th
+    write failing; an InstallError (the clear refusal) is the expected way to fail."""
     dirs = make_node_dirs(tmp_path_factory.mktemp("node"))
-    path = dirs.put(name, SOURCES[name])
-    original = path.read_bytes()
+    original = dirs.put(name, SOURCES[name]).read_bytes()
     installer = Installer(dirs.config())
     if phase == "uninstall":
         installer.install()
@@ -143,11 +139,27 @@ def test_a_write_error_at_any_step_leaves_the_node_working(tmp_path_factory, moc
         pass
     finally:
         mocker.stopall()
-    assert node_works(dirs), f"{phase} failing at write #{at} ({errno.errorcode[code]})"
-    assert fault.calls > 0
-    Installer(dirs.config()).uninstall()  # and a clean retry converges to the original
-    assert dirs.names() == [name] and path.read_bytes() == original
-    assert not (dirs.bin_dst / "istio-cni").exists()
+    return dirs, original, fault
+
+
+@pytest.mark.parametrize("phase", ["install", "uninstall"])
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_a_write_error_at_every_step_leaves_the_node_working(tmp_path_factory, mocker,
+                                                              name: str, phase: str):
+    """Every write-like call of the phase fails once, in turn (the errnos in rotation): first a
+    clean run counts the calls, then each index is injected, and the fault is seen to fire.
+    (A property that drew the index from 0-40 injected nothing in 35 of its 60 examples.)"""
+    writes = _run(mocker, tmp_path_factory, name, phase, None, 0)[2].calls
+    assert writes >= (8 if phase == "install" else 4), writes
+    for at in range(writes):
+        code = ERRNOS[at % len(ERRNOS)]
+        dirs, original, fault = _run(mocker, tmp_path_factory, name, phase, at, code)
+        where = f"{phase} failing at write #{at} of {writes} ({errno.errorcode[code]})"
+        assert fault.fired, where
+        assert node_works(dirs), where
+        Installer(dirs.config()).uninstall()  # and a clean retry converges to the original
+        assert dirs.names() == [name] and (dirs.net_dir / name).read_bytes() == original, where
+        assert not (dirs.bin_dst / "istio-cni").exists(), where
 
 
 def test_the_agents_shutdown_uninstall_on_a_full_net_d_keeps_the_node_working(

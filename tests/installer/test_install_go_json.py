@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from installer import Installer, InstallError, discovery
+from installer import Installer, InstallError, discovery, gojson
 from installer.gojson import GoJSONError, loads
 from testbed.nodedirs import NodeDirs, make_node_dirs
 
@@ -164,25 +165,77 @@ def test_go_json_matches_python_json_on_ordinary_documents():
             loads(bad)
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(junk=st.one_of(
-    st.binary(max_size=2000),
-    st.text(alphabet='[]{}",:0123456789eE.-+ \\utrufalsn\xff', max_size=2000),
-    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
-                 lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c,
-                                                                     max_size=3),
-                 max_leaves=20).map(lambda v: json.dumps({"name": "j", "plugins": [v]}))))
-def test_nothing_in_net_d_makes_discovery_or_install_raise(tmp_path_factory, junk):
-    dirs = make_node_dirs(tmp_path_factory.mktemp("node"))
-    data = junk if isinstance(junk, bytes) else junk.encode("utf-8", "surrogateescape")
-    (dirs.net_dir / "05-junk.conflist").write_bytes(data)
-    dirs.put("10-fallback.conflist", text=FALLBACK)
-    found = discovery.find_primary(dirs.net_dir)
-    assert found in ("05-junk.conflist", "10-fallback.conflist")
-    installer = Installer(dirs.config())
-    try:
-        installer.install(timeout=5)
-    except InstallError:
-        pass  # a clear refusal is fine; any other exception is the bug
-    installer.uninstall()
+_JUNK_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+    max_leaves=20)
+_PLUGIN_KEYS = st.sampled_from(["type", "Type", "name", "ipam", "dns", "capabilities",
+                                "runtimeConfig", "args", "mtu", "cniVersion"]) | st.text(max_size=6)
+_PLUGINS = st.lists(
+    st.builds(lambda t, extra: {"type": t, **extra}, st.text(min_size=1, max_size=8),
+              st.dictionaries(_PLUGIN_KEYS, _JUNK_VALUES, max_size=3)), min_size=1, max_size=3)
+_CONFLISTS = st.builds(
+    lambda version, plugins, extra: json.dumps({"cniVersion": version, "name": "j",
+                                                **extra, "plugins": plugins}),
+    st.sampled_from(["1.0.0", "0.4.0", "0.3.1", "1.1.0"]) | st.text(max_size=5), _PLUGINS,
+    st.one_of(st.just({}), st.dictionaries(
+        st.sampled_from(["cniVersions", "disableCheck", "disableGC", "x"]), _JUNK_VALUES,
+        max_size=2)))
+"""Conflists libcni may or may not load: any plugin type and extra fields, junk inside."""
+
+
+def _cut(text: str) -> st.SearchStrategy[str]:
+    return st.integers(0, max(len(text) - 1, 0)).map(lambda i: text[:i])
+
+
+JUNK = st.sampled_from(["conflist"] * 3 + ["cut conflist", "bytes", "json-ish text"]
+                       ).flatmap(lambda kind: {
+    "conflist": _CONFLISTS,
+    "cut conflist": _CONFLISTS.flatmap(_cut),
+    "bytes": st.binary(max_size=2000),
+    "json-ish text": st.text(alphabet='[]{}",:0123456789eE.-+ \\utrufalsn\xff', max_size=2000),
+}[kind])
+"""What a file in net.d may hold; half of it a conflist that libcni loads, so that install
+runs on the junk as the primary as often as it skips it."""
+
+
+def test_nothing_in_net_d_makes_discovery_or_install_raise(tmp_path_factory):
+    """Install and uninstall with junk at 05-junk.conflist in front of a valid fallback: the
+    primary is the junk when libcni would load it, the fallback otherwise; install edits the
+    primary (our entry last) or refuses with a clear InstallError having changed nothing; after
+    uninstall net.d holds exactly the bytes it held before. (Before, discovery skipped the junk
+    in all 200 examples: install never ran on it, and nothing was checked after uninstall.)"""
+    counts: Counter = Counter()
+
+    @settings(max_examples=200)
+    @given(junk=JUNK)
+    def cases(junk: str | bytes) -> None:
+        dirs = make_node_dirs(tmp_path_factory.mktemp("node"))
+        data = junk if isinstance(junk, bytes) else junk.encode("utf-8", "surrogateescape")
+        (dirs.net_dir / "05-junk.conflist").write_bytes(data)
+        dirs.put("10-fallback.conflist", text=FALLBACK)
+        before = {p.name: p.read_bytes() for p in dirs.net_dir.iterdir()}
+        loaded = discovery.check_config(dirs.net_dir / "05-junk.conflist") is None
+        found = discovery.find_primary(dirs.net_dir)
+        assert found == ("05-junk.conflist" if loaded else "10-fallback.conflist")
+        installer = Installer(dirs.config())
+        try:
+            installer.install(timeout=5)
+        except InstallError as exc:
+            assert str(exc).strip(), "a refusal says why"
+            assert {p.name: p.read_bytes() for p in dirs.net_dir.iterdir()} == before
+            outcome = "refused"
+        else:
+            edited = loads(gojson.text_of((dirs.net_dir / found).read_bytes()))
+            assert edited["plugins"][-1]["type"] == "istio-cni", edited
+            outcome = "installed"
+        installer.uninstall()
+        assert {p.name: p.read_bytes() for p in dirs.net_dir.iterdir()} == before
+        primary = "junk" if loaded else "fallback"
+        event(f"primary: {primary}, {outcome}")
+        counts[primary, outcome] += 1
+
+    cases()
+    total = sum(counts.values())
+    assert counts["junk", "installed"] >= total // 5, counts
+    assert counts["fallback", "installed"] >= total // 5, counts

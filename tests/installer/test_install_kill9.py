@@ -15,6 +15,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -85,21 +86,50 @@ def test_kill_at_every_step_of_install_and_uninstall(node_dirs: NodeDirs, name: 
 
 
 def test_kill_at_random_moments_of_an_install_uninstall_loop(node_dirs: NodeDirs):
+    """Six SIGKILLs from outside, each once the looping child has done a seeded-random number
+    of net.d operations (it reports each one): the kill lands inside the loop, after that
+    operation, wherever the child then is (not at an operation boundary it chose). A kill
+    timed by the clock alone could land before the loop started on a loaded machine."""
     rng = random.Random(int(os.environ.get("KILL9_SEED", "9")))
     original = fresh(node_dirs, "10-net.conf", "bridge.conf")
+    landed = []
     for _ in range(6):
+        target = rng.randint(1, 60)  # about three install/uninstall cycles
         proc = subprocess.Popen([sys.executable, CHILD, "loop", "0"],
                                 env={**os.environ, **node_dirs.env()},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         try:
-            # a random kill point, not synchronisation: the child never exits by itself
-            proc.wait(timeout=rng.uniform(0.25, 0.75))
-            pytest.fail("the install/uninstall loop exited by itself")
-        except subprocess.TimeoutExpired:
+            done = _wait_for_ops(proc, target)
             proc.kill()
-            proc.wait(timeout=10)
+            proc.wait(timeout=30)
+            done = max([done, *(int(n) for n in proc.stdout.read().split())])
+        finally:
+            proc.kill()
+            proc.stdout.close()
+        assert proc.returncode == -signal.SIGKILL
+        assert done >= target, (done, target)
+        landed.append(done)
         assert_primary_intact(node_dirs, original)
+    assert len(set(landed)) >= 3, landed  # at different points of the loop
     assert_exact_restore(node_dirs, "10-net.conf", original)
+
+
+def _wait_for_ops(proc: subprocess.Popen, target: int, timeout: float = 60) -> int:
+    """Read the child's reports until it has done `target` net.d operations (a generous
+    deadline: the child's start and loop may be slow on a loaded machine)."""
+    found: list[int] = [0]
+
+    def read() -> None:
+        for line in proc.stdout:
+            found[0] = int(line)
+            if found[0] >= target:
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert found[0] >= target, f"the child did {found[0]} of {target} operations in {timeout} s"
+    return found[0]
 
 
 # --- our own conflist (ISTIO_OWNED_CNI_CONFIG=true) ------------------------------------------

@@ -146,6 +146,59 @@ def test_fight_detector_window():
     assert detector.record(None) == 0  # the old ones slid out of the window
 
 
+def test_fight_hold_offs_double_up_to_their_cap_and_the_window_is_inclusive():
+    """The documented bounds (docs/installer.md): more than 5 repairs in 30 s hold the next
+    one off 0.5 s, doubling each time, never more than 5 s; a repair exactly 30 s old still
+    counts. (scripts/mutation.sh: each value here fails on a mutant that survived.)"""
+    now = [0.0]
+    detector = FightDetector(clock=lambda: now[0])
+    assert [detector.record(None) for _ in range(5)] == [0.0] * 5
+    assert [detector.record(None) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
+    now[0] = 30.0  # all 11 are exactly 30 s old: still inside the window
+    assert detector.record(None) == 5.0
+    now[0] = 30.001  # the first 11 slid out; one left
+    assert detector.record(None) == 0.0
+
+
+def test_failed_passes_back_off_doubling_up_to_the_cap(node_dirs: NodeDirs,
+                                                       read_only_dir: Path, caplog):
+    """An install that keeps failing (a read-only bin dir) is retried after 1, 2, 4, 8, 16,
+    then at most 30 s (RETRY_MAX), or on the next change: a change in net.d wakes each pass
+    here, so the schedule is read from the log without waiting it out."""
+    caplog.set_level(logging.INFO)
+    node_dirs.put("10-calico.conflist", "calico.conflist")
+    installer = Installer(node_dirs.config(cni_bin_target_dirs=(read_only_dir,)))
+
+    def retries() -> list[str]:
+        return [r.getMessage().split(" or on")[0] for r in caplog.records
+                if r.getMessage().startswith("install failed, retrying in ")]
+
+    with watching(installer):
+        for n in range(1, 8):
+            wait_for(lambda n=n: len(retries()) >= n, timeout=60, what=f"failed pass {n}")
+            assert not installer.ready
+            (node_dirs.net_dir / f"99-wake-{n}.txt").write_text("")  # the next change
+    assert retries()[:7] == [f"install failed, retrying in {s} s"
+                             for s in (1, 2, 4, 8, 16, 30, 30)]
+
+
+def test_a_failed_pass_is_retried_on_its_timer_without_any_change(node_dirs: NodeDirs,
+                                                                  read_only_dir: Path,
+                                                                  caplog):
+    """The bin dir becomes writable again (a remount: no inotify event anywhere): the retry
+    timer alone brings the plugin back, within its first few seconds."""
+    caplog.set_level(logging.INFO)
+    node_dirs.put("10-calico.conflist", "calico.conflist")
+    installer = Installer(node_dirs.config(cni_bin_target_dirs=(read_only_dir,)))
+    with watching(installer):
+        wait_for(lambda: any(r.getMessage().startswith("install failed, retrying in 1 s")
+                             for r in caplog.records), timeout=60, what="a failed pass")
+        assert not installer.ready
+        subprocess.run(["mount", "-o", "remount,rw", str(read_only_dir)], check=True)
+        wait_for(lambda: installer.ready and (read_only_dir / "istio-cni").exists(),
+                 timeout=60, what="the timed retry's install")
+
+
 def test_stop_ends_the_loop_and_uninstall_is_final(node_dirs: NodeDirs):
     path = node_dirs.put("10-net.conflist", "list.conflist")
     installer = start(node_dirs)

@@ -95,13 +95,44 @@ def test_other_apt_failures_are_not_waited_on(tmp_path: Path) -> None:
 
 def test_nothing_missing_means_no_apt_at_all(tmp_path: Path) -> None:
     packages = ("iptables", "nftables", "libnftables1", "iproute2", "containernetworking-plugins",
-                "conntrack", "util-linux", "procps")
+                "conntrack", "util-linux", "procps", "openssl", "curl", "unzip", "python3-venv")
     env = sandbox(tmp_path, locked_calls=1000, installed=packages)
 
     proc = run_setup(tmp_path, env)
 
     assert proc.returncode == 0, proc.stderr
     assert not (tmp_path / "apt-get.log").exists()
+
+
+def test_an_area_adds_packages_and_a_step_through_setup_d(tmp_path: Path) -> None:
+    """scripts/setup.d: NAME.packages adds Debian packages (the Go yardstick's golang-go, say),
+    NAME.sh runs after the venv, without editing setup.sh."""
+    env = sandbox(tmp_path, locked_calls=0, installed=("iptables",))
+    hooks = tmp_path / "scripts" / "setup.d"
+    hooks.mkdir()
+    (hooks / "go.packages").write_text("# the bench's Go yardstick\ngolang-go  # 1.19+\n\n")
+    executable(hooks / "tool.sh", f"#!/bin/sh\ntouch {tmp_path}/tool-step-ran\n")
+
+    proc = run_setup(tmp_path, env)
+
+    assert proc.returncode == 0, proc.stderr
+    install = apt_calls(tmp_path)[-1].split()
+    assert install[-1] == "golang-go" and "iptables" not in install, install
+    assert (tmp_path / "tool-step-ran").exists()
+
+
+def test_the_demo_sets_up_without_the_tests_tools(tmp_path: Path) -> None:
+    env = {**sandbox(tmp_path, locked_calls=0, installed=("iptables",)), "SETUP_TEST_TOOLS": "0"}
+    hooks = tmp_path / "scripts" / "setup.d"
+    hooks.mkdir()
+    (hooks / "go.packages").write_text("golang-go\n")
+    executable(hooks / "tool.sh", f"#!/bin/sh\ntouch {tmp_path}/tool-step-ran\n")
+
+    proc = run_setup(tmp_path, env)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "golang-go" not in apt_calls(tmp_path)[-1]
+    assert not (tmp_path / "tool-step-ran").exists()
 
 
 def test_no_script_or_doc_tells_root_to_use_sudo() -> None:
