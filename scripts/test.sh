@@ -26,9 +26,10 @@ fi
 # agent: the plugin alone), from source and from the frozen binary that ships.
 echo "test: the CNI-protocol e2e suite with the node agent serving" >&2
 ISTIO_CNI_E2E_AGENT=1 .venv/bin/python -m pytest -q tests/e2e/test_plugin_chain.py \
-    tests/e2e/test_plugin_chain_nftables.py tests/e2e/test_userns_pod.py
+    tests/e2e/test_plugin_chain_nftables.py tests/e2e/test_userns_pod.py \
+    tests/e2e/test_adversarial_property.py
 echo "test: the CNI-protocol e2e suite again, against the frozen plugin, both ways" >&2
 ISTIO_CNI_BINARY="$ISTIO_CNI_FROZEN" .venv/bin/python -m pytest -q tests/e2e/test_plugin_chain.py \
-    tests/e2e/test_agent_served.py
+    tests/e2e/test_agent_served.py tests/hardening/test_served_differential.py
 ISTIO_CNI_BINARY="$ISTIO_CNI_FROZEN" ISTIO_CNI_E2E_AGENT=1 \
     .venv/bin/python -m pytest -q tests/e2e/test_plugin_chain.py tests/e2e/test_userns_pod.py

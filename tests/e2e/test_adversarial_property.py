@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from cni import apply
@@ -59,8 +59,7 @@ CASES = [  # (the node's istio-cni keys, a user-namespaced pod)
     pytest.param("nft", True, id="iptables-nft-userns"),
     pytest.param(NFTABLES, True, id="nftables-userns"),
 ]
-EXAMPLES = settings(max_examples=2, derandomize=True, deadline=None, database=None,
-                    suppress_health_check=list(HealthCheck))
+EXAMPLES = settings(max_examples=2)
 """Two generated examples per mode, plus the explicit ones: each costs seconds of real work."""
 _names = itertools.count()
 
