@@ -105,9 +105,9 @@ def call(path: str, payload: bytes, netns_fd: int, budget: float) -> Answer | Fa
             while sent < len(payload):
                 sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 sent += sock.send(payload[sent:])
-            header = read_exactly(sock, wire.HEADER_SIZE, deadline)
+            header = wire.read_exactly(sock, wire.HEADER_SIZE, deadline)
             length = wire.body_length(header, wire.ANSWER_MAGIC, wire.MAX_ANSWER)
-            answer = wire.parse_answer(read_exactly(sock, length, deadline))
+            answer = wire.parse_answer(wire.read_exactly(sock, length, deadline))
         finally:
             sock.close()
     except (OSError, ValueError) as exc:
@@ -115,23 +115,6 @@ def call(path: str, payload: bytes, netns_fd: int, budget: float) -> Answer | Fa
     if isinstance(answer, str):
         return Fallback("info", f"node agent deferred: {answer}")
     return Answer(*answer)
-
-
-def read_exactly(sock, count: int, deadline: float) -> bytes:  # type: ignore[no-untyped-def]
-    """`count` bytes from `sock` by the monotonic `deadline` (TimeoutError), or
-    ConnectionError if the peer closes first."""
-    chunks, got = [], 0
-    while got < count:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("no complete answer within the budget")
-        sock.settimeout(remaining)
-        chunk = sock.recv(min(count - got, 65536))
-        if not chunk:
-            raise ConnectionError("closed before a complete frame")
-        chunks.append(chunk)
-        got += len(chunk)
-    return b"".join(chunks)
 
 
 def _agent_settings(stdin: bytes) -> tuple[str, float] | Fallback:

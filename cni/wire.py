@@ -19,10 +19,12 @@ An agent of the earlier protocol (a 4-byte length and a JSON object, no magic) r
 it cannot decode and closes the connection: the plugin falls back, so a plugin and an agent of
 different versions (a rolling upgrade) still start every pod.
 
-Imports nothing but `sys`: part of the thin client's start.
+Imports nothing but `sys` and `time` (both loaded with the interpreter): part of the thin
+client's start, and of every DEL's.
 """
 
 import sys
+import time
 
 DEFAULT_RUN_DIR = "/var/run/istio-cni"
 """Upstream's CNI_AGENT_RUN_DIR: the plugin's kubeconfig, the agent's sockets, the plugin log."""
@@ -139,6 +141,23 @@ def answered(status: int, stdout: bytes, stderr: bytes) -> bytes:
 
 def fallback(reason: str) -> bytes:
     return _frame(ANSWER_MAGIC, [b"F", reason.encode("utf-8", "replace")])
+
+
+def read_exactly(sock, count: int, deadline: float) -> bytes:  # type: ignore[no-untyped-def]
+    """`count` bytes of a frame from `sock` (either side's) by the monotonic `deadline`
+    (TimeoutError), or ConnectionError if the peer closes first."""
+    chunks, got = [], 0
+    while got < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("no complete answer within the budget")
+        sock.settimeout(remaining)
+        chunk = sock.recv(min(count - got, 65536))
+        if not chunk:
+            raise ConnectionError("closed before a complete frame")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def parse_answer(body: bytes) -> tuple[int, bytes, bytes] | str:

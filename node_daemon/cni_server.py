@@ -268,7 +268,7 @@ def _receive(sock: socket.socket, deadline: float) -> tuple[bytes | None, list[i
     data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 4)
     try:
         if len(data) < wire.HEADER_SIZE:
-            data += agent_read(sock, wire.HEADER_SIZE - len(data), deadline)
+            data += wire.read_exactly(sock, wire.HEADER_SIZE - len(data), deadline)
         if data[:4] != wire.REQUEST_MAGIC and data[4:5] == b"{":
             sock.sendall(struct.pack(">I", len(_OLD_FALLBACK)) + _OLD_FALLBACK)
             for fd in fds:
@@ -277,18 +277,12 @@ def _receive(sock: socket.socket, deadline: float) -> tuple[bytes | None, list[i
         length = wire.body_length(data[:wire.HEADER_SIZE], wire.REQUEST_MAGIC, wire.MAX_REQUEST)
         body = data[wire.HEADER_SIZE:]
         if len(body) < length:
-            body += agent_read(sock, length - len(body), deadline)
+            body += wire.read_exactly(sock, length - len(body), deadline)
         return body[:length], list(fds)
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-
-
-def agent_read(sock: socket.socket, count: int, deadline: float) -> bytes:
-    from cni.agent_client import read_exactly
-
-    return read_exactly(sock, count, deadline)
 
 
 def _send(sock: socket.socket, frame: bytes) -> None:

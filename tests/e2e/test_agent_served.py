@@ -401,9 +401,9 @@ def test_a_plugin_of_the_earlier_protocol_is_told_to_fall_back(node: Node, kube_
             sock.connect(str(node.run_dir / "cni.sock"))
             sock.sendmsg([len(body).to_bytes(4, "big") + body],
                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))])
-            length = int.from_bytes(agent_client.read_exactly(sock, 4, time.monotonic() + 20),
+            length = int.from_bytes(wire.read_exactly(sock, 4, time.monotonic() + 20),
                                     "big")
-            answer = json.loads(agent_client.read_exactly(sock, length, time.monotonic() + 20))
+            answer = json.loads(wire.read_exactly(sock, length, time.monotonic() + 20))
     finally:
         os.close(fd)
     assert answer["result"] == "fallback", answer
