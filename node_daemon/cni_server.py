@@ -47,6 +47,7 @@ from typing import Any
 from cni import netns_check, plugin_log, wire
 from cni.errors import CNIError, InvalidNetNS
 from cni.plugin import Plugin, run_call
+from cni.protocol import parse_cni_args
 from node_daemon.httpserve import KeptUnixServer
 from node_daemon.logsink import handle_log
 from node_daemon.metrics import Metrics
@@ -139,7 +140,7 @@ class CniService:
         if not ok:
             return Served(wire.fallback(f"agent not ready: {why}"), "fallback")
         shown = env.get("CNI_NETNS", "")[:4096]
-        uid = _cni_arg(env.get("CNI_ARGS", ""), "K8S_POD_UID")
+        uid = _runtime_uid(env.get("CNI_ARGS", ""))
         source = PodCacheSource(self.cached, self.api, uid, self.metrics)
         plugin = Plugin(pod_source_factory=lambda conf: source, own_logging=False, netns_fd=fd,
                         warm=True)
@@ -202,12 +203,14 @@ class _ServedHandlers:
             raise
 
 
-def _cni_arg(raw: str, key: str) -> str:
-    for item in raw.split(";"):
-        name, _, value = item.partition("=")
-        if name == key:
-            return value
-    return ""
+def _runtime_uid(cni_args: str) -> str:
+    """The runtime's K8S_POD_UID, read from CNI_ARGS as the plugin reads it
+    (`cni.protocol.parse_cni_args`); "" when there is none, or when CNI_ARGS is malformed (the
+    plugin then refuses the call before it asks for the pod)."""
+    try:
+        return parse_cni_args(cni_args).get("K8S_POD_UID", "")
+    except CNIError:
+        return ""
 
 
 class CniServer(KeptUnixServer):
