@@ -55,6 +55,7 @@ from node_daemon.metrics import Metrics
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64
+"""Calls served at once; one more is closed at accept, and its plugin does the call itself."""
 REQUEST_DEADLINE = 5.0
 """Seconds a client has to send its whole request (the plugin sends it in one write)."""
 SERVED_COMMANDS = ("ADD", "CHECK")
@@ -145,9 +146,8 @@ class CniService:
         plugin = Plugin(pod_source_factory=lambda conf: source, own_logging=False, netns_fd=fd,
                         warm=True)
         handlers = _ServedHandlers(plugin, fd, shown)
-        fd_path = f"/proc/self/fd/{fd}"
         try:
-            with plugin_log.ServedCallLog(fd_path, shown) as call_log:
+            with plugin_log.ServedCallLog(handlers.fd_path, shown) as call_log:
                 out, _, status = run_call(env, stdin, handlers, reraise=(Exception,))
         except Defer as exc:
             log.debug("deferring %s of %s to the plugin: %s", command, shown, exc)
