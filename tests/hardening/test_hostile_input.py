@@ -63,7 +63,7 @@ def run(env: dict[str, str], stdin: bytes, meshed: bool = False) -> str:
     """One call through `dispatch`, checked against the whole contract; returns what it
     reached (for the property's counts)."""
     source = RecordingSource(MESHED_POD if meshed else PLAIN_POD)
-    plugin = Plugin(pod_source_factory=lambda conf: source, via_agent=False)
+    plugin = Plugin(pod_source_factory=lambda conf: source)
     out, _, status = dispatch(env, stdin, plugin)
     command = env.get("CNI_COMMAND", "")
     assert status in (0, 1)
