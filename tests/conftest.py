@@ -10,6 +10,7 @@ stopped after it. The TLS material is made once per session.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +22,26 @@ from tests.skip_allowlist import STRICT, SkipLedger
 
 PROFILE = hypothesis_profiles.load()  # at import: before the first test module is collected
 _SKIPS = SkipLedger()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under a deterministic profile the interpreter's hash seed is fixed too: Hypothesis's
+    generation depends on it (its mutation step goes through hashed labels), so with a random
+    seed the same derandomized property drew different examples in every process. A pytest run
+    started without PYTHONHASHSEED is started again, the same command with the seed 0, before
+    anything is collected; one started any other way is refused with the fix."""
+    reason = hypothesis_profiles.hash_seed_problem(PROFILE, os.environ, sys.flags)
+    if not reason:
+        return
+    argv = list(sys.orig_argv)
+    if not hypothesis_profiles.is_pytest_command(argv):
+        raise pytest.UsageError(f"{reason}: run with PYTHONHASHSEED=0")
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:
+        capture.stop_global_capturing()  # the new process writes to the real stdout/stderr
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, {**os.environ, "PYTHONHASHSEED": "0"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,7 +10,10 @@ directory, which then ran unseeded and failed by chance.)
 - `dev` (default) and `ci` (`.ci/run`): derandomized (the seed is a digest of the test
   function), no example database (a stored failure would make one run differ from the next),
   no deadline and no timing health check (the machine's load must not change a result). `ci`
-  runs the profile-sized properties at 10,000 cases, `dev` at 1,000.
+  runs the profile-sized properties at 10,000 cases, `dev` at 1,000. Both also need a fixed
+  hash seed (Hypothesis's generation goes through hashed labels): the test command exports
+  PYTHONHASHSEED=0, and a bare `pytest` run without it is started again with it
+  (`tests/conftest.py`).
 - `explore`, run by hand (`HYPOTHESIS_PROFILE=explore`, docs/reliability.md): random, with the
   example database, and ten times the examples of every property; what it finds is added to
   the test as an `@example(...)`, so the deterministic profiles replay it forever.
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import ast
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hypothesis import HealthCheck, settings
@@ -57,6 +60,24 @@ def load() -> str:
         raise ValueError(f"HYPOTHESIS_PROFILE={name!r}: one of dev, ci, explore")
     settings.load_profile(name)
     return name
+
+
+def hash_seed_problem(profile: str, environ: Mapping[str, str], flags: Any) -> str:
+    """Why this process would not draw the same examples as the test command (empty: it
+    would). Hypothesis's derandomized generation still depends on the interpreter's hash seed,
+    so the deterministic profiles need a fixed one; `explore` is random anyway."""
+    if profile not in DETERMINISTIC or not flags.hash_randomization:
+        return ""
+    return (f"the {profile!r} Hypothesis profile needs a fixed hash seed, and "
+            f"PYTHONHASHSEED is {environ.get('PYTHONHASHSEED', 'unset')!r}")
+
+
+def is_pytest_command(argv: list[str]) -> bool:
+    """Whether `argv` (the interpreter's own, `sys.orig_argv`) started pytest itself, so that
+    running it again runs the same tests: `python -m pytest ...` or a `pytest` script."""
+    if len(argv) >= 3 and argv[1:3] == ["-m", "pytest"]:
+        return True
+    return len(argv) >= 2 and os.path.basename(argv[1]) in ("pytest", "py.test")
 
 
 def unseeded_reasons(test: Callable[..., Any]) -> list[str]:

@@ -162,3 +162,51 @@ def test_explore_scales_a_sized_property_and_turns_it_random() -> None:
     assert chosen.max_examples == 25 * hypothesis_profiles.EXPLORE_FACTOR
     assert not chosen.derandomize
     assert hypothesis_profiles.unseeded_reasons(sized)[0] == "derandomize=False and no @seed"
+
+
+def test_this_session_runs_with_a_fixed_hash_seed() -> None:
+    """Hypothesis's derandomized generation goes through hashed labels: with a random hash seed
+    the same property drew different examples in each process (a reach count failed in one run
+    in five)."""
+    assert sys.flags.hash_randomization == 0
+    assert hypothesis_profiles.hash_seed_problem("ci", {}, sys.flags) == ""
+    random_seed = type("Flags", (), {"hash_randomization": 1})()
+    assert "PYTHONHASHSEED is 'unset'" in hypothesis_profiles.hash_seed_problem(
+        "dev", {}, random_seed)
+    assert hypothesis_profiles.hash_seed_problem("explore", {}, random_seed) == ""
+
+
+def test_a_bare_pytest_run_is_started_again_with_the_fixed_seed(tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    proc = _collect(tmp_path, f"""
+    import sys
+
+    def test_flags():
+        pass
+
+    with open({str(seen)!r}, "a") as out:
+        out.write(f"{{sys.flags.hash_randomization}}\\n")
+    """)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert seen.read_text() == "0\n"  # collected once, after the restart, with the fixed seed
+
+
+def test_pytest_started_from_other_code_is_refused_with_the_fix(tmp_path: Path) -> None:
+    """Started again, such a run would start the caller again; it is refused instead."""
+    (tmp_path / "test_module.py").write_text("def test_x():\n    pass\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))",
+         "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "tests.conftest",
+         "--rootdir", str(tmp_path), "--confcutdir", str(tmp_path),
+         str(tmp_path / "test_module.py")],
+        cwd=REPO, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "run with PYTHONHASHSEED=0" in proc.stderr, proc.stderr
+
+
+def test_is_pytest_command() -> None:
+    assert hypothesis_profiles.is_pytest_command(["python3", "-m", "pytest", "-q"])
+    assert hypothesis_profiles.is_pytest_command(["/usr/bin/python3", "/venv/bin/pytest"])
+    assert not hypothesis_profiles.is_pytest_command(["python3", "-c", "import pytest"])
+    assert not hypothesis_profiles.is_pytest_command(["python3", "mutmut"])
