@@ -16,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
+export PYTHONHASHSEED=0  # the deterministic Hypothesis profiles need it (tests/conftest.py)
 PY="$REPO/.venv/bin/python"
 MUTMUT_VERSION=3.8.1
 "$PY" -c "import mutmut" 2>/dev/null \
