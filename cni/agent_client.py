@@ -101,10 +101,13 @@ def call(path: str, payload: bytes, netns_fd: int, budget: float) -> Answer | Fa
             sock.connect(path)
             fds = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                     netns_fd.to_bytes(4, sys.byteorder, signed=True))]
-            sent = sock.sendmsg([payload], fds)
-            while sent < len(payload):
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                sent += sock.send(payload[sent:])
+            try:
+                sent = sock.sendmsg([payload], fds)
+                while sent < len(payload):
+                    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                    sent += sock.send(payload[sent:])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the agent answered before reading (a refusal) and closed: read that
             header = wire.read_exactly(sock, wire.HEADER_SIZE, deadline)
             length = wire.body_length(header, wire.ANSWER_MAGIC, wire.MAX_ANSWER)
             answer = wire.parse_answer(wire.read_exactly(sock, length, deadline))

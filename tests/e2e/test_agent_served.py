@@ -287,6 +287,36 @@ def test_a_non_root_peer_is_refused(node: Node, kube_api):
     assert agent.served("ADD", "ok") == 0 and istio_lines(pod_ns.name) == []
 
 
+def test_a_refusal_sent_before_the_request_is_read_reaches_the_client(tmp_path):
+    """The agent refuses a non-root peer before reading its request and closes: the client's
+    send then fails (EPIPE), and the answer already queued for it is still read, so the plugin
+    logs why it was refused rather than a broken pipe. The request here is larger than the
+    socket's buffers, so the send is still under way when the agent closes, every time."""
+    path = str(tmp_path / "cni.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(wire.fallback("only root may use this socket"))
+        conn.close()  # the request unread
+
+    refuser = threading.Thread(target=refuse)
+    refuser.start()
+    env = {b"CNI_COMMAND": b"ADD", b"CNI_NETNS": b"/x"}
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        answer = agent_client.call(path, wire.request(env, b"x" * (wire.MAX_REQUEST - 4096)),
+                                   fd, 20)
+    finally:
+        os.close(fd)
+        refuser.join()
+        listener.close()
+    assert isinstance(answer, agent_client.Fallback)
+    assert answer.reason == "node agent deferred: only root may use this socket"
+
+
 def _ask(path: Path, fd: int) -> agent_client.Answer | agent_client.Fallback:
     """A request as a thin client would send it, but with any descriptor (`fd`) beside it."""
     env = {b"CNI_COMMAND": b"ADD", b"CNI_CONTAINERID": b"c1",
