@@ -293,24 +293,11 @@ class RestoreBackend(IptablesBackend):
         payload = family.restore_payload()
         if not payload:
             return
-        flavor = self.flavor(family.ipv6)
-        self._dumps.pop(family.ipv6, None)
-        r = run(self.restore_argv(flavor), stdin=payload, env=self._env(flavor))
-        if r.rc != 0:
-            raise RulesApplyFailed(
-                f"apply {flavor.restore_bin} ({flavor.label}) in {self.where}: exit {r.rc}: "
-                f"{r.err.strip()}", details=payload)
+        self._restore(family.ipv6, payload, "apply")
 
     def remove(self, ipv6: bool, plan: tuple[TableReset, ...]) -> None:
         """One `iptables-restore --noflush` of `-D`/`-F`/`-X` lines: per table, all or nothing."""
-        payload = reset_payload(plan)
-        flavor = self.flavor(ipv6)
-        self._dumps.pop(ipv6, None)
-        r = run(self.restore_argv(flavor), stdin=payload, env=self._env(flavor))
-        if r.rc != 0:
-            raise RulesApplyFailed(
-                f"reset ISTIO rules with {flavor.restore_bin} ({flavor.label}) in {self.where}: "
-                f"exit {r.rc}: {r.err.strip()}", details=payload)
+        self._restore(ipv6, reset_payload(plan), "reset ISTIO rules with")
 
     def save_chain(self, ipv6: bool, table: str, chain: str) -> str | None:
         """`iptables -t TABLE -S CHAIN`; None when it fails (no such chain)."""
@@ -334,14 +321,18 @@ class RestoreBackend(IptablesBackend):
     def swap(self, family: FamilyRules, plan: tuple[TableReset, ...]) -> None:
         """One `iptables-restore --noflush`: per table, our state out and `family` in, in one
         commit."""
-        payload = replace_payload(plan, family)
-        flavor = self.flavor(family.ipv6)
-        self._dumps.pop(family.ipv6, None)
+        self._restore(family.ipv6, replace_payload(plan, family), "replace ISTIO rules with")
+
+    def _restore(self, ipv6: bool, payload: str, doing: str) -> None:
+        """One `iptables-restore --noflush` of `payload` (the family's saved dump is stale
+        after it, whatever its outcome); a failure names `doing`, the tool and the netns."""
+        flavor = self.flavor(ipv6)
+        self._dumps.pop(ipv6, None)
         r = run(self.restore_argv(flavor), stdin=payload, env=self._env(flavor))
         if r.rc != 0:
             raise RulesApplyFailed(
-                f"replace ISTIO rules with {flavor.restore_bin} ({flavor.label}) in "
-                f"{self.where}: exit {r.rc}: {r.err.strip()}", details=payload)
+                f"{doing} {flavor.restore_bin} ({flavor.label}) in {self.where}: exit {r.rc}: "
+                f"{r.err.strip()}", details=payload)
 
     def delete(self, family: FamilyRules) -> None:
         """Best-effort undo of `family` (jump rules out of built-in chains, then our chains).

@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from testbed.kubeapi.auth import attributes
+
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "daemonset.yaml"
 NAMESPACE_MANIFEST = REPO / "namespace.yaml"
@@ -80,26 +82,13 @@ class Access:
         return (self.group, self.resource, self.verb)
 
 
-_PATH = re.compile(
-    r"^/(?:api/(?P<core>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))"
-    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<resource>[^/]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>[^/]+))?$")
-_VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch"}
-
-
 def access_of(method: str, path: str, query: dict[str, str]) -> Access:
-    m = _PATH.match(path)
-    assert m, f"not a resource request: {method} {path}"
-    resource = m["resource"] + (f"/{m['sub']}" if m["sub"] else "")
-    if method == "GET":
-        if m["name"]:
-            verb = "get"
-        else:
-            verb = "watch" if query.get("watch", "").lower() in ("1", "true") else "list"
-    elif method == "DELETE":
-        verb = "delete" if m["name"] else "deletecollection"
-    else:
-        verb = _VERBS[method]
-    return Access(m["group"] or "", resource, verb, m["ns"], m["name"])
+    """What a request asks, as RBAC reads it: the API stand-in's own reading, so the tests and
+    the stand-in's authorizer cannot disagree about a verb."""
+    attrs = attributes(method, path, query)
+    assert attrs is not None, f"not a resource request: {method} {path}"
+    return Access(attrs.group, attrs.resource_path, attrs.verb, attrs.namespace or None,
+                  attrs.name or None)
 
 
 def rule_accesses(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
