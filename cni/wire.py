@@ -143,12 +143,14 @@ def fallback(reason: str) -> bytes:
     return _frame(ANSWER_MAGIC, [b"F", reason.encode("utf-8", "replace")])
 
 
-def read_exactly(sock, count: int, deadline: float) -> bytes:  # type: ignore[no-untyped-def]
-    """`count` bytes of a frame from `sock` (either side's) by the monotonic `deadline`
-    (TimeoutError), or ConnectionError if the peer closes first."""
+def read_exactly(sock, count: int, deadline: float,  # type: ignore[no-untyped-def]
+                 clock=time.monotonic) -> bytes:
+    """`count` bytes of a frame from `sock` (either side's) by `deadline` on `clock` (the
+    monotonic clock unless a test moves its own; TimeoutError), or ConnectionError if the peer
+    closes first."""
     chunks, got = [], 0
     while got < count:
-        remaining = deadline - time.monotonic()
+        remaining = deadline - clock()
         if remaining <= 0:
             raise TimeoutError("no complete answer within the budget")
         sock.settimeout(remaining)

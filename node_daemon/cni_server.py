@@ -214,18 +214,22 @@ def _runtime_uid(cni_args: str) -> str:
 
 
 class CniServer(KeptUnixServer):
-    """The agent-served ADD socket at `path`, in a run dir made 0700 (see `KeptUnixServer`)."""
+    """The agent-served ADD socket at `path`, in a run dir made 0700 (see `KeptUnixServer`).
+    `REQUEST_DEADLINE` is measured on `clock` (tests move a clock of their own)."""
 
-    def __init__(self, path: Path, service: CniService, check_interval: float = 1.0) -> None:
+    def __init__(self, path: Path, service: CniService, check_interval: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
-        handler = type("_Handler", (_Handler,), {"service": service})
+        handler = type("_Handler", (_Handler,), {"service": service,
+                                                 "clock": staticmethod(clock)})
         super().__init__(path, handler, "agent-served ADD socket", MAX_CONNECTIONS,
                          check_interval)
 
 
 class _Handler(socketserver.BaseRequestHandler):
     service: CniService
+    clock: Callable[[], float] = staticmethod(time.monotonic)
 
     def handle(self) -> None:
         sock: socket.socket = self.request
@@ -236,7 +240,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 log.warning("refused a request on the plugin socket from uid %d", uid)
                 _send(sock, wire.fallback("only root may use this socket"))
                 return
-            body, fds = _receive(sock, time.monotonic() + REQUEST_DEADLINE)
+            body, fds = _receive(sock, self.clock() + REQUEST_DEADLINE, self.clock)
             if body is None:
                 return
             environ, stdin = wire.parse_request(body)
@@ -263,15 +267,16 @@ _OLD_FALLBACK = json.dumps({"result": "fallback",
                             "reason": "plugin and agent speak different protocols"}).encode()
 
 
-def _receive(sock: socket.socket, deadline: float) -> tuple[bytes | None, list[int]]:
-    """The request body and the descriptors that came with it (the caller closes them); None
-    for a plugin of the earlier (JSON) protocol, which is told to fall back in its own
-    framing."""
-    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+def _receive(sock: socket.socket, deadline: float,
+             clock: Callable[[], float]) -> tuple[bytes | None, list[int]]:
+    """The request body and the descriptors that came with it (the caller closes them), by
+    `deadline` on `clock`; None for a plugin of the earlier (JSON) protocol, which is told to
+    fall back in its own framing."""
+    sock.settimeout(max(deadline - clock(), 0.001))
     data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 4)
     try:
         if len(data) < wire.HEADER_SIZE:
-            data += wire.read_exactly(sock, wire.HEADER_SIZE - len(data), deadline)
+            data += wire.read_exactly(sock, wire.HEADER_SIZE - len(data), deadline, clock)
         if data[:4] != wire.REQUEST_MAGIC and data[4:5] == b"{":
             sock.sendall(struct.pack(">I", len(_OLD_FALLBACK)) + _OLD_FALLBACK)
             for fd in fds:
@@ -280,7 +285,7 @@ def _receive(sock: socket.socket, deadline: float) -> tuple[bytes | None, list[i
         length = wire.body_length(data[:wire.HEADER_SIZE], wire.REQUEST_MAGIC, wire.MAX_REQUEST)
         body = data[wire.HEADER_SIZE:]
         if len(body) < length:
-            body += wire.read_exactly(sock, length - len(body), deadline)
+            body += wire.read_exactly(sock, length - len(body), deadline, clock)
         return body[:length], list(fds)
     except BaseException:
         for fd in fds:
