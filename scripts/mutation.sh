@@ -29,7 +29,7 @@ declare -A TESTS=(
     [cni/fileread.py]="tests/cni/test_fileread.py tests/cni/test_kubeconfig.py tests/cni/test_podlookup.py tests/admin/test_cli.py tests/admin/test_cli_inputs.py"
     [installer/atomic.py]="tests/installer/test_install_atomic_faults.py tests/installer/test_install_discovery.py tests/installer/test_install_failure_order.py"
     [installer/watcher.py]="tests/installer/test_install_watcher.py"
-    [node_daemon/cni_server.py]="tests/e2e/test_agent_served.py tests/node_daemon/test_servers.py"
+    [node_daemon/cni_server.py]="tests/e2e/test_agent_served.py tests/node_daemon/test_servers.py tests/node_daemon/test_cni_socket_limits.py"
 )
 MODULES=("$@")
 ((${#MODULES[@]})) || MODULES=(cni/podlookup.py cni/fileread.py installer/atomic.py
