@@ -346,6 +346,23 @@ def test_a_descriptor_that_is_not_a_pod_netns_is_refused(node: Node, kube_api, t
         assert "/what/the/runtime/said" in error["msg"]
 
 
+def test_the_agent_programs_the_descriptor_never_the_path_the_runtime_named(node: Node, kube_api):
+    """The agent enters the netns the client's descriptor holds; `CNI_NETNS` only names it in
+    messages (opened again by path, it could name another netns by then, or none)."""
+    node.api.add_pod(workload("meshed-pod", name="p", namespace="default"))
+    serving(node, kube_api)
+    pod_ns = create_netns(node.cleanup, "icni-e2e-fd", v4="10.251.0.2")
+    fd = os.open(pod_ns.path, os.O_RDONLY)
+    try:
+        answer = _ask(node.run_dir / "cni.sock", fd)
+    finally:
+        os.close(fd)
+    assert isinstance(answer, agent_client.Answer), answer.reason
+    assert answer.status == 0, answer.stdout + answer.stderr
+    lines = istio_lines(pod_ns.name)
+    assert any("ISTIO_REDIRECT" in line for line in lines), lines
+
+
 def test_fifty_concurrent_adds_through_the_agent_are_all_redirected(node: Node, kube_api):
     pods = [node.api.add_pod(workload("meshed-pod", name=f"m-{i}")) for i in range(50)]
     agent = serving(node, kube_api)

@@ -177,6 +177,31 @@ def test_a_request_not_complete_5_s_after_accept_is_cut_though_bytes_keep_coming
     assert agent.inside == 0 and agent.fallbacks() == 0
 
 
+def test_a_request_whose_header_comes_in_pieces_is_read_whole(tmp_path, netns_fd):
+    """The descriptor comes with the header's first 3 bytes (the kernel ends a read at a write
+    that carries descriptors, so the server's first read gets exactly those), the rest of the
+    header and the body in two more writes: the server reads on to the whole frame."""
+    agent = _Agent()
+    path = tmp_path / "run" / "cni.sock"
+    server = CniServer(path, agent.service)
+    frame = wire.request(ADD, b"{}")
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(60)
+            sock.connect(str(path))
+            socket.send_fds(sock, [frame[:3]], [netns_fd])
+            sock.sendall(frame[3:6])
+            sock.sendall(frame[6:])
+            deadline = time.monotonic() + 60
+            header = wire.read_exactly(sock, wire.HEADER_SIZE, deadline)
+            length = wire.body_length(header, wire.ANSWER_MAGIC, wire.MAX_ANSWER)
+            answer = wire.parse_answer(wire.read_exactly(sock, length, deadline))
+    finally:
+        server.stop()
+    assert answer == "agent not ready: held by the test"
+    assert agent.inside == 1 and agent.fallbacks() == 1
+
+
 # --- MAX_REQUEST: a 1 MiB request -------------------------------------------------------------
 
 def test_the_agent_reads_a_1_mib_request_and_closes_one_byte_more_unanswered(tmp_path,
