@@ -18,6 +18,7 @@ from testbed.netns import delete_netns
 from testbed.node import Node, assert_app_traffic_redirected, gateway, istio_lines, saved_rules
 from testbed.pods import workload
 from testbed.traffic import Listener, connect
+from testbed.wait import wait_for
 from tests.e2e.conftest import AGENT_SERVES
 
 pytestmark = pytest.mark.root
@@ -62,6 +63,10 @@ def test_dual_stack_pod_gets_ipv6_rules_and_redirects_ipv6(node: Node):
 
 def test_plain_pod_gets_no_rules(node: Node):
     pod = node.api.add_pod(workload("plain-pod"))
+    if AGENT_SERVES:  # the pod reaches the agent's watch cache after its creation: wait for it
+        key = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
+        wait_for(lambda: node.agent.informer.current(key) is not None, 15,
+                 "the pod in the agent's watch cache")
     pod_ns = node.new_pod_netns()
     calls = node.add(pod_ns, pod)
     assert [c.status for c in calls] == [0, 0], calls[-1].stdout
